@@ -1,0 +1,125 @@
+# Shared by scripts/demo and scripts/test: install what plugforge needs, idempotently,
+# saying what happens. Source it; do not run it.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE_DIR=${PLUGFORGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/plugforge}
+VENV=${PLUGFORGE_VENV:-$ROOT/.venv}
+GO_MIN=1.24
+export PLUGFORGE_CACHE=$CACHE_DIR
+mkdir -p "$CACHE_DIR"
+
+step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages, one per line, comments allowed.
+ensure_apt_packages() {
+    local wanted missing=()
+    wanted=$(sed -e 's/#.*//' -e '/^\s*$/d' "$ROOT/scripts/apt-packages.txt")
+    for pkg in $wanted; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        info "Debian packages: all $(echo "$wanted" | wc -w) present"
+        return
+    fi
+    step "Installing Debian packages: ${missing[*]}"
+    as_root apt-get update -q
+    # Services from these packages are started by our fixtures, never by the system.
+    echo exit 101 | as_root tee /usr/sbin/policy-rc.d >/dev/null
+    as_root chmod +x /usr/sbin/policy-rc.d
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+    as_root rm -f /usr/sbin/policy-rc.d
+}
+
+version_ge() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
+
+# A Go toolchain >= GO_MIN. Debian's golang-go is too old; Go toolchains are published as
+# modules on the Go module proxy, so fetch one from there when none fits.
+ensure_go() {
+    local have=""
+    if command -v go >/dev/null; then have=$(go env GOVERSION | sed 's/^go//'); fi
+    if [ -n "$have" ] && version_ge "$have" "$GO_MIN"; then
+        info "Go $have"
+        return
+    fi
+    local ver=1.24.11 dir="$CACHE_DIR/go-toolchain"
+    if [ ! -x "$dir/go/bin/go" ]; then
+        step "Fetching Go $ver from the Go module proxy"
+        local zip="$CACHE_DIR/go$ver.zip"
+        curl -fSL --progress-bar -o "$zip" \
+            "${GOPROXY_URL:-https://proxy.golang.org}/golang.org/toolchain/@v/v0.0.1-go$ver.linux-amd64.zip"
+        rm -rf "$dir" && mkdir -p "$dir/go"
+        unzip -q "$zip" -d "$dir/unpacked"
+        mv "$dir/unpacked/golang.org/toolchain@v0.0.1-go$ver.linux-amd64"/* "$dir/go/"
+        rm -rf "$dir/unpacked" "$zip"
+        chmod +x "$dir/go/bin/"* "$dir/go/pkg/tool/"*/* 2>/dev/null || true
+    fi
+    export PATH="$dir/go/bin:$PATH"
+    info "Go $(go env GOVERSION) (from $dir)"
+}
+
+ensure_venv() {
+    local py=${PYTHON:-python3}
+    "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "plugforge needs Python >= 3.11; $py is $("$py" --version 2>&1)"
+    if [ ! -x "$VENV/bin/python" ]; then
+        step "Creating virtualenv $VENV"
+        "$py" -m venv "$VENV" 2>/dev/null || {
+            rm -rf "$VENV"
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q python3-venv
+            "$py" -m venv "$VENV"
+        }
+    fi
+    # Reinstall only when the project's metadata changed.
+    local stamp="$VENV/.plugforge-installed" want
+    want=$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        step "Installing plugforge and its dev tools into the virtualenv"
+        "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+        "$VENV/bin/pip" install --disable-pip-version-check --progress-bar on -e "$ROOT[dev]"
+        echo "$want" >"$stamp"
+    else
+        info "virtualenv up to date ($VENV)"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
+
+# The kube-apiserver + embedded etcd harness, built once per version into the cache.
+ensure_kube_harness() {
+    local src="$ROOT/tests/kube-harness" key out
+    key=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)
+    out="$CACHE_DIR/kube-harness/$key/kube-harness"
+    if [ ! -x "$out" ]; then
+        step "Building kube-apiserver + etcd harness (first run only; about 10 minutes on 2 cores)"
+        mkdir -p "$(dirname "$out")"
+        local started=$SECONDS
+        (cd "$src" && GOFLAGS=-mod=mod go build -trimpath -ldflags=-s -o "$out.tmp" .) \
+            || die "building the kube-apiserver harness failed (see the Go output above)"
+        mv "$out.tmp" "$out"
+        info "built in $((SECONDS - started))s: $out"
+    else
+        info "kube-apiserver harness cached: $out"
+    fi
+    export PLUGFORGE_KUBE_HARNESS=$out
+}
+
+ensure_all() {
+    step "Checking prerequisites"
+    ensure_apt_packages
+    ensure_go
+    ensure_venv
+    ensure_kube_harness
+    # Later pieces (broker distributions, Maven caches) add their own steps here.
+    local hook
+    for hook in "$ROOT"/scripts/ensure.d/*.sh; do
+        [ -e "$hook" ] || continue
+        # shellcheck source=/dev/null
+        source "$hook"
+    done
+}

@@ -1,0 +1,116 @@
+"""Run a real server as a child process: start it, wait until it answers, keep its log, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+
+class ServerFailed(RuntimeError):
+    """A server did not start or died; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago.
+
+    For servers that cannot report the port they bound to themselves (kube-apiserver, the
+    registry); callers retry on a lost race via ``start_with_port``.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """One child process with its output in ``log_path``."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,  # our signals reach its children, the terminal's do not
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait_ready(self, probe: Callable[[], bool], timeout: float = 60.0) -> None:
+        """Poll ``probe`` until it returns True; fail with the log tail if the process dies."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerFailed(
+                    f"{self.name} exited with code {self.proc.returncode} before it was ready.\n"
+                    f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
+                )
+            try:
+                if probe():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise ServerFailed(
+            f"{self.name} did not answer within {timeout:.0f}s.\n"
+            f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
+        )
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+def start_with_port(
+    start: Callable[[int], ServerProcess], ready: Callable[[ServerProcess, int], None]
+) -> tuple[ServerProcess, int]:
+    """Start a server on a free port, retrying when another process grabbed the port first."""
+    last: ServerFailed | None = None
+    for _ in range(3):
+        port = free_port()
+        server = start(port)
+        try:
+            ready(server, port)
+            return server, port
+        except ServerFailed as e:
+            server.stop()
+            if "address already in use" not in str(e).lower():
+                raise
+            last = e
+    assert last is not None
+    raise last

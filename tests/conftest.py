@@ -1,0 +1,98 @@
+"""Session-wide real servers. Each starts once per test session on 127.0.0.1 and a free port.
+
+When a test fails, the tail of every server log it touched is attached to its report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+
+from testbed.certs import CertificateAuthority, make_ca
+from testbed.gitserver import GitServer, start_git_server
+from testbed.kube import ControlPlane, start_control_plane
+from testbed.procs import ServerProcess
+from testbed.registry import Registry, start_registry
+
+REGISTRY_CREDENTIALS = ("pusher", "correct-horse-battery")
+GIT_CREDENTIALS = ("git-reader", "s3cret-git-token")
+
+
+class _HasServer(Protocol):
+    server: ServerProcess
+
+
+_servers: list[ServerProcess] = []
+
+
+def _track(handle: _HasServer) -> None:
+    _servers.append(handle.server)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for server in _servers:
+            report.sections.append((f"{server.name} log ({server.log_path})", server.log_tail()))
+
+
+@pytest.fixture(scope="session")
+def testbed_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("testbed")
+
+
+@pytest.fixture(scope="session")
+def testbed_ca(testbed_dir: Path) -> CertificateAuthority:
+    """The CA every embedded TLS server's certificate chains to."""
+    return make_ca(testbed_dir / "ca")
+
+
+@pytest.fixture(scope="session")
+def control_plane(testbed_dir: Path) -> Iterator[ControlPlane]:
+    """A real kube-apiserver + etcd. Identities: ``admin``, ``builder``, ``sidecar``."""
+    cp = start_control_plane(testbed_dir / "kube")
+    _track(cp)
+    yield cp
+    cp.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(testbed_dir: Path, testbed_ca: CertificateAuthority) -> Iterator[Registry]:
+    """A real registry over TLS, no authentication."""
+    reg = start_registry(testbed_dir / "registry", testbed_ca)
+    _track(reg)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def registry_auth(testbed_dir: Path, testbed_ca: CertificateAuthority) -> Iterator[Registry]:
+    """A real registry over TLS that demands basic auth with ``REGISTRY_CREDENTIALS``."""
+    reg = start_registry(testbed_dir / "registry-auth", testbed_ca, REGISTRY_CREDENTIALS)
+    _track(reg)
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def git_server(testbed_dir: Path) -> Iterator[GitServer]:
+    """A real Git smart-HTTP server; ``create_repo('owner/name.git')`` returns a clone URL."""
+    gs = start_git_server(testbed_dir / "git")
+    _track(gs)
+    yield gs
+    gs.stop()
+
+
+@pytest.fixture(scope="session")
+def git_server_auth(testbed_dir: Path) -> Iterator[GitServer]:
+    """A real Git server that demands basic auth with ``GIT_CREDENTIALS``."""
+    gs = start_git_server(testbed_dir / "git-auth", GIT_CREDENTIALS)
+    _track(gs)
+    yield gs
+    gs.stop()
+
