@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hmac
 import os
 import re
@@ -57,9 +58,9 @@ class GitServer:
 
 def run_git(cwd: Path, *args: str) -> str:
     """Run git in ``cwd`` with a fixed identity and no prompts; return its stdout."""
-    env = {**os.environ, "GIT_AUTHOR_NAME": "plugforge test", "GIT_AUTHOR_EMAIL": "test@plugforge.dev",
-           "GIT_COMMITTER_NAME": "plugforge test", "GIT_COMMITTER_EMAIL": "test@plugforge.dev",
-           "GIT_TERMINAL_PROMPT": "0"}
+    who = {"NAME": "plugforge test", "EMAIL": "test@plugforge.dev"}
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0",
+           **{f"GIT_{role}_{k}": v for role in ("AUTHOR", "COMMITTER") for k, v in who.items()}}
     result = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip()}")
@@ -180,10 +181,8 @@ def main() -> None:
         _Handler.credentials = (user, password)
     httpd = ThreadingHTTPServer(("127.0.0.1", args.port), _Handler)
     print(f"listening on 127.0.0.1:{httpd.server_address[1]}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -112,5 +112,4 @@ def start_with_port(
             if "address already in use" not in str(e).lower():
                 raise
             last = e
-    assert last is not None
-    raise last
+    raise last or ServerFailed("could not start on a free port")

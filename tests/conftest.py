@@ -5,7 +5,7 @@ When a test fails, the tail of every server log it touched is attached to its re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -32,13 +32,15 @@ def _track(handle: _HasServer) -> None:
     _servers.append(handle.server)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for server in _servers:
             report.sections.append((f"{server.name} log ({server.log_path})", server.log_tail()))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -158,6 +158,6 @@ def test_git_push_two_commits_and_clone(git_server: GitServer, tmp_path: Path) -
 
 def test_git_server_with_credentials(git_server_auth: GitServer, tmp_path: Path) -> None:
     url = git_server_auth.create_repo("acme/private.git")
-    with pytest.raises(RuntimeError, match="Authentication failed|could not read Username"):
+    with pytest.raises(RuntimeError, match=r"Authentication failed|could not read Username"):
         run_git(tmp_path, "clone", "-q", url, str(tmp_path / "denied"))
     run_git(tmp_path, "clone", "-q", git_server_auth.authed_url(url), str(tmp_path / "ok"))
