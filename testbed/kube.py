@@ -7,6 +7,7 @@ tokens; every identity but the admin gets its rights only from RBAC objects some
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -100,15 +101,24 @@ class ControlPlane:
 
 
 def harness_binary() -> Path:
+    """The harness binary: ``$PLUGFORGE_KUBE_HARNESS``, else the one scripts/lib.sh cached."""
     value = os.environ.get(HARNESS_ENV)
-    if not value:
-        raise ServerFailed(
-            f"${HARNESS_ENV} is not set: run the tests through scripts/test, which builds the "
-            "kube-apiserver harness (tests/kube-harness) and exports its path")
-    path = Path(value)
+    path = Path(value) if value else _cached_harness()
     if not os.access(path, os.X_OK):
-        raise ServerFailed(f"${HARNESS_ENV}={path} is not an executable file")
+        raise ServerFailed(
+            f"no kube-apiserver harness at {path}: run scripts/test (or, in a shell, "
+            "'source scripts/lib.sh && ensure_kube_harness'), which builds tests/kube-harness")
     return path
+
+
+def _cached_harness() -> Path:
+    # Same key as ensure_kube_harness in scripts/lib.sh: the harness's sources, hashed.
+    src = Path(__file__).resolve().parent.parent / "tests" / "kube-harness"
+    digest = hashlib.sha256(b"".join(
+        (src / name).read_bytes() for name in ("go.mod", "go.sum", "main.go"))).hexdigest()
+    cache = Path(os.environ.get("PLUGFORGE_CACHE")
+                 or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "plugforge")
+    return cache / "kube-harness" / digest[:12] / "kube-harness"
 
 
 def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = ()) -> ControlPlane:
