@@ -1,0 +1,107 @@
+"""A content-addressed image cache: ``<cache>/images/sha256-<hex>/`` per manifest digest.
+
+An entry directory appears only by an atomic rename after every blob was verified and the
+layers were safely extracted, so its presence means "complete and verified"; a digest that
+is present is never fetched again. Work in progress lives in ``<cache>/tmp/`` and is never
+read; leftovers of crashed pulls older than ``STALE_AFTER_SECONDS`` are removed.
+
+Entry layout: ``rootfs/`` (the extracted image tree), ``manifest.json``, ``config.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from plugforge.oci.errors import PermanentRegistryError
+from plugforge.oci.extract import ExtractLimits, extract_layers, remove_tree
+from plugforge.oci.manifest import ImageManifest, parse_manifest
+from plugforge.oci.reference import DIGEST_RE, ImageRef, require_digest, validate_digest
+from plugforge.oci.registry import MAX_BLOB_BYTES, RegistryClient
+
+MAX_CONFIG_BYTES = 1024 * 1024
+STALE_AFTER_SECONDS = 24 * 3600
+
+
+def cached_image(cache_dir: Path, digest: str) -> Path | None:
+    """The extracted tree for ``digest`` if it is in the cache, else None."""
+    tree = _entry(cache_dir, digest) / "rootfs"
+    return tree if tree.is_dir() else None
+
+
+def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
+               limits: ExtractLimits | None = None,
+               max_blob_bytes: int = MAX_BLOB_BYTES) -> Path:
+    """The verified, extracted tree of the image pinned by ``ref`` (which needs a digest)."""
+    pinned = require_digest(ref)
+    digest = str(pinned.digest)
+    present = cached_image(cache_dir, digest)
+    if present is not None:
+        return present
+    tmp_root = cache_dir / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    _prune_stale(tmp_root)
+    work = Path(tempfile.mkdtemp(prefix="pull-", dir=tmp_root))
+    try:
+        manifest_bytes, manifest = client.pull_manifest(pinned)
+        (work / "manifest.json").write_bytes(manifest_bytes)
+        config_path = work / "config.json"
+        client.fetch_blob(pinned.repository, manifest.config, config_path,
+                          max_bytes=MAX_CONFIG_BYTES)
+        diff_ids = _diff_ids(config_path.read_bytes())
+        layer_paths = []
+        for index, layer in enumerate(manifest.layers):
+            path = work / f"layer-{index}"
+            client.fetch_blob(pinned.repository, layer, path, max_bytes=max_blob_bytes)
+            layer_paths.append(path)
+        extract_layers(layer_paths, work / "rootfs", limits=limits, diff_ids=diff_ids)
+        for path in layer_paths:
+            path.unlink()
+        entry = _entry(cache_dir, digest)
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(work, entry)
+        except OSError:
+            if cached_image(cache_dir, digest) is None:
+                raise
+            # A concurrent pull of the same digest finished first; its entry is equivalent.
+    finally:
+        remove_tree(work)
+    return entry / "rootfs"
+
+
+def cached_manifest(tree: Path) -> ImageManifest:
+    """The manifest stored beside an extracted tree returned by ``pull_image``."""
+    return parse_manifest((tree.parent / "manifest.json").read_bytes())
+
+
+def _entry(cache_dir: Path, digest: str) -> Path:
+    return cache_dir / "images" / validate_digest(digest).replace(":", "-")
+
+
+def _diff_ids(config: bytes) -> list[str]:
+    try:
+        doc = json.loads(config)
+        diff_ids = doc["rootfs"]["diff_ids"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PermanentRegistryError(
+            f"image config has no rootfs.diff_ids ({e!r}); expected an OCI image config"
+        ) from e
+    if not isinstance(diff_ids, list) or not all(
+        isinstance(d, str) and DIGEST_RE.match(d) for d in diff_ids
+    ):
+        raise PermanentRegistryError("image config rootfs.diff_ids must be sha256 digests")
+    return diff_ids
+
+
+def _prune_stale(tmp_root: Path, now: float | None = None) -> None:
+    cutoff = (time.time() if now is None else now) - STALE_AFTER_SECONDS
+    for child in tmp_root.iterdir():
+        try:
+            if child.lstat().st_mtime < cutoff:
+                remove_tree(child)
+        except OSError:
+            pass  # another process removed or is using it; pruning is best effort
