@@ -1,0 +1,98 @@
+"""The builder's typed errors: permanent (fix the input) versus transient (retry with backoff).
+
+Every error has a ``reason``: a CamelCase word used verbatim as a Kubernetes condition reason and
+as the PluginBuild's ``status.reason``. Messages say what was expected, what was found, and what
+to do. Third-party exceptions are wrapped at the adapter boundary (``raise ... from e``).
+"""
+
+from __future__ import annotations
+
+
+class BuilderError(Exception):
+    """Base of every error the reconciler handles."""
+
+    reason = "BuildError"
+    transient = False
+
+
+class PermanentError(BuilderError):
+    """Retrying with the same input will fail the same way: wait for a spec or source change."""
+
+
+class TransientError(BuilderError):
+    """Worth retrying later (network, registry or apiserver hiccups)."""
+
+    transient = True
+
+
+class InvalidSpec(PermanentError):
+    reason = "InvalidSpec"
+
+
+class SourceUnavailable(TransientError):
+    """The repository could not be reached (DNS, connection refused, timeout, 5xx)."""
+
+    reason = "SourceUnavailable"
+
+
+class SourceAuthFailed(PermanentError):
+    reason = "SourceAuthFailed"
+
+
+class UnknownRef(PermanentError):
+    reason = "UnknownRef"
+
+
+class SourcePathMissing(PermanentError):
+    reason = "SourcePathMissing"
+
+
+class RegistryUnavailable(TransientError):
+    reason = "RegistryUnavailable"
+
+
+class RegistryRefused(PermanentError):
+    """The registry refused the push: credentials, permissions, or content."""
+
+    reason = "RegistryRefused"
+
+
+class SecretInvalid(PermanentError):
+    reason = "SecretInvalid"
+
+
+# --- apiserver errors (raised by builder.kube only) -------------------------------------------
+
+
+class KubeError(TransientError):
+    """An apiserver call failed in a way worth retrying."""
+
+    reason = "ApiServerError"
+
+
+class NotFound(PermanentError):
+    reason = "NotFound"
+
+
+class Conflict(TransientError):
+    """Optimistic concurrency lost (HTTP 409): re-read and retry."""
+
+    reason = "Conflict"
+
+
+class Forbidden(PermanentError):
+    """RBAC denied a call; the message names the verb and resource to grant."""
+
+    reason = "Forbidden"
+
+
+class Invalid(PermanentError):
+    """The apiserver rejected an object (HTTP 422): schema or validation failure."""
+
+    reason = "Invalid"
+
+
+class Gone(KubeError):
+    """A watch's resourceVersion is too old (HTTP 410): relist."""
+
+    reason = "Gone"

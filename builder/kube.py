@@ -1,0 +1,286 @@
+"""Thin adapter over the Kubernetes API: the only builder module that imports ``kubernetes``.
+
+Objects go in and out as plain dicts (the JSON the apiserver speaks); every
+``ApiException`` becomes one of the typed errors of ``builder.errors``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import urllib3
+import yaml
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from builder.errors import Conflict, Forbidden, Gone, Invalid, KubeError, NotFound
+
+GROUP = "plugforge.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+PLUGINS = "brokerplugins"
+BUILDS = "pluginbuilds"
+PLUGIN_LABEL = "plugforge.dev/plugin"
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+
+def _call(what: str, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except ApiException as e:
+        raise _wrap(what, e) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise KubeError(f"{what}: apiserver unreachable: {e}") from e
+
+
+def _wrap(what: str, e: ApiException) -> Exception:
+    message = _status_message(e)
+    status = e.status or 0
+    if status == 404:
+        return NotFound(f"{what}: not found ({message})")
+    if status == 409:
+        return Conflict(f"{what}: conflict ({message}); re-read and retry")
+    if status == 403:
+        return Forbidden(f"{what}: forbidden ({message}); grant the builder's service account "
+                         "this right (see manifests/builder/README.md)")
+    if status == 422:
+        return Invalid(f"{what}: rejected by the apiserver: {message}")
+    if status == 410:
+        return Gone(f"{what}: resource version too old ({message}); relisting")
+    return KubeError(f"{what}: HTTP {status}: {message}")
+
+
+def _status_message(e: ApiException) -> str:
+    try:
+        body = json.loads(e.body or "{}")
+    except (TypeError, ValueError):
+        return str(e.reason)
+    return str(body.get("message") or e.reason) if isinstance(body, dict) else str(e.reason)
+
+
+def api_client_from_kubeconfig(path: Path | None) -> client.ApiClient:
+    """An API client for ``path`` (None: in-cluster service account)."""
+    if path is None:
+        config.load_incluster_config()
+        return client.ApiClient()
+    return config.new_client_from_config(config_file=str(path))
+
+
+class Kube:
+    """The calls the builder makes, nothing more (which keeps the RBAC easy to audit)."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+        self.events = client.EventsV1Api(api)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path | None) -> Kube:
+        return cls(api_client_from_kubeconfig(path))
+
+    def close(self) -> None:
+        self.api.close()
+
+    # --- BrokerPlugins ------------------------------------------------------------------------
+
+    def get_plugin(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _call(f"get brokerplugin {namespace}/{name}", lambda: self.custom.
+                         get_namespaced_custom_object(GROUP, VERSION, namespace, PLUGINS, name))
+        except NotFound:
+            return None
+
+    def list_plugins(self) -> tuple[list[Obj], str]:
+        """All BrokerPlugins and the list's resourceVersion (to watch from)."""
+        result = _call("list brokerplugins", lambda: self.custom.list_cluster_custom_object(
+            GROUP, VERSION, PLUGINS))
+        return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
+
+    def patch_plugin_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> Obj:
+        body = {"status": dict(status)}
+        return _call(f"patch brokerplugin {namespace}/{name} status", lambda: self.custom.
+                     patch_namespaced_custom_object_status(
+                         GROUP, VERSION, namespace, PLUGINS, name, body))
+
+    # --- PluginBuilds -------------------------------------------------------------------------
+
+    def list_builds(self, namespace: str | None = None, plugin: str | None = None) -> list[Obj]:
+        selector = f"{PLUGIN_LABEL}={plugin}" if plugin else ""
+        if namespace is None:
+            result = _call("list pluginbuilds", lambda: self.custom.list_cluster_custom_object(
+                GROUP, VERSION, BUILDS, label_selector=selector))
+        else:
+            result = _call(f"list pluginbuilds in {namespace}", lambda: self.custom.
+                           list_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS,
+                                                         label_selector=selector))
+        return list(result.get("items", []))
+
+    def list_builds_rv(self) -> tuple[list[Obj], str]:
+        result = _call("list pluginbuilds", lambda: self.custom.list_cluster_custom_object(
+            GROUP, VERSION, BUILDS))
+        return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
+
+    def get_build(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _call(f"get pluginbuild {namespace}/{name}", lambda: self.custom.
+                         get_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS, name))
+        except NotFound:
+            return None
+
+    def create_build(self, namespace: str, body: Obj) -> Obj:
+        """Create a PluginBuild; ``Conflict`` if the name exists (requests are idempotent)."""
+        return _call(f"create pluginbuild in {namespace}", lambda: self.custom.
+                     create_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS, body))
+
+    def replace_build_status(self, build: Obj) -> Obj:
+        """Write ``build['status']`` if nobody changed the build since it was read (else Conflict)."""
+        meta = build["metadata"]
+        return _call(f"update pluginbuild {meta['namespace']}/{meta['name']} status", lambda: self.
+                     custom.replace_namespaced_custom_object_status(
+                         GROUP, VERSION, meta["namespace"], BUILDS, meta["name"], build))
+
+    def delete_build(self, namespace: str, name: str) -> None:
+        try:
+            _call(f"delete pluginbuild {namespace}/{name}", lambda: self.custom.
+                  delete_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS, name))
+        except NotFound:
+            pass
+
+    # --- watching -----------------------------------------------------------------------------
+
+    def watch(self, plural: str, resource_version: str,
+              timeout_seconds: int) -> Iterator[tuple[str, Obj]]:
+        """Events of ``plural`` after ``resource_version`` until the server ends the watch.
+
+        Raises ``Gone`` when the version is too old: the caller relists.
+        """
+        w = watch.Watch()
+        stream = w.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, plural,
+                          resource_version=resource_version, timeout_seconds=timeout_seconds,
+                          allow_watch_bookmarks=True)
+        try:
+            while True:
+                try:
+                    event = next(stream)
+                except StopIteration:
+                    return
+                except ApiException as e:
+                    raise _wrap(f"watch {plural}", e) from e
+                except (urllib3.exceptions.HTTPError, OSError) as e:
+                    raise KubeError(f"watch {plural}: connection lost: {e}") from e
+                yield str(event["type"]), dict(event["object"])
+        finally:
+            w.stop()
+
+    # --- ConfigMaps and Secrets ---------------------------------------------------------------
+
+    def get_configmap(self, namespace: str, name: str) -> Obj | None:
+        try:
+            cm = _call(f"get configmap {namespace}/{name}",
+                       lambda: self.core.read_namespaced_config_map(name, namespace))
+        except NotFound:
+            return None
+        return dict(self.api.sanitize_for_serialization(cm))
+
+    def create_configmap(self, namespace: str, name: str, data: Mapping[str, str]) -> Obj:
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": namespace}, "data": dict(data)}
+        cm = _call(f"create configmap {namespace}/{name}",
+                   lambda: self.core.create_namespaced_config_map(namespace, body))
+        return dict(self.api.sanitize_for_serialization(cm))
+
+    def replace_configmap(self, configmap: Obj) -> Obj:
+        """Replace with the ``resourceVersion`` it was read at (Conflict if it moved since)."""
+        meta = configmap["metadata"]
+        cm = _call(f"update configmap {meta['namespace']}/{meta['name']}",
+                   lambda: self.core.replace_namespaced_config_map(
+                       meta["name"], meta["namespace"], configmap))
+        return dict(self.api.sanitize_for_serialization(cm))
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
+        """The Secret's data, base64-decoded. Never logged by any caller."""
+        import base64
+
+        secret = _call(f"get secret {namespace}/{name}",
+                       lambda: self.core.read_namespaced_secret(name, namespace))
+        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+
+    # --- Events -------------------------------------------------------------------------------
+
+    def emit_event(self, regarding: Obj, *, type_: str, reason: str, note: str, action: str,
+                   now: str, reporter: str) -> None:
+        meta = regarding["metadata"]
+        body = {
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta['name'][:200]}.",
+                         "namespace": meta["namespace"]},
+            "regarding": {"apiVersion": regarding.get("apiVersion", API_VERSION),
+                          "kind": regarding.get("kind", "BrokerPlugin"),
+                          "name": meta["name"], "namespace": meta["namespace"],
+                          "uid": meta.get("uid"),
+                          "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "note": note[:1024], "action": action,
+            "eventTime": now, "reportingController": "plugforge.dev/builder",
+            "reportingInstance": reporter[:128],
+        }
+        _call(f"create event in {meta['namespace']}",
+              lambda: self.events.create_namespaced_event(meta["namespace"], body))
+
+    # --- Leases -------------------------------------------------------------------------------
+
+    def get_lease(self, namespace: str, name: str) -> Obj | None:
+        try:
+            lease = _call(f"get lease {namespace}/{name}",
+                          lambda: self.coordination.read_namespaced_lease(name, namespace))
+        except NotFound:
+            return None
+        return dict(self.api.sanitize_for_serialization(lease))
+
+    def create_lease(self, namespace: str, body: Obj) -> Obj:
+        lease = _call(f"create lease {namespace}",
+                      lambda: self.coordination.create_namespaced_lease(namespace, body))
+        return dict(self.api.sanitize_for_serialization(lease))
+
+    def replace_lease(self, body: Obj) -> Obj:
+        meta = body["metadata"]
+        lease = _call(f"update lease {meta['namespace']}/{meta['name']}",
+                      lambda: self.coordination.replace_namespaced_lease(
+                          meta["name"], meta["namespace"], body))
+        return dict(self.api.sanitize_for_serialization(lease))
+
+
+def load_documents(paths: list[Path]) -> list[Obj]:
+    """Every YAML document of ``paths`` (files or directories, sorted), empty ones skipped."""
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(p for p in path.glob("*.yaml")) if path.is_dir() else [path])
+    docs: list[Obj] = []
+    for file in files:
+        docs.extend(d for d in yaml.safe_load_all(file.read_text()) if d)
+    return docs
+
+
+def apply_documents(api: client.ApiClient, docs: list[Obj]) -> None:
+    """Create each object, or replace it if it exists (enough for manifests and tests)."""
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import NotFoundError
+
+    dyn = DynamicClient(api)
+    for doc in docs:
+        resource = dyn.resources.get(api_version=doc["apiVersion"], kind=doc["kind"])
+        namespace = doc["metadata"].get("namespace")
+        try:
+            existing = resource.get(name=doc["metadata"]["name"], namespace=namespace)
+        except NotFoundError:
+            resource.create(body=doc, namespace=namespace)
+            continue
+        body = {**doc, "metadata": {**doc["metadata"],
+                                    "resourceVersion": existing.metadata.resourceVersion}}
+        resource.replace(body=body, namespace=namespace)
