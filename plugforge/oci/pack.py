@@ -119,6 +119,12 @@ def pack_image(artifact_dir: Path, metadata: ImageMetadata,
     if not artifact_dir.is_dir():
         raise PackError(f"artifact directory {artifact_dir} does not exist or is not a directory")
     tar_bytes = build_layer_tar(artifact_dir, metadata.plugin_name)
+    return assemble_image(tar_bytes, metadata, architecture)
+
+
+def assemble_image(tar_bytes: bytes, metadata: ImageMetadata,
+                   architecture: str | None = None) -> PackedImage:
+    """Config, gzipped layer and manifest around an already built layer tar."""
     layer = Blob(OCI_LAYER_GZIP, _gzip(tar_bytes))
     config = Blob(OCI_CONFIG, canonical_json({
         "architecture": architecture or host_architecture(),
