@@ -38,8 +38,12 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     if report.failed:
+        # Only the servers this test used, directly or through other fixtures.
+        used = {id(getattr(v, "server", None)) for v in getattr(item, "funcargs", {}).values()}
         for server in _servers:
-            report.sections.append((f"{server.name} log ({server.log_path})", server.log_tail()))
+            if id(server) in used:
+                report.sections.append(
+                    (f"{server.name} log ({server.log_path})", server.log_tail()))
     return report
 
 
