@@ -7,7 +7,6 @@ to tmp dirs.
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -88,15 +87,19 @@ def build(tmp_path: Path, data: dict[str, Any], **kwargs: Any) -> Any:
     ({"broker": "nats"}, r"broker: expected one of .*mosquitto.*found 'nats'"),
     ({"apiVersion": "v1"}, r"apiVersion: expected 'plugforge.dev/v1alpha1'"),
     ({"caches": ["npm"]}, r"caches\[0\]: expected one of maven, rebar3, found 'npm'"),
-    ({"build": [{"argv": ["make"]}]}, r"build\[0\]\.argv\[0\]: expected a program listed in 'tools'"),
-    ({"build": [{"argv": ["sh"], "env": {"PATH": "/evil"}}]}, r"build\[0\]\.env\.PATH: is set by the runner"),
+    ({"build": [{"argv": ["make"]}]},
+     r"build\[0\]\.argv\[0\]: expected a program listed in 'tools'"),
+    ({"build": [{"argv": ["sh"], "env": {"PATH": "/evil"}}]},
+     r"build\[0\]\.env\.PATH: is set by the runner"),
     ({"build": []}, r"build: expected at least one step"),
     ({"artifacts": [{"path": "../x"}]}, r"artifacts\[0\]\.path: expected a relative path inside"),
     ({"artifacts": [{"path": "/etc/passwd"}]}, r"artifacts\[0\]\.path: expected a relative path"),
     ({"artifacts": [{"path": "x", "to": "a/../../b"}]}, r"artifacts\[0\]\.to: expected a relative"),
-    ({"metadata": {"name": {"file": "a", "pattern": "x"}, "version": {"file": "a", "pattern": "(x)"}}},
+    ({"metadata": {"name": {"file": "a", "pattern": "x"},
+                   "version": {"file": "a", "pattern": "(x)"}}},
      r"metadata\.name\.pattern: expected exactly one capture group, found 0"),
-    ({"metadata": {"name": {"file": "a", "pattern": "(x"}, "version": {"file": "a", "pattern": "(x)"}}},
+    ({"metadata": {"name": {"file": "a", "pattern": "(x"},
+                   "version": {"file": "a", "pattern": "(x)"}}},
      r"metadata\.name\.pattern: expected a valid regular expression"),
 ])
 def test_invalid_recipe_names_the_bad_field(change: dict[str, Any], expected: str) -> None:
@@ -123,7 +126,7 @@ def test_template_dir_refuses_paths() -> None:
     for bad in ("../etc", "a/b", "..", "", "UPPER"):
         with pytest.raises(RecipeError, match="template name"):
             template_dir(bad)
-    with pytest.raises(RecipeError, match="no template 'nonexistent'.*available: .*mosquitto-c"):
+    with pytest.raises(RecipeError, match=r"no template 'nonexistent'.*available: .*mosquitto-c"):
         template_dir("nonexistent")
 
 
@@ -196,7 +199,7 @@ def test_caches_are_wired_through_env(tmp_path: Path) -> None:
 
 def test_missing_tool_is_reported_before_building(tmp_path: Path) -> None:
     data = recipe_data(tools=["sh", "plugforge-no-such-compiler"])
-    with pytest.raises(ToolMissing, match="'plugforge-no-such-compiler'.*not on PATH") as info:
+    with pytest.raises(ToolMissing, match=r"'plugforge-no-such-compiler'.*not on PATH") as info:
         build(tmp_path, data)
     assert info.value.tool == "plugforge-no-such-compiler"
     assert info.value.reason == "ToolMissing"
@@ -260,7 +263,8 @@ def test_symlink_inside_artifact_dir_escaping_is_refused(tmp_path: Path) -> None
 
 
 def test_symlink_inside_the_tree_is_copied_as_a_file(tmp_path: Path) -> None:
-    data = recipe_data(build=[{"argv": ["sh", "-c", "echo x > real.txt && ln -s real.txt out.txt"]}])
+    data = recipe_data(build=[{"argv": ["sh", "-c",
+                                        "echo x > real.txt && ln -s real.txt out.txt"]}])
     result = build(tmp_path, data)
     out = result.artifact_dir / "out.txt"
     assert not out.is_symlink() and out.read_text() == "x\n"
