@@ -68,7 +68,7 @@ UNSAFE_LAYERS: dict[str, tuple[bytes, str, str]] = {
     "hardlink-absolute": (make_tar(hard("h", "/etc/passwd")), "h", "absolute path"),
     "hardlink-via-symlink": (make_tar(sym("s", "."), hard("h", "s/x")), "h",
                              "not a real directory"),
-    "char-device": (make_tar((("null", tarfile.CHRTYPE, "", 0o666))), "null", "device"),
+    "char-device": (make_tar(("null", tarfile.CHRTYPE, "", 0o666)), "null", "device"),
     "block-device": (make_tar(("sda", tarfile.BLKTYPE, "", 0o660)), "sda", "device"),
     "fifo": (make_tar(("pipe", tarfile.FIFOTYPE, "", 0o644)), "pipe", "FIFO"),
     "oversized": (make_tar(f("big", "x" * 2048)), "big", "over the 1024 byte limit"),

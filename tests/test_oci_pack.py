@@ -124,7 +124,7 @@ def test_pack_refuses_bad_input(tmp_path: Path) -> None:
     os.mkfifo(artifact / "fifo")
     with pytest.raises(PackError, match="neither a file, a directory nor a symlink"):
         build_layer_tar(artifact, "p")
-    with pytest.raises(PackError, match="invalid plugin name '../x'"):
+    with pytest.raises(PackError, match=r"invalid plugin name '\.\./x'"):
         build_layer_tar(artifact, "../x")
     with pytest.raises(PackError, match="does not exist"):
         pack_image(tmp_path / "missing", META)

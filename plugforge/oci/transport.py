@@ -110,12 +110,12 @@ class Transport:
         try:
             return self._pool.request(method, url, headers=all_headers, body=body,
                                       preload_content=False, redirect=True)
-        except urllib3.exceptions.SSLError as e:
-            raise PermanentRegistryError(
-                f"TLS with {urlsplit(url).netloc} failed: {_reason(e)}; if the registry uses a "
-                "private CA, pass its certificate as the CA bundle"
-            ) from e
         except urllib3.exceptions.HTTPError as e:
+            if _certificate_rejected(e):
+                raise PermanentRegistryError(
+                    f"TLS with {urlsplit(url).netloc} failed: {_reason(e)}; if the registry uses "
+                    "a private CA, pass its certificate as the CA bundle"
+                ) from e
             raise TransientRegistryError(
                 f"cannot reach registry at {urlsplit(url).netloc}: {_reason(e)}; retry later"
             ) from e
@@ -222,6 +222,22 @@ def _error_detail(response: urllib3.BaseHTTPResponse) -> str:
     except (ValueError, AttributeError, IndexError, TypeError, RegistryError,
             urllib3.exceptions.HTTPError):
         return ""
+
+
+def _certificate_rejected(error: BaseException) -> bool:
+    """True when TLS failed on certificate verification (a setup problem, not a blip)."""
+    pending: list[object] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return True
+        pending.extend([getattr(current, "reason", None), current.__cause__, current.__context__,
+                        *current.args])
+    return False
 
 
 def _reason(error: Exception) -> str:
