@@ -96,3 +96,15 @@ class Gone(KubeError):
     """A watch's resourceVersion is too old (HTTP 410): relist."""
 
     reason = "Gone"
+
+
+class BuildStepFailed(PermanentError):
+    """The recipe failed (compile error, timeout, missing tool, bad metadata or artifacts).
+
+    ``reason`` is the recipe error's own (BuildFailed, BuildTimeout, ToolMissing, ...).
+    """
+
+    def __init__(self, message: str, reason: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.log_tail = log_tail

@@ -1,0 +1,156 @@
+"""One build: fetch → (content-key hit? done) → build → pack → push → outcome.
+
+No Kubernetes here: the controller records the outcome. A content key (tree of ``path`` +
+recipe bytes + template + builder version + source URL + broker) that the registry already has
+under ``ck-<key>`` means no build at all: the compiler does not run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO, TypeVar
+
+from builder import recipe as recipes
+from builder.errors import BuildStepFailed, InvalidSpec
+from builder.registry import Publisher, RegistryAccess, parse_repository
+from builder.resources import PluginSpec
+from builder.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
+from plugforge.oci import (
+    ANNOTATION_PLUGIN_NAME,
+    ANNOTATION_PLUGIN_VERSION,
+    ImageMetadata,
+    OciError,
+    credentials_from_dockerconfigjson,
+    pack_image,
+)
+
+BUILDER_VERSION = "0.1.0"
+"""Part of every content key: bump it when building or packing changes its output."""
+CONTENT_TAG_PREFIX = "ck-"
+
+T = TypeVar("T")
+SecretReader = Callable[[str, str], Mapping[str, bytes]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    commit: str
+    tree: str
+    content_key: str
+    image: str
+    """repository@sha256:..."""
+    digest: str
+    plugin_name: str
+    plugin_version: str
+    cache_hit: bool
+    duration: float
+
+
+def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, url: str) -> str:
+    """Equal key, equal image: everything that can change the image's bytes goes in."""
+    h = hashlib.sha256()
+    for part in ("plugforge-content-key/1", BUILDER_VERSION, template, broker,
+                 normalize_url(url), tree, hashlib.sha256(recipe_bytes).hexdigest()):
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()
+
+
+class Pipeline:
+    def __init__(self, sources: SourceCache, read_secret: SecretReader, work_root: Path,
+                 max_build_seconds: float, registry_ca: Path | None = None) -> None:
+        self.sources = sources
+        self.read_secret = read_secret
+        self.work_root = work_root
+        self.max_build_seconds = max_build_seconds
+        self.registry_ca = registry_ca
+
+    def git_credentials(self, spec: PluginSpec) -> GitCredentials | None:
+        if spec.source.secret is None:
+            return None
+        where = f"Secret {spec.namespace}/{spec.source.secret} (source.git.secretRef)"
+        return credentials_from_secret(self.read_secret(spec.namespace, spec.source.secret), where)
+
+    def resolve(self, spec: PluginSpec) -> str:
+        """The commit the plugin's ref (or pinned revision) points at now."""
+        return self.sources.fetch(spec.source, self.git_credentials(spec))
+
+    def registry_access(self, spec: PluginSpec, registry: str) -> RegistryAccess:
+        creds = None
+        if spec.push_secret:
+            data = self.read_secret(spec.namespace, spec.push_secret)
+            raw = data.get(".dockerconfigjson")
+            if raw is None:
+                raise InvalidSpec(
+                    f"Secret {spec.namespace}/{spec.push_secret} (image.pushSecretRef) has no "
+                    "'.dockerconfigjson' key; create it with kubectl create secret "
+                    "docker-registry")
+            try:
+                creds = credentials_from_dockerconfigjson(raw, registry)
+            except OciError as e:
+                raise InvalidSpec(f"Secret {spec.namespace}/{spec.push_secret}: {e}") from e
+        return RegistryAccess(credentials=creds, ca_bundle=self.registry_ca,
+                              plain_http=spec.plain_http)
+
+    def run(self, spec: PluginSpec, commit: str | None, build_name: str, log: TextIO) -> Outcome:
+        started = time.monotonic()
+        template = spec.template or _call_recipe(lambda: recipes.default_template(spec.broker))
+        tdir = _call_recipe(lambda: recipes.template_dir(template))
+        recipe = _call_recipe(lambda: recipes.load_recipe(tdir))
+        if recipe.broker != spec.broker:
+            raise InvalidSpec(f"spec.template {template!r} builds {recipe.broker} plugins, but "
+                              f"spec.broker is {spec.broker!r}; pick a {spec.broker} template")
+        repo = parse_repository(spec.repository)
+        publisher = Publisher(repo.registry, self.registry_access(spec, repo.registry))
+
+        log.write(f"==> fetching {spec.source.url} {spec.source.ref} "
+                  f"{commit or spec.source.revision or ''}\n")
+        commit = self.sources.fetch(spec.source, self.git_credentials(spec), commit)
+        work = self.work_root / spec.namespace / build_name
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            checkout = self.sources.checkout(spec.source, commit, work / "source")
+            key = content_key(tree=checkout.tree, recipe_bytes=(tdir / "recipe.yaml").read_bytes(),
+                              template=template, broker=spec.broker, url=spec.source.url)
+            tag = CONTENT_TAG_PREFIX + key
+            log.write(f"==> commit {commit}, tree {checkout.tree}, content key {key}\n")
+            digest = publisher.lookup_tag(repo, tag)
+            if digest is not None:
+                notes = publisher.annotations(repo, digest)
+                log.write(f"==> cache hit: {repo.name}:{tag} is {digest}; nothing to build\n")
+                return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
+                               notes.get(ANNOTATION_PLUGIN_NAME, ""),
+                               notes.get(ANNOTATION_PLUGIN_VERSION, ""), True,
+                               time.monotonic() - started)
+            limit = min(float(spec.timeout_seconds or recipe.timeout_seconds),
+                        self.max_build_seconds)
+            log.write(f"==> building with template {template} (limit {limit:g}s)\n")
+            log.flush()
+            result = _call_recipe(lambda: recipes.run_recipe(
+                recipe, checkout.directory, work / "build", log=log, timeout=limit))
+            try:
+                image = pack_image(result.artifact_dir, ImageMetadata(
+                    source=spec.source.url, revision=commit, broker=spec.broker,
+                    plugin_name=result.name, plugin_version=result.version))
+            except OciError as e:
+                raise BuildStepFailed(f"packing the artifact failed: {e}", "PackFailed") from e
+            log.write(f"==> packed {result.name} {result.version}: {image.digest}; pushing\n")
+            digest = publisher.push(repo, image, tag)
+            log.write(f"==> pushed {repo.name}@{digest}\n")
+            return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
+                           result.name, result.version, False, time.monotonic() - started)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _call_recipe(fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except recipes.BuildError as e:
+        tail = str(getattr(e, "log_tail", ""))
+        raise BuildStepFailed(str(e), e.reason, tail) from e

@@ -1,0 +1,211 @@
+"""Typed, validated views of BrokerPlugin and PluginBuild objects, and condition helpers.
+
+Pure: dicts from the apiserver in, frozen dataclasses out (or ``InvalidSpec`` naming the field).
+The CRD schema already rejects most bad input; the checks that guard git and the filesystem are
+repeated here (``builder.source``) because the builder must not trust that a schema was applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.errors import InvalidSpec
+from plugforge.contract import Probe
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed")
+FINISHED = ("Succeeded", "Failed")
+TRIGGERS = ("ResourceChange", "Webhook", "Manual")
+
+Obj = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GitSource:
+    url: str
+    ref: str
+    path: str = "."
+    revision: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    broker: str
+    source: GitSource
+    repository: str
+    template: str | None = None
+    push_secret: str | None = None
+    plain_http: bool = False
+    configmap: str | None = None
+    rollout: str = "Automatic"
+    settings: Mapping[str, str] = field(default_factory=dict)
+    probes: tuple[Probe, ...] = ()
+    enabled: bool = True
+    history_limit: int = 5
+    timeout_seconds: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def parse_plugin(obj: Obj) -> PluginSpec:
+    """The spec of a BrokerPlugin object, or ``InvalidSpec`` saying which field is wrong."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec")
+    where = f"BrokerPlugin {meta.get('namespace')}/{meta.get('name')}"
+    if not isinstance(spec, Mapping):
+        raise InvalidSpec(f"{where}: spec is missing")
+    git = _mapping(_mapping(spec.get("source"), f"{where}: spec.source").get("git"),
+                   f"{where}: spec.source.git")
+    image = _mapping(spec.get("image"), f"{where}: spec.image")
+    target = spec.get("target")
+    target = _mapping(target, f"{where}: spec.target") if target is not None else {}
+    build = spec.get("build") or {}
+    source = GitSource(
+        url=_str(git.get("url"), f"{where}: spec.source.git.url"),
+        ref=_str(git.get("ref", "main"), f"{where}: spec.source.git.ref"),
+        path=_str(git.get("path", "."), f"{where}: spec.source.git.path"),
+        revision=_opt_str(git.get("revision"), f"{where}: spec.source.git.revision"),
+        secret=_secret_name(git.get("secretRef"), f"{where}: spec.source.git.secretRef"),
+    )
+    settings = spec.get("settings") or {}
+    if not isinstance(settings, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in settings.items()):
+        raise InvalidSpec(f"{where}: spec.settings must map strings to strings")
+    return PluginSpec(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        generation=int(meta.get("generation") or 0),
+        broker=_str(spec.get("broker"), f"{where}: spec.broker"),
+        source=source,
+        repository=_str(image.get("repository"), f"{where}: spec.image.repository"),
+        template=_opt_str(spec.get("template"), f"{where}: spec.template"),
+        push_secret=_secret_name(image.get("pushSecretRef"), f"{where}: spec.image.pushSecretRef"),
+        plain_http=bool(image.get("plainHTTP", False)),
+        configmap=_opt_str(target.get("configMap"), f"{where}: spec.target.configMap"),
+        rollout=str(target.get("rollout", "Automatic")),
+        settings=dict(settings),
+        probes=_probes(spec.get("probes") or [], f"{where}: spec.probes"),
+        enabled=bool(spec.get("enabled", True)),
+        history_limit=int(spec.get("buildHistoryLimit", 5)),
+        timeout_seconds=(int(build["timeoutSeconds"]) if isinstance(build, Mapping)
+                         and build.get("timeoutSeconds") else None),
+    )
+
+
+@dataclass(frozen=True)
+class BuildView:
+    """What the controller needs to know about one PluginBuild."""
+
+    namespace: str
+    name: str
+    plugin: str
+    phase: str
+    created: str
+    commit: str | None
+    generation: int | None
+    trigger: str
+    holder: str | None
+    attempts: int
+    next_attempt_at: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED
+
+
+def parse_build(obj: Obj) -> BuildView:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    generation = spec.get("pluginGeneration")
+    return BuildView(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        plugin=str(spec.get("plugin", "")),
+        phase=str(status.get("phase") or "Pending"),
+        created=str(meta.get("creationTimestamp", "")),
+        commit=spec.get("commit") or None,
+        generation=int(generation) if generation is not None else None,
+        trigger=str((spec.get("trigger") or {}).get("type", "Manual")),
+        holder=status.get("holder") or None,
+        attempts=int(status.get("attempts") or 0),
+        next_attempt_at=status.get("nextAttemptAt") or None,
+    )
+
+
+# --- conditions (Kubernetes conventions) ----------------------------------------------------
+
+
+def set_condition(conditions: Sequence[Obj], type_: str, status: str, reason: str,
+                  message: str, now: str, generation: int) -> list[dict[str, Any]]:
+    """``conditions`` with ``type_`` set; ``lastTransitionTime`` moves only if status changes."""
+    result: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            result.append(dict(cond))
+            continue
+        found = True
+        changed = cond.get("status") != status
+        result.append({"type": type_, "status": status, "reason": reason,
+                       "message": message[:32000], "observedGeneration": generation,
+                       "lastTransitionTime": now if changed else cond.get(
+                           "lastTransitionTime", now)})
+    if not found:
+        result.append({"type": type_, "status": status, "reason": reason,
+                       "message": message[:32000], "observedGeneration": generation,
+                       "lastTransitionTime": now})
+    return result
+
+
+def get_condition(conditions: Sequence[Obj], type_: str) -> Obj | None:
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+# --- field helpers ----------------------------------------------------------------------------
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InvalidSpec(f"{where}: expected an object, found {type(value).__name__}")
+    return value
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidSpec(f"{where}: expected a non-empty string, found {value!r}")
+    return value
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    return None if value in (None, "") else _str(value, where)
+
+
+def _secret_name(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    return _str(_mapping(value, where).get("name"), f"{where}.name")
+
+
+def _probes(value: Any, where: str) -> tuple[Probe, ...]:
+    if not isinstance(value, list):
+        raise InvalidSpec(f"{where}: expected a list")
+    probes = []
+    for i, item in enumerate(value):
+        item = _mapping(item, f"{where}[{i}]")
+        probes.append(Probe(name=_str(item.get("name"), f"{where}[{i}].name"),
+                            action=item.get("action", "connect"),
+                            username=str(item.get("username", "")),
+                            expect=item.get("expect", "refused"),
+                            password=str(item.get("password", "")),
+                            topic=str(item.get("topic", ""))))
+    return tuple(probes)

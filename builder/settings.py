@@ -1,0 +1,101 @@
+"""The builder's settings: one object, built once from flags and environment, passed explicitly."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+ENV_PREFIX = "PLUGFORGE_BUILDER_"
+ENV_KUBECONFIG = "KUBECONFIG"
+ENV_CACHE = "PLUGFORGE_CACHE"
+
+
+def _default_cache() -> Path:
+    value = os.environ.get(ENV_CACHE)
+    return Path(value) if value else Path.home() / ".cache" / "plugforge"
+
+
+@dataclass(frozen=True)
+class Settings:
+    kubeconfig: Path | None = None
+    """None: in-cluster service account."""
+    namespace: str = "plugforge-system"
+    """Where the leader-election Lease lives."""
+    lease_name: str = "plugforge-builder"
+    identity: str = field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    """This instance, as written into the Lease and into PluginBuilds it runs."""
+    state_dir: Path = field(default_factory=lambda: _default_cache() / "builder")
+    """Git mirrors (``git/``), work dirs (``work/``) and full build logs (``logs/``)."""
+    workers: int = 2
+    """Builds running at once (different plugins; one plugin never builds twice at a time)."""
+    max_build_seconds: float = 1800.0
+    """Upper bound on any build's wall clock; a recipe or plugin may ask for less."""
+    resync_seconds: float = 300.0
+    """Every plugin is reconciled at least this often (catches new commits on the ref)."""
+    watch_timeout_seconds: int = 240
+    lease_duration_seconds: float = 15.0
+    lease_renew_seconds: float = 5.0
+    backoff_base_seconds: float = 5.0
+    backoff_max_seconds: float = 600.0
+    max_attempts: int = 5
+    """Transient failures of one build are retried this many times, then it is Failed."""
+    registry_ca: Path | None = None
+    """Extra CA bundle for registries with a private CA."""
+    log_tail_lines: int = 40
+
+    @property
+    def git_dir(self) -> Path:
+        return self.state_dir / "git"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.state_dir / "work"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
+    """Flags win over ``PLUGFORGE_BUILDER_<NAME>`` environment variables, which win over defaults."""
+    d = Settings()
+    p = argparse.ArgumentParser(prog="python -m builder",
+                                description="plugforge builder: BrokerPlugins to OCI images")
+    p.add_argument("--kubeconfig", type=Path, default=env.get(ENV_KUBECONFIG))
+    p.add_argument("--namespace", default=env.get(ENV_PREFIX + "NAMESPACE", d.namespace))
+    p.add_argument("--lease-name", default=env.get(ENV_PREFIX + "LEASE_NAME", d.lease_name))
+    p.add_argument("--identity", default=env.get(ENV_PREFIX + "IDENTITY", d.identity))
+    p.add_argument("--state-dir", type=Path,
+                   default=Path(env.get(ENV_PREFIX + "STATE_DIR", str(d.state_dir))))
+    p.add_argument("--registry-ca", type=Path, default=env.get(ENV_PREFIX + "REGISTRY_CA"))
+    numbers = {
+        "workers": int, "max_build_seconds": float, "resync_seconds": float,
+        "watch_timeout_seconds": int, "lease_duration_seconds": float,
+        "lease_renew_seconds": float, "backoff_base_seconds": float,
+        "backoff_max_seconds": float, "max_attempts": int,
+    }
+    for name, kind in numbers.items():
+        p.add_argument("--" + name.replace("_", "-"), type=kind,
+                       default=kind(env.get(ENV_PREFIX + name.upper(), getattr(d, name))))
+    args = p.parse_args(list(argv))
+    values = vars(args)
+    for name in ("workers", "max_attempts"):
+        if values[name] < 1:
+            raise SettingsError(f"--{name.replace('_', '-')}: expected at least 1, "
+                                f"found {values[name]}")
+    if values["lease_renew_seconds"] >= values["lease_duration_seconds"]:
+        raise SettingsError("--lease-renew-seconds must be shorter than --lease-duration-seconds")
+    return Settings(**values)
