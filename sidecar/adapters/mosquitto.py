@@ -1,0 +1,384 @@
+"""Mosquitto 2.0 adapter: include files + SIGHUP for config, dynsec for clients and ACLs,
+plugins staged in an include file and picked up by a (graceful, opt-in) broker restart.
+
+The broker's own mosquitto.conf ends with ``include_dir <conf_dir>``; the sidecar owns two
+files there, each written to a temporary file and renamed into place:
+
+* ``50-plugforge-config.conf``: the reloadable options of broker.yaml; SIGHUP applies them.
+* ``60-plugforge-plugins.conf``: ``plugin`` + ``plugin_opt_*`` lines, one block per enabled
+  plugin. Mosquitto loads plugins only at start, so these changes are BROKER_RESTART.
+
+The running broker's plugins are observed from ``/proc/<pid>/maps``: each plugin version lives
+in its own directory ``<plugin_dir>/<name>/<digest hex>/``, so the mapped path proves which
+code runs (no stale module can hide behind a successful admin call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar.adapters import mosquitto_dynsec as dynsec
+from sidecar.adapters.base import (
+    AdapterError,
+    BrokerUnavailable,
+    ChangeClass,
+    ConfigProblem,
+    Observed,
+    ObservedPlugin,
+)
+from sidecar.adapters.mosquitto_options import check_option, classify_option
+
+CONFIG_FILE = "50-plugforge-config.conf"
+PLUGINS_FILE = "60-plugforge-plugins.conf"
+_HEADER = "# Written by the plugforge sidecar; edits are reverted on the next resync.\n"
+_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class MosquittoSettings:
+    host: str
+    port: int
+    pid_file: Path
+    conf_dir: Path
+    plugin_dir: Path
+    dynsec_username: str = ""
+    dynsec_password: str = ""
+    restart_timeout: float = 30.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> MosquittoSettings:
+        required = ("pid_file", "conf_dir")
+        missing = [k for k in required if not options.get(k)]
+        if missing:
+            raise AdapterError(
+                f"mosquitto adapter: missing option(s) {', '.join(missing)}; pass them as "
+                "--adapter-opt pid_file=/run/mosquitto/mosquitto.pid "
+                "--adapter-opt conf_dir=/mosquitto/plugforge.d")
+        password = options.get("dynsec_password", "")
+        if options.get("dynsec_password_file"):
+            password = Path(options["dynsec_password_file"]).read_text().strip()
+        return cls(options.get("host", "127.0.0.1"), int(options.get("port", "1883")),
+                   Path(options["pid_file"]), Path(options["conf_dir"]), plugin_dir,
+                   options.get("dynsec_username", ""), password,
+                   float(options.get("restart_timeout", "30")))
+
+
+class MosquittoAdapter:
+    name = "mosquitto"
+
+    def __init__(self, settings: MosquittoSettings,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self._sleep = sleep
+        self._admin = (dynsec.DynsecAdmin(settings.host, settings.port,
+                                          settings.dynsec_username, settings.dynsec_password)
+                       if settings.dynsec_username else None)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def observe(self) -> Observed:
+        pid = self._pid()
+        if pid is None:
+            return Observed(False, detail=f"no running mosquitto (pid file "
+                                          f"{self.settings.pid_file})")
+        config = _read_config(self.settings.conf_dir / CONFIG_FILE)
+        if self._admin is not None:
+            try:
+                config.update(dynsec.observe(self._admin))
+            except BrokerUnavailable as e:
+                return Observed(False, instance=str(pid), detail=str(e))
+        plugins = self._observe_plugins(pid)
+        return Observed(True, plugins, config, instance=f"{pid}:{_start_time(pid)}")
+
+    def health(self) -> bool:
+        return self._pid() is not None
+
+    def validate_config(self, config: Mapping[str, str]) -> list[ConfigProblem]:
+        problems = []
+        for key, value in sorted(config.items()):
+            if key.startswith(dynsec.PREFIX):
+                problem = dynsec.check(key, value)
+                if problem is None and self._admin is None:
+                    problem = ("dynsec keys need the dynamic-security plugin: start the sidecar "
+                               "with --adapter-opt dynsec_username=... and its password")
+            else:
+                problem = check_option(key, value)
+            if problem is not None:
+                problems.append(ConfigProblem(key, problem))
+        return problems
+
+    def classify(self, key: str) -> ChangeClass:
+        return ChangeClass.HOT if key.startswith(dynsec.PREFIX) else classify_option(key)
+
+    def plugin_change_class(self) -> ChangeClass:
+        return ChangeClass.BROKER_RESTART
+
+    def write_only(self, key: str) -> bool:
+        parsed = dynsec.parse_key(key)
+        return parsed is not None and parsed.field == "password"
+
+    # --- changing --------------------------------------------------------------------------
+
+    def install_plugin(self, name: str, digest: str, image_tree: Path) -> Path:
+        source = image_tree / "plugin" / name
+        if not source.is_dir():
+            root = image_tree / "plugin"
+            found = sorted(p.name for p in root.iterdir()) if root.is_dir() else "no plugin/"
+            raise AdapterError(
+                f"image for plugin {name!r} has no plugin/{name}/ directory; found {found}")
+        target = self._version_dir(name, digest)
+        if target.is_dir():
+            return target  # content-addressed: this version is already in place
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest[7:19]}.", dir=target.parent))
+        try:
+            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
+            _library(staging, name)  # refuse images without exactly one shared object
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
+        version_dir = self._version_dir(name, digest)
+        if not version_dir.is_dir():
+            raise AdapterError(f"plugin {name!r} version {digest} is not installed in "
+                               f"{version_dir}; install it first")
+        for key, value in settings.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", key) or "\n" in value or "\r" in value:
+                raise AdapterError(f"plugin {name!r} setting {key!r}: keys must be "
+                                   "[A-Za-z0-9_.-]+ and values one line")
+        staged = self._staged_plugins()
+        staged[name] = (digest, dict(settings))
+        self._write_plugins(staged)
+
+    def disable(self, name: str) -> None:
+        staged = self._staged_plugins()
+        if staged.pop(name, None) is not None:
+            self._write_plugins(staged)
+
+    def apply_config(self, changes: Mapping[str, str | None]) -> None:
+        dyn = {k: v for k, v in changes.items() if k.startswith(dynsec.PREFIX)}
+        plain = {k: v for k, v in changes.items() if not k.startswith(dynsec.PREFIX)}
+        if plain:
+            path = self.settings.conf_dir / CONFIG_FILE
+            config = _read_config(path)
+            for key, value in plain.items():
+                if value is None:
+                    config.pop(key, None)
+                else:
+                    config[key] = value
+            _write_atomic(path, _HEADER + "".join(f"{k} {v}\n" for k, v in
+                                                  sorted(config.items())))
+            self._reload()
+        if dyn:
+            if self._admin is None:
+                raise AdapterError("dynsec keys need the dynamic-security admin credentials")
+            current = dynsec.observe(self._admin)
+            self._admin.call(dynsec.commands_for(dyn, current))
+
+    def restart(self) -> None:
+        """SIGTERM the broker and wait for its supervisor (the kubelet, in a pod) to start a
+        new process that answers: mosquitto has no in-process plugin reload."""
+        old = self._pid()
+        if old is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(old, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.restart_timeout
+        while time.monotonic() < deadline:
+            pid = self._pid()
+            if pid is not None and pid != old and _answers(self.settings.host, self.settings.port):
+                return
+            self._sleep(0.1)
+        raise BrokerUnavailable(f"mosquitto did not come back within "
+                                f"{self.settings.restart_timeout:.0f}s after SIGTERM")
+
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+
+    @property
+    def admin_calls(self) -> int:
+        return self._admin.calls if self._admin is not None else 0
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _pid(self) -> int | None:
+        try:
+            pid = int(self.settings.pid_file.read_text().strip())
+            os.kill(pid, 0)
+        except (OSError, ValueError):
+            return None
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+                return None  # exited, not yet reaped by its parent
+        except (OSError, IndexError):
+            return None
+        return pid
+
+    def _reload(self) -> None:
+        pid = self._pid()
+        if pid is None:
+            raise BrokerUnavailable("mosquitto is not running; the new config is in place and "
+                                    "will be read when it starts")
+        os.kill(pid, signal.SIGHUP)
+
+    def _version_dir(self, name: str, digest: str) -> Path:
+        hex_digest = digest.removeprefix("sha256:")
+        if not _DIGEST_DIR.match(hex_digest):
+            raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
+        return self.settings.plugin_dir / name / hex_digest
+
+    def _staged_plugins(self) -> dict[str, tuple[str, dict[str, str]]]:
+        staged: dict[str, tuple[str, dict[str, str]]] = {}
+        current: str | None = None
+        path = self.settings.conf_dir / PLUGINS_FILE
+        lines = path.read_text().splitlines() if path.exists() else []
+        for line in lines:
+            if line.startswith("plugin "):
+                located = self._locate(line[len("plugin "):].strip())
+                current = None
+                if located is not None:
+                    current = located[0]
+                    staged[current] = (located[1], {})
+            elif line.startswith("plugin_opt_") and current is not None:
+                key, _, value = line[len("plugin_opt_"):].partition(" ")
+                staged[current][1][key] = value
+        return staged
+
+    def _write_plugins(self, staged: Mapping[str, tuple[str, Mapping[str, str]]]) -> None:
+        blocks = []
+        for name, (digest, settings) in sorted(staged.items()):
+            library = _library(self._version_dir(name, digest), name)
+            blocks.append(f"plugin {library}\n" + "".join(
+                f"plugin_opt_{k} {v}\n" for k, v in sorted(settings.items())))
+        _write_atomic(self.settings.conf_dir / PLUGINS_FILE, _HEADER + "".join(blocks))
+
+    def _locate(self, path: str) -> tuple[str, str] | None:
+        """(name, digest) for a path inside our plugin directory, else None."""
+        try:
+            relative = Path(path).relative_to(self.settings.plugin_dir)
+        except ValueError:
+            return None
+        parts = relative.parts
+        if len(parts) >= 3 and _DIGEST_DIR.match(parts[1]):
+            return parts[0], "sha256:" + parts[1]
+        return None
+
+    def _observe_plugins(self, pid: int) -> dict[str, ObservedPlugin]:
+        staged = self._staged_plugins()
+        running = self._running_plugins(pid, staged)
+        plugins = {}
+        for name in sorted(set(staged) | set(running)):
+            digest = running.get(name)
+            staged_digest, settings = staged.get(name, (None, {}))
+            plugins[name] = ObservedPlugin(
+                name, digest, enabled=name in staged,
+                path=str(self._version_dir(name, digest)) if digest else None,
+                settings=settings if name in staged else None,
+                staged_digest=staged_digest if staged_digest != digest else None)
+        return plugins
+
+    def _running_plugins(self, pid: int,
+                         staged: Mapping[str, tuple[str, Mapping[str, str]]]) -> dict[str, str]:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            # No ptrace-read access to the broker: fall back to "started after the plugin
+            # file was written means it loaded what the file says".
+            return self._running_by_start_time(pid, staged)
+        running = {}
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6:
+                located = self._locate(fields[5])
+                if located is not None:
+                    running[located[0]] = located[1]
+        return running
+
+    def _running_by_start_time(self, pid: int, staged: Mapping[str, tuple[str, Mapping[str,
+                               str]]]) -> dict[str, str]:
+        path = self.settings.conf_dir / PLUGINS_FILE
+        try:
+            written = path.stat().st_mtime
+        except OSError:
+            return {}
+        started = _process_started_at(pid)
+        if started is None or started < written:
+            return {}
+        return {name: digest for name, (digest, _) in staged.items()}
+
+
+def create(options: Mapping[str, str], plugin_dir: Path) -> MosquittoAdapter:
+    return MosquittoAdapter(MosquittoSettings.from_options(options, plugin_dir))
+
+
+def _library(version_dir: Path, name: str) -> Path:
+    libraries = sorted(p for p in version_dir.rglob("*.so") if p.is_file())
+    if len(libraries) != 1:
+        found = [str(p.relative_to(version_dir)) for p in libraries]
+        raise AdapterError(
+            f"plugin {name!r}: expected exactly one shared object (*.so) in the image's "
+            f"plugin/{name}/ directory, found {found}")
+    return libraries[0]
+
+
+def _read_config(path: Path) -> dict[str, str]:
+    config = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.partition(" ")
+                config[key] = value
+    return config
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _process_started_at(pid: int) -> float | None:
+    try:
+        ticks = int(_start_time(pid))
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text()
+                    .splitlines() if line.startswith("btime "))
+    except (ValueError, OSError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False

@@ -1,0 +1,24 @@
+"""Adapters by broker name. Adding a broker = one module with ``create`` + one line here."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import cast
+
+from sidecar.adapters.base import AdapterError, BrokerAdapter
+
+ADAPTERS: dict[str, str] = {
+    "mosquitto": "sidecar.adapters.mosquitto",
+}
+
+
+def create_adapter(broker: str, options: Mapping[str, str], plugin_dir: Path) -> BrokerAdapter:
+    """The adapter for ``broker``, configured from ``--adapter-opt`` key/values."""
+    module_name = ADAPTERS.get(broker)
+    if module_name is None:
+        raise AdapterError(f"no adapter for broker {broker!r}; available: "
+                           f"{', '.join(sorted(ADAPTERS))}")
+    module = importlib.import_module(module_name)
+    return cast(BrokerAdapter, module.create(options, plugin_dir))

@@ -1,0 +1,348 @@
+"""The executor: validate, pull, apply the plan through the adapter, verify, probe, roll back.
+
+One ``reconcile(reason)`` reads the whole desired state and converges; it never depends on what
+woke it. The result says when to try again (``retry_after``), so the loop can back off while
+the desired state stays the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from plugforge.contract import (
+    ContractError,
+    DesiredState,
+    Document,
+    Probe,
+    content_hash,
+    parse_desired_state,
+)
+from plugforge.oci.errors import OciError
+from sidecar.adapters.base import (
+    AdapterError,
+    BrokerAdapter,
+    BrokerUnavailable,
+    Observed,
+)
+from sidecar.desired import SourceError
+from sidecar.plan import Action, ActionKind, Applied, Classifier, plan
+from sidecar.probes import ProbeResult
+from sidecar.state import ApplyEvent, EventKind, Phase, PluginStatus, SidecarState
+
+log = logging.getLogger("plugforge.sidecar")
+
+ReadDocuments = Callable[[], Sequence[Document]]
+PullImage = Callable[[str], Path]           # repository@digest -> extracted image tree
+RunProbe = Callable[[Probe], ProbeResult]
+EventSink = Callable[[ApplyEvent], None]
+
+
+class ApplyFailed(Exception):
+    """One step of applying failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    phase: Phase
+    retry_after: float | None = None  # None: wait for the next change or resync
+    actions: tuple[Action, ...] = ()
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial: float = 1.0
+    maximum: float = 60.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.initial * (2 ** max(attempt - 1, 0)), self.maximum))
+
+
+def classifier_for(adapter: BrokerAdapter) -> Classifier:
+    return Classifier(adapter.classify, adapter.plugin_change_class(), adapter.write_only)
+
+
+class Reconciler:
+    def __init__(self, adapter: BrokerAdapter, read_documents: ReadDocuments,
+                 pull_image: PullImage, run_probe: RunProbe, *,
+                 allow_broker_restart: bool = False, backoff: Backoff = Backoff(),
+                 on_event: EventSink = lambda _e: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.adapter = adapter
+        self._read = read_documents
+        self._pull = pull_image
+        self._probe = run_probe
+        self._allow_restart = allow_broker_restart
+        self._backoff = backoff
+        self._emit = on_event
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.state = SidecarState()
+        self._last_good: DesiredState | None = None
+        self._failed_hash = ""
+        self._failures = 0
+        self._rejected_hash = ""
+        self._probed_instance = ""
+        self._probe_results: dict[str, tuple[ProbeResult, ...]] = {}
+
+    # --- public -----------------------------------------------------------------------------
+
+    def reconcile(self, reason: str) -> Outcome:
+        with self._lock:
+            return self._reconcile(reason)
+
+    def dry_run(self, documents: Sequence[Document] | None = None) -> list[Action]:
+        """The plan for the current (or a proposed) desired state; changes nothing."""
+        desired = self._validated(self._read() if documents is None else documents)
+        observed = self.adapter.observe()
+        if not observed.reachable:
+            raise BrokerUnavailable(observed.detail or "broker not reachable")
+        return plan(desired, observed, self.state.last_applied, classifier_for(self.adapter))
+
+    # --- the loop body ----------------------------------------------------------------------
+
+    def _reconcile(self, reason: str) -> Outcome:
+        started = self._clock()
+        try:
+            documents = self._read()
+            desired = self._validated(documents)
+        except (ContractError, SourceError, AdapterError) as e:
+            return self._reject(reason, documents_hash(self._safe_read()), str(e))
+        self.state.desired = desired
+        self.state.desired_hash = desired.content_hash
+
+        observed = self.adapter.observe()
+        self.state.observed = observed
+        if not observed.reachable:
+            self._set_ready(False, f"broker not reachable: {observed.detail}")
+            self.state.phase = Phase.UNAVAILABLE if not self.state.applied_once else \
+                self.state.phase
+            log.info("decision=wait reason=%r detail=%r", "broker not reachable",
+                     observed.detail)
+            return Outcome(Phase.UNAVAILABLE, retry_after=self._backoff.initial)
+
+        actions = plan(desired, observed, self.state.last_applied, classifier_for(self.adapter))
+        self.state.last_plan = tuple(actions)
+        instance_changed = observed.instance != self._probed_instance
+        if not actions and not instance_changed and self.state.applied_once and \
+                desired.content_hash == self.state.last_applied.content_hash:
+            log.debug("decision=noop reason=%r hash=%s", reason, desired.content_hash)
+            return Outcome(self.state.phase)
+        return self._apply(reason, desired, actions, started)
+
+    def _apply(self, reason: str, desired: DesiredState, actions: list[Action],
+               started: float) -> Outcome:
+        for action in actions:
+            log.info("decision=plan action=%r", action.describe())
+        try:
+            restart_pending = self._execute(actions)
+            observed = self._verify(desired)
+            self._run_probes(desired, observed)
+        except (AdapterError, ApplyFailed, BrokerUnavailable, OSError, OciError) as e:
+            return self._fail(reason, desired, actions, started, e)
+
+        self._failures = 0
+        self._failed_hash = ""
+        self._last_good = desired
+        self.state.last_applied = Applied(
+            dict(desired.config), {p.name: p.digest for p in desired.plugins if p.enabled},
+            desired.content_hash)
+        self.state.applied_once = True
+        self.state.last_error = ""
+        self.state.restart_required = restart_pending
+        self.state.phase = Phase.RESTART_REQUIRED if restart_pending else Phase.APPLIED
+        self._update_readiness(desired, self.state.observed)
+        kind = EventKind.RESTART_REQUIRED if restart_pending else EventKind.APPLIED
+        message = (f"applied {len(actions)} action(s); "
+                   + ("plugin changes wait for a broker restart (--allow-broker-restart is off)"
+                      if restart_pending else "broker converged"))
+        self._event(kind, reason, message, desired.content_hash, started, actions)
+        return Outcome(self.state.phase, actions=tuple(actions))
+
+    def _execute(self, actions: list[Action]) -> bool:
+        """Perform ``actions`` in order; True when a needed broker restart was not performed."""
+        config: dict[str, str | None] = {}
+        restart_pending = False
+        for action in actions:
+            if action.kind is ActionKind.INSTALL_PLUGIN:
+                tree = self._pull(action.image or "")
+                self.adapter.install_plugin(action.target, action.value or "", tree)
+            elif action.kind is ActionKind.DISABLE_PLUGIN:
+                self.adapter.disable(action.target)
+            elif action.kind is ActionKind.ENABLE_PLUGIN:
+                self.adapter.enable(action.target, action.value or "", action.settings)
+            elif action.kind is ActionKind.SET_CONFIG:
+                config[action.target] = action.value
+            elif action.kind is ActionKind.UNSET_CONFIG:
+                config[action.target] = None
+        if config:
+            self.adapter.apply_config(config)
+        if any(a.kind is ActionKind.RESTART_BROKER for a in actions):
+            if self._allow_restart:
+                log.info("decision=restart reason=%r", "staged changes need a broker restart")
+                self.adapter.restart()
+            else:
+                restart_pending = True
+        return restart_pending
+
+    def _verify(self, desired: DesiredState) -> Observed:
+        observed = self.adapter.observe()
+        self.state.observed = observed
+        if not observed.reachable:
+            raise BrokerUnavailable(f"broker stopped answering while applying: "
+                                    f"{observed.detail}")
+        applied = Applied(dict(desired.config), {}, desired.content_hash)
+        remaining = [a for a in plan(desired, observed, applied, classifier_for(self.adapter))
+                     if not (a.kind is ActionKind.RESTART_BROKER and not self._allow_restart)]
+        if remaining:
+            raise ApplyFailed("the broker did not converge; still to do: "
+                              + "; ".join(a.describe() for a in remaining))
+        return observed
+
+    def _run_probes(self, desired: DesiredState, observed: Observed) -> None:
+        self._probe_results = {}
+        for release in desired.plugins:
+            seen = observed.plugins.get(release.name)
+            if not release.enabled or seen is None or seen.digest != release.digest:
+                continue  # not running yet (restart pending): nothing to probe
+            results = tuple(self._probe(p) for p in release.probes)
+            self._probe_results[release.name] = results
+            failed = [r for r in results if not r.passed]
+            if failed:
+                raise ApplyFailed(f"plugin {release.name} {release.digest}: "
+                                  + "; ".join(str(r) for r in failed))
+        self._probed_instance = observed.instance
+
+    def _fail(self, reason: str, desired: DesiredState, actions: list[Action], started: float,
+              error: BaseException) -> Outcome:
+        if desired.content_hash == self._failed_hash:
+            self._failures += 1
+        else:
+            self._failed_hash, self._failures = desired.content_hash, 1
+        message = f"{type(error).__name__}: {error}"
+        log.warning("decision=rollback reason=%r error=%r", reason, message)
+        rolled_back = self._roll_back()
+        self.state.last_error = message
+        changed_anything = any(a.kind is not ActionKind.INSTALL_PLUGIN for a in actions)
+        if rolled_back:
+            self.state.phase = Phase.ROLLED_BACK
+            kind = EventKind.ROLLED_BACK
+            message += "; rolled back to the last good state"
+        else:
+            self.state.phase = Phase.FAILED
+            kind = EventKind.FAILED
+            if changed_anything and self._last_good is None:
+                message += "; no earlier good state to roll back to"
+        self._update_readiness(self._last_good, self.state.observed)
+        self._event(kind, reason, message, desired.content_hash, started, actions)
+        return Outcome(self.state.phase, retry_after=self._backoff.delay(self._failures),
+                       actions=tuple(actions))
+
+    def _roll_back(self) -> bool:
+        good = self._last_good
+        if good is None:
+            return False
+        try:
+            observed = self.adapter.observe()
+            if not observed.reachable:
+                return False
+            undo = plan(good, observed, replace(self.state.last_applied, content_hash=""),
+                        classifier_for(self.adapter))
+            for action in undo:
+                log.info("decision=rollback action=%r", action.describe())
+            self._execute(undo)
+            self.state.observed = self.adapter.observe()
+            self._probe_results = {}
+            if self.state.observed.reachable:
+                self._run_probes(good, self.state.observed)
+        except (AdapterError, ApplyFailed, BrokerUnavailable, OSError, OciError) as e:
+            log.error("decision=rollback-failed error=%r", f"{type(e).__name__}: {e}")
+            self.state.last_error += f"; rollback failed: {e}"
+            return False
+        return True
+
+    def _reject(self, reason: str, content_hash: str, message: str) -> Outcome:
+        self.state.phase = Phase.REJECTED
+        self.state.last_error = message
+        self.state.desired_hash = content_hash
+        if content_hash != self._rejected_hash:
+            self._rejected_hash = content_hash
+            log.warning("decision=reject reason=%r error=%r", reason, message)
+            self._event(EventKind.REJECTED, reason,
+                        message + "; nothing was applied, the last good state is kept",
+                        content_hash, self._clock(), ())
+        return Outcome(Phase.REJECTED)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _validated(self, documents: Sequence[Document]) -> DesiredState:
+        desired = parse_desired_state(documents)
+        if desired.broker is not None and desired.broker != self.adapter.name:
+            raise ContractError(f"broker.yaml: .broker is {desired.broker!r} but this sidecar "
+                                f"runs the {self.adapter.name!r} adapter")
+        problems = self.adapter.validate_config(desired.config)
+        if problems:
+            raise ContractError("broker.yaml: the broker would refuse: "
+                                + "; ".join(str(p) for p in problems))
+        return desired
+
+    def _safe_read(self) -> list[Document]:
+        try:
+            return list(self._read())
+        except SourceError:
+            return []
+
+    def _update_readiness(self, desired: DesiredState | None, observed: Observed | None) -> None:
+        statuses = []
+        missing = []
+        if desired is not None and observed is not None:
+            for release in desired.plugins:
+                seen = observed.plugins.get(release.name)
+                running = seen.digest if seen else None
+                probes = self._probe_results.get(release.name, ())
+                if not release.enabled:
+                    status = "Disabled"
+                elif any(not r.passed for r in probes):
+                    status = "ProbeFailed"
+                elif running == release.digest:
+                    status = "Running"
+                elif seen is not None and seen.staged_digest == release.digest:
+                    status = "Staged"
+                else:
+                    status = "Missing"
+                statuses.append(PluginStatus(release.name, release.digest, running, status,
+                                             tuple(str(r) for r in probes)))
+                if release.enabled and (running is None or status == "ProbeFailed"):
+                    missing.append(f"{release.name} ({status.lower()})")
+        self.state.plugins = tuple(statuses)
+        if not self.state.applied_once:
+            self._set_ready(False, "no desired state applied yet")
+        elif missing:
+            self._set_ready(False, "required auth plugin(s) not loaded and passing probes: "
+                            + ", ".join(missing))
+        else:
+            self._set_ready(True, "last good state applied")
+
+    def _set_ready(self, ready: bool, why: str) -> None:
+        if ready != self.state.ready:
+            log.info("decision=readiness ready=%s reason=%r", ready, why)
+        self.state.ready = ready
+        self.state.ready_reason = why
+
+    def _event(self, kind: EventKind, reason: str, message: str, content_hash: str,
+               started: float, actions: Sequence[Action]) -> None:
+        event = ApplyEvent(kind, reason, message, content_hash,
+                           max(self._clock() - started, 0.0), time.time(),
+                           tuple(a.describe() for a in actions))
+        log.info("decision=%s reason=%r message=%r hash=%s", kind.value, reason, message,
+                 content_hash)
+        self._emit(event)
+
+
+def documents_hash(documents: Sequence[Document]) -> str:
+    return content_hash(documents)
+
