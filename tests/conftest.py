@@ -14,6 +14,7 @@ import pytest
 from testbed.certs import CertificateAuthority, make_ca
 from testbed.gitserver import GitServer, start_git_server
 from testbed.kube import ControlPlane, start_control_plane
+from testbed.podman import PodmanService, start_podman_service
 from testbed.procs import ServerProcess
 from testbed.registry import Registry, start_registry
 
@@ -102,3 +103,11 @@ def git_server_auth(testbed_dir: Path) -> Iterator[GitServer]:
     yield gs
     gs.stop()
 
+
+@pytest.fixture(scope="session")
+def podman_service(testbed_dir: Path) -> Iterator[PodmanService]:
+    """A real Docker-API engine (``podman system service``); ``.url`` for the docker SDK."""
+    service = start_podman_service(testbed_dir / "podman")
+    _track(service)
+    yield service
+    service.stop()
