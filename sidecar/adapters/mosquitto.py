@@ -48,7 +48,8 @@ _DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 class MosquittoSettings:
     host: str
     port: int
-    pid_file: Path
+    pid_file: Path | None  # a pid file, or
+    config_path: Path | None  # the -c argument that identifies the broker process in /proc
     conf_dir: Path
     plugin_dir: Path
     dynsec_username: str = ""
@@ -57,18 +58,19 @@ class MosquittoSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> MosquittoSettings:
-        required = ("pid_file", "conf_dir")
-        missing = [k for k in required if not options.get(k)]
-        if missing:
+        if not options.get("conf_dir") or not (options.get("pid_file")
+                                                or options.get("config_path")):
             raise AdapterError(
-                f"mosquitto adapter: missing option(s) {', '.join(missing)}; pass them as "
-                "--adapter-opt pid_file=/run/mosquitto/mosquitto.pid "
-                "--adapter-opt conf_dir=/mosquitto/plugforge.d")
+                "mosquitto adapter: needs conf_dir (the include_dir of the broker's config) and "
+                "pid_file or config_path (the broker's -c argument, found in the shared process "
+                "namespace); e.g. --adapter-opt conf_dir=/mosquitto/plugforge.d "
+                "--adapter-opt config_path=/mosquitto/config/mosquitto.conf")
         password = options.get("dynsec_password", "")
         if options.get("dynsec_password_file"):
             password = Path(options["dynsec_password_file"]).read_text().strip()
         return cls(options.get("host", "127.0.0.1"), int(options.get("port", "1883")),
-                   Path(options["pid_file"]), Path(options["conf_dir"]), plugin_dir,
+                   _path(options.get("pid_file")), _path(options.get("config_path")),
+                   Path(options["conf_dir"]), plugin_dir,
                    options.get("dynsec_username", ""), password,
                    float(options.get("restart_timeout", "30")))
 
@@ -80,6 +82,7 @@ class MosquittoAdapter:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self._sleep = sleep
+        self._cached_pid: int | None = None
         self._admin = (dynsec.DynsecAdmin(settings.host, settings.port,
                                           settings.dynsec_username, settings.dynsec_password)
                        if settings.dynsec_username else None)
@@ -89,8 +92,9 @@ class MosquittoAdapter:
     def observe(self) -> Observed:
         pid = self._pid()
         if pid is None:
-            return Observed(False, detail=f"no running mosquitto (pid file "
-                                          f"{self.settings.pid_file})")
+            return Observed(False, detail="no running mosquitto process ("
+                        + (f"pid file {self.settings.pid_file}" if self.settings.pid_file
+                           else f"-c {self.settings.config_path}") + ")")
         config = _read_config(self.settings.conf_dir / CONFIG_FILE)
         if self._admin is not None:
             try:
@@ -215,17 +219,34 @@ class MosquittoAdapter:
     # --- internals -------------------------------------------------------------------------
 
     def _pid(self) -> int | None:
+        if self._cached_pid is not None and self._is_broker(self._cached_pid):
+            return self._cached_pid
+        self._cached_pid = None
+        if self.settings.pid_file is not None:
+            try:
+                pid = int(self.settings.pid_file.read_text().strip())
+            except (OSError, ValueError):
+                return None
+            candidates = [pid]
+        else:
+            candidates = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        for pid in candidates:
+            if self._is_broker(pid):
+                self._cached_pid = pid
+                return pid
+        return None
+
+    def _is_broker(self, pid: int) -> bool:
         try:
-            pid = int(self.settings.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (OSError, ValueError):
-            return None
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
-                return None  # exited, not yet reaped by its parent
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith(("Z", "X")):
+                return False  # exited, not yet reaped by its parent
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError):
-            return None
-        return pid
+            return False
+        if self.settings.config_path is None:
+            return True  # the pid file named it
+        return (os.path.basename(argv[0]) == b"mosquitto"
+                and os.fsencode(self.settings.config_path) in argv)
 
     def _reload(self) -> None:
         pid = self._pid()
@@ -322,6 +343,10 @@ class MosquittoAdapter:
 
 def create(options: Mapping[str, str], plugin_dir: Path) -> MosquittoAdapter:
     return MosquittoAdapter(MosquittoSettings.from_options(options, plugin_dir))
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _library(version_dir: Path, name: str) -> Path:

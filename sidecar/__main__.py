@@ -1,0 +1,54 @@
+"""``python -m sidecar --broker mosquitto --config-dir D [--config-dir D2] ...``"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from sidecar.adapters.base import AdapterError
+from sidecar.settings import Settings, SettingsError, parse_args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = parse_args(argv)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    try:
+        sidecar = _build(settings)
+    except AdapterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    sidecar.start()
+    grpc_server = None
+    if settings.grpc_address:
+        from sidecar.grpc_service import serve
+        grpc_server = serve(sidecar, settings.grpc_address)
+    stop.wait()
+    if grpc_server is not None:
+        grpc_server.stop(grace=2)
+    sidecar.stop()
+    return 0
+
+
+def _build(settings: Settings):  # type: ignore[no-untyped-def]
+    from sidecar.app import Sidecar
+    from sidecar.events import kubernetes_event_sink
+    sinks = []
+    sink = kubernetes_event_sink(settings)
+    if sink is not None:
+        sinks.append(sink)
+    return Sidecar(settings, event_sinks=sinks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

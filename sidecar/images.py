@@ -1,0 +1,46 @@
+"""Plugin images: pull by digest, verify every blob, extract safely, cache by digest.
+
+All of that is ``plugforge.oci``; this module only picks credentials and TLS per registry.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from plugforge.oci import (
+    RegistryClient,
+    credentials_from_dockerconfigjson,
+    parse_reference,
+    pull_image,
+    require_digest,
+)
+
+
+class ImagePuller:
+    """``puller(image) -> extracted tree``; a digest is fetched once, then served from cache."""
+
+    def __init__(self, cache_dir: Path, *, ca_bundle: Path | None = None,
+                 docker_config: Path | None = None,
+                 insecure_http_registries: tuple[str, ...] = ()) -> None:
+        self.cache_dir = cache_dir
+        self._ca = ca_bundle
+        self._docker_config = docker_config
+        self._insecure = insecure_http_registries
+        self._lock = threading.Lock()
+        self.pulls = 0  # registry round trips (cache misses), for tests and metrics
+
+    def __call__(self, image: str) -> Path:
+        ref = require_digest(parse_reference(image))
+        credentials = None
+        if self._docker_config is not None:
+            credentials = credentials_from_dockerconfigjson(self._docker_config.read_bytes(),
+                                                            ref.registry)
+        with self._lock, RegistryClient(ref.registry, credentials=credentials,
+                                        ca_bundle=self._ca,
+                                        insecure_http=ref.registry in self._insecure) as client:
+            before = set(self.cache_dir.glob("images/*"))
+            tree = pull_image(client, ref, self.cache_dir)
+            if set(self.cache_dir.glob("images/*")) != before:
+                self.pulls += 1
+            return tree

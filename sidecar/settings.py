@@ -1,0 +1,118 @@
+"""All sidecar settings in one object, built once from flags and environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Environment variables (the Downward API sets the pod ones).
+ENV_POD_NAME = "POD_NAME"
+ENV_POD_NAMESPACE = "POD_NAMESPACE"
+ENV_KUBECONFIG = "KUBECONFIG"
+ENV_SERVICE_HOST = "KUBERNETES_SERVICE_HOST"
+
+
+class SettingsError(ValueError):
+    """A flag or variable is invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str
+    """Adapter name (``sidecar.adapters.registry.ADAPTERS``)."""
+    config_dirs: tuple[Path, ...] = ()
+    """Mounted ConfigMap directories (file mode, and the fallback of API mode)."""
+    source: str = "auto"
+    """files | api | auto (api when Kubernetes credentials are present)."""
+    configmaps: tuple[str, ...] = ()
+    """ConfigMap names watched in API mode (in ``namespace``)."""
+    namespace: str = "default"
+    kubeconfig: Path | None = None
+    adapter_options: Mapping[str, str] = field(default_factory=dict)
+    plugin_dir: Path = Path("/plugins")
+    """Shared with the broker container: installed plugin versions live here."""
+    cache_dir: Path = Path("/var/cache/plugforge")
+    """Content-addressed image cache."""
+    allow_broker_restart: bool = False
+    """Restart the broker for changes it cannot apply live; else report RestartRequired."""
+    debounce: float = 0.2
+    """Seconds of quiet after a change before applying (0 = apply at once)."""
+    resync_interval: float = 30.0
+    """Seconds between full re-reads of desired and observed state (drift correction)."""
+    watch_idle_timeout: float = 90.0
+    """API mode: restart a watch that delivered nothing (not even a bookmark) this long."""
+    http_address: str = "127.0.0.1:8080"
+    grpc_address: str = ""
+    """host:port for the gRPC service; empty = off."""
+    registry_ca: Path | None = None
+    docker_config: Path | None = None
+    """A mounted dockerconfigjson Secret (``.dockerconfigjson``) with registry credentials."""
+    insecure_http_registries: tuple[str, ...] = ()
+    """Registries (host:port) reached over plain HTTP; explicit opt-in only."""
+    probe_host: str = "127.0.0.1"
+    probe_port: int = 1883
+    pod_name: str = ""
+    pod_namespace: str = ""
+    log_level: str = "INFO"
+
+
+def parse_args(argv: Sequence[str] | None = None,
+               environ: Mapping[str, str] = os.environ) -> Settings:
+    p = argparse.ArgumentParser(prog="python -m sidecar", description=(
+        "Reconcile plugins and broker config from ConfigMaps into the running broker."))
+    p.add_argument("--broker", required=True, help="adapter: mosquitto, ...")
+    p.add_argument("--config-dir", action="append", default=[], type=Path,
+                   help="mounted ConfigMap directory (repeatable)")
+    p.add_argument("--source", choices=("files", "api", "auto"), default="auto")
+    p.add_argument("--configmap", action="append", default=[],
+                   help="ConfigMap name watched in API mode (repeatable)")
+    p.add_argument("--namespace", default=environ.get(ENV_POD_NAMESPACE, "default"))
+    p.add_argument("--kubeconfig", type=Path, default=environ.get(ENV_KUBECONFIG) or None)
+    p.add_argument("--adapter-opt", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--plugin-dir", type=Path, default=Settings.plugin_dir)
+    p.add_argument("--cache-dir", type=Path, default=Settings.cache_dir)
+    p.add_argument("--allow-broker-restart", action="store_true")
+    p.add_argument("--debounce", type=float, default=Settings.debounce)
+    p.add_argument("--resync-interval", type=float, default=Settings.resync_interval)
+    p.add_argument("--watch-idle-timeout", type=float, default=Settings.watch_idle_timeout)
+    p.add_argument("--http-address", default=Settings.http_address)
+    p.add_argument("--grpc-address", default="")
+    p.add_argument("--registry-ca", type=Path)
+    p.add_argument("--docker-config", type=Path)
+    p.add_argument("--insecure-http-registry", action="append", default=[])
+    p.add_argument("--probe-host", default=None)
+    p.add_argument("--probe-port", type=int, default=None)
+    p.add_argument("--log-level", default="INFO")
+    a = p.parse_args(argv)
+    options = {}
+    for item in a.adapter_opt:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"--adapter-opt: expected KEY=VALUE, found {item!r}")
+        options[key] = value
+    if a.source == "api" and not a.configmap:
+        raise SettingsError("--source api needs at least one --configmap NAME")
+    if a.source == "files" and not a.config_dir:
+        raise SettingsError("--source files needs at least one --config-dir DIR")
+    for name in ("debounce", "resync_interval", "watch_idle_timeout"):
+        if getattr(a, name) < 0:
+            raise SettingsError(f"--{name.replace('_', '-')}: expected >= 0 seconds")
+    return Settings(
+        broker=a.broker, config_dirs=tuple(a.config_dir), source=a.source,
+        configmaps=tuple(a.configmap), namespace=a.namespace, kubeconfig=a.kubeconfig,
+        adapter_options=options, plugin_dir=a.plugin_dir, cache_dir=a.cache_dir,
+        allow_broker_restart=a.allow_broker_restart, debounce=a.debounce,
+        resync_interval=a.resync_interval, watch_idle_timeout=a.watch_idle_timeout,
+        http_address=a.http_address, grpc_address=a.grpc_address, registry_ca=a.registry_ca,
+        docker_config=a.docker_config, insecure_http_registries=tuple(a.insecure_http_registry),
+        probe_host=a.probe_host or options.get("host", "127.0.0.1"),
+        probe_port=a.probe_port or int(options.get("port", "1883")),
+        pod_name=environ.get(ENV_POD_NAME, ""), pod_namespace=environ.get(ENV_POD_NAMESPACE, ""),
+        log_level=a.log_level)
+
+
+def api_credentials_present(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
+    return settings.kubeconfig is not None or bool(environ.get(ENV_SERVICE_HOST))
