@@ -193,6 +193,12 @@ def test_tls_needs_the_ca(registry: Registry, tmp_path: Path) -> None:
     with RegistryClient(registry.host) as client, \
             pytest.raises(PermanentRegistryError, match="pass its certificate as the CA bundle"):
         client.pull_manifest(ref)
+    with pytest.raises(PermanentRegistryError, match="expected a PEM certificate file"):
+        RegistryClient(registry.host, ca_bundle=tmp_path / "missing.pem")
+    # Plain HTTP only on explicit opt-in; this TLS registry then answers 400.
+    with RegistryClient(registry.host, insecure_http=True) as client, \
+            pytest.raises(PermanentRegistryError, match="answered HTTP 400"):
+        client.pull_manifest(ref)
 
 
 @pytest.fixture

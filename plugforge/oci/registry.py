@@ -82,9 +82,10 @@ class RegistryClient:
         if not location:
             raise PermanentRegistryError(f"{what}: registry gave no upload Location header")
         upload_url = self._http.url(location)
-        if urlsplit(upload_url).netloc != self.registry:
+        if urlsplit(upload_url).scheme != self._http.scheme:
             raise PermanentRegistryError(
-                f"{what}: upload Location points to another host ({urlsplit(upload_url).netloc})"
+                f"{what}: upload Location {urlsplit(upload_url).scheme}://... changes the "
+                f"scheme from {self._http.scheme}; refusing to send the blob"
             )
         separator = "&" if urlsplit(upload_url).query else "?"
         done = self._http.request(

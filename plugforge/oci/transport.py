@@ -35,7 +35,15 @@ class Transport:
         self.scheme = "http" if insecure_http else "https"
         self._credentials = credentials
         self._authorization: str | None = None
-        context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+        # System roots plus the private CA: a private registry may use a public token realm.
+        context = ssl.create_default_context()
+        if ca_bundle is not None:
+            try:
+                context.load_verify_locations(cafile=str(ca_bundle))
+            except (OSError, ssl.SSLError) as e:
+                raise PermanentRegistryError(
+                    f"cannot load CA bundle {ca_bundle}: {e}; expected a PEM certificate file"
+                ) from e
         self._pool = urllib3.PoolManager(
             ssl_context=context,
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
