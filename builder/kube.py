@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import urllib3
 import yaml
 from kubernetes import client, config, watch
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from builder.errors import Conflict, Forbidden, Gone, Invalid, KubeError, NotFound
 
@@ -68,18 +68,20 @@ def api_client_from_kubeconfig(path: Path | None) -> client.ApiClient:
     if path is None:
         config.load_incluster_config()
         return client.ApiClient()
-    return config.new_client_from_config(config_file=str(path))
+    api: client.ApiClient = config.new_client_from_config(config_file=str(path))
+    return api
 
 
 class Kube:
     """The calls the builder makes, nothing more (which keeps the RBAC easy to audit)."""
 
     def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
-        self.coordination = client.CoordinationV1Api(api)
-        self.events = client.EventsV1Api(api)
+        # The generated clients' annotations do not describe the dicts we pass: keep them Any.
+        self.api: Any = api
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.core: Any = client.CoreV1Api(api)
+        self.coordination: Any = client.CoordinationV1Api(api)
+        self.events: Any = client.EventsV1Api(api)
 
     @classmethod
     def from_kubeconfig(cls, path: Path | None) -> Kube:
@@ -92,8 +94,10 @@ class Kube:
 
     def get_plugin(self, namespace: str, name: str) -> Obj | None:
         try:
-            return _call(f"get brokerplugin {namespace}/{name}", lambda: self.custom.
-                         get_namespaced_custom_object(GROUP, VERSION, namespace, PLUGINS, name))
+            obj: Obj = _call(f"get brokerplugin {namespace}/{name}", lambda: self.custom.
+                             get_namespaced_custom_object(GROUP, VERSION, namespace, PLUGINS,
+                                                          name))
+            return obj
         except NotFound:
             return None
 
@@ -129,8 +133,10 @@ class Kube:
 
     def get_build(self, namespace: str, name: str) -> Obj | None:
         try:
-            return _call(f"get pluginbuild {namespace}/{name}", lambda: self.custom.
-                         get_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS, name))
+            obj: Obj = _call(f"get pluginbuild {namespace}/{name}", lambda: self.custom.
+                             get_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS,
+                                                          name))
+            return obj
         except NotFound:
             return None
 

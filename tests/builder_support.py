@@ -64,3 +64,129 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+# --- builder test scaffolding ----------------------------------------------------------------
+
+TEMPLATES = ROOT / "plugin-templates"
+
+
+def make_templates_root(dest: Path, slow_seconds: int = 30) -> Path:
+    """The real templates plus ``slow-c``: mosquitto-c with a leading ``sleep`` step.
+
+    ``slow-c`` gives the timeout and restart tests a build that is reliably still running.
+    """
+    import shutil
+
+    import yaml
+
+    shutil.copytree(TEMPLATES, dest, dirs_exist_ok=True)
+    slow = dest / "slow-c"
+    shutil.copytree(TEMPLATES / "mosquitto-c", slow, dirs_exist_ok=True)
+    recipe = yaml.safe_load((slow / "recipe.yaml").read_text())
+    recipe["tools"] = [*recipe.get("tools", []), "sleep"]
+    recipe["build"] = [{"argv": ["sleep", str(slow_seconds)]}, *recipe["build"]]
+    (slow / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return dest
+
+
+def scaffold_repo(dest: Path, template: str, broker: str, name: str, push_url: str) -> Path:
+    """``plugforge new``'s scaffold of ``template`` as a repo pushed to ``push_url`` main."""
+    from builder.recipe import template_dir
+    from builder.scaffold import scaffold
+    from testbed.gitserver import run_git
+
+    repo = scaffold(template_dir(template), template, broker, name, dest)
+    run_git(repo, "push", "-q", push_url, "HEAD:main")
+    return repo
+
+
+def broker_plugin(name: str, *, url: str, repository: str, ref: str = "main",
+                  broker: str = "mosquitto", configmap: str | None = "broker-plugins",
+                  **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "plugforge.dev/v1alpha1", "kind": "BrokerPlugin",
+        "metadata": {"name": name},
+        "spec": {"broker": broker, "source": {"git": {"url": url, "ref": ref}},
+                 "image": {"repository": repository}, **spec},
+    }
+    if configmap:
+        body["spec"]["target"] = {"configMap": configmap}
+    return body
+
+
+class Cluster:
+    """Admin-side view used by tests to create objects and read what the builder did."""
+
+    def __init__(self, cp: ControlPlane, namespace: str) -> None:
+        self.cp = cp
+        self.ns = namespace
+
+    def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        code, out = self.cp.request(
+            "POST", f"/apis/plugforge.dev/v1alpha1/namespaces/{self.ns}/{plural}", body=body)
+        assert code == 201, out
+        return out
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        code, out = self.cp.request(
+            "GET", f"/apis/plugforge.dev/v1alpha1/namespaces/{self.ns}/brokerplugins/{name}")
+        assert code == 200, out
+        return out
+
+    def patch_plugin(self, name: str, spec: dict[str, Any]) -> None:
+        import json
+        import ssl
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"{self.cp.url}/apis/plugforge.dev/v1alpha1/namespaces/{self.ns}/brokerplugins/{name}",
+            method="PATCH", data=json.dumps({"spec": spec}).encode(),
+            headers={"Authorization": f"Bearer {self.cp.identities['admin'].token}",
+                     "Content-Type": "application/merge-patch+json"})
+        ctx = ssl.create_default_context(cafile=str(self.cp.ca.cert))
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            assert resp.status == 200
+
+    def builds(self, plugin: str) -> list[dict[str, Any]]:
+        code, out = self.cp.request(
+            "GET", f"/apis/plugforge.dev/v1alpha1/namespaces/{self.ns}/pluginbuilds"
+                   f"?labelSelector=plugforge.dev/plugin%3D{plugin}")
+        assert code == 200, out
+        items: list[dict[str, Any]] = out["items"]  # type: ignore[assignment]
+        return sorted(items, key=lambda b: (b["metadata"]["creationTimestamp"],
+                                            b["metadata"]["name"]))
+
+    def configmap(self, name: str) -> dict[str, str]:
+        code, out = self.cp.request("GET", f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
+        assert code == 200, out
+        return dict(out.get("data") or {})  # type: ignore[call-overload]
+
+    def create_configmap(self, name: str, data: dict[str, str]) -> None:
+        code, out = self.cp.request("POST", f"/api/v1/namespaces/{self.ns}/configmaps",
+                                    body={"metadata": {"name": name}, "data": data})
+        assert code == 201, out
+
+    def create_secret(self, name: str, data: dict[str, str], type_: str = "Opaque") -> None:
+        import base64
+
+        code, out = self.cp.request(
+            "POST", f"/api/v1/namespaces/{self.ns}/secrets",
+            body={"metadata": {"name": name}, "type": type_,
+                  "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
+        assert code == 201, out
+
+    def wait_build(self, plugin: str, phases: tuple[str, ...] = ("Succeeded", "Failed"),
+                   after: int = 0, timeout: float = 120) -> dict[str, Any]:
+        """The first build (in creation order, skipping ``after``) that reached ``phases``."""
+        def done() -> dict[str, Any] | None:
+            builds = self.builds(plugin)[after:]
+            for b in builds:
+                if (b.get("status") or {}).get("phase") in phases:
+                    return b
+            return None
+        return wait_for(done, f"a build of {plugin} in {phases}", timeout=timeout)
+
+    def condition(self, plugin: str, type_: str) -> dict[str, Any]:
+        conds = (self.plugin(plugin).get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == type_), {})

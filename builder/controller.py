@@ -1,0 +1,473 @@
+"""The BrokerPlugin controller: watches enqueue keys, ``reconcile(key)`` converges one plugin.
+
+A build request is a PluginBuild in phase Pending (created here on spec or source changes, or by
+webhooks and the gRPC API), so requests survive restarts. Per plugin key, reconcile:
+
+1. reads the plugin and its builds; an invalid spec is recorded and nothing is built;
+2. hands orphaned Running builds (holder gone) back to Pending: they resume, never duplicate;
+3. requests a build when the (generation, commit) pair has not been requested yet;
+4. supersedes all but the newest Pending build, claims it (Running), runs the pipeline, records
+   the outcome on the build and the plugin, rolls ``image@digest`` out to the target ConfigMap;
+5. prunes finished builds beyond ``buildHistoryLimit``.
+Transient failures put the build back to Pending with a backoff (``nextAttemptAt``) until
+``max_attempts``; permanent ones fail it, and nothing is retried until generation or commit moves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from builder import rollout
+from builder.errors import (
+    BuilderError,
+    BuildStepFailed,
+    Conflict,
+    Gone,
+    InvalidSpec,
+    KubeError,
+    NotFound,
+)
+from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
+from builder.pipeline import Outcome, Pipeline
+from builder.queue import Backoff, WorkQueue
+from builder.resources import BuildView, PluginSpec, parse_build, parse_plugin, set_condition
+from builder.settings import Settings
+from builder.source import validate_source
+
+log = logging.getLogger(__name__)
+Obj = dict[str, Any]
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def build_name(plugin: str, generation: int, commit: str | None, salt: str = "") -> str:
+    """Deterministic for controller requests: creating the same request twice is a 409."""
+    digest = hashlib.sha256(f"{generation}/{commit}/{salt}".encode()).hexdigest()[:10]
+    return f"{plugin[:200]}-{digest}"
+
+
+@dataclass
+class _Resolved:
+    commit: str | None
+    at: float
+    generation: int
+
+
+class Controller:
+    def __init__(self, kube: Kube, pipeline: Pipeline, settings: Settings,
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.kube = kube
+        self.pipeline = pipeline
+        self.settings = settings
+        self.identity = settings.identity
+        self.now = now
+        self.queue = WorkQueue()
+        self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
+        self._resolved: dict[str, _Resolved] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.builds_run = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        targets: list[tuple[str, Callable[[], None]]] = [
+            ("watch-plugins", lambda: self._watch_loop(PLUGINS)),
+            ("watch-builds", lambda: self._watch_loop(BUILDS)),
+            ("resync", self._resync_loop),
+        ]
+        targets += [(f"worker-{i}", self._worker) for i in range(self.settings.workers)]
+        for name, target in targets:
+            thread = threading.Thread(target=target, name=f"{self.identity}-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.queue.shutdown()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    # --- event sources: they only enqueue keys ------------------------------------------------
+
+    def _watch_loop(self, plural: str) -> None:
+        resource_version: str | None = None
+        while not self._stop.is_set():
+            try:
+                if resource_version is None:
+                    items, resource_version = (self.kube.list_plugins() if plural == PLUGINS
+                                               else self.kube.list_builds_rv())
+                    for obj in items:
+                        self._enqueue_for(plural, obj)
+                for kind, obj in self.kube.watch(plural, resource_version,
+                                                 self.settings.watch_timeout_seconds):
+                    if self._stop.is_set():
+                        return
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if rv:
+                        resource_version = str(rv)
+                    if kind != "BOOKMARK":
+                        self._enqueue_for(plural, obj)
+            except Gone:
+                resource_version = None  # too old: relist
+            except BuilderError as e:
+                log.warning("watch %s: %s; retrying", plural, e)
+                self._stop.wait(1.0)
+
+    def _enqueue_for(self, plural: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if plural == PLUGINS:
+            self.queue.add(f"{meta.get('namespace')}/{meta.get('name')}")
+        else:
+            plugin = (obj.get("spec") or {}).get("plugin")
+            if plugin:
+                self.queue.add(f"{meta.get('namespace')}/{plugin}")
+
+    def _resync_loop(self) -> None:
+        while not self._stop.wait(self.settings.resync_seconds):
+            try:
+                items, _ = self.kube.list_plugins()
+            except BuilderError as e:
+                log.warning("resync: %s", e)
+                continue
+            for obj in items:
+                self._enqueue_for(PLUGINS, obj)
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            key = self.queue.get(timeout=0.5)
+            if key is None:
+                continue
+            try:
+                after = self.reconcile(key)
+            except BuilderError as e:
+                delay = self.backoff.next_delay(key)
+                log.warning("reconcile %s: %s; retrying in %.1fs", key, e, delay)
+                self.queue.add_after(key, delay)
+            except Exception:
+                delay = self.backoff.next_delay(key)
+                log.exception("reconcile %s crashed; retrying in %.1fs", key, delay)
+                self.queue.add_after(key, delay)
+            else:
+                self.backoff.forget(key)
+                if after is not None:
+                    self.queue.add_after(key, after)
+            finally:
+                self.queue.done(key)
+
+    # --- reconcile ----------------------------------------------------------------------------
+
+    def reconcile(self, key: str) -> float | None:
+        """Converge one plugin; returns seconds until it wants to run again (None: on events)."""
+        namespace, _, name = key.partition("/")
+        obj = self.kube.get_plugin(namespace, name)
+        if obj is None:
+            self._resolved.pop(key, None)
+            for build in self.kube.list_builds(namespace, name):
+                self.kube.delete_build(namespace, build["metadata"]["name"])
+            return None
+        try:
+            spec = parse_plugin(obj)
+            validate_source(spec.source)
+        except InvalidSpec as e:
+            self._record_invalid(obj, str(e))
+            return None
+
+        builds = sorted(self.kube.list_builds(namespace, name), key=_created)
+        for build in builds:
+            self._adopt_orphan(build)
+        views = [parse_build(b) for b in builds]
+
+        if spec.enabled and not any(v.phase in ("Pending", "Running") for v in views):
+            self._request_if_changed(obj, spec, views)
+            builds = sorted(self.kube.list_builds(namespace, name), key=_created)
+            views = [parse_build(b) for b in builds]
+
+        pending = [b for b in builds if parse_build(b).phase == "Pending"]
+        if not pending:
+            self._prune(spec, builds)
+            self._ensure_observed(obj, spec)
+            return None
+        newest = pending[-1]
+        for older in pending[:-1]:
+            self._finish(older, "Failed", reason="Superseded",
+                         message=f"superseded by the newer request {newest['metadata']['name']}")
+        view = parse_build(newest)
+        due = _parse(view.next_attempt_at)
+        if due is not None and due > self.now():
+            return (due - self.now()).total_seconds()
+        if not spec.enabled:
+            return None
+        self._run(obj, spec, newest)
+        self._prune(spec, sorted(self.kube.list_builds(namespace, name), key=_created))
+        return 0.0  # look again: more requests may have arrived while building
+
+    # --- steps --------------------------------------------------------------------------------
+
+    def _adopt_orphan(self, build: Obj) -> bool:
+        """A Running build not held by this instance lost its builder: hand it back to Pending."""
+        view = parse_build(build)
+        if view.phase != "Running" or view.holder == self.identity:
+            return False
+        status = dict(build.get("status") or {})
+        status.update(phase="Pending", holder="",
+                      message=f"resumed: builder {view.holder} stopped while building")
+        build["status"] = status
+        try:
+            build.update(self.kube.replace_build_status(build))
+        except Conflict:
+            pass
+        log.info("resuming orphaned build %s/%s (was held by %s)", view.namespace, view.name,
+                 view.holder)
+        return True
+
+    def _request_if_changed(self, obj: Obj, spec: PluginSpec, views: list[BuildView]) -> None:
+        commit = self._resolve(spec)
+        last = ((obj.get("status") or {}).get("lastRequest") or {})
+        requested = (last.get("generation"), last.get("commit") or None)
+        if requested == (spec.generation, commit):
+            return
+        if any(v.generation == spec.generation and v.commit == commit for v in views):
+            return
+        if commit is None and any(v.generation == spec.generation for v in views):
+            return  # the source is unreachable and this generation already has a record
+        name = build_name(spec.name, spec.generation, commit)
+        body = {
+            "apiVersion": API_VERSION, "kind": "PluginBuild",
+            "metadata": {
+                "name": name, "namespace": spec.namespace,
+                "labels": {PLUGIN_LABEL: spec.name},
+                "ownerReferences": [{"apiVersion": API_VERSION, "kind": "BrokerPlugin",
+                                     "name": spec.name, "uid": spec.uid,
+                                     "blockOwnerDeletion": False}],
+            },
+            "spec": {"plugin": spec.name, "pluginGeneration": spec.generation,
+                     "trigger": {"type": "ResourceChange", "user": "plugforge-builder"},
+                     **({"commit": commit} if commit else {})},
+        }
+        try:
+            self.kube.create_build(spec.namespace, body)
+        except Conflict:
+            pass
+        self._patch_status(spec, {"lastRequest": {"generation": spec.generation,
+                                                  "commit": commit or ""}})
+
+    def _resolve(self, spec: PluginSpec) -> str | None:
+        """The ref's commit, re-fetched on spec changes and at most once per resync period."""
+        cached = self._resolved.get(spec.key)
+        if cached and cached.generation == spec.generation and \
+                time.monotonic() - cached.at < self.settings.resync_seconds * 0.9:
+            return cached.commit
+        try:
+            commit: str | None = self.pipeline.resolve(spec)
+        except BuilderError as e:
+            log.info("resolving %s: %s", spec.key, e)
+            commit = None
+        self._resolved[spec.key] = _Resolved(commit, time.monotonic(), spec.generation)
+        return commit
+
+    def _run(self, obj: Obj, spec: PluginSpec, build: Obj) -> None:
+        view = parse_build(build)
+        started = self.now()
+        status = dict(build.get("status") or {})
+        status.update(phase="Running", holder=self.identity, attempts=view.attempts + 1,
+                      startedAt=rfc3339(started), nextAttemptAt=None, reason="", message="")
+        build["status"] = {k: v for k, v in status.items() if v is not None}
+        try:
+            build = self.kube.replace_build_status(build)
+        except (Conflict, NotFound):
+            return  # someone else changed it; the next reconcile sees the new state
+        self._event(obj, "Normal", "BuildStarted", f"build {view.name} started "
+                    f"(attempt {view.attempts + 1})")
+        self._patch_status(spec, {"latestBuild": {"name": view.name, "phase": "Running",
+                                                  "startedAt": rfc3339(started)}})
+        log_path = self.log_path(spec.namespace, view.name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(log_path, "a", encoding="utf-8") as log_file:
+                outcome = self.pipeline.run(spec, view.commit, view.name, log_file)
+        except BuilderError as e:
+            self.builds_run += 1
+            self._failed(obj, spec, build, e, started, log_path)
+            return
+        self.builds_run += 1
+        self._succeeded(obj, spec, build, outcome, started, log_path)
+
+    def log_path(self, namespace: str, build: str) -> Path:
+        return self.settings.log_dir / namespace / f"{build}.log"
+
+    def _succeeded(self, obj: Obj, spec: PluginSpec, build: Obj, outcome: Outcome,
+                   started: datetime, log_path: Path) -> None:
+        name = build["metadata"]["name"]
+        finished = self.now()
+        self._finish(build, "Succeeded", reason="BuildSucceeded",
+                     message=("content key already built; reused" if outcome.cache_hit
+                              else "built and pushed"),
+                     extra={"commit": outcome.commit, "shortCommit": outcome.commit[:12],
+                            "contentKey": outcome.content_key, "cacheHit": outcome.cache_hit,
+                            "image": outcome.image, "digest": outcome.digest,
+                            "shortDigest": outcome.digest.removeprefix("sha256:")[:12],
+                            "pluginName": outcome.plugin_name,
+                            "pluginVersion": outcome.plugin_version,
+                            "durationSeconds": round((finished - started).total_seconds(), 3),
+                            "logTail": _tail(log_path, self.settings.log_tail_lines)})
+        latest = {"name": name, "phase": "Succeeded", "commit": outcome.commit,
+                  "shortCommit": outcome.commit[:12], "image": outcome.image,
+                  "digest": outcome.digest,
+                  "shortDigest": outcome.digest.removeprefix("sha256:")[:12],
+                  "startedAt": rfc3339(started), "finishedAt": rfc3339(finished), "reason": ""}
+        conditions = list((obj.get("status") or {}).get("conditions") or [])
+        stamp = rfc3339(finished)
+        conditions = set_condition(conditions, "Built", "True", "BuildSucceeded",
+                                   f"{name}: {outcome.image} from commit {outcome.commit[:12]}",
+                                   stamp, spec.generation)
+        patch: Obj = {"latestBuild": latest, "observedGeneration": spec.generation}
+        if spec.configmap and spec.rollout == "Automatic":
+            try:
+                rollout.write_release(self.kube, spec, outcome, name)
+            except BuilderError as e:
+                conditions = set_condition(conditions, "Ready", "False", "RolloutFailed",
+                                           f"writing {spec.configmap}: {e}", stamp,
+                                           spec.generation)
+            else:
+                patch.update(currentImage=outcome.image, currentCommit=outcome.commit)
+                conditions = set_condition(conditions, "Ready", "True", "RolledOut",
+                                           f"{outcome.image} written to ConfigMap "
+                                           f"{spec.configmap}", stamp, spec.generation)
+        else:
+            conditions = set_condition(conditions, "Ready", "True", "BuiltNotRolledOut",
+                                       "rollout is Manual (or no target): the image is built; "
+                                       "roll it out yourself", stamp, spec.generation)
+        patch["conditions"] = conditions
+        self._patch_status(spec, patch)
+        self._event(obj, "Normal", "BuildSucceeded",
+                    f"{name}: {outcome.image}" + (" (cache hit)" if outcome.cache_hit else ""))
+
+    def _failed(self, obj: Obj, spec: PluginSpec, build: Obj, error: BuilderError,
+                started: datetime, log_path: Path) -> None:
+        name = build["metadata"]["name"]
+        attempts = int((build.get("status") or {}).get("attempts") or 1)
+        with open(log_path, "a", encoding="utf-8") as log_file:
+            log_file.write(f"!! {error.reason}: {error}\n")
+        tail = getattr(error, "log_tail", "") or _tail(log_path, self.settings.log_tail_lines)
+        stamp = rfc3339(self.now())
+        retry = error.transient and attempts < self.settings.max_attempts
+        if retry:
+            delay = self.backoff.delay_for(attempts)
+            due = self.now() + timedelta(seconds=delay)
+            self._finish(build, "Pending", reason=error.reason,
+                         message=f"attempt {attempts} failed: {error}; retrying at "
+                                 f"{rfc3339(due)}",
+                         extra={"nextAttemptAt": rfc3339(due), "holder": "", "logTail": tail})
+            summary = (f"{name} attempt {attempts}/{self.settings.max_attempts} failed "
+                       f"({error.reason}); retrying in {delay:g}s: {error}")
+        else:
+            self._finish(build, "Failed", reason=error.reason, message=str(error),
+                         extra={"logTail": tail,
+                                "durationSeconds": round(
+                                    (self.now() - started).total_seconds(), 3)})
+            summary = f"{name} failed ({error.reason}): {error}"
+        current = (obj.get("status") or {}).get("currentImage")
+        if current:
+            summary += f"; {current} stays rolled out"
+        conditions = list((obj.get("status") or {}).get("conditions") or [])
+        conditions = set_condition(conditions, "Built", "False", error.reason, summary, stamp,
+                                   spec.generation)
+        conditions = set_condition(conditions, "Ready", "False", error.reason, summary, stamp,
+                                   spec.generation)
+        self._patch_status(spec, {
+            "observedGeneration": spec.generation, "conditions": conditions,
+            "latestBuild": {"name": name, "phase": "Pending" if retry else "Failed",
+                            "startedAt": rfc3339(started), "finishedAt": stamp,
+                            "reason": error.reason}})
+        self._event(obj, "Warning", "BuildFailed", summary)
+
+    def _finish(self, build: Obj, phase: str, *, reason: str, message: str,
+                extra: Mapping[str, Any] | None = None) -> None:
+        for _ in range(5):
+            status = dict(build.get("status") or {})
+            status.update(phase=phase, reason=reason, message=message[:32000],
+                          **(extra or {}))
+            if phase in ("Succeeded", "Failed"):
+                status.update(finishedAt=rfc3339(self.now()), holder="")
+                status.pop("nextAttemptAt", None)
+            build["status"] = status
+            try:
+                self.kube.replace_build_status(build)
+                return
+            except Conflict:
+                fresh = self.kube.get_build(build["metadata"]["namespace"],
+                                            build["metadata"]["name"])
+                if fresh is None:
+                    return
+                build = fresh
+            except NotFound:
+                return
+        raise KubeError(f"could not record the outcome of {build['metadata']['name']}")
+
+    def _record_invalid(self, obj: Obj, message: str) -> None:
+        meta = obj["metadata"]
+        generation = int(meta.get("generation") or 0)
+        stamp = rfc3339(self.now())
+        conditions = list((obj.get("status") or {}).get("conditions") or [])
+        conditions = set_condition(conditions, "Built", "False", "InvalidSpec", message, stamp,
+                                   generation)
+        conditions = set_condition(conditions, "Ready", "False", "InvalidSpec", message, stamp,
+                                   generation)
+        self.kube.patch_plugin_status(meta["namespace"], meta["name"],
+                                      {"observedGeneration": generation,
+                                       "conditions": conditions})
+
+    def _ensure_observed(self, obj: Obj, spec: PluginSpec) -> None:
+        status = obj.get("status") or {}
+        if status.get("observedGeneration") == spec.generation:
+            return
+        last = (status.get("lastRequest") or {})
+        if last.get("generation") != spec.generation:
+            return  # a build for this generation has not been decided yet
+        self._patch_status(spec, {"observedGeneration": spec.generation})
+
+    def _prune(self, spec: PluginSpec, builds: list[Obj]) -> None:
+        finished = [b for b in builds if parse_build(b).finished]
+        for build in finished[:max(0, len(finished) - spec.history_limit)]:
+            self.kube.delete_build(spec.namespace, build["metadata"]["name"])
+
+    def _patch_status(self, spec: PluginSpec, status: Mapping[str, Any]) -> None:
+        self.kube.patch_plugin_status(spec.namespace, spec.name, status)
+
+    def _event(self, obj: Obj, type_: str, reason: str, note: str) -> None:
+        try:
+            self.kube.emit_event(obj, type_=type_, reason=reason, note=note, action="Build",
+                                 now=self.now().astimezone(UTC).strftime(
+                                     "%Y-%m-%dT%H:%M:%S.%fZ"), reporter=self.identity)
+        except BuilderError as e:
+            log.warning("event %s for %s: %s", reason, obj["metadata"]["name"], e)
+
+
+def _created(build: Mapping[str, Any]) -> tuple[str, str]:
+    meta = build.get("metadata") or {}
+    return str(meta.get("creationTimestamp", "")), str(meta.get("name", ""))
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])[-16000:]
