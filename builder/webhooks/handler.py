@@ -1,0 +1,156 @@
+"""One delivery in, one response out: verify, dedupe, parse, match, offer. No sockets here.
+
+Order matters. The signature is checked before anything in the body is parsed, so an
+unauthenticated sender only ever costs one HMAC per distinct secret and learns nothing but
+401. Delivery ids are remembered only after a delivery verified, so nobody can burn a real
+delivery id in advance with an unsigned copy. The response lists only plugins whose secret
+verified the delivery: a sender learns nothing about other tenants' plugins.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.errors import BuilderError
+from builder.webhooks import matching
+from builder.webhooks.dedupe import BuildRequest, DeliveryCache, Offer, Trigger
+from builder.webhooks.events import Ignored, PayloadError, Ping, PushEvent, parse
+from builder.webhooks.matching import PluginSource
+from builder.webhooks.plugins import PluginProvider
+from builder.webhooks.signatures import Forge, has_credentials, verify
+
+log = logging.getLogger("plugforge.webhooks")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: dict[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class Stats:
+    deliveries: int = 0
+    unauthorized: int = 0
+    duplicates: int = 0
+    invalid: int = 0
+    ignored: int = 0
+    pings: int = 0
+    pushes: int = 0
+    offers: dict[str, int] = field(default_factory=lambda: {o.value: 0 for o in Offer})
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def bump(self, name: str, offer: Offer | None = None) -> None:
+        with self.lock:
+            if offer is not None:
+                self.offers[offer.value] += 1
+            else:
+                setattr(self, name, getattr(self, name) + 1)
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {"deliveries": self.deliveries, "unauthorized": self.unauthorized,
+                    "duplicates": self.duplicates, "invalid": self.invalid,
+                    "ignored": self.ignored, "pings": self.pings, "pushes": self.pushes,
+                    "offers": dict(self.offers)}
+
+
+class WebhookHandler:
+    def __init__(self, provider: PluginProvider, deliveries: DeliveryCache,
+                 offer: Callable[[BuildRequest], Offer]) -> None:
+        self._provider = provider
+        self._deliveries = deliveries
+        self._offer = offer
+        self.stats = Stats()
+
+    def handle(self, forge: Forge, headers: Mapping[str, str], body: bytes) -> Response:
+        self.stats.bump("deliveries")
+        try:
+            plugins = self._verified_plugins(forge, headers, body)
+        except BuilderError as e:
+            log.error("%s delivery: cannot check it, the plugin list is unavailable: %s",
+                      forge.value, e)
+            return Response(503, {"error": "plugin list unavailable, redeliver later"},
+                            (("Retry-After", "30"),))
+        if not plugins:
+            self.stats.bump("unauthorized")
+            log.warning("%s delivery refused: %s", forge.value,
+                        "signature does not verify with any webhook secret"
+                        if has_credentials(forge, headers) else "no signature or token header")
+            return Response(401, {"error": "signature verification failed: the delivery is not "
+                                  "signed with the webhook secret of any BrokerPlugin "
+                                  "(spec.webhook.secretRef)"})
+        try:
+            parsed = parse(forge, headers, body)
+        except PayloadError as e:
+            self.stats.bump("invalid")
+            log.warning("%s delivery rejected: %s", forge.value, e)
+            return Response(e.status, {"error": str(e)})
+        if parsed.delivery and not self._deliveries.reserve(f"{forge.value}:{parsed.delivery}"):
+            self.stats.bump("duplicates")
+            log.info("%s delivery %s is a redelivery: already handled", forge.value,
+                     parsed.delivery)
+            return Response(200, {"status": "duplicate", "delivery": parsed.delivery,
+                                  "queued": []})
+        if isinstance(parsed, Ping):
+            self.stats.bump("pings")
+            return Response(200, {"status": "pong"})
+        if isinstance(parsed, Ignored):
+            self.stats.bump("ignored")
+            log.info("%s delivery %s (%s) ignored: %s", forge.value, parsed.delivery or "-",
+                     parsed.event, parsed.reason)
+            return Response(202, {"status": "ignored", "reason": parsed.reason, "queued": []})
+        self.stats.bump("pushes")
+        return self._push(parsed, plugins)
+
+    def _verified_plugins(self, forge: Forge, headers: Mapping[str, str],
+                          body: bytes) -> list[PluginSource]:
+        verified: list[PluginSource] = []
+        results: dict[bytes, bool] = {}  # one HMAC per distinct secret, not per plugin
+        for plugin in self._provider.plugins():
+            if plugin.secret is None:
+                continue
+            secret = self._provider.secret(plugin.secret)
+            if secret is None:
+                continue
+            if secret not in results:
+                results[secret] = verify(forge, headers, body, secret)
+            if results[secret]:
+                verified.append(plugin)
+        return verified
+
+    def _push(self, event: PushEvent, plugins: list[PluginSource]) -> Response:
+        decisions = matching.plan(event, plugins)
+        queued: list[dict[str, str]] = []
+        skipped: list[dict[str, str]] = []
+        trigger = Trigger(event.event, event.delivery, event.pusher, event.after,
+                          event.compare_url, event.forge.value)
+        for d in decisions:
+            if not d.build:
+                skipped.append({"plugin": d.plugin.key, "reason": d.reason})
+                continue
+            offer = self._offer(BuildRequest(d.plugin.key, event.after, event.before, trigger))
+            self.stats.bump("offers", offer)
+            if offer is Offer.STALE:
+                skipped.append({"plugin": d.plugin.key, "reason": "a newer push to this ref "
+                                "was seen already; this commit is not built"})
+            else:
+                queued.append({"plugin": d.plugin.key, "commit": event.after,
+                               "coalescing": offer.value})
+        log.info("%s push %s to %s at %s by %s: queued %s; skipped %s", event.forge.value,
+                 event.delivery or "-", event.ref, event.after[:12], event.pusher or "?",
+                 [q["plugin"] for q in queued] or "none",
+                 [f"{s['plugin']} ({s['reason']})" for s in skipped] or "none")
+        body: dict[str, Any] = {"status": "accepted", "event": "push", "ref": event.ref,
+                                "commit": event.after, "queued": queued, "skipped": skipped}
+        if not decisions:
+            body["status"] = "ignored"
+            repos = ", ".join(sorted(map(str, matching.repo_ids(event.repository_urls))))
+            body["reason"] = (f"no BrokerPlugin using this webhook secret follows {repos} "
+                              f"at {event.ref}")
+        return Response(202, body)

@@ -1,0 +1,149 @@
+"""Which BrokerPlugins does a push concern? Pure functions over plain values.
+
+A repository is identified by ``(host, path)``: the forms a forge reports for one repository
+(``https://host/Owner/Repo.git``, ``git@host:owner/repo``, ``ssh://git@host:22/owner/repo``,
+``git://host/owner/repo``) all normalize to the same identity. Owner and repository names are
+case-insensitive on every forge we serve. An http(s) port other than the default stays part
+of the host (two web servers on one machine are two forges); ssh ports do not (the ssh port of
+a forge is never its web port, and the push event lists its web and ssh URLs side by side).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from builder.webhooks.events import PushEvent
+
+_SCP = re.compile(r"^(?:[^@/:\s]+@)?(?P<host>[^:/\s]+):(?P<path>(?!/)[^\s]+)$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCHEMES = {"http", "https", "ssh", "git", "git+ssh", "ssh+git"}
+
+
+@dataclass(frozen=True, order=True)
+class RepoId:
+    host: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.path}"
+
+
+def normalize_url(url: str) -> RepoId | None:
+    """The identity of the repository at ``url``, or None if it is not a repository URL.
+
+    Credentials embedded in the URL are dropped, so a RepoId is safe to log.
+    """
+    url = url.strip()
+    if not url or any(c.isspace() for c in url):
+        return None
+    if "://" in url:
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return None
+        scheme = parts.scheme.lower()
+        host = (parts.hostname or "").lower()
+        if scheme not in _SCHEMES or not host:
+            return None
+        if port is not None and scheme in _DEFAULT_PORTS and port != _DEFAULT_PORTS[scheme]:
+            host = f"{host}:{port}"
+        path = parts.path
+    else:
+        match = _SCP.match(url)
+        if not match:
+            return None
+        host, path = match["host"].lower(), match["path"]
+    segments = [s for s in urllib.parse.unquote(path).split("/") if s]
+    if segments:
+        segments[-1] = segments[-1].removesuffix(".git")
+    segments = [s for s in segments if s]
+    if len(segments) < 1 or any(s in (".", "..") for s in segments):
+        return None
+    return RepoId(host, "/".join(segments).lower())
+
+
+def repo_ids(urls: Iterable[str]) -> frozenset[RepoId]:
+    return frozenset(r for r in map(normalize_url, urls) if r is not None)
+
+
+def ref_matches(followed: str, pushed: str) -> bool:
+    """Does a push to ``pushed`` (a full ref) move the ref a plugin follows?
+
+    A full ref (``refs/heads/main``, ``refs/tags/v1``) matches only itself. A short name
+    (``main``, ``v1.2``) may name a branch or a tag, so a push to either can change what it
+    resolves to, and both match.
+    """
+    if followed.startswith("refs/"):
+        return followed == pushed
+    return pushed in (f"refs/heads/{followed}", f"refs/tags/{followed}")
+
+
+def path_touched(plugin_path: str, changed: frozenset[str] | None) -> bool:
+    """Did a change touch the plugin's subdirectory? Unknown changes (None) count as touched."""
+    if changed is None:
+        return True
+    root = plugin_path.strip("/")
+    if root in ("", "."):
+        return True
+    prefix = root + "/"
+    return any(f == root or f.startswith(prefix) for f in (c.lstrip("/") for c in changed))
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    namespace: str
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class PluginSource:
+    """What the webhook path needs of a BrokerPlugin."""
+
+    namespace: str
+    name: str
+    uid: str
+    url: str
+    ref: str
+    path: str
+    revision: str | None
+    enabled: bool
+    secret: SecretRef | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    plugin: PluginSource
+    build: bool
+    reason: str
+
+
+def decide(event: PushEvent, plugin: PluginSource) -> Decision | None:
+    """Whether ``event`` should rebuild ``plugin``; None when the push is about something else."""
+    wanted = normalize_url(plugin.url)
+    if wanted is None or wanted not in repo_ids(event.repository_urls):
+        return None
+    if not ref_matches(plugin.ref, event.ref):
+        return None
+    if not plugin.enabled:
+        return Decision(plugin, False, "plugin is disabled (spec.enabled: false)")
+    if plugin.revision:
+        return Decision(plugin, False, f"plugin is pinned to revision {plugin.revision} "
+                        "(spec.source.git.revision); a push does not change what it builds")
+    if not path_touched(plugin.path, event.changed_files):
+        return Decision(plugin, False, f"no changed file under {plugin.path!r} "
+                        "(spec.source.git.path)")
+    return Decision(plugin, True, f"push to {event.ref}")
+
+
+def plan(event: PushEvent, plugins: Sequence[PluginSource]) -> list[Decision]:
+    """A decision for every plugin that follows the pushed repository and ref."""
+    return [d for d in (decide(event, p) for p in plugins) if d is not None]

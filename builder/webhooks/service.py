@@ -1,0 +1,75 @@
+"""Assemble the webhook endpoint: apiserver-backed plugins, dedupe, coalescing, PluginBuilds."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.kube import Kube
+from builder.webhooks.dedupe import Coalescer, DeliveryCache
+from builder.webhooks.enqueue import BuildSink, Enqueuer, PluginBuildSink
+from builder.webhooks.handler import WebhookHandler
+from builder.webhooks.matching import PluginSource
+from builder.webhooks.plugins import KubePlugins, PluginProvider
+from builder.webhooks.server import ServerSettings, WebhookServer
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    # Seconds without a newer push before a plugin's build is requested (burst coalescing).
+    quiet_seconds: float = 1.0
+    # How long a delivery id is remembered to drop redeliveries.
+    delivery_ttl_seconds: float = 24 * 3600.0
+    # Maximum age of the cached BrokerPlugin list when a delivery arrives.
+    plugin_list_max_age: float = 2.0
+
+
+@dataclass
+class Webhooks:
+    """A running endpoint; ``stop()`` ends the server and the enqueuer."""
+
+    server: WebhookServer
+    enqueuer: Enqueuer
+    coalescer: Coalescer
+    handler: WebhookHandler
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.enqueuer.stop()
+
+
+def start(provider: PluginProvider, sink: BuildSink,
+          settings: WebhookSettings | None = None) -> Webhooks:
+    """Start the endpoint over any plugin provider and build sink."""
+    settings = settings or WebhookSettings()
+    coalescer = Coalescer(time.monotonic, quiet=settings.quiet_seconds)
+    handler = WebhookHandler(provider, DeliveryCache(time.monotonic,
+                                                     ttl=settings.delivery_ttl_seconds),
+                             coalescer.offer)
+    enqueuer = Enqueuer(coalescer, sink)
+
+    def extra() -> dict[str, Any]:
+        return {"builds_requested": enqueuer.handed_off, "build_requests_failed": enqueuer.failed,
+                "pending": len(coalescer.pending())}
+
+    server = WebhookServer(handler, settings.server, extra)
+    enqueuer.start()
+    server.start()
+    return Webhooks(server, enqueuer, coalescer, handler)
+
+
+def start_with_kube(kube: Kube, settings: WebhookSettings | None = None) -> Webhooks:
+    """The endpoint as the builder runs it: plugins from the apiserver, PluginBuild requests."""
+    settings = settings or WebhookSettings()
+    provider = KubePlugins(kube, time.monotonic, max_age=settings.plugin_list_max_age)
+
+    def lookup(key: str) -> PluginSource | None:
+        return next((p for p in provider.plugins() if p.key == key), None)
+
+    return start(provider, PluginBuildSink(kube, lookup), settings)
