@@ -234,3 +234,19 @@ def test_registry_down_is_transient(slammer: int, tmp_path: Path) -> None:
             with pytest.raises(TransientRegistryError, match="retry later"):
                 pull_image(client, f"{host}/team/x@{image.digest}", tmp_path / "cache")
     assert cache_is_clean(tmp_path / "cache")
+
+
+def test_registry_server_error_is_transient(registry: Registry, tmp_path: Path) -> None:
+    image = pack_image(artifact(tmp_path / "artifact", "server-error"), metadata())
+    with client_for(registry) as client:
+        pinned = client.push_image(parse_reference(f"{registry.host}/team/broken:1"), image)
+        data = blob_data_path(registry, image.layers[0].digest)
+        data.unlink()
+        data.symlink_to("data")  # a symlink loop: the storage driver fails with ELOOP
+        try:
+            with pytest.raises(TransientRegistryError, match=r"answered HTTP 5\d\d"):
+                pull_image(client, pinned, tmp_path / "cache")
+        finally:
+            data.unlink()
+            data.write_bytes(image.layers[0].data)
+    assert cache_is_clean(tmp_path / "cache")

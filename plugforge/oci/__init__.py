@@ -50,6 +50,7 @@ from plugforge.oci.pack import (
     Blob,
     ImageMetadata,
     PackedImage,
+    assemble_image,
     pack_image,
 )
 from plugforge.oci.reference import ImageRef, parse_reference, require_digest, sha256_digest
@@ -80,6 +81,7 @@ __all__ = [
     "RegistryError",
     "TransientRegistryError",
     "UnsafeLayer",
+    "assemble_image",
     "cached_image",
     "cached_manifest",
     "credentials_from_dockerconfigjson",
