@@ -144,9 +144,13 @@ def test_garbage_and_bombs(tmp_path: Path) -> None:
     garbage.write_bytes(b"\x1f\x8b" + os.urandom(200))
     with pytest.raises(UnsafeLayer, match="not a readable tar archive"):
         extract_layers([garbage], tmp_path / "g")
+    truncated = tmp_path / "truncated"
+    truncated.write_bytes(gzip.compress(make_tar(f("a", "z" * 5000)))[:60])
+    with pytest.raises(UnsafeLayer, match="not a readable tar archive"):
+        extract_layers([truncated], tmp_path / "t")
     bomb = tmp_path / "bomb"
     bomb.write_bytes(gzip.compress(b"\0" * (8 << 20)))
     limits = ExtractLimits(max_entry_bytes=1024, max_total_bytes=1024, max_entries=1)
     with pytest.raises(UnsafeLayer, match="uncompresses to more than"):
         extract_layers([bomb], tmp_path / "b", limits=limits)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb", "garbage"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb", "garbage", "truncated"]

@@ -26,6 +26,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,7 @@ def _extract_one(layer: Path, state: _State) -> str:
                     _apply(member, tar, state)
             while reader.read(1 << 20):
                 pass  # the digest covers the end-of-archive padding too
-        except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as e:
-            if isinstance(e, UnsafeLayer):
-                raise
+        except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
             raise UnsafeLayer(layer.name, f"not a readable tar archive ({e})") from e
     return "sha256:" + reader.hasher.hexdigest()
 
