@@ -38,7 +38,14 @@ public final class Launcher {
                 stopped.countDown();
             }
         }, "plugforge-launcher-stop"));
-        hivemq.start().join();
+        try {
+            hivemq.start().join();
+        } catch (final RuntimeException e) {
+            // HiveMQ's own threads would keep a failed JVM alive: exit so the fixture sees it.
+            e.printStackTrace();
+            System.out.flush();
+            Runtime.getRuntime().halt(1);
+        }
         System.out.println("PLUGFORGE-HIVEMQ-STARTED");
         System.out.flush();
         stopped.await();
