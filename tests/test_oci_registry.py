@@ -31,6 +31,7 @@ from plugforge.oci import (
     parse_reference,
     pull_image,
 )
+from plugforge.oci.cache import STALE_AFTER_SECONDS, prune_partial
 from plugforge.oci.pack import assemble_image
 from testbed.procs import free_port
 from testbed.registry import Registry
@@ -250,3 +251,19 @@ def test_registry_server_error_is_transient(registry: Registry, tmp_path: Path) 
             data.unlink()
             data.write_bytes(image.layers[0].data)
     assert cache_is_clean(tmp_path / "cache")
+
+
+def test_leftovers_of_a_crashed_pull_are_never_used(registry: Registry, tmp_path: Path) -> None:
+    image = pack_image(artifact(tmp_path / "artifact", "crash"), metadata())
+    cache = tmp_path / "cache"
+    crashed = cache / "tmp" / "pull-crashed"
+    (crashed / "rootfs" / PLUGIN_ROOT / "auth-plugin").mkdir(parents=True)
+    (crashed / "rootfs" / PLUGIN_ROOT / "auth-plugin" / "half-written").write_text("junk")
+    with client_for(registry) as client:
+        pinned = client.push_image(parse_reference(f"{registry.host}/team/crash:1"), image)
+        tree = pull_image(client, pinned, cache)
+    assert not (tree / PLUGIN_ROOT / "auth-plugin" / "half-written").exists()
+    assert crashed.exists()  # recent: might belong to a concurrent pull, so kept
+
+    prune_partial(cache, now=crashed.stat().st_mtime + STALE_AFTER_SECONDS + 1)
+    assert not crashed.exists()

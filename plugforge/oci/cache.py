@@ -43,7 +43,7 @@ def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
         return present
     tmp_root = cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
-    _prune_stale(tmp_root)
+    prune_partial(cache_dir)
     work = Path(tempfile.mkdtemp(prefix="pull-", dir=tmp_root))
     try:
         manifest_bytes, manifest = client.pull_manifest(pinned)
@@ -97,8 +97,12 @@ def _diff_ids(config: bytes) -> list[str]:
     return diff_ids
 
 
-def _prune_stale(tmp_root: Path, now: float | None = None) -> None:
+def prune_partial(cache_dir: Path, now: float | None = None) -> None:
+    """Remove work dirs of pulls that crashed more than ``STALE_AFTER_SECONDS`` ago."""
     cutoff = (time.time() if now is None else now) - STALE_AFTER_SECONDS
+    tmp_root = cache_dir / "tmp"
+    if not tmp_root.is_dir():
+        return
     for child in tmp_root.iterdir():
         try:
             if child.lstat().st_mtime < cutoff:
