@@ -1,14 +1,17 @@
-"""Hand coalesced build requests to the builder: one PluginBuild (phase Pending) per request.
+"""Hand coalesced build requests to the builder: one PluginBuild per request.
 
-A PluginBuild is the builder's durable build request (see manifests/crds/pluginbuilds...), so
-a request survives a builder restart and records its trigger: event, delivery, pusher, commit,
-compare URL. The name is derived from the delivery, so when a forge redelivers to another
-builder replica the create conflicts instead of queueing the build twice.
+A PluginBuild without a status is a Pending build request to the builder's controller (see
+builder/controller.py and manifests/crds/), so a request survives a builder restart and records
+its trigger: event, delivery, pusher, commit, compare URL. The controller runs the newest
+Pending build of a plugin (creation time, then name) and marks older ones Superseded; the
+coalescer in front of this sink requests at most one build per plugin per quiet period (at
+least a second), so two requests of one replica never share a creation second. The name is
+derived from the delivery, so when a forge redelivers to another builder replica the create
+conflicts instead of queueing the build twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
@@ -58,9 +61,14 @@ def plugin_build(plugin: PluginSource, request: BuildRequest) -> dict[str, Any]:
     }
     if plugin.uid:
         metadata["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": "BrokerPlugin",
-                                        "name": plugin.name, "uid": plugin.uid}]
+                                        "name": plugin.name, "uid": plugin.uid,
+                                        "blockOwnerDeletion": False}]
+    spec: dict[str, Any] = {"plugin": plugin.name, "commit": request.commit, "trigger": trigger}
+    if plugin.generation is not None:
+        # Lets the controller see that this (generation, commit) was requested already.
+        spec["pluginGeneration"] = plugin.generation
     return {"apiVersion": API_VERSION, "kind": "PluginBuild", "metadata": metadata,
-            "spec": {"plugin": plugin.name, "commit": request.commit, "trigger": trigger}}
+            "spec": spec}
 
 
 class PluginBuildSink:
@@ -77,15 +85,11 @@ class PluginBuildSink:
             return
         body = plugin_build(plugin, request)
         try:
-            created = self._kube.create_build(plugin.namespace, body)
+            self._kube.create_build(plugin.namespace, body)
         except Conflict:
             log.info("build request %s/%s exists already (redelivery to another replica)",
                      plugin.namespace, body["metadata"]["name"])
             return
-        created["status"] = {"phase": "Pending"}
-        # Conflict: the builder claimed it already, and it has a phase of its own.
-        with contextlib.suppress(Conflict):
-            self._kube.replace_build_status(created)
         log.info("requested build %s/%s of %s at %s (delivery %s)", plugin.namespace,
                  body["metadata"]["name"], plugin.key, request.commit[:12],
                  request.trigger.delivery or "-")

@@ -113,6 +113,7 @@ class PluginSource:
     revision: str | None
     enabled: bool
     secret: SecretRef | None
+    generation: int | None = None
 
     @property
     def key(self) -> str:

@@ -54,7 +54,8 @@ def plugin_source(obj: Mapping[str, Any]) -> PluginSource | None:
         namespace=namespace, name=name, uid=str(meta.get("uid", "")), url=url,
         ref=str(git.get("ref") or "main"), path=str(git.get("path") or "."),
         revision=revision if isinstance(revision, str) and revision else None,
-        enabled=spec.get("enabled", True) is not False, secret=secret)
+        enabled=spec.get("enabled", True) is not False, secret=secret,
+        generation=meta["generation"] if isinstance(meta.get("generation"), int) else None)
 
 
 class KubePlugins:

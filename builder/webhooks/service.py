@@ -19,6 +19,7 @@ from builder.webhooks.server import ServerSettings, WebhookServer
 class WebhookSettings:
     server: ServerSettings = field(default_factory=ServerSettings)
     # Seconds without a newer push before a plugin's build is requested (burst coalescing).
+    # At least 1: the controller orders requests by creation time, which has 1 s resolution.
     quiet_seconds: float = 1.0
     # How long a delivery id is remembered to drop redeliveries.
     delivery_ttl_seconds: float = 24 * 3600.0
