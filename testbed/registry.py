@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +41,13 @@ class Registry:
 
 
 def start_registry(workdir: Path, ca: CertificateAuthority,
-                   credentials: tuple[str, str] | None = None) -> Registry:
-    """Start a registry; with ``credentials`` it demands HTTP basic auth (htpasswd, bcrypt)."""
+                   credentials: tuple[str, str] | None = None,
+                   auth: Mapping[str, object] | None = None) -> Registry:
+    """Start a registry over TLS.
+
+    With ``credentials`` it demands HTTP basic auth (htpasswd, bcrypt); ``auth`` is any other
+    ``auth:`` section of the registry's configuration (e.g. ``token`` for the bearer flow).
+    """
     binary = shutil.which(REGISTRY_BINARY)
     if binary is None:
         raise ServerFailed("docker-registry is not installed (Debian package docker-registry); "
@@ -49,7 +55,7 @@ def start_registry(workdir: Path, ca: CertificateAuthority,
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
     tls = ca.issue(f"registry-{workdir.name}")
-    auth: dict[str, object] = {}
+    auth = dict(auth or {})
     if credentials is not None:
         htpasswd = workdir / "htpasswd"
         user, password = credentials

@@ -12,22 +12,18 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import shutil
 import ssl
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import yaml
-
 from testbed.certs import CertificateAuthority
-from testbed.procs import ServerFailed, ServerProcess, start_with_port
+from testbed.procs import ServerProcess
+from testbed.registry import start_registry
 
 SERVICE = "plugforge-registry"
 ISSUER = "plugforge-testbed-token-issuer"
@@ -123,47 +119,15 @@ def start_token_service(workdir: Path, ca: CertificateAuthority,
 def start_token_registry(workdir: Path, ca: CertificateAuthority,
                          users: dict[str, str]) -> TokenRegistry:
     """docker-registry with ``auth.token`` pointing at a fresh token service."""
-    binary = shutil.which("docker-registry")
-    if binary is None:
-        raise ServerFailed("docker-registry is not installed (Debian package docker-registry)")
     tokens = start_token_service(workdir / "tokens", ca, users)
-    storage = workdir / "storage"
-    tls = ca.issue(f"registry-{workdir.name}")
-
-    def start(port: int) -> ServerProcess:
-        config = {
-            "version": 0.1,
-            "log": {"level": "info"},
-            "storage": {"filesystem": {"rootdirectory": str(storage)}},
-            "http": {"addr": f"127.0.0.1:{port}",
-                     "tls": {"certificate": str(tls.cert), "key": str(tls.key)}},
-            "auth": {"token": {"realm": tokens.realm, "service": SERVICE, "issuer": ISSUER,
-                               "rootcertbundle": str(tokens.signer_cert)}},
-        }
-        config_path = workdir / "config.yml"
-        config_path.write_text(yaml.safe_dump(config))
-        return ServerProcess("docker-registry-token", [binary, "serve", str(config_path)],
-                             workdir / "registry.log")
-
-    def ready(server: ServerProcess, port: int) -> None:
-        ctx = ssl.create_default_context(cafile=str(ca.cert))
-
-        def probe() -> bool:
-            try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", context=ctx,
-                                            timeout=2):
-                    return True
-            except urllib.error.HTTPError as e:
-                return e.code == 401
-
-        server.wait_ready(probe, timeout=30)
-
     try:
-        server, port = start_with_port(start, ready)
+        registry = start_registry(workdir, ca, auth={"token": {
+            "realm": tokens.realm, "service": SERVICE, "issuer": ISSUER,
+            "rootcertbundle": str(tokens.signer_cert)}})
     except BaseException:
         tokens.stop()
         raise
-    return TokenRegistry(server, port, tokens, storage)
+    return TokenRegistry(registry.server, registry.port, tokens, registry.storage)
 
 
 def _access(scopes: list[str]) -> list[dict[str, object]]:
