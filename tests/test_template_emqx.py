@@ -61,6 +61,7 @@ fold([{_, {M, F, Extra}, _} | Rest], Args, Acc) ->
 
 @dataclass
 class Built:
+    repo: Path
     package: Path
     artifact_dir: Path
     hooks_ebin: Path
@@ -79,7 +80,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     hooks_src.write_text(STAND_IN_HOOKS)
     subprocess.run(["erlc", "-o", str(hooks_src.parent), str(hooks_src)], check=True)
     artifact_dir = work / "artifact"
-    return Built(package=artifact_dir / f"{NAME_VSN}.tar.gz", artifact_dir=artifact_dir,
+    return Built(repo=repo, package=artifact_dir / f"{NAME_VSN}.tar.gz", artifact_dir=artifact_dir,
                  hooks_ebin=hooks_src.parent)
 
 
@@ -113,6 +114,20 @@ def test_artifact_is_the_plugin_package(built: Built) -> None:
     # EMQX splits NAME-VSN at the first '-', so the name must not contain one.
     assert "-" not in info["name"]
     assert re.fullmatch(r"\d+", info["built_on_otp_release"])
+
+
+def test_same_commit_builds_the_same_bytes(built: Built, tmp_path: Path) -> None:
+    # Entries carry the commit time and beams are compiled `deterministic`, so an unchanged
+    # commit gives an unchanged package (and image digest).
+    assert main(["build", "--local", str(built.repo), "--work-dir", str(tmp_path / "again"),
+                 "--quiet"]) == 0
+    again = tmp_path / "again" / "artifact" / built.package.name
+    assert again.read_bytes() == built.package.read_bytes()
+    with tarfile.open(built.package) as tar:
+        info = json.load(tar.extractfile(f"{NAME_VSN}/release.json"))  # type: ignore[arg-type]
+    head = subprocess.run(["git", "-C", str(built.repo), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    assert info["git_ref"] == head
 
 
 def test_packaged_app_starts_and_registers_hooks_like_emqx_loads_it(built: Built,

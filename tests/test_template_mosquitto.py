@@ -121,6 +121,12 @@ def test_build_produces_one_shared_object_with_the_v5_entry_points(built: Built)
     assert '#define PLUGIN_NAME "deny_test"' in (built.repo / "src/plugin_info.h").read_text()
 
 
+def test_same_commit_builds_the_same_bytes(built: Built, tmp_path: Path) -> None:
+    assert main(["build", "--local", str(built.repo), "--work-dir", str(tmp_path),
+                 "--quiet"]) == 0
+    assert (tmp_path / "artifact" / "deny_test.so").read_bytes() == built.plugin.read_bytes()
+
+
 @pytest.mark.parametrize("protocol", [mqtt.MQTTv311, mqtt.MQTTv5], ids=["v311", "v5"])
 def test_denied_user_is_refused_at_connect(broker: Mosquitto,
                                            protocol: MQTTProtocolVersion) -> None:

@@ -25,8 +25,12 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("vernemq-erlang")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("vernemq-erlang")
+
+
+@pytest.fixture(scope="module")
+def artifact(root: Path) -> Path:
     repo = root / "deny-test"
     assert main(["new", "--broker", "vernemq", "deny-test", "--dir", str(repo)]) == 0
     assert (repo / "src" / f"{NAME}.app.src").is_file()
@@ -69,6 +73,17 @@ def test_artifact_is_a_dir_with_ebin(artifact: Path) -> None:
     assert re.search(r"plugin_enable_erlc_dir\t.*--path=\S+_erlc\trc=0", commands)
     assert (FIXTURES / "plugin_enable_erlc_dir.stdout").read_text().strip() == "Done"
     assert "plugin_not_found" in (FIXTURES / "plugin_enable_dir_without_ebin.stdout").read_text()
+
+
+def test_same_commit_builds_the_same_bytes(artifact: Path, root: Path) -> None:
+    # Beams are compiled `deterministic` (no build paths inside), so rebuilding an unchanged
+    # commit in another work dir gives identical files (and an identical image digest).
+    work = root / "again"
+    assert main(["build", "--local", str(root / "deny-test"), "--work-dir", str(work),
+                 "--quiet"]) == 0
+    for f in artifact.rglob("*"):
+        if f.is_file():
+            assert (work / "artifact" / f.relative_to(artifact)).read_bytes() == f.read_bytes()
 
 
 def test_app_file_names_the_app_as_the_plugin_dir(artifact: Path) -> None:

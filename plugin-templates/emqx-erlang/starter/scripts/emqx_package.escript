@@ -36,6 +36,7 @@ package(Name, Vsn) ->
         false -> ok
     end,
     NameVsn = Name ++ "-" ++ Vsn,
+    {GitRef, CommitTime} = git_head(),
     Extra = case file:consult("emqx_plugin.config") of
         {ok, Terms} -> Terms;
         {error, enoent} -> [];
@@ -49,8 +50,8 @@ package(Name, Vsn) ->
                description => bin(proplists:get_value(description, Props, Name)),
                metadata_vsn => <<"0.1.0">>,
                built_on_otp_release => bin(erlang:system_info(otp_release)),
-               git_ref => <<"unknown">>,
-               git_commit_or_build_date => today(),
+               git_ref => GitRef,
+               git_commit_or_build_date => date_of(CommitTime),
                with_config_schema => false}),
     Files = [{NameVsn ++ "/release.json", iolist_to_binary([json(Info), "\n"])}]
         ++ readme(NameVsn)
@@ -59,11 +60,44 @@ package(Name, Vsn) ->
     OutDir = filename:join("_build", "emqx_plugin"),
     Tar = filename:join(OutDir, NameVsn ++ ".tar.gz"),
     ok = filelib:ensure_dir(Tar),
-    ok = erl_tar:create(Tar, Files, [compressed]),
+    write_tar(Tar, Files, CommitTime),
     {ok, Bin} = file:read_file(Tar),
     Sha = << <<(hex(N))>> || <<N:4>> <= crypto_sha256(Bin) >>,
     ok = file:write_file(filename:join(OutDir, NameVsn ++ ".sha256"), Sha),
     io:format("packed ~s (~b files)~n", [Tar, length(Files)]).
+
+%% Same source, same bytes: entries carry the commit time, not the build time.
+write_tar(Tar, Files, MTime) ->
+    {ok, T} = erl_tar:open(Tar, [write, compressed]),
+    [ok = erl_tar:add(T, Bin, Name, [{mtime, MTime}, {atime, MTime}, {ctime, MTime},
+                                      {uid, 0}, {gid, 0}])
+     || {Name, Bin} <- Files],
+    ok = erl_tar:close(T).
+
+%% {CommitSha, CommitUnixTime} of HEAD, or {<<"unknown">>, 0} outside a Git checkout.
+git_head() ->
+    case os:find_executable("git") of
+        false -> {<<"unknown">>, 0};
+        Git ->
+            Port = open_port({spawn_executable, Git},
+                             [{args, ["log", "-1", "--format=%H %ct"]}, exit_status,
+                              stderr_to_stdout, binary]),
+            case collect(Port, <<>>) of
+                {0, Out} ->
+                    case string:lexemes(string:trim(Out), " ") of
+                        [Sha, Time] -> {Sha, binary_to_integer(Time)};
+                        _ -> {<<"unknown">>, 0}
+                    end;
+                _ -> {<<"unknown">>, 0}
+            end
+    end.
+
+collect(Port, Acc) ->
+    receive
+        {Port, {data, D}} -> collect(Port, <<Acc/binary, D/binary>>);
+        {Port, {exit_status, S}} -> {S, Acc}
+    after 30000 -> {timeout, Acc}
+    end.
 
 readme(NameVsn) ->
     case file:read_file("README.md") of
@@ -94,8 +128,8 @@ crypto_sha256(Bin) ->
 hex(N) when N < 10 -> $0 + N;
 hex(N) -> $a + N - 10.
 
-today() ->
-    {Y, M, D} = erlang:date(),
+date_of(UnixTime) ->
+    {{Y, M, D}, _} = calendar:system_time_to_universal_time(UnixTime, second),
     bin(io_lib:format("~4..0b-~2..0b-~2..0b", [Y, M, D])).
 
 fail(Fmt, Args) -> throw({fail, Fmt, Args}).
