@@ -42,6 +42,9 @@ from typing import Any, Literal
 
 import yaml
 
+from plugforge.oci.errors import InvalidReference
+from plugforge.oci.reference import require_digest
+
 API_VERSION = "plugforge.dev/v1alpha1"
 BROKER_KEY = "broker.yaml"
 PLUGIN_KEY_PREFIX = "plugin."
@@ -49,9 +52,6 @@ PLUGIN_KEY_SUFFIX = ".yaml"
 BROKERS = ("vernemq", "hivemq", "emqx", "mosquitto", "rabbitmq")
 
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_DIGEST_REF = re.compile(
-    r"^(?P<repo>[a-z0-9.-]+(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)+)"
-    r"@(?P<digest>sha256:[0-9a-f]{64})$")
 _SETTING_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 Expectation = Literal["accepted", "refused"]
@@ -180,15 +180,16 @@ def render_plugin_release(release: PluginRelease) -> str:
 
 
 def require_digest_ref(image: str, where: str = "image") -> str:
-    """Return ``image`` if it is ``repository@sha256:<64 hex>``, else explain what is wrong."""
-    if _DIGEST_REF.match(image):
-        return image
-    if "@" not in image:
+    """Return ``image`` if it is ``registry/repository@sha256:<64 hex>``, else explain why not."""
+    try:
+        ref = require_digest(image)
+    except InvalidReference as e:
         raise ContractError(
-            f"{where}: expected repository@sha256:<64 hex digits>, found {image!r}; "
-            "plugins are pulled by digest only, so pin the image (a tag can change under you)")
-    raise ContractError(
-        f"{where}: {image!r} is not a valid repository@sha256:<64 lowercase hex digits> reference")
+            f"{where}: {e}; plugins are pulled by digest only (a tag can change under you)"
+        ) from e
+    if ref.tag is not None:
+        raise ContractError(f"{where}: {image!r} has both a tag and a digest; keep only the digest")
+    return image
 
 
 # --- parsing --------------------------------------------------------------------------------
