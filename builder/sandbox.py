@@ -21,6 +21,7 @@ from builder.recipe_errors import BuildFailed, BuildTimeout
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOG_TAIL_LINES = 40
+LOG_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def clean_env(home: Path, tmp: Path, extra: Mapping[str, str] | None = None,
@@ -72,49 +73,89 @@ def log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+class _LogSink:
+    """The build log file plus the optional live echo, shared by the pump thread and the runner.
+
+    Output past ``limit`` bytes is counted but not stored, so a build that floods its output
+    cannot fill the runner's disk; the pipe is still drained so the build does not block.
+    """
+
+    def __init__(self, path: Path, echo: TextIO | None, limit: int) -> None:
+        self._file = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._echo = echo
+        self._limit = limit
+        self._written = 0
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            room = self._limit - self._written
+            if room > 0:
+                kept = data[:room]
+                self._file.write(kept)
+                self._file.flush()
+                self._written += len(kept)
+                if self._echo is not None:
+                    self._echo.write(kept.decode("utf-8", errors="replace"))
+                    self._echo.flush()
+            self._dropped += max(0, len(data) - max(room, 0))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._dropped:
+                note = f"\n!! log truncated: {self._dropped} more bytes of output not kept\n"
+                self._file.write(note.encode())
+            self._file.close()
+
+
 def run_steps(steps: Sequence[tuple[Sequence[str], Mapping[str, str]]], *, cwd: Path,
-              log_path: Path, deadline: float, timeout: float, echo: TextIO | None) -> None:
+              log_path: Path, deadline: float, timeout: float, echo: TextIO | None,
+              log_limit: int = LOG_LIMIT_BYTES) -> None:
     """Run each ``(argv, env)`` in ``cwd`` in order until one fails or ``deadline`` passes.
 
     ``deadline`` is on the ``time.monotonic`` clock; ``timeout`` is only used in messages.
-    Output (stdout and stderr merged) goes to ``log_path`` and, line by line, to ``echo``.
+    Output (stdout and stderr merged) goes to ``log_path`` (at most ``log_limit`` bytes) and,
+    as it arrives, to ``echo``.
     """
-    with open(log_path, "ab") as log:
+    sink = _LogSink(log_path, echo, log_limit)
+    try:
         for index, (argv, env) in enumerate(steps):
-            _write(log, echo, f"$ {' '.join(argv)}\n")
-            code = _run_one(argv, env, cwd, log, echo, deadline)
+            sink.write(f"$ {' '.join(argv)}\n".encode())
+            code = _run_one(argv, env, cwd, sink, deadline)
             if code is None:
-                _write(log, echo, f"!! killed: build exceeded its {timeout:g}s limit\n")
-                log.flush()
+                sink.write(f"!! killed: build exceeded its {timeout:g}s limit\n".encode())
+                tail = log_tail(log_path)
                 raise BuildTimeout(
                     f"build exceeded its time limit of {timeout:g}s during step {index + 1} "
                     f"({argv[0]}); every process it started was killed. Make the build faster "
                     f"or raise timeoutSeconds in the recipe.\n"
-                    f"--- last lines of the build log ---\n{log_tail(log_path)}",
-                    timeout=timeout, log_tail=log_tail(log_path))
+                    f"--- last lines of the build log ---\n{tail}",
+                    timeout=timeout, log_tail=tail)
             if code != 0:
-                log.flush()
                 tail = log_tail(log_path)
                 raise BuildFailed(
                     f"build step {index + 1} ({' '.join(argv)}) exited with code {code}.\n"
                     f"--- last lines of the build log ---\n{tail}",
                     step=index + 1, exit_code=code, log_tail=tail)
+    finally:
+        sink.close()
 
 
-def _run_one(argv: Sequence[str], env: Mapping[str, str], cwd: Path, log: BinaryIO,
-             echo: TextIO | None, deadline: float) -> int | None:
+def _run_one(argv: Sequence[str], env: Mapping[str, str], cwd: Path, sink: _LogSink,
+             deadline: float) -> int | None:
     """Exit code of one step, or None if it was killed at the deadline."""
     try:
         proc = subprocess.Popen(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     except OSError as e:
-        _write(log, echo, f"!! cannot start {argv[0]}: {e}\n")
+        sink.write(f"!! cannot start {argv[0]}: {e}\n".encode())
         return 127
     stdout = proc.stdout
     if stdout is None:  # impossible with stdout=PIPE; keeps the type checker honest
         raise RuntimeError("subprocess pipe missing")
-    pump = threading.Thread(target=_pump, args=(stdout, log, echo), daemon=True)
+    pump = threading.Thread(target=_pump, args=(stdout, sink), daemon=True)
     pump.start()
     timed_out = False
     try:
@@ -135,19 +176,8 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def _pump(stream: BinaryIO, log: BinaryIO, echo: TextIO | None) -> None:
-    for line in iter(stream.readline, b""):
-        log.write(line)
-        log.flush()
-        if echo is not None:
-            echo.write(line.decode("utf-8", errors="replace"))
-            echo.flush()
+def _pump(stream: BinaryIO, sink: _LogSink) -> None:
+    # Bounded reads: a line without a newline must not grow without limit in memory.
+    for chunk in iter(lambda: stream.readline(65536), b""):
+        sink.write(chunk)
     stream.close()
-
-
-def _write(log: BinaryIO, echo: TextIO | None, text: str) -> None:
-    log.write(text.encode())
-    log.flush()
-    if echo is not None:
-        echo.write(text)
-        echo.flush()

@@ -7,6 +7,7 @@ to tmp dirs.
 from __future__ import annotations
 
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from builder.recipe import (
     templates_root,
 )
 from builder.recipe_schema import parse_recipe
+from builder.sandbox import run_steps
 
 BROKERS = ("mosquitto", "vernemq", "emqx", "hivemq", "rabbitmq")
 
@@ -310,3 +312,15 @@ def test_work_dir_must_be_empty(tmp_path: Path) -> None:
 def test_errors_share_one_base() -> None:
     for cls in (RecipeError, ToolMissing, BuildFailed, BuildTimeout, ArtifactError, MetadataError):
         assert issubclass(cls, BuildError)
+
+
+def test_log_is_capped_but_the_build_still_drains(tmp_path: Path) -> None:
+    log_path = tmp_path / "build.log"
+    # 1 MB without a single newline, then a normal exit: the pipe must be drained.
+    run_steps([(["sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' x; echo; echo done"],
+                {"PATH": os.environ["PATH"]})],
+              cwd=tmp_path, log_path=log_path, deadline=time.monotonic() + 30, timeout=30,
+              echo=None, log_limit=4096)
+    text = log_path.read_text()
+    assert len(text) < 4096 + 200
+    assert "!! log truncated:" in text and "more bytes of output not kept" in text
