@@ -51,6 +51,8 @@ class Classifier:
     classify: Callable[[str], ChangeClass]
     plugin_change: ChangeClass
     write_only: Callable[[str], bool]
+    normalize: Callable[[str, str], str] = lambda _key, value: value
+    """The broker's canonical spelling of a value (list order, spacing), as observe reports."""
 
 
 @dataclass(frozen=True)
@@ -151,14 +153,15 @@ def _config_actions(desired: DesiredState, observed: Observed, last_applied: App
     actions = []
     for key, value in sorted(desired.config.items()):
         if classifier.write_only(key):
-            # The broker never reports it: trust our own record of what we applied.
-            if last_applied.config.get(key) == value:
+            # The broker never reports the value, only whether the thing holding it exists
+            # (observe reports the key then): trust our own record of what we applied.
+            if key in observed.config and last_applied.config.get(key) == value:
                 continue
             actions.append(Action(ActionKind.SET_CONFIG, key, classifier.classify(key),
                                   "write-only value changed since the last apply", value=value))
             continue
         current = observed.config.get(key)
-        if current == value:
+        if current == classifier.normalize(key, value):
             continue
         reason = "not set on the broker" if current is None else "the broker has another value"
         actions.append(Action(ActionKind.SET_CONFIG, key, classifier.classify(key), reason,

@@ -63,7 +63,8 @@ class Backoff:
 
 
 def classifier_for(adapter: BrokerAdapter) -> Classifier:
-    return Classifier(adapter.classify, adapter.plugin_change_class(), adapter.write_only)
+    return Classifier(adapter.classify, adapter.plugin_change_class(), adapter.write_only,
+                      adapter.normalize)
 
 
 class Reconciler:
@@ -86,6 +87,7 @@ class Reconciler:
         self._failed_hash = ""
         self._failures = 0
         self._rejected_hash = ""
+        self._good_phase = Phase.APPLIED
         self._probed_instance = ""
         self._probe_results: dict[str, tuple[ProbeResult, ...]] = {}
 
@@ -131,6 +133,13 @@ class Reconciler:
         if not actions and not instance_changed and self.state.applied_once and \
                 desired.content_hash == self.state.last_applied.content_hash:
             log.debug("decision=noop reason=%r hash=%s", reason, desired.content_hash)
+            if self.state.phase in (Phase.REJECTED, Phase.FAILED, Phase.ROLLED_BACK):
+                # The desired state is the last good one again: nothing to do, nothing wrong.
+                log.info("decision=recovered reason=%r hash=%s", reason, desired.content_hash)
+                self.state.phase = self._good_phase
+                self.state.last_error = ""
+                self._rejected_hash = self._failed_hash = ""
+                self._failures = 0
             return Outcome(self.state.phase)
         return self._apply(reason, desired, actions, started)
 
@@ -155,6 +164,7 @@ class Reconciler:
         self.state.last_error = ""
         self.state.restart_required = restart_pending
         self.state.phase = Phase.RESTART_REQUIRED if restart_pending else Phase.APPLIED
+        self._good_phase = self.state.phase
         self._update_readiness(desired, self.state.observed)
         kind = EventKind.RESTART_REQUIRED if restart_pending else EventKind.APPLIED
         message = (f"applied {len(actions)} action(s); "

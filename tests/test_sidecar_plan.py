@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from plugforge.contract import DesiredState, PluginRelease
-from sidecar.adapters.base import ChangeClass, Observed, ObservedPlugin
+from sidecar.adapters.base import WRITE_ONLY, ChangeClass, Observed, ObservedPlugin
 from sidecar.plan import NOTHING_APPLIED, ActionKind, Applied, Classifier, max_change, plan
 
 D1 = "sha256:" + "1" * 64
@@ -121,9 +121,13 @@ def test_restart_only_key_adds_restart() -> None:
 
 def test_write_only_key_compared_with_last_applied() -> None:
     want = desired(config={"dynsec.client.a.password": "s3cr3t-value"})
-    assert plan(want, Observed(True), Applied({"dynsec.client.a.password": "s3cr3t-value"}, {}),
+    exists = Observed(True, {}, {"dynsec.client.a.password": WRITE_ONLY})
+    assert plan(want, exists, Applied({"dynsec.client.a.password": "s3cr3t-value"}, {}),
                 CLASSIFIER) == []
-    actions = plan(want, Observed(True), Applied({"dynsec.client.a.password": "old"}, {}),
+    # The client was deleted behind our back (or the broker lost its state): set it again.
+    assert len(plan(want, Observed(True), Applied({"dynsec.client.a.password": "s3cr3t-value"},
+                                                  {}), CLASSIFIER)) == 1
+    actions = plan(want, exists, Applied({"dynsec.client.a.password": "old"}, {}),
                    CLASSIFIER)
     assert kinds(actions) == [(ActionKind.SET_CONFIG, "dynsec.client.a.password")]
     assert "s3cr3t" not in actions[0].describe()

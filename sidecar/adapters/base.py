@@ -51,6 +51,9 @@ class ObservedPlugin:
     staged_digest: str | None = None  # configured but not yet running (waits for a restart)
 
 
+WRITE_ONLY = "<write-only>"
+
+
 @dataclass(frozen=True)
 class Observed:
     """The broker's actual state, as far as its admin interface can tell."""
@@ -58,6 +61,8 @@ class Observed:
     reachable: bool
     plugins: Mapping[str, ObservedPlugin] = field(default_factory=dict)
     config: Mapping[str, str] = field(default_factory=dict)
+    """Current values; a write-only key (password) is present, with value WRITE_ONLY, when the
+    thing that holds it exists."""
     instance: str = ""  # changes when the broker process is replaced (pid, node start time)
     detail: str = ""    # why it is unreachable, for the state report
 
@@ -96,6 +101,10 @@ class BrokerAdapter(Protocol):
 
     def write_only(self, key: str) -> bool:
         """True when the broker never reports ``key``'s value back (passwords)."""
+        ...
+
+    def normalize(self, key: str, value: str) -> str:
+        """``value`` spelled the way ``observe`` reports it (sorted lists, single spaces)."""
         ...
 
     def install_plugin(self, name: str, digest: str, image_tree: Path) -> Path:

@@ -41,6 +41,8 @@ from sidecar.adapters.mosquitto_options import check_option, classify_option
 CONFIG_FILE = "50-plugforge-config.conf"
 PLUGINS_FILE = "60-plugforge-plugins.conf"
 _HEADER = "# Written by the plugforge sidecar; edits are reverted on the next resync.\n"
+MIN_ADMIN_MESSAGE = 4096
+_LIMITS_ADMIN = ("message_size_limit", "max_packet_size")
 _DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -117,6 +119,11 @@ class MosquittoAdapter:
                                "with --adapter-opt dynsec_username=... and its password")
             else:
                 problem = check_option(key, value)
+                if problem is None and self._admin is not None and key in _LIMITS_ADMIN \
+                        and 0 < int(value) < MIN_ADMIN_MESSAGE:
+                    problem = (f"expected 0 or at least {MIN_ADMIN_MESSAGE}, found {value}: a "
+                               "smaller limit also drops the sidecar's own dynamic-security "
+                               "admin commands, which would lock it out")
             if problem is not None:
                 problems.append(ConfigProblem(key, problem))
         return problems
@@ -126,6 +133,16 @@ class MosquittoAdapter:
 
     def plugin_change_class(self) -> ChangeClass:
         return ChangeClass.BROKER_RESTART
+
+    def normalize(self, key: str, value: str) -> str:
+        parsed = dynsec.parse_key(key)
+        if parsed is None:
+            return value
+        if parsed.kind == "role":
+            return dynsec.format_acls(dynsec.parse_acls(value))
+        if parsed.field == "roles":
+            return ",".join(dynsec.split_roles(value))
+        return value
 
     def write_only(self, key: str) -> bool:
         parsed = dynsec.parse_key(key)

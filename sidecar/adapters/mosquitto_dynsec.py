@@ -4,7 +4,7 @@ broker.yaml keys with the ``dynsec.`` prefix (all HOT, applied on ``$CONTROL/dyn
 without touching mosquitto.conf)::
 
     dynsec.default_acl.<publishClientSend|publishClientReceive|subscribe|unsubscribe>: allow|deny
-    dynsec.role.<role>.acls: "<aclType> <topic> <allow|deny>; ..."   # aclType as in dynsec
+    dynsec.role.<role>.acls: "<aclType> <topic> <allow|deny> [priority]; ..."  # higher first
     dynsec.client.<username>.roles: "<role>,<role>"                   # creates the client
     dynsec.client.<username>.password: "<password>"                   # write-only
 
@@ -25,7 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from sidecar.adapters.base import AdapterError, BrokerUnavailable
+from sidecar.adapters.base import WRITE_ONLY, AdapterError, BrokerUnavailable
 
 PREFIX = "dynsec."
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
@@ -81,21 +81,28 @@ def check(key: str, value: str) -> str | None:
     return "a client has two fields: roles and password"
 
 
-def parse_acls(value: str) -> list[tuple[str, str, bool]]:
+Acl = tuple[str, str, bool, int]  # aclType, topic, allow, priority
+
+
+def parse_acls(value: str) -> list[Acl]:
     acls = []
     for entry in filter(None, (e.strip() for e in value.split(";"))):
         parts = entry.split()
-        if len(parts) != 3 or parts[0] not in ACL_TYPES or parts[2] not in ("allow", "deny"):
+        if len(parts) not in (3, 4) or parts[0] not in ACL_TYPES or \
+                parts[2] not in ("allow", "deny") or (
+                len(parts) == 4 and not re.fullmatch(r"-?[0-9]{1,6}", parts[3])):
             raise ValueError(
-                f"ACL {entry!r}: expected '<aclType> <topic> <allow|deny>' with aclType one of "
-                f"{', '.join(ACL_TYPES)}")
-        acls.append((parts[0], parts[1], parts[2] == "allow"))
+                f"ACL {entry!r}: expected '<aclType> <topic> <allow|deny> [priority]' with "
+                f"aclType one of {', '.join(ACL_TYPES)}")
+        priority = int(parts[3]) if len(parts) == 4 else 0
+        acls.append((parts[0], parts[1], parts[2] == "allow", priority))
     return sorted(acls)
 
 
-def format_acls(acls: list[tuple[str, str, bool]]) -> str:
-    return "; ".join(f"{t} {topic} {'allow' if allow else 'deny'}" for t, topic, allow in
-                     sorted(acls))
+def format_acls(acls: list[Acl]) -> str:
+    return "; ".join(f"{t} {topic} {'allow' if allow else 'deny'}"
+                     + (f" {priority}" if priority else "")
+                     for t, topic, allow, priority in sorted(acls))
 
 
 def split_roles(value: str) -> list[str]:
@@ -113,11 +120,13 @@ def observe(admin: DynsecAdmin) -> dict[str, str]:
     for entry in replies[0].get("data", {}).get("acls", []):
         state[f"dynsec.default_acl.{entry['acltype']}"] = "allow" if entry["allow"] else "deny"
     for role in replies[1].get("data", {}).get("roles", []):
-        acls = [(a["acltype"], a["topic"], bool(a["allow"])) for a in role.get("acls", [])]
+        acls = [(a["acltype"], a["topic"], bool(a["allow"]), int(a.get("priority", 0)))
+                for a in role.get("acls", [])]
         state[f"dynsec.role.{role['rolename']}.acls"] = format_acls(acls)
     for client in replies[2].get("data", {}).get("clients", []):
         roles = sorted(r["rolename"] for r in client.get("roles", []))
         state[f"dynsec.client.{client['username']}.roles"] = ",".join(roles)
+        state[f"dynsec.client.{client['username']}.password"] = WRITE_ONLY
     return state
 
 
@@ -148,13 +157,13 @@ def commands_for(changes: Mapping[str, str | None], current: Mapping[str, str]
                 role_cmds.append({"command": "createRole", "rolename": parsed.name})
             old_acls = set(parse_acls(old)) if old else set()
             new_acls = set(parse_acls(value))
-            for acltype, topic, _ in sorted(old_acls - new_acls):
+            for acltype, topic, _, _ in sorted(old_acls - new_acls):
                 role_cmds.append({"command": "removeRoleACL", "rolename": parsed.name,
                                   "acltype": acltype, "topic": topic})
-            for acltype, topic, allow in sorted(new_acls - old_acls):
+            for acltype, topic, allow, priority in sorted(new_acls - old_acls):
                 role_cmds.append({"command": "addRoleACL", "rolename": parsed.name,
                                   "acltype": acltype, "topic": topic, "allow": allow,
-                                  "priority": 0})
+                                  "priority": priority})
         elif parsed.field == "password":
             if value is None:
                 delete_clients.append({"command": "deleteClient", "username": parsed.name})
