@@ -42,7 +42,7 @@ class Builder:
         self.lost_leadership.set()
 
     def run(self) -> None:
-        """Block until ``stop`` (or until leadership is lost: then exit and let a restart rejoin)."""
+        """Block until ``stop``; builds only while holding the Lease, rejoins if it loses it."""
         self.elector.run(self._stop)
 
     def start(self) -> None:

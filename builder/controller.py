@@ -15,6 +15,7 @@ Transient failures put the build back to Pending with a backoff (``nextAttemptAt
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -28,7 +29,6 @@ from typing import Any
 from builder import rollout
 from builder.errors import (
     BuilderError,
-    BuildStepFailed,
     Conflict,
     Gone,
     InvalidSpec,
@@ -229,10 +229,8 @@ class Controller:
         status.update(phase="Pending", holder="",
                       message=f"resumed: builder {view.holder} stopped while building")
         build["status"] = status
-        try:
+        with contextlib.suppress(Conflict):
             build.update(self.kube.replace_build_status(build))
-        except Conflict:
-            pass
         log.info("resuming orphaned build %s/%s (was held by %s)", view.namespace, view.name,
                  view.holder)
         return True
@@ -252,7 +250,7 @@ class Controller:
             "apiVersion": API_VERSION, "kind": "PluginBuild",
             "metadata": {
                 "name": name, "namespace": spec.namespace,
-                "labels": {PLUGIN_LABEL: spec.name},
+                "labels": {PLUGIN_LABEL: spec.name[:63].rstrip("-_.")},
                 "ownerReferences": [{"apiVersion": API_VERSION, "kind": "BrokerPlugin",
                                      "name": spec.name, "uid": spec.uid,
                                      "blockOwnerDeletion": False}],
@@ -261,10 +259,8 @@ class Controller:
                      "trigger": {"type": "ResourceChange", "user": "plugforge-builder"},
                      **({"commit": commit} if commit else {})},
         }
-        try:
+        with contextlib.suppress(Conflict):
             self.kube.create_build(spec.namespace, body)
-        except Conflict:
-            pass
         self._patch_status(spec, {"lastRequest": {"generation": spec.generation,
                                                   "commit": commit or ""}})
 

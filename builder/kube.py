@@ -6,6 +6,8 @@ Objects go in and out as plain dicts (the JSON the apiserver speaks); every
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -115,16 +117,18 @@ class Kube:
 
     # --- PluginBuilds -------------------------------------------------------------------------
 
-    def list_builds(self, namespace: str | None = None, plugin: str | None = None) -> list[Obj]:
-        selector = f"{PLUGIN_LABEL}={plugin}" if plugin else ""
-        if namespace is None:
-            result = _call("list pluginbuilds", lambda: self.custom.list_cluster_custom_object(
-                GROUP, VERSION, BUILDS, label_selector=selector))
-        else:
-            result = _call(f"list pluginbuilds in {namespace}", lambda: self.custom.
-                           list_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS,
-                                                         label_selector=selector))
-        return list(result.get("items", []))
+    def list_builds(self, namespace: str, plugin: str | None = None) -> list[Obj]:
+        """PluginBuilds in ``namespace`` (of ``plugin`` only, judged by ``spec.plugin``).
+
+        Not by label: requests made by hand or by other tools may lack it, and label values
+        are cut at 63 characters.
+        """
+        result = _call(f"list pluginbuilds in {namespace}", lambda: self.custom.
+                       list_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS))
+        items = list(result.get("items", []))
+        if plugin is None:
+            return items
+        return [b for b in items if (b.get("spec") or {}).get("plugin") == plugin]
 
     def list_builds_rv(self) -> tuple[list[Obj], str]:
         result = _call("list pluginbuilds", lambda: self.custom.list_cluster_custom_object(
@@ -146,18 +150,16 @@ class Kube:
                      create_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS, body))
 
     def replace_build_status(self, build: Obj) -> Obj:
-        """Write ``build['status']`` if nobody changed the build since it was read (else Conflict)."""
+        """Write ``build['status']`` unless the build changed since it was read (Conflict)."""
         meta = build["metadata"]
         return _call(f"update pluginbuild {meta['namespace']}/{meta['name']} status", lambda: self.
                      custom.replace_namespaced_custom_object_status(
                          GROUP, VERSION, meta["namespace"], BUILDS, meta["name"], build))
 
     def delete_build(self, namespace: str, name: str) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             _call(f"delete pluginbuild {namespace}/{name}", lambda: self.custom.
                   delete_namespaced_custom_object(GROUP, VERSION, namespace, BUILDS, name))
-        except NotFound:
-            pass
 
     # --- watching -----------------------------------------------------------------------------
 
@@ -212,8 +214,6 @@ class Kube:
 
     def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
         """The Secret's data, base64-decoded. Never logged by any caller."""
-        import base64
-
         secret = _call(f"get secret {namespace}/{name}",
                        lambda: self.core.read_namespaced_secret(name, namespace))
         return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}

@@ -25,7 +25,8 @@ def release_for(spec: PluginSpec, outcome: Outcome, build: str) -> PluginRelease
 
 def write_release(kube: Kube, spec: PluginSpec, outcome: Outcome, build: str) -> str:
     """Write ``plugin.<name>.yaml`` into ``spec.configmap``; return the key written."""
-    assert spec.configmap is not None
+    if spec.configmap is None:
+        raise ValueError(f"{spec.key} has no target.configMap to roll out to")
     release = release_for(spec, outcome, build)
     key = plugin_key(release.name)
     text = render_plugin_release(release)

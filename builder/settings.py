@@ -70,7 +70,7 @@ class SettingsError(ValueError):
 
 
 def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
-    """Flags win over ``PLUGFORGE_BUILDER_<NAME>`` environment variables, which win over defaults."""
+    """Flags win over ``PLUGFORGE_BUILDER_<NAME>`` environment variables, then defaults."""
     d = Settings()
     p = argparse.ArgumentParser(prog="python -m builder",
                                 description="plugforge builder: BrokerPlugins to OCI images")

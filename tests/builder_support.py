@@ -54,7 +54,7 @@ def tenant_namespace(cp: ControlPlane, prefix: str = "t") -> str:
     return name
 
 
-def wait_for(check: Callable[[], T], what: str, timeout: float = 60.0,
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60.0,
              interval: float = 0.2) -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -160,7 +160,8 @@ class Cluster:
     def configmap(self, name: str) -> dict[str, str]:
         code, out = self.cp.request("GET", f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
         assert code == 200, out
-        return dict(out.get("data") or {})  # type: ignore[call-overload]
+        data: Any = out.get("data") or {}
+        return dict(data)
 
     def create_configmap(self, name: str, data: dict[str, str]) -> None:
         code, out = self.cp.request("POST", f"/api/v1/namespaces/{self.ns}/configmaps",

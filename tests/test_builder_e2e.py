@@ -216,8 +216,10 @@ def _expect_failure(cluster: Cluster, name: str, reason: str, body: dict[str, An
     cluster.create("brokerplugins", body)
     build = cluster.wait_build(name, phases=("Failed",), timeout=timeout)
     assert build["status"]["reason"] == reason, build["status"]
-    built = wait_for(lambda: (c := cluster.condition(name, "Built")).get("reason") == reason
-                     and c, f"Built condition of {name} to say {reason}")
+    def condition() -> dict[str, Any] | None:
+        c = cluster.condition(name, "Built")
+        return c if c.get("reason") == reason else None
+    built = wait_for(condition, f"Built condition of {name} to say {reason}")
     assert built["status"] == "False"
     assert "currentImage" not in cluster.plugin(name)["status"]
     return build
@@ -336,3 +338,26 @@ def test_history_is_pruned(builder: Builder, cluster: Cluster, registry: Registr
                                  for b in cluster.builds("pruned")), "manual build")
     wait_for(lambda: len(cluster.builds("pruned")) == 1, "pruning to 1 build")
     assert cluster.builds("pruned")[0]["metadata"]["name"] == "pruned-manual-1"
+
+
+def test_vernemq_erlang_plugin_end_to_end(builder: Builder, cluster: Cluster,
+                                          git_server: GitServer, registry: Registry,
+                                          tmp_path: Path) -> None:
+    """VerneMQ cannot run here (no Debian package); the plugin is built, pushed and released."""
+    url = git_server.create_repo(f"{cluster.ns}/vmq-acl.git")
+    repo = scaffold_repo(tmp_path / "vmq-acl", "vernemq-erlang", "vernemq", "vmq-acl", url)
+    cluster.create("brokerplugins", broker_plugin(
+        "vmq-acl", url=url, broker="vernemq", configmap="vernemq-plugins",
+        repository=f"{registry.host}/plugins/vmq-acl"))
+    build = cluster.wait_build("vmq-acl", timeout=300)
+    assert build["status"]["phase"] == "Succeeded", build["status"]
+    assert "rebar3 compile" in _build_log(builder, build)
+    commit = run_git(repo, "rev-parse", "HEAD")
+    image = f"{registry.host}/plugins/vmq-acl@{build['status']['digest']}"
+    wait_for(lambda: cluster.plugin("vmq-acl")["status"].get("currentImage") == image,
+             "currentImage of vmq-acl")
+    release = _desired(cluster, "vernemq-plugins").plugin("vmq_acl")
+    assert release is not None and release.image == image
+    notes = _skopeo_inspect(registry, image, tmp_path)["annotations"]
+    assert notes["dev.plugforge.broker"] == "vernemq"
+    assert notes["org.opencontainers.image.revision"] == commit

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from builder_support import install, tenant_namespace
 
 from testbed.kube import ControlPlane
-from builder_support import install, tenant_namespace
 
 BP = "/apis/plugforge.dev/v1alpha1/namespaces/{ns}/brokerplugins"
 PB = "/apis/plugforge.dev/v1alpha1/namespaces/{ns}/pluginbuilds"
@@ -57,8 +57,10 @@ def test_short_name_and_printer_columns(control_plane: ControlPlane, ns: str) ->
     bp = next(r for r in resources if r["name"] == "brokerplugins")
     assert bp["shortNames"] == ["bp"]
     code, crd = control_plane.request(
-        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/brokerplugins.plugforge.dev")
-    columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]  # type: ignore[index]
+        "GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+               "brokerplugins.plugforge.dev")
+    version: Any = crd["spec"]
+    columns = [c["name"] for c in version["versions"][0]["additionalPrinterColumns"]]
     assert columns == ["Broker", "Ref", "Commit", "Digest", "Ready", "Age"]
 
 
