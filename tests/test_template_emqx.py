@@ -157,6 +157,7 @@ def test_packaged_app_starts_and_registers_hooks_like_emqx_loads_it(built: Built
                                              #{{result => allow, from => default}}) end,
     io:format("RESULT auth_mallory ~0p~n", [Auth(<<"mallory">>)]),
     io:format("RESULT auth_alice ~0p~n", [Auth(<<"alice">>)]),
+    io:format("RESULT auth_anonymous ~0p~n", [Auth(undefined)]),
     io:format("RESULT pub_forbidden ~0p~n", [Authz(Pub, <<"forbidden/x">>)]),
     io:format("RESULT pub_ok ~0p~n", [Authz(Pub, <<"ok/x">>)]),
     io:format("RESULT sub_forbidden ~0p~n", [Authz(Sub, <<"forbidden/#">>)]),
@@ -173,6 +174,8 @@ def test_packaged_app_starts_and_registers_hooks_like_emqx_loads_it(built: Built
         f"{{'client.authorize',{{{NAME},on_client_authorize,[]}},1000}}]")
     assert out["auth_mallory"] == "{error,not_authorized}"
     assert out["auth_alice"] == "ok"
+    # No username: ignored, so the accumulator (EMQX's default) stands.
+    assert out["auth_anonymous"] == "ignore"
     assert out["pub_forbidden"] == f"#{{from => {NAME},result => deny}}"
     assert out["pub_ok"] == f"#{{from => {NAME},result => allow}}"
     assert out["sub_forbidden"] == f"#{{from => {NAME},result => allow}}"

@@ -53,7 +53,7 @@ def broker(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
 class Client:
     """A paho client whose CONNACK/PUBACK outcomes and received messages can be awaited."""
 
-    def __init__(self, port: int, username: str,
+    def __init__(self, port: int, username: str | None,
                  protocol: MQTTProtocolVersion = mqtt.MQTTv5) -> None:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
@@ -63,8 +63,9 @@ class Client:
         self.messages: list[tuple[str, bytes]] = []
         self.got_message = threading.Condition()
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol,
-                             client_id=f"{username}-{uuid.uuid4().hex[:8]}")
-        self.c.username_pw_set(username, "any-password")
+                             client_id=f"{username or 'anon'}-{uuid.uuid4().hex[:8]}")
+        if username is not None:
+            self.c.username_pw_set(username, "any-password")
         self.c.on_connect = self._on_connect
         self.c.on_publish = self._on_publish
         self.c.on_message = self._on_message
@@ -143,6 +144,15 @@ def test_other_user_connects(broker: Mosquitto) -> None:
     client = Client(broker.port, "alice")
     try:
         assert client.connect_rc is not None and not client.connect_rc.is_failure
+    finally:
+        client.close()
+
+
+def test_anonymous_is_left_to_allow_anonymous(broker: Mosquitto) -> None:
+    # The plugin defers clients without a username; the fixture runs allow_anonymous false.
+    client = Client(broker.port, None)
+    try:
+        assert client.connect_rc is not None and client.connect_rc.is_failure
     finally:
         client.close()
 

@@ -117,6 +117,7 @@ Sid = {"", <<"c1">>}, Peer = {{127,0,0,1}, 5555},
 R = [
  {register_mallory, deny_test:auth_on_register(Peer, Sid, <<"mallory">>, <<"pw">>, true)},
  {register_alice, deny_test:auth_on_register(Peer, Sid, <<"alice">>, <<"pw">>, true)},
+ {register_anonymous, deny_test:auth_on_register(Peer, Sid, undefined, undefined, true)},
  {register_m5_mallory, deny_test:auth_on_register_m5(Peer, Sid, <<"mallory">>, <<>>, true, #{})},
  {register_m5_alice, deny_test:auth_on_register_m5(Peer, Sid, <<"alice">>, <<>>, true, #{})},
  {publish_forbidden, deny_test:auth_on_publish(<<"alice">>, Sid, 1, [<<"forbidden">>, <<"x">>],
@@ -142,6 +143,7 @@ def test_hooks_apply_the_policy_in_a_real_vm(artifact: Path) -> None:
     out = results(erl(artifact / "ebin", f"application:load({NAME}), " + HOOK_CALLS))
     assert out["register_mallory"] == "{error,invalid_credentials}"
     assert out["register_alice"] == "ok"
+    assert out["register_anonymous"] == "next"
     assert out["register_m5_mallory"] == "{error,#{reason_code => not_authorized}}"
     assert out["register_m5_alice"] == "ok"
     assert out["publish_forbidden"] == "{error,not_authorized}"

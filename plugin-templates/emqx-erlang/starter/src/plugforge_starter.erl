@@ -3,8 +3,8 @@
 %% Policy: CONNECT is refused for usernames in the `deny_users` application env
 %% (default "mallory"); PUBLISH to topics under forbidden/ is refused; everything
 %% else is allowed. Both callbacks decide (`{stop, ...}`) so EMQX's own
-%% authenticators/authorizers are not consulted; return `ignore` instead to
-%% let them decide for the cases this plugin does not care about.
+%% authenticators/authorizers are not consulted; `ignore` lets them decide
+%% (as done for clients without a username).
 -module(plugforge_starter).
 
 -export([hooks/0, register_hooks/0, unregister_hooks/0]).
@@ -30,9 +30,14 @@ unregister_hooks() ->
     lists:foreach(fun({Point, {M, F, _}, _}) -> emqx_hooks:del(Point, {M, F}) end, hooks()).
 
 %% 'client.authenticate' (fold hook): ClientInfo map, accumulated result.
--spec on_client_authenticate(map(), term()) -> {stop, ok | {error, not_authorized}}.
+-spec on_client_authenticate(map(), term()) -> ignore | {stop, ok | {error, not_authorized}}.
 on_client_authenticate(ClientInfo, _Acc) ->
-    Username = maps:get(username, ClientInfo, undefined),
+    case maps:get(username, ClientInfo, undefined) of
+        Username when is_binary(Username) -> authenticate(Username);
+        _ -> ignore
+    end.
+
+authenticate(Username) ->
     case is_denied_user(Username) of
         true ->
             logger:notice("~s: refusing CONNECT of user ~s", [?APP, Username]),

@@ -10,7 +10,7 @@ authenticate_test() ->
     ?assertEqual({stop, {error, not_authorized}},
                  ?M:on_client_authenticate(client(<<"mallory">>), ignore)),
     ?assertEqual({stop, ok}, ?M:on_client_authenticate(client(<<"alice">>), ignore)),
-    ?assertEqual({stop, ok}, ?M:on_client_authenticate(client(undefined), ignore)).
+    ?assertEqual(ignore, ?M:on_client_authenticate(client(undefined), ignore)).
 
 authorize_test() ->
     Deny = {stop, #{result => deny, from => ?M}},

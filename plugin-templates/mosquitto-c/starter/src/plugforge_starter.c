@@ -4,6 +4,7 @@
  * Policy:
  *   - CONNECT is refused for usernames listed in the option deny_users
  *     (comma separated; default "mallory"); every other username is accepted.
+ *     Clients without a username are left to mosquitto (allow_anonymous).
  *   - PUBLISH to a topic under "forbidden/" is refused; everything else is allowed.
  *
  * Broker configuration:
@@ -85,9 +86,6 @@ static char **split_users(const char *text)
 
 static bool is_denied(const struct policy *policy, const char *username)
 {
-	if (username == NULL) {
-		return false;
-	}
 	for (char **p = policy->deny_users; *p != NULL; p++) {
 		if (strcmp(*p, username) == 0) {
 			return true;
@@ -102,6 +100,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	const struct mosquitto_evt_basic_auth *ed = event_data;
 	const struct policy *policy = userdata;
 
+	if (ed->username == NULL) {
+		/* Anonymous: let allow_anonymous (or other plugins) decide. */
+		return MOSQ_ERR_PLUGIN_DEFER;
+	}
 	if (is_denied(policy, ed->username)) {
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, PLUGIN_NAME ": refusing CONNECT of user %s",
 				     ed->username);

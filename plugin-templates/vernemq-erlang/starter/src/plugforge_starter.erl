@@ -3,7 +3,8 @@
 %% Policy: CONNECT is refused for usernames in the `deny_users` application env
 %% (default "mallory"); PUBLISH to topics under forbidden/ is refused; everything
 %% else is allowed. Hooks return `ok` to allow (no other plugin is asked) and
-%% `{error, _}` to refuse; return `next` instead of `ok` to let other plugins decide.
+%% `{error, _}` to refuse; return `next` instead of `ok` to let other plugins decide
+%% (as done for clients without a username).
 -module(plugforge_starter).
 
 -export([auth_on_register/5, auth_on_publish/6, auth_on_subscribe/3,
@@ -15,7 +16,9 @@
 %% MQTT 3.1.1 hooks ------------------------------------------------------------
 
 -spec auth_on_register(term(), term(), binary() | undefined, term(), term()) ->
-    ok | {error, invalid_credentials}.
+    ok | next | {error, invalid_credentials}.
+auth_on_register(_Peer, _SubscriberId, undefined, _Password, _CleanSession) ->
+    next;
 auth_on_register(_Peer, _SubscriberId, UserName, _Password, _CleanSession) ->
     case is_denied_user(UserName) of
         true ->
@@ -37,11 +40,11 @@ auth_on_subscribe(_UserName, _SubscriberId, _Topics) ->
 %% MQTT 5 hooks ---------------------------------------------------------------
 
 -spec auth_on_register_m5(term(), term(), binary() | undefined, term(), term(), map()) ->
-    ok | {error, #{reason_code := not_authorized}}.
+    ok | next | {error, #{reason_code := not_authorized}}.
 auth_on_register_m5(Peer, SubscriberId, UserName, Password, CleanStart, _Properties) ->
     case auth_on_register(Peer, SubscriberId, UserName, Password, CleanStart) of
-        ok -> ok;
-        {error, _} -> {error, #{reason_code => not_authorized}}
+        {error, _} -> {error, #{reason_code => not_authorized}};
+        Other -> Other
     end.
 
 -spec auth_on_publish_m5(term(), term(), 0..2, [binary()], binary(), term(), map()) ->

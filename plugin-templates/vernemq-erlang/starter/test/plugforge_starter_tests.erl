@@ -21,7 +21,7 @@ register_test() ->
         ?assertEqual({error, invalid_credentials},
                      ?M:auth_on_register({{127,0,0,1}, 1}, ?SID, <<"mallory">>, <<"pw">>, true)),
         ?assertEqual(ok, ?M:auth_on_register({{127,0,0,1}, 1}, ?SID, <<"alice">>, <<"pw">>, true)),
-        ?assertEqual(ok, ?M:auth_on_register({{127,0,0,1}, 1}, ?SID, undefined, undefined, true)),
+        ?assertEqual(next, ?M:auth_on_register({{127,0,0,1}, 1}, ?SID, undefined, undefined, true)),
         ?assertEqual({error, #{reason_code => not_authorized}},
                      ?M:auth_on_register_m5({{127,0,0,1}, 1}, ?SID, <<"mallory">>, <<>>, true, #{}))
     end).
