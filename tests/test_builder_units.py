@@ -1,0 +1,245 @@
+"""Pure parts of the builder: queue and backoff (injected clock), lease planning, validation,
+conditions, content keys, settings. No servers needed."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from builder.controller import build_name
+from builder.errors import InvalidSpec, SecretInvalid
+from builder.leader import micro_time, plan_lease
+from builder.pipeline import content_key
+from builder.queue import Backoff, WorkQueue
+from builder.resources import parse_plugin, set_condition
+from builder.settings import SettingsError, parse_settings
+from builder.source import (
+    credentials_from_secret,
+    normalize_url,
+    validate_path,
+    validate_ref,
+    validate_url,
+)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --- work queue ------------------------------------------------------------------------------
+
+
+def test_queue_coalesces_a_key_added_twice() -> None:
+    q = WorkQueue()
+    q.add("ns/a")
+    q.add("ns/a")
+    q.add("ns/b")
+    assert len(q) == 2
+    assert q.get(0) == "ns/a"
+    assert q.get(0) == "ns/b"
+    assert q.get(0) is None
+
+
+def test_key_being_processed_is_not_handed_out_twice_and_reruns_after_done() -> None:
+    q = WorkQueue()
+    q.add("ns/a")
+    assert q.get(0) == "ns/a"
+    q.add("ns/a")  # a newer request while building
+    assert q.get(0) is None  # not to a second worker
+    q.done("ns/a")
+    assert q.get(0) == "ns/a"  # runs again afterwards
+    q.done("ns/a")
+    assert q.get(0) is None
+
+
+def test_add_after_waits_for_the_injected_clock() -> None:
+    clock = ManualClock()
+    q = WorkQueue(clock)
+    q.add_after("ns/a", 30)
+    assert q.get(0) is None
+    clock.t += 29.9
+    assert q.get(0) is None
+    clock.t += 0.2
+    assert q.get(0) == "ns/a"
+
+
+def test_shutdown_releases_waiting_workers() -> None:
+    q = WorkQueue()
+    got: list[str | None] = []
+    worker = threading.Thread(target=lambda: got.append(q.get()))
+    worker.start()
+    q.shutdown()
+    worker.join(5)
+    assert got == [None]
+
+
+def test_backoff_doubles_caps_and_forgets() -> None:
+    b = Backoff(base=5, maximum=60)
+    assert [b.next_delay("k") for _ in range(6)] == [5, 10, 20, 40, 60, 60]
+    assert b.next_delay("other") == 5
+    b.forget("k")
+    assert b.next_delay("k") == 5
+    assert [b.delay_for(n) for n in (1, 2, 3, 10)] == [5, 10, 20, 60]
+
+
+# --- leader election planning ----------------------------------------------------------------
+
+NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _lease(holder: str, renewed: datetime, transitions: int = 0) -> dict[str, object]:
+    return {"metadata": {"name": "l", "namespace": "n", "resourceVersion": "7"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                     "renewTime": micro_time(renewed), "acquireTime": micro_time(renewed),
+                     "leaseTransitions": transitions}}
+
+
+def test_no_lease_is_created_for_us() -> None:
+    lease = plan_lease(None, "me", NOW, 15, "n", "l")
+    assert lease is not None
+    assert lease["spec"]["holderIdentity"] == "me"
+
+
+def test_valid_lease_of_another_is_respected() -> None:
+    assert plan_lease(_lease("other", NOW - timedelta(seconds=10)), "me", NOW, 15, "n",
+                      "l") is None
+
+
+def test_expired_lease_is_taken_over_keeping_resource_version() -> None:
+    lease = plan_lease(_lease("other", NOW - timedelta(seconds=16), 3), "me", NOW, 15, "n", "l")
+    assert lease is not None
+    spec = lease["spec"]
+    assert spec["holderIdentity"] == "me"
+    assert spec["leaseTransitions"] == 4
+    assert spec["acquireTime"] == micro_time(NOW)
+    assert lease["metadata"]["resourceVersion"] == "7"  # optimistic: a racing peer gets 409
+
+
+def test_own_lease_is_renewed_without_a_transition() -> None:
+    lease = plan_lease(_lease("me", NOW - timedelta(seconds=5), 2), "me", NOW, 15, "n", "l")
+    assert lease is not None
+    assert lease["spec"]["leaseTransitions"] == 2
+    assert lease["spec"]["renewTime"] == micro_time(NOW)
+
+
+# --- input validation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ref", ["main", "v1.2.3", "release/2.x", "refs/tags/v1", "feat_x+y"])
+def test_good_refs(ref: str) -> None:
+    assert validate_ref(ref) == ref
+
+
+@pytest.mark.parametrize("ref", ["-x", "--upload-pack=evil", "a..b", "a b", "a~1", "x^", "a:b",
+                                 "x.lock", "a//b", ".hidden", "a/.b", "end/", "end.", "@",
+                                 "a@{1}", "a\x00b", "a\nb", "x" * 256, ""])
+def test_bad_refs(ref: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"source\.git\.ref"):
+        validate_ref(ref)
+
+
+@pytest.mark.parametrize("url", ["https://git.example/acme/x.git", "http://127.0.0.1:8080/a/b",
+                                 "ssh://git@git.example:2222/acme/x.git",
+                                 "git@github.example:acme/x.git"])
+def test_good_urls(url: str) -> None:
+    assert validate_url(url) == url
+
+
+@pytest.mark.parametrize("url", ["-uhttps://x", "--upload-pack=touch /tmp/x", "ext::sh -c id",
+                                 "file:///etc/passwd", "/srv/git/x.git", "fd::3",
+                                 "https://user:pw@git.example/x.git", "https://x y/z",
+                                 "ftp://git.example/x.git", ""])
+def test_bad_urls(url: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"source\.git\.url"):
+        validate_url(url)
+
+
+@pytest.mark.parametrize("path", [".", "plugins/acl", "a/b/c"])
+def test_good_paths(path: str) -> None:
+    assert validate_path(path) == path
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../b", "/etc", "-x", "", "a\\b"])
+def test_bad_paths(path: str) -> None:
+    with pytest.raises(InvalidSpec, match=r"source\.git\.path"):
+        validate_path(path)
+
+
+def test_url_spellings_of_one_repository_share_a_mirror() -> None:
+    forms = ["https://Git.Example/acme/x.git", "https://git.example/acme/x",
+             "https://git.example/acme/x/"]
+    assert len({normalize_url(u) for u in forms}) == 1
+    assert normalize_url("git@git.example:acme/x.git") == normalize_url(
+        "ssh://git@git.example/acme/x")
+
+
+def test_git_credentials_from_secret_and_no_leak_in_repr() -> None:
+    token = credentials_from_secret({"token": b"s3cret\n"}, "Secret ns/x")
+    assert (token.username, token.password) == ("x-access-token", "s3cret")
+    basic = credentials_from_secret({"username": b"bob", "password": b"pw"}, "Secret ns/x")
+    assert (basic.username, basic.password) == ("bob", "pw")
+    ssh = credentials_from_secret({"ssh-privatekey": b"KEY"}, "Secret ns/x")
+    assert ssh.ssh_key == b"KEY"
+    assert "s3cret" not in repr(token) and "KEY" not in repr(ssh)
+    with pytest.raises(SecretInvalid, match="expected key 'token'"):
+        credentials_from_secret({"nothing": b""}, "Secret ns/x")
+
+
+def test_parse_plugin_applies_defaults_and_names_bad_fields() -> None:
+    obj = {"metadata": {"namespace": "ns", "name": "p", "generation": 3, "uid": "u"},
+           "spec": {"broker": "mosquitto", "source": {"git": {"url": "https://g/x"}},
+                    "image": {"repository": "r.example/p"}}}
+    spec = parse_plugin(obj)
+    assert (spec.source.ref, spec.source.path, spec.enabled, spec.history_limit) == \
+        ("main", ".", True, 5)
+    assert spec.configmap is None and spec.rollout == "Automatic"
+    with pytest.raises(InvalidSpec, match=r"spec\.image"):
+        parse_plugin({**obj, "spec": {**obj["spec"], "image": "nope"}})  # type: ignore[dict-item]
+
+
+# --- conditions, content keys, names, settings -----------------------------------------------
+
+
+def test_condition_transition_time_moves_only_when_status_changes() -> None:
+    conds = set_condition([], "Built", "True", "BuildSucceeded", "ok", "t1", 1)
+    conds = set_condition(conds, "Built", "True", "BuildSucceeded", "ok again", "t2", 2)
+    assert conds[0]["lastTransitionTime"] == "t1"
+    assert conds[0]["message"] == "ok again" and conds[0]["observedGeneration"] == 2
+    conds = set_condition(conds, "Built", "False", "BuildFailed", "broken", "t3", 2)
+    assert conds[0]["lastTransitionTime"] == "t3"
+    conds = set_condition(conds, "Ready", "False", "BuildFailed", "broken", "t3", 2)
+    assert [c["type"] for c in conds] == ["Built", "Ready"]
+
+
+def test_content_key_covers_every_input() -> None:
+    base = {"tree": "a" * 40, "recipe_bytes": b"recipe", "template": "mosquitto-c",
+            "broker": "mosquitto", "url": "https://g/x.git"}
+    key = content_key(**base)  # type: ignore[arg-type]
+    assert key == content_key(**{**base, "url": "https://G/x"})  # type: ignore[arg-type]
+    for field, other in [("tree", "b" * 40), ("recipe_bytes", b"recipe2"),
+                         ("template", "slow-c"), ("broker", "vernemq"),
+                         ("url", "https://g/y.git")]:
+        assert content_key(**{**base, field: other}) != key  # type: ignore[arg-type]
+
+
+def test_build_names_are_deterministic_and_valid() -> None:
+    a = build_name("deny-mallory", 2, "abc")
+    assert a == build_name("deny-mallory", 2, "abc")
+    assert a != build_name("deny-mallory", 3, "abc")
+    assert len(build_name("x" * 253, 1, None)) <= 253
+
+
+def test_settings_flags_over_env_over_defaults() -> None:
+    s = parse_settings(["--workers", "3"], {"PLUGFORGE_BUILDER_WORKERS": "5",
+                                            "PLUGFORGE_BUILDER_MAX_ATTEMPTS": "7"})
+    assert (s.workers, s.max_attempts, s.namespace) == (3, 7, "plugforge-system")
+    with pytest.raises(SettingsError, match="--workers"):
+        parse_settings(["--workers", "0"], {})
+    with pytest.raises(SettingsError, match="lease-renew"):
+        parse_settings(["--lease-renew-seconds", "20"], {})
