@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from mqtt_support import Client
-from sidecar.state import Phase
 from sidecar_support import (
     ADMIN,
     broker_yaml,
@@ -21,6 +19,8 @@ from sidecar_support import (
     start_dynsec_broker,
     wait_for,
 )
+
+from sidecar.state import Phase
 from testbed.configmap_dir import ConfigMapDir
 from testbed.mosquitto import Mosquitto
 
@@ -172,7 +172,7 @@ def test_broker_killed_and_restarted_is_reconverged_by_resync(broker: Mosquitto,
                                                               tmp_path: Path) -> None:
     cm = ConfigMapDir(tmp_path / "cm")
     cm.update({"broker.yaml": broker_yaml({**BASE, "dynsec.default_acl.subscribe": "allow"})})
-    sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", None, resync=0.5)
+    sidecar, _adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", None, resync=0.5)
     sidecar.start()
     try:
         wait_for(lambda: sidecar.state.phase is Phase.APPLIED, "first apply")

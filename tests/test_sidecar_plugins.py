@@ -1,0 +1,213 @@
+"""Plugin images end to end: the mosquitto-c template built twice (v2 is changed code), packed,
+pushed to the real registry, pulled by digest by the sidecar, loaded by the real mosquitto 2.0;
+behaviour proven with real MQTT clients. Tampered and path-escaping images are refused."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mqtt_support import Client
+from sidecar_support import (
+    PLUGIN,
+    PluginImages,
+    Supervisor,
+    broker_yaml,
+    build_plugin_images,
+    make_sidecar,
+    plugin_yaml,
+    start_dynsec_broker,
+    wait_for,
+)
+
+from plugforge.contract import Probe
+from plugforge.oci import ImageMetadata, RegistryClient, parse_reference
+from plugforge.oci.pack import assemble_image
+from sidecar.adapters.mosquitto import PLUGINS_FILE
+from sidecar.state import Phase
+from testbed.configmap_dir import ConfigMapDir
+from testbed.mosquitto import Mosquitto
+from testbed.registry import Registry
+
+pytestmark = pytest.mark.timeout(240)
+
+CONFIG = broker_yaml({"max_inflight_messages": "20"})
+PROBES_V1 = (Probe("mallory-refused", "connect", "mallory", "refused"),
+             Probe("alice-accepted", "connect", "alice", "accepted", password="pw"),
+             Probe("forbidden-publish", "publish", "alice", "refused", password="pw",
+                   topic="forbidden/x"))
+PROBES_V2 = (Probe("eve-refused", "connect", "eve", "refused"),
+             Probe("alice-accepted", "connect", "alice", "accepted", password="pw"))
+
+
+@pytest.fixture(scope="module")
+def images(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> PluginImages:
+    return build_plugin_images(tmp_path_factory.mktemp("plugin-build"), registry.host,
+                               registry.ca.cert)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = start_dynsec_broker(tmp_path / "broker")
+    yield b
+    b.stop()
+
+
+def connect_ok(broker: Mosquitto, user: str) -> bool:
+    client = Client(broker.port, user, password="pw")
+    try:
+        return client.accepted
+    finally:
+        client.close()
+
+
+def running_digest(broker: Mosquitto, workdir: Path) -> str | None:
+    maps = Path(f"/proc/{broker.pid}/maps").read_text()
+    for line in maps.splitlines():
+        if str(workdir / "plugins" / PLUGIN) in line:
+            return "sha256:" + line.split(f"/{PLUGIN}/")[1].split("/")[0]
+    return None
+
+
+def test_plugin_waits_for_restart_when_not_allowed(broker: Mosquitto, images: PluginImages,
+                                                   registry: Registry, tmp_path: Path) -> None:
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+        images.v1, probes=PROBES_V1)})
+    sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
+                                    resync=0.5)
+    pid = broker.pid
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.RESTART_REQUIRED, "RestartRequired")
+        assert sidecar.state.restart_required
+        assert broker.pid == pid and adapter.calls["restart"] == 0
+        # Fail closed: the desired auth plugin is not loaded, so the pod is not ready.
+        assert not sidecar.state.ready and "deny_test (staged)" in sidecar.state.ready_reason
+        # The running broker has no plugin yet: only dynsec decides, and it does not know alice.
+        assert not connect_ok(broker, "alice")
+        broker.restart()  # the operator (or a rollout) restarts the broker
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED and sidecar.state.ready,
+                 "applied and probed after the restart")
+        assert connect_ok(broker, "alice") and not connect_ok(broker, "mallory")
+        assert running_digest(broker, tmp_path / "sc") == images.v1.split("@")[1]
+    finally:
+        sidecar.stop()
+
+
+def test_upgrade_runs_fresh_code_and_failed_probe_rolls_back(
+        broker: Mosquitto, images: PluginImages, registry: Registry, tmp_path: Path) -> None:
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+        images.v1, probes=PROBES_V1)})
+    supervisor = Supervisor(broker)
+    sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
+                                    allow_restart=True)
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED and sidecar.state.ready,
+                 "v1 applied", timeout=40)
+        assert not connect_ok(broker, "mallory") and connect_ok(broker, "eve")
+        assert sidecar.state.plugins[0].status == "Running"
+
+        # Upgrade: v2 is different code (it denies eve by default, not mallory).
+        cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+            images.v2, probes=PROBES_V2)})
+        wait_for(lambda: sidecar.state.last_applied.plugins.get(PLUGIN) == images.v2.split(
+            "@")[1], "v2 applied", timeout=40)
+        assert connect_ok(broker, "mallory") and not connect_ok(broker, "eve")  # new code runs
+        assert running_digest(broker, tmp_path / "sc") == images.v2.split("@")[1]
+        restarts = supervisor.restarts
+
+        # Converged: a resync performs no admin call.
+        calls = adapter.mutating_calls()
+        assert sidecar.reconcile_now("test").actions == ()
+        assert adapter.mutating_calls() == calls
+
+        # A release whose probe fails (it refuses alice, the probe expects her accepted).
+        cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+            images.v1, settings={"deny_users": "alice"}, probes=PROBES_V1)})
+        wait_for(lambda: sidecar.state.phase is Phase.ROLLED_BACK, "rollback", timeout=60)
+        assert "alice-accepted" in sidecar.state.last_error
+        # The last good state runs again: v2's code and settings.
+        assert running_digest(broker, tmp_path / "sc") == images.v2.split("@")[1]
+        assert connect_ok(broker, "alice") and not connect_ok(broker, "eve")
+        assert supervisor.restarts >= restarts + 2  # restarted into v1, then back
+        assert sidecar.state.ready
+    finally:
+        sidecar.stop()
+        supervisor.stop()
+
+
+def _evil_image(registry: Registry, name: str, entry: str) -> str:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = b"\x7fELF-not-really"
+        info = tarfile.TarInfo(entry)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    image = assemble_image(buf.getvalue(), ImageMetadata("https://git.test/x.git", "r", "mosquitto",
+                                                         PLUGIN, "6.6.6"))
+    ref = parse_reference(f"{registry.host}/plugins/{name}:1")
+    with RegistryClient(registry.host, ca_bundle=registry.ca.cert) as client:
+        pinned = client.push_image(ref, image)
+    return f"{registry.host}/plugins/{name}@{pinned.digest}"
+
+
+def _blob_path(registry: Registry, digest: str) -> Path:
+    hex_digest = digest.split(":")[1]
+    return registry.storage / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / \
+        "data"
+
+
+def _tampered(registry: Registry, what: str) -> str:
+    """A fresh image in its own repository, with its layer or manifest changed on disk."""
+    image = _evil_image(registry, f"tamper-{what}", f"plugin/{PLUGIN}/{PLUGIN}.so")
+    digest = image.split("@")[1]
+    if what == "manifest":
+        path = _blob_path(registry, digest)
+    else:
+        with RegistryClient(registry.host, ca_bundle=registry.ca.cert) as client:
+            _, manifest = client.pull_manifest(parse_reference(image))
+        path = _blob_path(registry, manifest.layers[0].digest)
+    data = path.read_bytes()
+    if what == "manifest":  # still valid JSON, same size: only the digest can tell
+        tampered = data.replace(b"6.6.6", b"6.6.7")
+    else:
+        changed = bytearray(data)
+        changed[len(changed) // 2] ^= 0xFF
+        tampered = bytes(changed)
+    assert tampered != data
+    path.write_bytes(tampered)
+    return image
+
+
+@pytest.mark.parametrize("case", ["tampered layer", "digest mismatch", "path escape"])
+def test_bad_images_refused_nothing_installed(case: str, broker: Mosquitto, images: PluginImages,
+                                             registry: Registry, tmp_path: Path) -> None:
+    if case == "path escape":
+        image = _evil_image(registry, "escape", f"plugin/{PLUGIN}/../../../../tmp/owned.so")
+        expected = "UnsafeLayer"
+    elif case == "tampered layer":
+        image = _tampered(registry, "layer")
+        expected = "DigestMismatch"
+    else:
+        image = _tampered(registry, "manifest")
+        expected = "DigestMismatch"
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(image)})
+    sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert)
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.FAILED, f"{case} refused")
+        assert expected in sidecar.state.last_error, sidecar.state.last_error
+        assert adapter.calls["install_plugin"] == 0 and adapter.calls["enable"] == 0
+        assert not (tmp_path / "sc" / "plugins" / PLUGIN).exists()  # nothing installed
+        assert not (broker.include_dir / PLUGINS_FILE).exists()
+        assert not sidecar.state.ready
+        assert not Path("/tmp/owned.so").exists()
+    finally:
+        sidecar.stop()
