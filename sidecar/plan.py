@@ -37,7 +37,7 @@ class Action:
     def describe(self) -> str:
         """One line for logs and the dry run; secret values never appear."""
         if self.kind in (ActionKind.SET_CONFIG, ActionKind.UNSET_CONFIG):
-            detail = " (value redacted)" if _secret(self.target) else (
+            detail = " (value redacted)" if is_secret(self.target) else (
                 f" {self.previous!r} -> {self.value!r}")
         else:
             detail = f" {self.value}" if self.value else ""
@@ -174,6 +174,7 @@ def _config_actions(desired: DesiredState, observed: Observed, last_applied: App
     return actions
 
 
-def _secret(key: str) -> bool:
+def is_secret(key: str) -> bool:
+    """Values of such keys never appear in logs, plans or the API."""
     lowered = key.lower()
     return any(word in lowered for word in ("password", "secret", "token", "key"))

@@ -7,7 +7,7 @@ import collections
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from sidecar.adapters.base import ChangeClass, ConfigProblem, Observed
 from sidecar.adapters.mosquitto import MosquittoAdapter, MosquittoSettings
 from sidecar.app import Sidecar
 from sidecar.settings import Settings
+from sidecar.state import ApplyEvent
 from testbed.mosquitto import Mosquitto, MosquittoConfig, start_mosquitto
 
 DYNSEC_LIB = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
@@ -173,7 +174,9 @@ def plugin_yaml(image: str, *, enabled: bool = True, settings: Mapping[str, str]
 
 def make_sidecar(broker: Mosquitto, dirs: list[Path], workdir: Path, ca: Path | None, *,
                  allow_restart: bool = False, debounce: float = 0.05,
-                 resync: float = 3600.0, **overrides: Any) -> tuple[Sidecar, CountingAdapter]:
+                 resync: float = 3600.0,
+                 sinks: Sequence[Callable[[ApplyEvent], None]] = (),
+                 **overrides: Any) -> tuple[Sidecar, CountingAdapter]:
     settings = Settings(
         broker="mosquitto", config_dirs=tuple(dirs), source=overrides.pop("source", "files"),
         adapter_options=adapter_options(broker), plugin_dir=workdir / "plugins",
@@ -183,7 +186,7 @@ def make_sidecar(broker: Mosquitto, dirs: list[Path], workdir: Path, ca: Path | 
     real = MosquittoAdapter(MosquittoSettings.from_options(settings.adapter_options,
                                                            settings.plugin_dir))
     counting = CountingAdapter(real)
-    return Sidecar(settings, adapter=counting), counting
+    return Sidecar(settings, adapter=counting, event_sinks=sinks), counting
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,13 +16,16 @@ import pytest
 from mqtt_support import Client
 from sidecar_support import (
     ADMIN,
+    PLUGIN,
     broker_yaml,
     make_sidecar,
+    plugin_yaml,
     start_dynsec_broker,
     wait_for,
 )
 
-from sidecar.state import Phase
+from plugforge.contract import Document, content_hash
+from sidecar.state import ApplyEvent, EventKind, Phase
 from testbed.configmap_dir import ConfigMapDir
 from testbed.mosquitto import Mosquitto
 
@@ -196,3 +201,47 @@ def test_broker_killed_and_restarted_is_reconverged_by_resync(broker: Mosquitto,
             broker.include_dir / "50-plugforge-config.conf").read_text()
     finally:
         sidecar.stop()
+
+
+def test_burst_of_swaps_is_debounced_and_none_missed(broker: Mosquitto, tmp_path: Path) -> None:
+    cm = ConfigMapDir(tmp_path / "cm")
+
+    def version(i: int) -> dict[str, str]:
+        # Two keys that must always come from the same version.
+        release = plugin_yaml(f"registry.test:5000/plugins/x@sha256:{i:064x}", enabled=False)
+        return {"broker.yaml": broker_yaml({**BASE, "max_queued_messages": str(100 + i)}),
+                f"plugin.{PLUGIN}.yaml": release}
+
+    def hash_of(i: int) -> str:
+        return content_hash([Document(str(cm.path), k, v) for k, v in version(i).items()])
+
+    cm.update(version(0))
+    sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", None, debounce=0.3)
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED, "first apply")
+        events = sidecar.subscribe()
+        calls = adapter.calls["apply_config"]
+        n = 30
+        for i in range(1, n + 1):
+            cm.update(version(i))
+        wait_for(lambda: sidecar.state.last_applied.content_hash == hash_of(n), "last version")
+        time.sleep(1.0)  # anything still trailing would show up now
+        applied = [e for e in iter_queue(events) if e.kind is EventKind.APPLIED]
+        assert 1 <= len(applied) <= 2, [e.reason for e in applied]
+        assert adapter.calls["apply_config"] - calls == len(applied)
+        written = {hash_of(i) for i in range(n + 1)}
+        assert all(e.content_hash in written for e in applied)  # never a mixed version
+        assert "max_queued_messages 130" in (
+            broker.include_dir / "50-plugforge-config.conf").read_text()
+    finally:
+        sidecar.stop()
+
+
+def iter_queue(q: queue.Queue[ApplyEvent]) -> list[ApplyEvent]:
+    items = []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for proto/plugforge/v1 (scripts/gen-protos). Do not edit."""
