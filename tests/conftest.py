@@ -16,6 +16,7 @@ from testbed.gitserver import GitServer, start_git_server
 from testbed.kube import ControlPlane, start_control_plane
 from testbed.podman import PodmanService, start_podman_service
 from testbed.procs import ServerProcess
+from testbed.rabbitmq import RabbitMQ, start_rabbitmq
 from testbed.registry import Registry, start_registry
 
 REGISTRY_CREDENTIALS = ("pusher", "correct-horse-battery")
@@ -111,3 +112,16 @@ def podman_service(testbed_dir: Path) -> Iterator[PodmanService]:
     _track(service)
     yield service
     service.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(testbed_dir: Path) -> Iterator[RabbitMQ]:
+    """A real RabbitMQ 3.10 node with rabbitmq_mqtt (MQTT 3.1.1 on ``.mqtt_port``).
+
+    Plugins copied into ``.shared_plugins_dir`` can be enabled online. Tests that change the
+    node (plugins, ``auth_backends``, users) put it back as they found it.
+    """
+    node = start_rabbitmq(testbed_dir / "rabbitmq")
+    _track(node)
+    yield node
+    node.stop()

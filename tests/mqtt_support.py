@@ -11,12 +11,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 NOT_AUTHORIZED = 0x87  # MQTT 5 reason code in CONNACK and PUBACK
 TIMEOUT = 10.0
+ANY_PASSWORD = "any-password"  # the sample plugins check no passwords
 
 
 class Client:
-    """Connects on construction and waits for the CONNACK (``connect_rc``)."""
+    """Connects on construction and waits for the CONNACK (``connect_rc``).
 
-    def __init__(self, port: int, username: str, *, password: str = "any-password",  # noqa: S107
+    Never reconnects: a broker closing the connection is an outcome tests want to see.
+    """
+
+    def __init__(self, port: int, username: str, *, password: str = ANY_PASSWORD,
                  protocol: MQTTProtocolVersion = mqtt.MQTTv5, host: str = "127.0.0.1") -> None:
         self._state = threading.Condition()
         self.connect_rc: ReasonCode | None = None
@@ -26,7 +30,8 @@ class Client:
         self.messages: list[tuple[str, bytes]] = []
         self.username = username
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol,
-                             client_id=f"{username}-{uuid.uuid4().hex[:8]}")
+                             client_id=f"{username}-{uuid.uuid4().hex[:8]}",
+                             reconnect_on_failure=False)
         self.c.username_pw_set(username, password)
         self.c.on_connect = self._on_connect
         self.c.on_disconnect = self._on_disconnect
