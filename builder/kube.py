@@ -225,7 +225,7 @@ class Kube:
         meta = regarding["metadata"]
         body = {
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"generateName": f"{meta['name'][:200]}.",
+            "metadata": {"generateName": f"{meta['name'][:200]}-",
                          "namespace": meta["namespace"]},
             "regarding": {"apiVersion": regarding.get("apiVersion", API_VERSION),
                           "kind": regarding.get("kind", "BrokerPlugin"),
@@ -236,8 +236,11 @@ class Kube:
             "eventTime": now, "reportingController": "plugforge.dev/builder",
             "reportingInstance": reporter[:128],
         }
+        # Through the generic client: the typed one re-parses eventTime and drops microseconds,
+        # which the apiserver's MicroTime then refuses.
         _call(f"create event in {meta['namespace']}",
-              lambda: self.events.create_namespaced_event(meta["namespace"], body))
+              lambda: self.custom.create_namespaced_custom_object(
+                  "events.k8s.io", "v1", meta["namespace"], "events", body))
 
     # --- Leases -------------------------------------------------------------------------------
 

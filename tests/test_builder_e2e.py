@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,15 @@ def test_mosquitto_plugin_is_built_pushed_and_rolled_out(
     assert notes["dev.plugforge.plugin.name"] == "deny_mallory"
     assert "$ gcc" in _build_log(builder, build)
 
+    def reasons() -> set[str] | None:
+        code, events = cluster.cp.request(
+            "GET", f"/apis/events.k8s.io/v1/namespaces/{cluster.ns}/events")
+        assert code == 200
+        items: Any = events["items"]
+        found = {e["reason"] for e in items if e["regarding"]["name"] == "deny-mallory"}
+        return found if {"BuildStarted", "BuildSucceeded"} <= found else None
+    wait_for(reasons, "BuildStarted and BuildSucceeded events")
+
 
 def test_second_build_of_same_commit_reuses_digest_without_compiling(
         mosquitto_plugin: dict[str, Any], cluster: Cluster, builder: Builder) -> None:
@@ -198,7 +208,8 @@ def test_compile_error_keeps_previous_image(
     assert good in built["message"]  # says the previous image stays
     assert cluster.plugin("deny-mallory")["status"]["currentImage"] == good
     assert cluster.configmap("broker-plugins") == cm_before
-    # permanent: not retried while neither spec nor commit changes
+    # permanent: not retried while neither spec nor commit changes (resync runs every 2s)
+    time.sleep(5)
     assert len(cluster.builds("deny-mallory")) == before + 1
 
     # repair it: the next commit builds and rolls out again
@@ -316,7 +327,6 @@ def test_disabled_plugin_is_not_built(builder: Builder, cluster: Cluster, regist
     cluster.create("brokerplugins", broker_plugin(
         "disabled", url=mosquitto_plugin["url"], enabled=False,
         repository=f"{registry.host}/plugins/disabled"))
-    import time
     time.sleep(3)
     assert cluster.builds("disabled") == []
 
@@ -361,3 +371,21 @@ def test_vernemq_erlang_plugin_end_to_end(builder: Builder, cluster: Cluster,
     notes = _skopeo_inspect(registry, image, tmp_path)["annotations"]
     assert notes["dev.plugforge.broker"] == "vernemq"
     assert notes["org.opencontainers.image.revision"] == commit
+
+
+def test_spec_change_rebuilds_and_rolls_out_new_settings(
+        mosquitto_plugin: dict[str, Any], cluster: Cluster, builder: Builder) -> None:
+    """Level-triggered: a new generation is a new request; the same tree is a cache hit."""
+    wait_for(lambda: cluster.condition("deny-mallory", "Ready").get("status") == "True",
+             "deny-mallory Ready")
+    before = len(cluster.builds("deny-mallory"))
+    cluster.patch_plugin("deny-mallory", {"settings": {"deny_users": "mallory,eve,trudy"}})
+    build = cluster.wait_build("deny-mallory", after=before)
+    assert build["status"]["phase"] == "Succeeded"
+    assert build["status"]["cacheHit"] is True
+    release = wait_for(lambda: (r := _desired(cluster, "broker-plugins").plugin("deny_mallory"))
+                       and r.settings.get("deny_users") == "mallory,eve,trudy" and r,
+                       "new settings in the ConfigMap")
+    assert release.image.endswith(build["status"]["digest"])
+    plugin = cluster.plugin("deny-mallory")
+    assert plugin["status"]["observedGeneration"] == plugin["metadata"]["generation"]

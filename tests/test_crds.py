@@ -140,3 +140,21 @@ def test_builder_cannot_write_plugin_spec_or_create_plugins(control_plane: Contr
                                     identity="builder",
                                     body={"metadata": {"name": "refused"}, "data": {}})
     assert code == 403
+
+
+def test_watch_from_a_too_old_resource_version_is_gone(control_plane: ControlPlane,
+                                                      ns: str) -> None:
+    """The builder's watch loop relists on ``Gone``; prove the adapter raises it."""
+    from builder.errors import Gone
+    from builder.kube import Kube
+
+    kube = Kube.from_kubeconfig(control_plane.kubeconfig("builder"))
+    try:
+        with pytest.raises(Gone):
+            for _ in kube.watch("brokerplugins", "1", timeout_seconds=5):
+                pass
+        items, rv = kube.list_plugins()
+        assert any(i["metadata"]["name"] == "ok" for i in items)
+        assert int(rv) > 1
+    finally:
+        kube.close()
