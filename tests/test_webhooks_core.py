@@ -449,3 +449,53 @@ def test_force_push_back_to_an_earlier_commit_is_built() -> None:
     assert co.offer(_request(F, E)) is Offer.COALESCED
     clock.t += 1
     assert [r.commit for r in co.take_due()[0]] == [F]
+
+
+# --- BrokerPlugin view and PluginBuild request (pure halves of the I/O modules) ---------------
+
+
+def test_plugin_source_reads_the_webhook_relevant_fields() -> None:
+    from builder.webhooks.matching import SecretRef
+    from builder.webhooks.plugins import plugin_source
+
+    obj = {"metadata": {"namespace": "t", "name": "acl", "uid": "u-1", "generation": 3},
+           "spec": {"source": {"git": {"url": "git@h:o/r.git", "ref": "refs/tags/v1",
+                                       "path": "plugin", "revision": "abcdef1"}},
+                    "enabled": False, "webhook": {"secretRef": {"name": "hook"}}}}
+    source = plugin_source(obj)
+    assert source == PluginSource("t", "acl", "u-1", "git@h:o/r.git", "refs/tags/v1", "plugin",
+                                  "abcdef1", False, SecretRef("t", "hook", "secret"), 3)
+    # Defaults the CRD would fill in; no webhook secret means never triggered by a webhook.
+    bare = plugin_source({"metadata": {"namespace": "t", "name": "x"},
+                          "spec": {"source": {"git": {"url": "https://h/o/r"}}}})
+    assert bare is not None
+    assert (bare.ref, bare.path, bare.enabled, bare.secret) == ("main", ".", True, None)
+    assert plugin_source({"metadata": {"name": "x"}, "spec": {}}) is None
+    keyed = plugin_source({**obj, "spec": {**obj["spec"], "webhook": {
+        "secretRef": {"name": "hook", "key": "token"}}}})
+    assert keyed is not None and keyed.secret == SecretRef("t", "hook", "token")
+
+
+def test_plugin_build_records_the_trigger() -> None:
+    from builder.webhooks.enqueue import build_name, plugin_build
+
+    source = plugin("acl", generation=4)
+    request = BuildRequest("ns/acl", B, A, Trigger("push", "d-1", "octo\x00cat", B,
+                                                   "https://h/compare/a...b", "github"))
+    body = plugin_build(source, request)
+    assert body["spec"] == {"plugin": "acl", "commit": B, "pluginGeneration": 4, "trigger": {
+        "type": "Webhook", "event": "github:push", "delivery": "d-1", "user": "octo?cat",
+        "compareURL": "https://h/compare/a...b"}}
+    meta = body["metadata"]
+    assert meta["name"] == build_name("acl", B, "github/d-1")  # same delivery, same name
+    assert meta["name"].startswith(f"acl-{B[:7]}-")
+    assert meta["labels"] == {"plugforge.dev/plugin": "acl", "plugforge.dev/trigger": "webhook"}
+    assert meta["ownerReferences"][0]["uid"] == "u"
+    assert build_name("acl", B, "") != build_name("acl", B, "")  # no delivery id: unique
+
+
+def test_server_settings_are_validated() -> None:
+    from builder.webhooks.server import ServerSettings
+
+    with pytest.raises(ValueError, match="memory_budget"):
+        ServerSettings(max_body=100, memory_budget=10)

@@ -6,6 +6,7 @@ with its digest. Plugins and webhook Secrets are read from the real apiserver.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -208,3 +209,33 @@ def test_unsigned_delivery_builds_nothing(
     assert status == 401, out
     time.sleep(2.5)
     assert len(cluster.builds(PLUGIN)) == before_count
+
+
+def test_unreadable_webhook_secrets_refuse_deliveries(
+        cluster: Cluster, control_plane: ControlPlane, replicas: list[service.Webhooks],
+        registry: Registry, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="plugforge.webhooks")
+    fenced_secret = "secret-in-a-namespace-the-builder-may-not-read"
+    # A Secret that does not exist, and one in a namespace without the tenant RoleBinding.
+    cluster.create("brokerplugins", broker_plugin(
+        "secret-missing", url="https://git.example/acme/missing.git", enabled=False,
+        repository=f"{registry.host}/plugins/x", webhook={"secretRef": {"name": "nope"}}))
+    fenced = f"fenced-{cluster.ns}"
+    assert control_plane.request("POST", "/api/v1/namespaces",
+                                 body={"metadata": {"name": fenced}})[0] == 201
+    Cluster(control_plane, fenced).create_secret("hook", {"secret": fenced_secret})
+    Cluster(control_plane, fenced).create("brokerplugins", broker_plugin(
+        "fenced", url="https://git.example/acme/fenced.git", enabled=False,
+        repository=f"{registry.host}/plugins/x", webhook={"secretRef": {"name": "hook"}}))
+    time.sleep(2.2)  # the endpoint re-lists plugins at most every 2 s
+
+    for secret, repo in (("a-guess-at-the-missing-one", "missing"), (fenced_secret, "fenced")):
+        push = Push(host="git.example", owner="acme", repo=repo, ref="refs/heads/main",
+                    before="a" * 40, after="b" * 40, commits=[Commit("b" * 40)])
+        body = encode(github_push(push))
+        status, out = post(replicas[0], "/webhooks/github", body,
+                           github_headers(body, secret.encode()))
+        assert status == 401, out
+    assert f"webhook Secret {cluster.ns}/nope unreadable (NotFound)" in caplog.text
+    assert f"webhook Secret {fenced}/hook unreadable (Forbidden)" in caplog.text
+    assert fenced_secret not in caplog.text

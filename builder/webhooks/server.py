@@ -46,6 +46,13 @@ class ServerSettings:
     # Seconds a request waits for memory budget before it gets 429.
     admission_timeout: float = 5.0
 
+    def __post_init__(self) -> None:
+        if self.max_body < 1:
+            raise ValueError(f"webhook max_body: expected at least 1 byte, found {self.max_body}")
+        if self.memory_budget < self.max_body:
+            raise ValueError(f"webhook memory_budget ({self.memory_budget}) must be at least "
+                             f"max_body ({self.max_body}), or no large delivery could be read")
+
 
 class _Budget:
     """A counting budget of bytes; ``take`` waits up to a timeout."""
