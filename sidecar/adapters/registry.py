@@ -11,6 +11,7 @@ from sidecar.adapters.base import AdapterError, BrokerAdapter
 
 ADAPTERS: dict[str, str] = {
     "mosquitto": "sidecar.adapters.mosquitto",
+    "vernemq": "sidecar.adapters.vernemq",
 }
 
 

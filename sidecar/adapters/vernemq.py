@@ -1,0 +1,493 @@
+"""VerneMQ 2.x adapter: plugins hot-loaded with ``plugin enable/disable``, live config with
+``vmq-admin set``, all through the broker's own admin interface.
+
+Adapter options (``--adapter-opt key=value``):
+
+* ``api_url``: the node's HTTP API, e.g. ``http://127.0.0.1:8888``. Plugin commands and
+  ``plugin show`` go through it. Without it every command goes through ``vmq-admin``.
+* ``api_key_file``: file holding the API key (a mounted Secret; scope ``mgmt``); required with
+  ``api_url``. The key is sent as the basic-auth user name and never logged.
+* ``vmq_admin``: the ``vmq-admin`` executable (default ``vmq-admin``; ``none`` to go without).
+  Needed for config keys and plugin settings: ``/api/v1/set`` answers 500 in VerneMQ 2.0.1 (its
+  JSON writer fails on the result) and ``/api/v1/show`` answers 400, so both use the CLI.
+* ``broker_plugin_dir``: the plugin directory as the broker container mounts it (default: the
+  sidecar's ``--plugin-dir``); sent as ``--path``.
+* ``extra_live_keys``: comma-separated config keys ``vmq-admin set`` accepts besides vmq_server's
+  own (plugins that ship a cuttlefish schema and whitelist their keys).
+* ``timeout``: seconds per admin call (default 30).
+
+Layout on the shared volume: each plugin version lives in ``<plugin_dir>/<name>/<digest hex>/``
+(holding ``ebin/<name>.app`` and the beams); ``plugin enable --path`` points at that directory.
+``plugin show`` names the loaded applications but not their paths, so the adapter keeps a record
+(``<plugin_dir>/.plugforge-vernemq.json``) of the digest it enabled for each name; a name the
+broker lists is reported at that digest, a name it does not list is not loaded. Runtime-enabled
+plugins are not persisted by VerneMQ: after a node restart the record still names a digest but
+``plugin show`` lacks the plugin, so the next resync enables it again.
+
+Upgrade. VerneMQ keys application plugins by name and refuses a second enable of the same name
+(``already_enabled``, recorded), and the OTP app name cannot change between versions, so an
+upgrade is *disable old, enable new*; when the enable fails the old path is enabled again and the
+error is raised. Between the two calls (milliseconds) the plugin's hooks are absent and the
+other auth plugins (vmq_passwd, vmq_acl) decide alone.
+
+Fresh code after an upgrade, from VerneMQ's vmq_plugin_mgr source (not observable in the
+recordings, where both paths held the same code): ``disable`` stops the app, purges old code
+(``code:purge``) and unloads the app spec; ``enable --path`` prepends the new ``ebin`` to the
+code path (``code:add_pathsa``), loads the ``.app`` from there and finally calls
+``code:load_file`` for every module of the app, which makes the new beams current. Hooks are
+called as ``apply(Module, Function, Args)`` (remote calls), so they run the new code. The
+recordings prove enable/disable/enable of the same app from two different directories works
+(``plugin_enable_erlc_dir`` after ``plugin_disable``); they do not prove that new beams replace
+old ones in a live node, and the probes in the plugin's release are what checks it by behaviour.
+
+Safety: ``plugin enable`` with a ``--name`` that is not the OTP app in ``--path`` crashes
+VerneMQ 2.0.1's plugin manager (recorded; every client is refused until the node restarts), so
+the adapter reads ``ebin/*.app`` first and refuses a mismatch before any call. A plugin manager
+that lists no plugin at all, not even its internal ones, is reported as unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.adapters.base import (
+    AdapterError,
+    BrokerUnavailable,
+    ChangeClass,
+    ConfigProblem,
+    Observed,
+    ObservedPlugin,
+)
+from sidecar.adapters.vernemq_admin import CliAdmin, HttpAdmin, Reply, VmqAdmin, read_secret
+from sidecar.adapters.vernemq_config import LiveKeys
+
+log = logging.getLogger("plugforge.sidecar.vernemq")
+
+STATE_FILE = ".plugforge-vernemq.json"
+_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
+_APP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_APP_TERM = re.compile(r"^\s*\{\s*application\s*,\s*'?([A-Za-z0-9_@]+)'?\s*,", re.MULTILINE)
+_MAPPING = re.compile(r"\{\s*mapping\s*,\s*\"([^\"]+)\"")
+_SET_OK = re.compile(r"^(\S+) set to \"(.*)\"$")
+
+
+@dataclass(frozen=True)
+class VerneMQSettings:
+    plugin_dir: Path
+    broker_plugin_dir: Path
+    api_url: str = ""
+    api_key_file: str = ""
+    vmq_admin: str = "vmq-admin"
+    extra_live_keys: tuple[str, ...] = ()
+    timeout: float = 30.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> VerneMQSettings:
+        known = {"api_url", "api_key_file", "vmq_admin", "broker_plugin_dir", "extra_live_keys",
+                 "timeout"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AdapterError(f"vernemq adapter: unknown option(s) {', '.join(unknown)}; "
+                               f"expected some of {', '.join(sorted(known))}")
+        api_url = options.get("api_url", "")
+        if api_url and not re.match(r"^https?://[^/\s]+/?$", api_url):
+            raise AdapterError(f"vernemq adapter: api_url must be http(s)://host:port, found "
+                               f"{api_url!r}")
+        if api_url and not options.get("api_key_file"):
+            raise AdapterError("vernemq adapter: api_url needs api_key_file (the mounted Secret "
+                               "holding a key from `vmq-admin api-key create scope=mgmt`)")
+        vmq_admin = options.get("vmq_admin", "vmq-admin")
+        if not api_url and vmq_admin in ("", "none"):
+            raise AdapterError("vernemq adapter: needs api_url (+ api_key_file) or vmq_admin")
+        try:
+            timeout = float(options.get("timeout", "30"))
+        except ValueError as e:
+            raise AdapterError(f"vernemq adapter: timeout must be seconds, found "
+                               f"{options['timeout']!r}") from e
+        extra = tuple(k.strip() for k in options.get("extra_live_keys", "").split(",")
+                      if k.strip())
+        return cls(plugin_dir, Path(options.get("broker_plugin_dir") or plugin_dir), api_url,
+                   options.get("api_key_file", ""), "" if vmq_admin == "none" else vmq_admin,
+                   extra, timeout)
+
+
+class VerneMQAdapter:
+    name = "vernemq"
+
+    def __init__(self, settings: VerneMQSettings) -> None:
+        self.settings = settings
+        self.cli = CliAdmin(settings.vmq_admin, timeout=settings.timeout) \
+            if settings.vmq_admin else None
+        self.http = HttpAdmin(settings.api_url,
+                              read_secret(settings.api_key_file, "the VerneMQ API key"),
+                              key_source=settings.api_key_file, timeout=settings.timeout) \
+            if settings.api_url else None
+        self.admin: VmqAdmin = self.http if self.http is not None else _require(self.cli)
+        self.live = LiveKeys(settings.extra_live_keys)
+        self._watched: set[str] = set()
+
+    @property
+    def admin_calls(self) -> int:
+        return (self.http.calls if self.http else 0) + (self.cli.calls if self.cli else 0)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def observe(self) -> Observed:
+        try:
+            loaded = self._loaded()
+            state = self._state()
+            config = self._show(sorted((self._watched | set(state["originals"])) & set(
+                self.live.checks)))
+            plugins = self._observed_plugins(loaded, state)
+        except (BrokerUnavailable, AdapterError) as e:
+            return Observed(False, detail=str(e))
+        return Observed(True, plugins, config, instance=self._node())
+
+    def health(self) -> bool:
+        try:
+            rows = self.admin.run(["cluster", "show"]).rows
+        except (BrokerUnavailable, AdapterError):
+            return False
+        return any(r.get("Running") == "true" for r in rows)
+
+    def validate_config(self, config: Mapping[str, str]) -> list[ConfigProblem]:
+        # ``show`` answers only for named keys: remember which ones the desired state names.
+        self._watched = {k for k in config if k in self.live}
+        problems = []
+        for key, value in sorted(config.items()):
+            problem = self.live.check(key, value)
+            if problem is None and self.cli is None:
+                problem = ("setting config needs the vmq-admin CLI (the HTTP API's /set answers "
+                           "500 in VerneMQ 2.0.1); start the sidecar with "
+                           "--adapter-opt vmq_admin=/path/to/vmq-admin")
+            if problem is not None:
+                problems.append(ConfigProblem(key, problem))
+        return problems
+
+    def classify(self, key: str) -> ChangeClass:
+        return self.live.classify(key)
+
+    def plugin_change_class(self) -> ChangeClass:
+        return ChangeClass.PLUGIN_RELOAD
+
+    def write_only(self, key: str) -> bool:
+        return False
+
+    def normalize(self, key: str, value: str) -> str:
+        return value.strip()
+
+    # --- plugins ---------------------------------------------------------------------------
+
+    def install_plugin(self, name: str, digest: str, image_tree: Path) -> Path:
+        source = image_tree / "plugin" / name
+        if not (source / "ebin").is_dir():
+            root = image_tree / "plugin"
+            found = sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                           if p.is_dir())[:10] if root.is_dir() else "no plugin/"
+            raise AdapterError(f"image for VerneMQ plugin {name!r} has no plugin/{name}/ebin/ "
+                               f"directory (the OTP app `plugin enable --path` loads); "
+                               f"found {found}")
+        app_name(source, name)
+        target = self._version_dir(name, digest)
+        if target.is_dir():
+            return target  # content-addressed: this version is already in place
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest[7:19]}.", dir=target.parent))
+        try:
+            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
+            # mkdtemp makes it 0700; the broker container (another uid) must read the beams.
+            os.chmod(staging, 0o755)  # noqa: S103
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
+        version_dir = self._version_dir(name, digest)
+        if not version_dir.is_dir():
+            raise AdapterError(f"plugin {name!r} version {digest} is not installed in "
+                               f"{version_dir}; install it first")
+        app_name(version_dir, name)  # before any call: a wrong --name crashes the plugin mgr
+        variables = self._setting_variables(name, version_dir, settings)
+        state = self._state()
+        record = state["plugins"].get(name)
+        loaded = name in self._loaded()
+        if not (loaded and record and record.get("digest") == digest):
+            previous = record.get("digest") if (loaded and record) else None
+            if loaded:
+                self._disable_call(name)
+            try:
+                self._enable_call(name, self._broker_path(name, digest))
+            except (AdapterError, BrokerUnavailable) as e:
+                self._restore(name, previous, e)
+                raise
+            state["plugins"][name] = {"digest": digest, "settings": {}}
+            self._save(state)
+        if variables:
+            self._set_all(variables)
+        state["plugins"][name] = {"digest": digest, "settings": dict(settings)}
+        self._save(state)
+
+    def disable(self, name: str) -> None:
+        if name in self._loaded():
+            self._disable_call(name)
+        state = self._state()
+        if state["plugins"].pop(name, None) is not None:
+            self._save(state)
+
+    # --- config ----------------------------------------------------------------------------
+
+    def apply_config(self, changes: Mapping[str, str | None]) -> None:
+        for key in changes:
+            if key not in self.live:
+                raise AdapterError(f"config.{key}: "
+                                   + (self.live.check(key, "x") or "not settable live"))
+        state = self._state()
+        missing = [k for k in changes if k not in state["originals"]]
+        if missing:
+            # Remember the node's own values first: VerneMQ has no "back to default" command.
+            state["originals"].update(self._show(missing))
+            self._save(state)
+        targets: dict[str, str] = {}
+        for key, value in changes.items():
+            if value is None:
+                original = state["originals"].get(key)
+                if original is None:
+                    raise AdapterError(f"config.{key}: cannot go back to the broker's value: "
+                                       "it was not recorded before the sidecar changed it")
+                targets[key] = original
+            else:
+                targets[key] = value
+        self._set_all(targets)
+        self._watched |= set(targets)
+        for key, value in changes.items():
+            if value is None:
+                state["originals"].pop(key, None)
+                self._watched.discard(key)
+        self._save(state)
+
+    def restart(self) -> None:
+        raise AdapterError(
+            "the VerneMQ adapter does not restart the broker: its plugins and live config are "
+            "applied without one; keys VerneMQ reads only at start belong in vernemq.conf, "
+            "changed by redeploying the pod")
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _loaded(self) -> set[str]:
+        """Application plugins the node runs; raises when its plugin manager is gone."""
+        rows = self.admin.run(["plugin", "show"]).rows
+        # Empty without --internal is also a node without vmq_acl/vmq_passwd; the internal
+        # plugins (vmq_swc, vmq_generic_msg_store, ...) are always there unless it crashed.
+        if not rows and not self.admin.run(["plugin", "show"], {"--internal": None}).rows:
+            raise BrokerUnavailable(
+                "VerneMQ's plugin manager lists no plugins at all, not even its internal "
+                "ones: it has crashed (2.0.1 does after `plugin enable` with a --name that "
+                "does not match the app) and refuses every client until the node restarts; "
+                "restart the VerneMQ pod")
+        return {r.get("Plugin", "") for r in rows if r.get("Type") == "application"}
+
+    def _observed_plugins(self, loaded: set[str], state: dict[str, Any]
+                          ) -> dict[str, ObservedPlugin]:
+        records: dict[str, dict[str, Any]] = state["plugins"]
+        managed = set(records) | self._installed_names()
+        plugins = {}
+        for name in sorted(managed):
+            record = records.get(name) or {}
+            running = name in loaded
+            digest = record.get("digest") if running else None
+            plugins[name] = ObservedPlugin(
+                name, digest, enabled=running,
+                path=str(self._version_dir(name, digest)) if digest else None,
+                settings=self._read_settings(name, record) if running and digest else None)
+        return plugins
+
+    def _read_settings(self, name: str, record: Mapping[str, Any]) -> Mapping[str, str] | None:
+        applied: Mapping[str, str] = record.get("settings") or {}
+        if not applied:
+            return {}
+        try:
+            variables = self._setting_variables(
+                name, self._version_dir(name, record["digest"]), applied)
+            shown = self._show(sorted(variables))
+        except AdapterError:
+            return None  # cannot tell: the planner then trusts its own record
+        # _setting_variables keeps the order of ``applied``: variable i is setting i.
+        by_variable = dict(zip(variables, applied, strict=True))
+        return {by_variable[v]: value for v, value in shown.items()}
+
+    def _installed_names(self) -> set[str]:
+        root = self.settings.plugin_dir
+        if not root.is_dir():
+            return set()
+        return {p.name for p in root.iterdir() if p.is_dir() and _APP_NAME.match(p.name)
+                and any(_DIGEST_DIR.match(v.name) for v in p.iterdir())}
+
+    def _enable_call(self, name: str, path: str) -> None:
+        reply = self.admin.run(["plugin", "enable"], {"--name": name, "--path": path})
+        if reply.alerts and "already_enabled" in reply.message():
+            # Loaded behind our back since we looked: replace it with the version we want.
+            self._disable_call(name)
+            reply = self.admin.run(["plugin", "enable"], {"--name": name, "--path": path})
+        _expect_done(reply, f"plugin enable --name={name} --path={path}")
+
+    def _disable_call(self, name: str) -> None:
+        reply = self.admin.run(["plugin", "disable"], {"--name": name})
+        if "plugin_not_found" in reply.message():
+            return  # already gone: the goal of a disable
+        _expect_done(reply, f"plugin disable --name={name}")
+
+    def _restore(self, name: str, previous: str | None, error: Exception) -> None:
+        if previous is None:
+            return
+        try:
+            self._enable_call(name, self._broker_path(name, previous))
+            log.warning("decision=vernemq-rollback plugin=%s restored=%s error=%r", name,
+                        previous, str(error))
+        except (AdapterError, BrokerUnavailable) as again:
+            raise AdapterError(f"{error}; re-enabling the previous version {previous} also "
+                               f"failed: {again}") from error
+
+    def _setting_variables(self, name: str, version_dir: Path,
+                           settings: Mapping[str, str]) -> dict[str, str]:
+        """Plugin settings as ``vmq-admin set`` variables (the plugin's cuttlefish schema)."""
+        if not settings:
+            return {}
+        mappings = set()
+        for schema in sorted((version_dir / "priv").glob("*.schema")):
+            mappings.update(_MAPPING.findall(schema.read_text(errors="replace")))
+        if not mappings:
+            raise AdapterError(
+                f"plugin {name!r}: settings {sorted(settings)} cannot be applied: VerneMQ sets "
+                "plugin application env live only through `vmq-admin set <app>.<key>=...`, "
+                "which needs a cuttlefish schema in the plugin's priv/*.schema and the keys on "
+                "clique's whitelist; this plugin ships none. Drop the settings (the plugin's "
+                "defaults apply) or add a schema to the plugin")
+        if self.cli is None:
+            raise AdapterError(f"plugin {name!r}: settings need the vmq-admin CLI "
+                               "(--adapter-opt vmq_admin=...)")
+        variables = {}
+        for key, value in settings.items():
+            variable = next((v for v in (f"{name}.{key}", key) if v in mappings), None)
+            if variable is None:
+                raise AdapterError(f"plugin {name!r}: setting {key!r} is not in its schema; "
+                                   f"expected one of {', '.join(sorted(mappings))}")
+            if not value or any(c in value for c in "\r\n\0"):
+                raise AdapterError(f"plugin {name!r}: setting {key!r} must be one line")
+            variables[variable] = value
+        return variables
+
+    def _set_all(self, values: Mapping[str, str]) -> None:
+        cli = _require(self.cli)
+        for key, value in values.items():
+            out = cli.run_raw(["set"], {key: value}).strip()
+            lines = [line for line in out.splitlines() if line.strip()]
+            match = _SET_OK.match(lines[-1]) if lines else None
+            if match is None or match.group(1) != key:
+                raise AdapterError(f"config.{key}: VerneMQ refused {key}={value!r}: "
+                                   f"{' '.join(lines) or 'no answer'}")
+        shown = self._show(sorted(values))
+        differ = {k: shown.get(k) for k, v in values.items() if shown.get(k) != v}
+        if differ:
+            raise AdapterError(f"VerneMQ reported the values set but `show` reads {differ}")
+
+    def _show(self, keys: list[str]) -> dict[str, str]:
+        if not keys:
+            return {}
+        cli = _require(self.cli)
+        rows = cli.run(["show", *keys]).rows
+        if not rows:
+            raise AdapterError(f"`vmq-admin show {' '.join(keys)}` printed no table")
+        row = rows[0]
+        return {k: row[k].strip() for k in keys if k in row}
+
+    def _node(self) -> str:
+        try:
+            rows = self.admin.run(["cluster", "show"]).rows
+        except (BrokerUnavailable, AdapterError):
+            return ""
+        return ",".join(sorted(r.get("Node", "") for r in rows))
+
+    def _version_dir(self, name: str, digest: str) -> Path:
+        return self.settings.plugin_dir / name / _hex(name, digest)
+
+    def _broker_path(self, name: str, digest: str) -> str:
+        return str(self.settings.broker_plugin_dir / name / _hex(name, digest))
+
+    def _state(self) -> dict[str, Any]:
+        path = self.settings.plugin_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = {}
+        except (OSError, ValueError) as e:
+            raise AdapterError(f"cannot read the adapter's record {path}: {e}") from e
+        data.setdefault("plugins", {})
+        data.setdefault("originals", {})
+        return dict(data)
+
+    def _save(self, state: Mapping[str, Any]) -> None:
+        path = self.settings.plugin_dir / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f, sort_keys=True, indent=1)
+            os.rename(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def create(options: Mapping[str, str], plugin_dir: Path) -> VerneMQAdapter:
+    return VerneMQAdapter(VerneMQSettings.from_options(options, plugin_dir))
+
+
+def app_name(plugin_path: Path, expected: str) -> str:
+    """The OTP application in ``plugin_path/ebin``; AdapterError unless it is ``expected``."""
+    apps = sorted((plugin_path / "ebin").glob("*.app"))
+    if len(apps) != 1:
+        raise AdapterError(f"plugin {expected!r}: expected exactly one OTP .app file in "
+                           f"{plugin_path / 'ebin'}, found {[p.name for p in apps]}")
+    text = "\n".join(line.split("%", 1)[0] for line in apps[0].read_text(
+        errors="replace").splitlines())
+    match = _APP_TERM.search(text)
+    if match is None:
+        raise AdapterError(f"plugin {expected!r}: {apps[0]} does not start with "
+                           "{application, Name, ...}")
+    found = match.group(1)
+    if found != expected or apps[0].stem != expected:
+        raise AdapterError(
+            f"plugin {expected!r}: the OTP application in {apps[0].name} is {found!r}; VerneMQ "
+            "needs --name to equal it (a mismatch crashes its plugin manager), so name the "
+            f"plugin {found!r} in the release, or rename the app")
+    return found
+
+
+def _hex(name: str, digest: str) -> str:
+    hex_digest = digest.removeprefix("sha256:")
+    if not _DIGEST_DIR.match(hex_digest):
+        raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
+    return hex_digest
+
+
+def _expect_done(reply: Reply, what: str) -> None:
+    if reply.alerts or "Done" not in reply.texts:
+        raise AdapterError(f"VerneMQ refused `{what}`: {reply.message() or 'no answer'}")
+
+
+def _require(cli: CliAdmin | None) -> CliAdmin:
+    if cli is None:
+        raise AdapterError("this needs the vmq-admin CLI: start the sidecar with "
+                           "--adapter-opt vmq_admin=/path/to/vmq-admin")
+    return cli
