@@ -6,10 +6,12 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sidecar.adapters.base import AdapterError
-from sidecar.settings import Settings, SettingsError, parse_args
+from sidecar.app import Sidecar
+from sidecar.settings import Settings, SettingsError, api_credentials_present, parse_args
+from sidecar.state import ApplyEvent
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,13 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _build(settings: Settings):  # type: ignore[no-untyped-def]
-    from sidecar.app import Sidecar
-    from sidecar.events import kubernetes_event_sink
-    sinks = []
-    sink = kubernetes_event_sink(settings)
-    if sink is not None:
-        sinks.append(sink)
+def _build(settings: Settings) -> Sidecar:
+    sinks: list[Callable[[ApplyEvent], None]] = []
+    if settings.pod_name and settings.pod_namespace and api_credentials_present(settings):
+        # Imported only here: the kubernetes client costs ~20 MiB of RSS in file mode.
+        from sidecar.events import kubernetes_event_sink
+        sink = kubernetes_event_sink(settings)
+        if sink is not None:
+            sinks.append(sink)
     return Sidecar(settings, event_sinks=sinks)
 
 

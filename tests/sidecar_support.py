@@ -29,7 +29,7 @@ ADMIN = ("admin", "admin-secret-pw")
 PLUGIN = "deny_test"
 
 
-def start_dynsec_broker(workdir: Path) -> Mosquitto:
+def start_dynsec_broker(workdir: Path, extra_lines: tuple[str, ...] = ()) -> Mosquitto:
     """mosquitto 2.0 with the dynamic-security plugin and an admin client; no anonymous."""
     workdir.mkdir(parents=True, exist_ok=True)
     dynsec_file = workdir / "dynamic-security.json"
@@ -37,7 +37,7 @@ def start_dynsec_broker(workdir: Path) -> Mosquitto:
         subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(dynsec_file), *ADMIN],
                        check=True, capture_output=True, timeout=30)
     return start_mosquitto(workdir, MosquittoConfig(allow_anonymous=False, extra_lines=(
-        f"plugin {DYNSEC_LIB}", f"plugin_opt_config_file {dynsec_file}")))
+        f"plugin {DYNSEC_LIB}", f"plugin_opt_config_file {dynsec_file}", *extra_lines)))
 
 
 def adapter_options(broker: Mosquitto) -> dict[str, str]:
