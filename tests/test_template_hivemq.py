@@ -18,6 +18,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import _track
 from mqtt_support import NOT_AUTHORIZED, Client
 
 from builder.recipe import load_recipe, run_recipe, template_dir
@@ -52,8 +53,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 def hivemq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiveMQ]:
     """This module's own broker: the tests restart it, so it is not shared with others."""
     broker = start_hivemq(tmp_path_factory.mktemp("hivemq"))
+    _track(broker)
     yield broker
     broker.stop()
+
+
+def _restart(broker: HiveMQ) -> None:
+    broker.restart()
+    _track(broker)  # a new process: its log goes into failure reports too
 
 
 def _log_since(broker: HiveMQ, mark: int) -> str:
@@ -104,7 +111,7 @@ def test_extension_enforces_the_policy(built: Built, hivemq: HiveMQ) -> None:
     # The next start loads it.
     old_pid = hivemq.pid
     mark = _log_mark(hivemq)
-    hivemq.restart()
+    _restart(hivemq)
     assert hivemq.pid != old_pid
     started = _log_since(hivemq, mark)
     assert STARTED in started
@@ -149,7 +156,7 @@ def test_settings_and_disabled_marker_apply_at_the_next_start(built: Built,
                                                               hivemq: HiveMQ) -> None:
     folder = hivemq.install_extension(built.extension, EXTENSION_ID)
     (folder / "conf/config.properties").write_text("deny_users = eve, trudy\n")
-    hivemq.restart()
+    _restart(hivemq)
     eve, mallory = Client(hivemq.port, "eve"), Client(hivemq.port, "mallory")
     eve.close()
     mallory.close()
@@ -159,7 +166,7 @@ def test_settings_and_disabled_marker_apply_at_the_next_start(built: Built,
     # DISABLED: the folder stays, the next start skips the extension.
     (folder / "DISABLED").touch()
     mark = _log_mark(hivemq)
-    hivemq.restart()
+    _restart(hivemq)
     assert STARTED not in _log_since(hivemq, mark)
     eve = Client(hivemq.port, "eve")
     eve.close()
@@ -169,9 +176,11 @@ def test_settings_and_disabled_marker_apply_at_the_next_start(built: Built,
     (folder / "DISABLED").unlink()
     (folder / "conf/config.properties").write_text("deny_user=typo\n")
     mark = _log_mark(hivemq)
-    hivemq.restart()
+    _restart(hivemq)
     log = _log_since(hivemq, mark)
     assert re.search(r"unknown setting 'deny_user' in .*config\.properties", log), log
+    # HiveMQ marks an extension that refused to start: it stays off until DISABLED is removed.
+    assert (folder / "DISABLED").exists()
     anyone = Client(hivemq.port, "mallory")
     anyone.close()
     assert anyone.accepted
