@@ -462,3 +462,50 @@ def test_server_is_still_up_after_the_fuzzing(hooks: service.Webhooks) -> None:
     stats = json.loads(raw(hooks, b"GET /webhooks/stats HTTP/1.1\r\nHost: x\r\n"
                                   b"Connection: close\r\n\r\n").split(b"\r\n\r\n", 1)[1])
     assert stats["deliveries"] > 100
+
+
+# --- full-size deliveries and the memory budget (servers of their own) ------------------------
+
+
+def test_a_delivery_near_githubs_25_mb_cap_is_acknowledged_fast(collector: Collector) -> None:
+    provider = StaticPlugins(PLUGINS, {"acme-hook": SECRET})
+    running = service.start(provider, collector, service.WebhookSettings(quiet_seconds=0.3))
+    try:
+        files = [f"plugin/generated/{i:06d}/{'x' * 60}.c" for i in range(2048)]
+        commits = [Commit(f"{i:040x}", modified=files) for i in range(1, 126)]
+        body = encode(github_push(a_push(after=commits[-1].id, commits=commits)))
+        assert 20_000_000 < len(body) < 25 * 1024 * 1024, len(body)
+        start = time.monotonic()
+        status, out = post(running, "/webhooks/github", body, github_headers(body, SECRET))
+        elapsed = time.monotonic() - start
+        # 125 commits: GitHub may have truncated the list, so even docs-only rebuilds.
+        assert status == 202 and queued(out) == {"main", "in-path", "docs-only"}, out
+        assert elapsed < 10, f"acknowledged after {elapsed:.1f}s: over GitHub's 10 s limit"
+        answer = raw(running, b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: " + str(25 * 1024 * 1024 + 1).encode()
+                              + b"\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+    finally:
+        running.stop()
+
+
+def test_deliveries_beyond_the_memory_budget_wait_then_get_429(collector: Collector) -> None:
+    provider = StaticPlugins(PLUGINS, {"acme-hook": SECRET})
+    running = service.start(provider, collector, service.WebhookSettings(
+        server=ServerSettings(max_body=LIMIT, memory_budget=LIMIT, admission_timeout=0.5)))
+    hog = socket.create_connection(("127.0.0.1", running.server.port))
+    try:
+        # Announces a body as large as the whole budget and never sends it.
+        hog.sendall(b"POST /webhooks/github HTTP/1.1\r\nContent-Length: "
+                    + str(LIMIT).encode() + b"\r\n\r\n")
+        time.sleep(0.3)
+        body = encode(github_push(a_push()))
+        status, out = post(running, "/webhooks/github", body, github_headers(body, SECRET))
+        assert status == 429 and "retry" in out["error"], out
+    finally:
+        hog.close()
+    time.sleep(0.3)  # the hog's reservation is returned when its connection ends
+    try:
+        test_ping(running)
+    finally:
+        running.stop()
