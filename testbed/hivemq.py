@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -137,7 +137,6 @@ class HiveMQ:
     port: int
     workdir: Path
     runtime: HiveMQRuntime
-    starts: int = field(default=1)
 
     @property
     def extensions_dir(self) -> Path:
@@ -154,10 +153,11 @@ class HiveMQ:
     def install_extension(self, folder: Path, extension_id: str) -> Path:
         """Copy an extension folder to ``extensions/<id>/`` (replacing it); takes effect on restart.
 
-        Copied under a temporary name and renamed, so HiveMQ never sees half a folder.
+        Copied next to the extensions folder and renamed into it, so HiveMQ never sees half a
+        folder or a staging folder.
         """
         dest = self.extensions_dir / extension_id
-        staging = self.extensions_dir / f".{extension_id}.tmp"
+        staging = self.workdir / f"staging-{extension_id}"
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(folder, staging)
         shutil.rmtree(dest, ignore_errors=True)
@@ -168,7 +168,6 @@ class HiveMQ:
         """Stop and start again on the same port with the same folders."""
         self.server.stop(grace=30)
         self.server, offset = _launch(self.workdir, self.port, self.runtime)
-        self.starts += 1
         _wait_started(self.server, offset)
 
     def stop(self) -> None:
