@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from plugforge.contract import Document
 from sidecar.adapters.base import BrokerAdapter
 from sidecar.adapters.registry import create_adapter
-from sidecar.desired import read_documents
+from sidecar.desired import NotSynced, read_documents
 from sidecar.images import ImagePuller
 from sidecar.metrics import Metrics
 from sidecar.plan import Action
@@ -105,9 +105,8 @@ class Sidecar:
             if documents is not None:
                 return documents
             if not self.settings.config_dirs:
-                from sidecar.desired import SourceError
-                raise SourceError("the ConfigMap watch has not synced yet and no --config-dir "
-                                  "is mounted as a fallback")
+                raise NotSynced("the ConfigMap watch has not synced yet and no --config-dir "
+                                "is mounted as a fallback")
             # The watch is down: the mounted volume is consistent, only later.
         return read_documents(self.settings.config_dirs)
 

@@ -25,6 +25,10 @@ class SourceError(Exception):
     """A configured source cannot be read (missing directory, unreadable file)."""
 
 
+class NotSynced(SourceError):
+    """The source has not delivered its first complete state yet (API watch starting)."""
+
+
 def read_documents(dirs: Sequence[Path], attempts: int = 5) -> list[Document]:
     """Every visible key of every directory, each directory read from one consistent version."""
     documents: list[Document] = []
@@ -49,9 +53,11 @@ def _read_once(directory: Path) -> list[Document]:
     if not directory.is_dir():
         raise SourceError(f"{directory}: expected a mounted ConfigMap directory, found none")
     link = directory / DATA_LINK
+    version = None
     if link.is_symlink():
         # Resolve once: every key is then read from the same version.
-        root = directory / os.readlink(link)
+        version = os.readlink(link)
+        root = directory / version
         names = _visible(os.listdir(root))
     else:
         # A plain directory (tests, hand-made mounts): read the keys as they are.
@@ -71,6 +77,10 @@ def _read_once(directory: Path) -> list[Document]:
         except UnicodeDecodeError as e:
             raise SourceError(f"{directory}/{name}: not UTF-8 text ({e.reason})") from e
         documents.append(Document(str(directory), name, text))
+    if version is not None and os.readlink(link) != version:
+        # Swapped while we read: the old version may have been half deleted under us (the
+        # writer removes it after the swap). Still current at the end means it was intact.
+        raise FileNotFoundError(f"{directory}: {DATA_LINK} moved from {version} while reading")
     return documents
 
 

@@ -29,7 +29,7 @@ from sidecar.adapters.base import (
     BrokerUnavailable,
     Observed,
 )
-from sidecar.desired import SourceError
+from sidecar.desired import NotSynced, SourceError
 from sidecar.plan import Action, ActionKind, Applied, Classifier, plan
 from sidecar.probes import ProbeResult
 from sidecar.state import ApplyEvent, EventKind, Phase, PluginStatus, SidecarState
@@ -112,6 +112,9 @@ class Reconciler:
         try:
             documents = self._read()
             desired = self._validated(documents)
+        except NotSynced as e:
+            log.info("decision=wait reason=%r detail=%r", reason, str(e))
+            return Outcome(self.state.phase, retry_after=self._backoff.initial)
         except (ContractError, SourceError, AdapterError) as e:
             return self._reject(reason, documents_hash(self._safe_read()), str(e))
         self.state.desired = desired

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from plugforge.contract import Document
+from sidecar.desired import SourceError
 from sidecar.trigger import Trigger
 
 log = logging.getLogger("plugforge.sidecar")
@@ -62,10 +63,19 @@ class ConfigMapWatcher:
         self._stop.set()
 
     def documents(self) -> list[Document] | None:
-        """The latest data of every named ConfigMap; None until each has been listed once."""
+        """The latest data of every named ConfigMap; None until each has been listed once.
+
+        A named ConfigMap that does not exist is an error, not an empty desired state: deleting
+        it by mistake must not unload every auth plugin.
+        """
         with self._lock:
             if any(name not in self._data for name in self.names):
                 return None
+            missing = [name for name in self.names if self._data[name] is None]
+            if missing:
+                raise SourceError(
+                    f"ConfigMap(s) {', '.join(missing)} not found in namespace "
+                    f"{self.namespace}; keeping the last good state until they exist")
             return [Document(f"configmap/{self.namespace}/{name}", key, text)
                     for name in self.names for key, text in sorted(
                         (self._data[name] or {}).items())]

@@ -91,6 +91,11 @@ def test_api_mode_applies_configmap_edits_and_posts_events(
             return {e.reason or "" for e in events}
 
         wait_for(lambda: {"Applied", "Rejected"} <= reasons(), "events on the pod")
+        # Deleting the ConfigMap is not an empty desired state: the last good one stays.
+        core.delete_namespaced_config_map("broker-a", "default")
+        wait_for(lambda: "broker-a not found" in sidecar.state.last_error, "deletion noticed")
+        assert "max_queued_messages 555" in (
+            broker.include_dir / "50-plugforge-config.conf").read_text()
     finally:
         sidecar.stop()
 
