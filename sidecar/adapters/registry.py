@@ -12,6 +12,7 @@ from sidecar.adapters.base import AdapterError, BrokerAdapter
 ADAPTERS: dict[str, str] = {
     "mosquitto": "sidecar.adapters.mosquitto",
     "vernemq": "sidecar.adapters.vernemq",
+    "emqx": "sidecar.adapters.emqx",
 }
 
 

@@ -1,0 +1,482 @@
+"""EMQX 5 adapter: plugin packages uploaded, started, stopped and uninstalled through the REST
+API v5, and the reloadable config roots updated through ``/configs``; no broker restart.
+
+Adapter options (``--adapter-opt key=value``):
+
+* ``api_url``: the dashboard listener serving ``/api/v5`` (default ``http://127.0.0.1:18083``).
+* ``api_key_file``, ``api_secret_file``: files holding an EMQX API key and its secret (a mounted
+  Secret); sent as basic auth, never logged. Both required.
+* ``ca_file``: CA bundle for an https ``api_url``.
+* ``timeout``: seconds per API call (default 30).
+
+Plugins (endpoints from EMQX's emqx_mgmt_api_plugins OpenAPI): the image holds the package
+``plugin/<name>/<name>-<vsn>.tar.gz`` (the emqx-erlang template's artifact); ``install_plugin``
+checks its ``release.json`` and keeps it in ``<plugin_dir>/<name>/<digest hex>/``. ``enable``
+uploads it (``POST /plugins/install``, multipart field ``plugin``), starts it (``PUT
+/plugins/<name-vsn>/start``) and checks ``GET /plugins`` reports it running: the start endpoint
+answers 204 whatever happened (emqx_mgmt_api_plugins:ensure_action ignores the result).
+EMQX refuses to install a second version of an installed plugin (``ALREADY_INSTALLED``), so an
+upgrade is stop old, uninstall old (``DELETE /plugins/<name-vsn>``), install new, start new;
+when any step fails, the new one is removed and the old package (kept on the volume) is
+installed and started again. ``disable`` stops and uninstalls: EMQX keeps one version per name
+and the sidecar keeps the package. ``GET /plugins`` names packages by name-vsn, not content, so
+the adapter records the digest it installed (``<plugin_dir>/.plugforge-emqx.json``).
+
+Newer EMQX releases refuse uploads that were not allowed first on every node (``403 FORBIDDEN``,
+"emqx ctl plugins allow NAME-VSN", with a ``sha256:<hex>`` of the package in the strictest
+mode); the adapter reports that with the exact command, it cannot run ``emqx ctl`` itself.
+
+Plugin settings go to ``PUT /plugins/<name-vsn>/config`` (EMQX 5.7+, validated by the plugin's
+Avro schema ``priv/config_schema.avsc``); a package without a schema cannot take settings and is
+refused before any call. The REST API acts on the whole cluster: run one sidecar per cluster
+(or accept that every pod's sidecar converges the same cluster-wide state).
+
+Fresh code: EMQX stops the application and unloads the plugin's modules when a plugin is stopped
+and uninstalled (emqx_plugins), and the new version lives in a new ``name-vsn`` directory; this
+is EMQX's documented lifecycle, not observed here (EMQX cannot run on these machines), and the
+release's probes are what checks the new behaviour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sidecar.adapters import emqx_config as cfg
+from sidecar.adapters.base import (
+    AdapterError,
+    BrokerUnavailable,
+    ChangeClass,
+    ConfigProblem,
+    Observed,
+    ObservedPlugin,
+)
+from sidecar.adapters.emqx_api import ApiError, EmqxApi
+from sidecar.adapters.vernemq_admin import read_secret
+
+log = logging.getLogger("plugforge.sidecar.emqx")
+
+STATE_FILE = ".plugforge-emqx.json"
+_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # EMQX splits NAME-VSN at the first '-'
+_VSN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
+_MAX_RELEASE_JSON = 1 << 20
+
+
+@dataclass(frozen=True)
+class EmqxSettings:
+    plugin_dir: Path
+    api_url: str
+    api_key_file: str
+    api_secret_file: str
+    ca_file: str = ""
+    timeout: float = 30.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> EmqxSettings:
+        known = {"api_url", "api_key_file", "api_secret_file", "ca_file", "timeout"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise AdapterError(f"emqx adapter: unknown option(s) {', '.join(unknown)}; "
+                               f"expected some of {', '.join(sorted(known))}")
+        if not options.get("api_key_file") or not options.get("api_secret_file"):
+            raise AdapterError("emqx adapter: needs api_key_file and api_secret_file (a mounted "
+                               "Secret with an EMQX API key and its secret)")
+        api_url = options.get("api_url", "http://127.0.0.1:18083")
+        if not re.match(r"^https?://[^/\s]+/?$", api_url):
+            raise AdapterError(f"emqx adapter: api_url must be http(s)://host:port, found "
+                               f"{api_url!r}")
+        try:
+            timeout = float(options.get("timeout", "30"))
+        except ValueError as e:
+            raise AdapterError(f"emqx adapter: timeout must be seconds, found "
+                               f"{options['timeout']!r}") from e
+        return cls(plugin_dir, api_url, options["api_key_file"], options["api_secret_file"],
+                   options.get("ca_file", ""), timeout)
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    vsn: str
+    path: Path
+    has_schema: bool
+
+    @property
+    def name_vsn(self) -> str:
+        return f"{self.name}-{self.vsn}"
+
+
+@dataclass(frozen=True)
+class Installed:
+    name: str
+    vsn: str
+    running: bool
+
+    @property
+    def name_vsn(self) -> str:
+        return f"{self.name}-{self.vsn}"
+
+
+class EmqxAdapter:
+    name = "emqx"
+
+    def __init__(self, settings: EmqxSettings) -> None:
+        self.settings = settings
+        self.api = EmqxApi(settings.api_url,
+                           read_secret(settings.api_key_file, "the EMQX API key"),
+                           read_secret(settings.api_secret_file, "the EMQX API secret"),
+                           key_source=f"{settings.api_key_file} / {settings.api_secret_file}",
+                           timeout=settings.timeout, ca_file=settings.ca_file or None)
+        self._watched_roots: set[str] = set()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def observe(self) -> Observed:
+        try:
+            installed = self._list()
+            state = self._state()
+            plugins = self._observed_plugins(installed, state)
+            config = self._read_config(self._watched_roots | cfg.roots(state["originals"]))
+        except (BrokerUnavailable, AdapterError) as e:
+            return Observed(False, detail=str(e))
+        return Observed(True, plugins, config)
+
+    def health(self) -> bool:
+        try:
+            self._list()
+        except (BrokerUnavailable, AdapterError):
+            return False
+        return True
+
+    def validate_config(self, config: Mapping[str, str]) -> list[ConfigProblem]:
+        problems = []
+        for key, value in sorted(config.items()):
+            problem = cfg.check(key, value)
+            if problem is not None:
+                problems.append(ConfigProblem(key, problem))
+        # observe reads the roots the desired state names (one GET per root).
+        self._watched_roots = cfg.roots(k for k in config if cfg.check(k, config[k]) is None)
+        return problems
+
+    def classify(self, key: str) -> ChangeClass:
+        return cfg.classify(key)
+
+    def plugin_change_class(self) -> ChangeClass:
+        return ChangeClass.PLUGIN_RELOAD
+
+    def write_only(self, key: str) -> bool:
+        return False
+
+    def normalize(self, key: str, value: str) -> str:
+        return cfg.normalize(value)
+
+    # --- plugins ---------------------------------------------------------------------------
+
+    def install_plugin(self, name: str, digest: str, image_tree: Path) -> Path:
+        source = image_tree / "plugin" / name
+        packages = sorted(source.glob(f"{name}-*.tar.gz")) if source.is_dir() else []
+        if len(packages) != 1:
+            found = sorted(p.name for p in source.iterdir()) if source.is_dir() else \
+                "no such directory"
+            raise AdapterError(f"image for EMQX plugin {name!r}: expected exactly one package "
+                               f"plugin/{name}/{name}-<vsn>.tar.gz, found {found}")
+        read_package(packages[0], name)
+        target = self._version_dir(name, digest)
+        if target.is_dir():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest[7:19]}.", dir=target.parent))
+        try:
+            shutil.copy2(packages[0], staging / packages[0].name)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return target
+
+    def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
+        package = self._package(name, digest)
+        if settings and not package.has_schema:
+            raise AdapterError(
+                f"plugin {name!r}: settings {sorted(settings)} need a config schema in the "
+                "package (priv/config_schema.avsc, EMQX 5.7+ plugin config); this package has "
+                "none. Drop the settings (the plugin's defaults apply) or add a schema")
+        state = self._state()
+        record = state["plugins"].get(name) or {}
+        current = [p for p in self._list() if p.name == name]
+        same = (len(current) == 1 and current[0].name_vsn == package.name_vsn
+                and record.get("digest") == digest)
+        if same:
+            if not current[0].running:
+                self._start(package.name_vsn)
+        else:
+            previous = None
+            if record.get("digest") and any(p.name_vsn == record.get("name_vsn")
+                                            for p in current):
+                previous = self._package(name, record["digest"])
+            for old in current:
+                self._remove(old)
+            try:
+                self._install(package)
+                self._start(package.name_vsn)
+            except (AdapterError, BrokerUnavailable) as e:
+                self._recover(package, previous, e)
+                raise
+            state["plugins"][name] = {"digest": digest, "name_vsn": package.name_vsn,
+                                      "settings": {}}
+            self._save(state)
+        if settings:
+            self.api.put(f"/plugins/{package.name_vsn}/config", dict(settings))
+        state["plugins"][name] = {"digest": digest, "name_vsn": package.name_vsn,
+                                  "settings": dict(settings)}
+        self._save(state)
+
+    def disable(self, name: str) -> None:
+        for plugin in self._list():
+            if plugin.name == name:
+                self._remove(plugin)
+        state = self._state()
+        if state["plugins"].pop(name, None) is not None:
+            self._save(state)
+
+    # --- config ----------------------------------------------------------------------------
+
+    def apply_config(self, changes: Mapping[str, str | None]) -> None:
+        for key, value in changes.items():
+            problem = cfg.check(key, value or "")
+            if problem is not None:
+                raise AdapterError(f"config.{key}: {problem}")
+        state = self._state()
+        current = self._read_tree(cfg.roots(changes))
+        flat = cfg.flatten(current)
+        for key in changes:
+            state["originals"].setdefault(key, flat.get(key))
+        self._save(state)
+        new = cfg.updated(current, changes, state["originals"])
+        zone = {r: new[r] for r in cfg.roots(changes) if r in cfg.ZONE_ROOTS}
+        if zone:
+            self.api.put("/configs/global_zone", zone)
+        for root in sorted(cfg.roots(changes) - set(cfg.ZONE_ROOTS)):
+            self.api.put(f"/configs/{root}", new[root])
+        seen = cfg.flatten(self._read_tree(cfg.roots(changes)))
+        expected = cfg.flatten(new)
+        differ = {k: seen.get(k) for k in changes if seen.get(k) != expected.get(k)}
+        if differ:
+            raise AdapterError(f"EMQX accepted the update but reads back {differ}")
+        for key, value in changes.items():
+            if value is None:
+                state["originals"].pop(key, None)
+        self._save(state)
+        self._watched_roots |= cfg.roots(changes)
+
+    def restart(self) -> None:
+        raise AdapterError(
+            "the EMQX adapter does not restart the broker: plugins and the managed config "
+            "roots change live; node/cluster/rpc settings belong in emqx.conf, changed by "
+            "redeploying the pod")
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _list(self) -> list[Installed]:
+        """``GET /plugins``: [{name, rel_vsn, running_status: [{node, status}], ...}]."""
+        data = self.api.get("/plugins")
+        if not isinstance(data, list):
+            raise AdapterError(f"EMQX GET /plugins: expected a JSON array, found "
+                               f"{str(data)[:200]!r}")
+        plugins = []
+        for item in data:
+            if not isinstance(item, dict) or "name" not in item or "rel_vsn" not in item:
+                raise AdapterError(f"EMQX GET /plugins: entry without name/rel_vsn: "
+                                   f"{str(item)[:200]!r}")
+            statuses = [s.get("status") for s in item.get("running_status") or []
+                        if isinstance(s, dict)]
+            plugins.append(Installed(str(item["name"]), str(item["rel_vsn"]),
+                                     bool(statuses) and all(s == "running" for s in statuses)))
+        return plugins
+
+    def _observed_plugins(self, installed: list[Installed], state: dict[str, Any]
+                          ) -> dict[str, ObservedPlugin]:
+        records: dict[str, dict[str, Any]] = state["plugins"]
+        plugins = {}
+        for name in sorted(set(records) | self._installed_names()):
+            record = records.get(name) or {}
+            ours = next((p for p in installed if p.name == name
+                         and p.name_vsn == record.get("name_vsn")), None)
+            running = ours is not None and ours.running
+            digest = record.get("digest") if running else None
+            settings = None
+            if running and record.get("settings") and ours is not None:
+                settings = self._read_settings(ours.name_vsn, record["settings"])
+            plugins[name] = ObservedPlugin(
+                name, digest, enabled=any(p.name == name and p.running for p in installed),
+                path=str(self._version_dir(name, digest)) if digest else None,
+                settings=settings if settings is not None else (
+                    {} if running and not record.get("settings") else None))
+        return plugins
+
+    def _read_settings(self, name_vsn: str, applied: Mapping[str, str]
+                       ) -> Mapping[str, str] | None:
+        try:
+            data = self.api.get(f"/plugins/{name_vsn}/config")
+        except AdapterError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        return {k: cfg.to_text(data[k]) for k in applied if k in data}
+
+    def _install(self, package: Package) -> None:
+        try:
+            self.api.upload("/plugins/install", "plugin", package.path.name,
+                            package.path.read_bytes())
+        except ApiError as e:
+            if e.status == 403:
+                sha = hashlib.sha256(package.path.read_bytes()).hexdigest()
+                raise AdapterError(
+                    f"{e}; allow the upload on every EMQX node first: `emqx ctl plugins allow "
+                    f"{package.name_vsn}` (or `... allow {package.name_vsn} sha256:{sha}` "
+                    "where EMQX asks for the package digest)") from e
+            raise
+
+    def _start(self, name_vsn: str) -> None:
+        self.api.put(f"/plugins/{name_vsn}/start")
+        state = next((p for p in self._list() if p.name_vsn == name_vsn), None)
+        if state is None or not state.running:
+            raise AdapterError(
+                f"EMQX answered 204 to PUT /plugins/{name_vsn}/start but GET /plugins reports "
+                f"it {'not installed' if state is None else 'stopped'}: the plugin's "
+                "application did not start (see the EMQX log for its crash reason)")
+
+    def _remove(self, plugin: Installed) -> None:
+        if plugin.running:
+            self.api.put(f"/plugins/{plugin.name_vsn}/stop")
+        try:
+            self.api.delete(f"/plugins/{plugin.name_vsn}")
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+    def _recover(self, failed: Package, previous: Package | None, error: Exception) -> None:
+        """Remove the half-installed new version; install and start the previous one."""
+        try:
+            leftover = [p for p in self._list() if p.name_vsn == failed.name_vsn]
+            for plugin in leftover:
+                self._remove(plugin)
+            if previous is not None:
+                self._install(previous)
+                self._start(previous.name_vsn)
+                log.warning("decision=emqx-rollback plugin=%s restored=%s error=%r",
+                            failed.name, previous.name_vsn, str(error))
+        except (AdapterError, BrokerUnavailable) as again:
+            raise AdapterError(f"{error}; restoring "
+                               f"{previous.name_vsn if previous else 'the broker'} also "
+                               f"failed: {again}") from error
+
+    def _read_tree(self, roots: set[str]) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
+        if roots & set(cfg.ZONE_ROOTS):
+            zone = self.api.get("/configs/global_zone")
+            if not isinstance(zone, dict):
+                raise AdapterError("EMQX GET /configs/global_zone: expected a JSON object")
+            tree.update({r: zone[r] for r in roots & set(cfg.ZONE_ROOTS) if r in zone})
+        for root in sorted(roots - set(cfg.ZONE_ROOTS)):
+            tree[root] = self.api.get(f"/configs/{root}")
+        return tree
+
+    def _read_config(self, roots: set[str]) -> dict[str, str]:
+        return cfg.flatten(self._read_tree(roots)) if roots else {}
+
+    def _package(self, name: str, digest: str) -> Package:
+        version_dir = self._version_dir(name, digest)
+        packages = sorted(version_dir.glob(f"{name}-*.tar.gz"))
+        if len(packages) != 1:
+            raise AdapterError(f"plugin {name!r} version {digest} is not installed in "
+                               f"{version_dir}; install it first")
+        return read_package(packages[0], name)
+
+    def _installed_names(self) -> set[str]:
+        root = self.settings.plugin_dir
+        if not root.is_dir():
+            return set()
+        return {p.name for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)
+                and any(_DIGEST_DIR.match(v.name) for v in p.iterdir())}
+
+    def _version_dir(self, name: str, digest: str) -> Path:
+        hex_digest = digest.removeprefix("sha256:")
+        if not _DIGEST_DIR.match(hex_digest):
+            raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
+        return self.settings.plugin_dir / name / hex_digest
+
+    def _state(self) -> dict[str, Any]:
+        path = self.settings.plugin_dir / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            data = {}
+        except (OSError, ValueError) as e:
+            raise AdapterError(f"cannot read the adapter's record {path}: {e}") from e
+        data.setdefault("plugins", {})
+        data.setdefault("originals", {})
+        return dict(data)
+
+    def _save(self, state: Mapping[str, Any]) -> None:
+        path = self.settings.plugin_dir / STATE_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(state, f, sort_keys=True, indent=1)
+            os.rename(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def create(options: Mapping[str, str], plugin_dir: Path) -> EmqxAdapter:
+    return EmqxAdapter(EmqxSettings.from_options(options, plugin_dir))
+
+
+def read_package(path: Path, name: str) -> Package:
+    """Check an EMQX plugin package the way EMQX's plugin manager does, without extracting:
+    ``NAME-VSN/release.json`` with name, rel_vsn, rel_apps, description, and
+    ``name-rel_vsn`` equal to the file name."""
+    if not _NAME.match(name):
+        raise AdapterError(f"EMQX plugin name {name!r}: expected snake_case (EMQX splits "
+                           "NAME-VSN at the first '-')")
+    name_vsn = path.name.removesuffix(".tar.gz")
+    vsn = name_vsn.removeprefix(f"{name}-")
+    if not _VSN.match(vsn):
+        raise AdapterError(f"EMQX plugin package {path.name}: bad version {vsn!r}")
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            member = tar.getmember(f"{name_vsn}/release.json")
+            if not member.isfile() or member.size > _MAX_RELEASE_JSON:
+                raise AdapterError(f"{path.name}: {name_vsn}/release.json is not a small file")
+            handle = tar.extractfile(member)
+            release = json.loads(handle.read() if handle else b"")
+            has_schema = any(m.name.endswith("/priv/config_schema.avsc")
+                             for m in tar.getmembers())
+    except KeyError as e:
+        raise AdapterError(f"EMQX plugin package {path.name}: no {name_vsn}/release.json "
+                           "(EMQX needs it to install the package)") from e
+    except (tarfile.TarError, OSError, ValueError) as e:
+        raise AdapterError(f"EMQX plugin package {path.name} is unreadable: {e}") from e
+    missing = [f for f in ("name", "rel_vsn", "rel_apps", "description")
+               if not isinstance(release, dict) or f not in release]
+    if missing:
+        raise AdapterError(f"{path.name}: release.json lacks {', '.join(missing)} "
+                           "(EMQX refuses such packages)")
+    if f"{release['name']}-{release['rel_vsn']}" != name_vsn:
+        raise AdapterError(f"{path.name}: release.json says {release['name']}-"
+                           f"{release['rel_vsn']}, expected {name_vsn} (EMQX refuses it)")
+    return Package(name, vsn, path, has_schema)
