@@ -6,11 +6,14 @@ the real builder in test_webhooks_e2e.py.
 
 from __future__ import annotations
 
+import itertools
 import json
 import urllib.parse
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from webhooks_support import (
     ZERO,
     Commit,
@@ -499,3 +502,31 @@ def test_server_settings_are_validated() -> None:
 
     with pytest.raises(ValueError, match="memory_budget"):
         ServerSettings(max_body=100, memory_budget=10)
+
+
+# --- properties -------------------------------------------------------------------------------
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=60),
+                 st.from_regex(r"(https?|ssh|git)://[^/]{0,12}(:[0-9a-z]{0,6})?/.{0,30}"),
+                 st.from_regex(r"[a-z]{0,5}@[^:]{0,10}:.{0,30}")))
+def test_normalize_url_never_raises_and_is_stable(url: str) -> None:
+    repo = normalize_url(url)
+    if repo is not None:
+        again = normalize_url(f"https://{repo.host}/{repo.path}")
+        assert again is None or again == repo
+
+
+@settings(max_examples=300, deadline=None)
+@given(length=st.integers(1, 12), data=st.data())
+def test_any_arrival_order_of_a_push_chain_leaves_only_the_newest_commit(
+        length: int, data: st.DataObject) -> None:
+    commits = [f"{i:040x}" for i in range(1, length + 2)]
+    pushes = [_request(after, before) for before, after in itertools.pairwise(commits)]
+    clock = Clock()
+    co = Coalescer(clock, quiet=1.0)
+    for request in data.draw(st.permutations(pushes)):
+        co.offer(request)
+        clock.t += 0.01
+    clock.t += 1
+    assert [r.commit for r in co.take_due()[0]] == [commits[-1]]

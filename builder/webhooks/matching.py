@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from builder.webhooks.events import PushEvent
 
-_SCP = re.compile(r"^(?:[^@/:\s]+@)?(?P<host>[^:/\s]+):(?P<path>(?!/)[^\s]+)$")
+_SCP = re.compile(r"^(?:[^@/:\s]+@)?(?P<host>[^@:/\s]+):(?P<path>(?!/)[^\s]+)$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEMES = {"http", "https", "ssh", "git", "git+ssh", "ssh+git"}
 
