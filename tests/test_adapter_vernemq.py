@@ -404,3 +404,21 @@ def test_reconciler_converges_and_recovers_after_node_restart(
         state["loaded"] = {}  # the node restarted: runtime-enabled plugins are gone
     assert reconciler.reconcile("resync").phase is Phase.APPLIED, reconciler.state.last_error
     assert NAME in node.snapshot()["loaded"]
+
+
+def test_settings_with_a_schema_go_through_vmq_admin_set(
+        http_adapter: VerneMQAdapter, node: VerneMQReplay, tmp_path: Path) -> None:
+    # No recording has a plugin schema key, so the replay answers "no recording for <argv>":
+    # this proves the argv the adapter sends (documented `vmq-admin set <app>.<key>=<value>`),
+    # not VerneMQ's answer to it.
+    tree = image_tree(tmp_path / "img", "A")
+    priv = tree / "plugin" / NAME / "priv"
+    priv.mkdir()
+    (priv / f"{NAME}.schema").write_text(
+        f'{{mapping, "{NAME}.deny_users", "{NAME}.deny_users", [{{datatype, string}}]}}.\n')
+    http_adapter.install_plugin(NAME, A, tree)
+    with pytest.raises(AdapterError, match=f"no recording for vmq-admin set "
+                                           f"{NAME}.deny_users=mallory,eve"):
+        http_adapter.enable(NAME, A, {"deny_users": "mallory,eve"})
+    with pytest.raises(AdapterError, match="not in its schema"):
+        http_adapter.enable(NAME, A, {"allow_users": "x"})
