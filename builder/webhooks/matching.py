@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from builder.webhooks.events import PushEvent
 
 _SCP = re.compile(r"^(?:[^@/:\s]+@)?(?P<host>[^@:/\s]+):(?P<path>(?!/)[^\s]+)$")
+# Owner, group and repository names on GitHub, Gitea and GitLab use these characters only.
+_SEGMENT = re.compile(r"^[A-Za-z0-9._~+-]+$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _SCHEMES = {"http", "https", "ssh", "git", "git+ssh", "ssh+git"}
 
@@ -61,7 +63,7 @@ def normalize_url(url: str) -> RepoId | None:
     if segments:
         segments[-1] = segments[-1].removesuffix(".git")
     segments = [s for s in segments if s]
-    if len(segments) < 1 or any(s in (".", "..") for s in segments):
+    if not segments or any(s in (".", "..") or not _SEGMENT.match(s) for s in segments):
         return None
     return RepoId(host, "/".join(segments).lower())
 
