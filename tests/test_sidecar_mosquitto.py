@@ -173,6 +173,27 @@ def test_invalid_configmaps_rejected_broker_untouched(broker: Mosquitto, tmp_pat
         sidecar.stop()
 
 
+def test_broker_not_running_at_start_waits_then_applies(broker: Mosquitto,
+                                                         tmp_path: Path) -> None:
+    broker.stop()
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": broker_yaml(BASE)})
+    sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", None)
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.UNAVAILABLE, "waiting for the broker")
+        status, body = http_get(sidecar.http_port, "/readyz")
+        assert status == 503 and "broker not reachable" in body
+        assert http_get(sidecar.http_port, "/healthz")[0] == 200
+        assert adapter.mutating_calls() == 0
+        broker.restart()
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED and sidecar.state.ready,
+                 "applied once the broker answers")
+        assert http_get(sidecar.http_port, "/readyz")[0] == 200
+    finally:
+        sidecar.stop()
+
+
 def test_broker_killed_and_restarted_is_reconverged_by_resync(broker: Mosquitto,
                                                               tmp_path: Path) -> None:
     cm = ConfigMapDir(tmp_path / "cm")

@@ -199,6 +199,7 @@ class DynsecAdmin:
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
         self._pending: dict[str, tuple[threading.Event, list[Any]]] = {}
+        self._lost = threading.Event()  # the connection dropped: reconnect and resubscribe
         self.calls = 0  # admin round trips, for tests and metrics
 
     def call(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -241,15 +242,18 @@ class DynsecAdmin:
             self._drop()
 
     def _connected(self) -> mqtt.Client:
-        if self._client is not None and self._client.is_connected():
+        if self._client is not None and self._client.is_connected() and not self._lost.is_set():
             return self._client
         self._drop()
+        self._lost.clear()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"plugforge-sidecar-"
                              f"{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
         client.username_pw_set(self._username, self._password)
         subscribed = threading.Event()
         client.on_message = self._on_message
         client.on_subscribe = lambda *_: subscribed.set()
+        # paho would reconnect by itself, but without our subscription: start over instead.
+        client.on_disconnect = lambda *_: self._lost.set()
         try:
             client.connect(self._host, self._port, keepalive=30)
         except OSError as e:
