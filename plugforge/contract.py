@@ -27,6 +27,10 @@ and leaves every other key alone)::
          expect: refused}
     source: {commit: <sha>, build: <PluginBuild name>, repository: <git url>}  # provenance
 
+``canary.<pod>.plugin.<name>.yaml`` (a ``PluginRelease``, written by the builder during a canary
+rollout): on the pod named ``<pod>`` it replaces ``plugin.<name>.yaml``; every other pod ignores
+it, so only the canary applies the new release (``select_for_pod``, before parsing).
+
 Keys that match neither form are ignored (a ConfigMap may carry unrelated data); every document
 of a known form is validated strictly: unknown fields, wrong types, tags instead of digests and
 duplicate plugin names reject the whole state, with the path of the bad value in the message.
@@ -49,6 +53,7 @@ API_VERSION = "plugforge.dev/v1alpha1"
 BROKER_KEY = "broker.yaml"
 PLUGIN_KEY_PREFIX = "plugin."
 PLUGIN_KEY_SUFFIX = ".yaml"
+CANARY_KEY_PREFIX = "canary."
 BROKERS = ("vernemq", "hivemq", "emqx", "mosquitto", "rabbitmq")
 
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -65,6 +70,26 @@ class ContractError(ValueError):
 def plugin_key(name: str) -> str:
     """The ConfigMap key holding plugin ``name``'s release."""
     return f"{PLUGIN_KEY_PREFIX}{name}{PLUGIN_KEY_SUFFIX}"
+
+
+def canary_key(pod: str, name: str) -> str:
+    """The ConfigMap key holding plugin ``name``'s canary release for pod ``pod`` only."""
+    return f"{CANARY_KEY_PREFIX}{pod}.{plugin_key(name)}"
+
+
+def select_for_pod(documents: Iterable[Document], pod: str) -> list[Document]:
+    """The documents as pod ``pod`` sees them: its canary releases replace the plugin keys they
+    name; canary keys of other pods (or all of them, when ``pod`` is empty) are dropped."""
+    docs = list(documents)
+    prefix = f"{CANARY_KEY_PREFIX}{pod}." if pod else None
+    overrides: dict[str, Document] = {}
+    for doc in docs:
+        if prefix and doc.key.startswith(prefix) and _is_plugin_key(doc.key[len(prefix):]):
+            key = doc.key[len(prefix):]
+            overrides[key] = Document(doc.origin, key, doc.text)
+    kept = [d for d in docs
+            if not d.key.startswith(CANARY_KEY_PREFIX) and d.key not in overrides]
+    return kept + list(overrides.values())
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 
-from plugforge.contract import Document
+from plugforge.contract import Document, select_for_pod
 from sidecar.adapters.base import BrokerAdapter
 from sidecar.adapters.registry import create_adapter
 from sidecar.desired import NotSynced, read_documents
@@ -100,6 +100,10 @@ class Sidecar:
     # --- what the interfaces call -----------------------------------------------------------
 
     def read_documents(self) -> list[Document]:
+        """The desired-state documents as this pod sees them (its canary releases applied)."""
+        return select_for_pod(self._read_sources(), self.settings.pod_name)
+
+    def _read_sources(self) -> list[Document]:
         if self.api_source is not None:
             documents = self.api_source.documents()
             if documents is not None:
@@ -115,6 +119,8 @@ class Sidecar:
         return self.reconciler.state
 
     def plan(self, documents: Sequence[Document] | None = None) -> list[Action]:
+        if documents is not None:
+            documents = select_for_pod(documents, self.settings.pod_name)
         return self.reconciler.dry_run(documents)
 
     def reconcile_now(self, reason: str = "requested") -> Outcome:
