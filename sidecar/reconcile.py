@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from plugforge.contract import (
@@ -238,7 +238,7 @@ class Reconciler:
             self._failed_hash, self._failures = desired.content_hash, 1
         message = f"{type(error).__name__}: {error}"
         log.warning("decision=rollback reason=%r error=%r", reason, message)
-        rolled_back = self._roll_back()
+        rolled_back = self._roll_back(desired)
         self.state.last_error = message
         changed_anything = any(a.kind is not ActionKind.INSTALL_PLUGIN for a in actions)
         if rolled_back:
@@ -255,7 +255,7 @@ class Reconciler:
         return Outcome(self.state.phase, retry_after=self._backoff.delay(self._failures),
                        actions=tuple(actions))
 
-    def _roll_back(self) -> bool:
+    def _roll_back(self, failed: DesiredState) -> bool:
         good = self._last_good
         if good is None:
             return False
@@ -263,8 +263,11 @@ class Reconciler:
             observed = self.adapter.observe()
             if not observed.reachable:
                 return False
-            undo = plan(good, observed, replace(self.state.last_applied, content_hash=""),
-                        classifier_for(self.adapter))
+            # What may be on the broker now: the failed state's values over the good ones, so
+            # keys it added are unset and write-only values it changed are set back.
+            maybe_applied = Applied({**self.state.last_applied.config, **failed.config},
+                                    dict(self.state.last_applied.plugins))
+            undo = plan(good, observed, maybe_applied, classifier_for(self.adapter))
             for action in undo:
                 log.info("decision=rollback action=%r", action.describe())
             self._execute(undo)

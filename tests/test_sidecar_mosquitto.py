@@ -266,3 +266,30 @@ def iter_queue(q: queue.Queue[ApplyEvent]) -> list[ApplyEvent]:
             items.append(q.get_nowait())
         except queue.Empty:
             return items
+
+
+def test_change_refused_by_the_broker_rolls_back_config(broker: Mosquitto,
+                                                        tmp_path: Path) -> None:
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": broker_yaml(BASE)})
+    sidecar, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", None)
+    sidecar.start()
+    include = broker.include_dir / "50-plugforge-config.conf"
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED, "first apply")
+        # Valid as far as anyone can tell before asking the broker: the role does not exist.
+        cm.update({"broker.yaml": broker_yaml({
+            **BASE, "max_inflight_messages": "30", "max_queued_messages": "999",
+            "dynsec.client.bob.roles": "reader,nosuchrole"})})
+        wait_for(lambda: sidecar.state.phase is Phase.ROLLED_BACK, "rolled back")
+        assert "nosuchrole" in sidecar.state.last_error
+        text = include.read_text()
+        assert "max_inflight_messages 20" in text  # previous value restored
+        assert "max_queued_messages" not in text   # added key removed again
+        assert sidecar.state.ready  # the last good state runs
+        metrics = http_get(sidecar.http_port, "/metrics")[1]
+        rollbacks = next(line for line in metrics.splitlines()
+                         if line.startswith("plugforge_sidecar_rollbacks_total "))
+        assert int(rollbacks.split()[1]) >= 1  # (and retried with backoff since)
+    finally:
+        sidecar.stop()
