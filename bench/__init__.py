@@ -1,0 +1,1 @@
+"""plugforge's benchmarks: ``bench/run`` runs them all and prints one table."""

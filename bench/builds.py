@@ -1,0 +1,146 @@
+"""Build times: plugforge's pipeline against doing the same steps by hand.
+
+For the mosquitto-c and vernemq-erlang templates, on a real git server and registry:
+- cold: empty mirror cache and a repository with no content-key tag (the compiler runs);
+- warm: mirror warm, a new commit (the compiler runs);
+- cache hit: the same tree again (the compiler must not run).
+Baseline, same run: ``git clone`` + the recipe's own build commands run directly +
+``skopeo copy`` of the same one-layer image from an OCI layout to the same registry.
+Repetitions: 3 per figure (``--quick``: 1) after one untimed warm-up build; medians reported.
+Goals: cold <= 1.5 x baseline; cache hit < 1 s.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.report import Metric
+from builder import recipe as recipes
+from builder.pipeline import Pipeline
+from builder.resources import GitSource, PluginSpec
+from builder.scaffold import scaffold
+from builder.source import SourceCache
+from plugforge.oci import ImageMetadata, pack_image
+from testbed.certs import make_ca
+from testbed.gitserver import run_git, start_git_server
+from testbed.registry import Registry, start_registry
+
+TEMPLATES = (("mosquitto-c", "mosquitto"), ("vernemq-erlang", "vernemq"))
+
+
+def measure(workdir: Path, quick: bool) -> list[Metric]:
+    reps = 1 if quick else 3
+    ca = make_ca(workdir / "ca")
+    registry = start_registry(workdir / "registry", ca)
+    git = start_git_server(workdir / "git")
+    metrics: list[Metric] = []
+    try:
+        for template, broker in TEMPLATES:
+            metrics += _measure_template(workdir / template, template, broker, registry,
+                                         git.create_repo(f"bench/{template}.git"), ca.cert, reps)
+    finally:
+        git.stop()
+        registry.stop()
+    return metrics
+
+
+def _measure_template(work: Path, template: str, broker: str, registry: Registry, url: str,
+                      ca_cert: Path, reps: int) -> list[Metric]:
+    repo = scaffold(recipes.template_dir(template), template, broker, "bench_plugin",
+                    work / "repo")
+    run_git(repo, "push", "-q", url, "main")
+
+    def spec(repository: str) -> PluginSpec:
+        return PluginSpec(namespace="bench", name="bench-plugin", uid="bench", generation=1,
+                          broker=broker, source=GitSource(url=url, ref="main", path="."),
+                          repository=f"{registry.host}/{repository}", template=template)
+
+    def pipeline(mirrors: Path) -> Pipeline:
+        return Pipeline(SourceCache(mirrors), lambda ns, name: {}, work / "builds", 900,
+                        registry_ca=ca_cert)
+
+    def build(p: Pipeline, s: PluginSpec, n: int) -> tuple[float, bool]:
+        started = time.perf_counter()
+        outcome = p.run(s, None, f"b{n}", io.StringIO())
+        return time.perf_counter() - started, outcome.cache_hit
+
+    build(pipeline(work / "mirrors-warmup"), spec("bench/warmup"), 0)  # page cache, toolchain
+
+    cold = []
+    for i in range(reps):
+        seconds, hit = build(pipeline(work / f"mirrors-cold-{i}"), spec(f"bench/cold{i}"), i)
+        assert not hit, "a cold build found a cached image"
+        cold.append(seconds)
+
+    warm_pipeline = pipeline(work / "mirrors-warm")
+    build(warm_pipeline, spec("bench/warm"), 100)
+    warm = []
+    for i in range(reps):
+        (repo / "BENCH").write_text(f"commit {i}\n")
+        run_git(repo, "add", "BENCH")
+        run_git(repo, "commit", "-q", "-m", f"bench {i}")
+        run_git(repo, "push", "-q", url, "main")
+        seconds, hit = build(warm_pipeline, spec("bench/warm"), 101 + i)
+        assert not hit, "a new commit was served from the cache"
+        warm.append(seconds)
+
+    hits = []
+    for i in range(reps):
+        seconds, hit = build(warm_pipeline, spec("bench/warm"), 200 + i)
+        assert hit, "the same tree was built again"
+        hits.append(seconds)
+
+    baseline = [_by_hand(work / f"by-hand-{i}", url, template, broker, registry, ca_cert, i)
+                for i in range(reps)]
+    base = statistics.median(baseline)
+    name = f"builds/{template}"
+    return [
+        Metric(name, "cold build", "s", statistics.median(cold), base, "clone+compile+skopeo",
+               max_ratio=1.5),
+        Metric(name, "warm build (new commit)", "s", statistics.median(warm), base,
+               "clone+compile+skopeo"),
+        Metric(name, "cache hit (compiler not run)", "s", statistics.median(hits),
+               max_value=1.0),
+    ]
+
+
+def _by_hand(work: Path, url: str, template: str, broker: str, registry: Registry,
+             ca_cert: Path, n: int) -> float:
+    """The same work without plugforge: clone, run the recipe's commands, copy the image."""
+    recipe = recipes.load_recipe(recipes.template_dir(template))
+    started = time.perf_counter()
+    subprocess.run(["git", "clone", "-q", "--depth", "1", url, str(work / "src")], check=True)
+    for step in recipe.build:
+        argv = [a.replace("{name}", "bench_plugin") for a in step.argv]
+        subprocess.run(argv, cwd=work / "src", check=True, capture_output=True)
+    compiled = time.perf_counter()
+
+    # The image copied is the same one-layer image plugforge packs, prepared outside the timing.
+    artifact = work / "artifact"
+    artifact.mkdir()
+    for item in recipe.artifacts:
+        src = work / "src" / item.path.replace("{name}", "bench_plugin")
+        subprocess.run(["cp", "-r", str(src), str(artifact / src.name)], check=True)
+    image = pack_image(artifact, ImageMetadata(url, "by-hand", broker, "bench_plugin", "0"))
+    layout = work / "oci"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    for blob in image.blobs:
+        (blobs / blob.digest.split(":")[1]).write_bytes(blob.data)
+    (blobs / image.digest.split(":")[1]).write_bytes(image.manifest)
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": image.media_type, "digest": image.digest, "size": len(image.manifest),
+        "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+    certs = work / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_bytes(ca_cert.read_bytes())
+    copy_started = time.perf_counter()
+    subprocess.run(["skopeo", "copy", "-q", "--dest-cert-dir", str(certs), f"oci:{layout}:latest",
+                    f"docker://{registry.host}/bench/by-hand-{n}:latest"], check=True)
+    return compiled - started + time.perf_counter() - copy_started
