@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,35 +152,57 @@ def test_extension_enforces_the_policy(built: Built, hivemq: HiveMQ) -> None:
     assert watcher.messages == [("ok/x", b"hello")]
 
 
-def test_settings_and_disabled_marker_apply_at_the_next_start(built: Built,
-                                                              hivemq: HiveMQ) -> None:
+def accepted(broker: HiveMQ, user: str) -> bool:
+    client = Client(broker.port, user)
+    client.close()
+    return client.accepted
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
+        time.sleep(0.2)
+
+
+def test_settings_file_changes_apply_without_restart(built: Built, hivemq: HiveMQ) -> None:
     folder = hivemq.install_extension(built.extension, EXTENSION_ID)
-    (folder / "conf/config.properties").write_text("deny_users = eve, trudy\n")
     _restart(hivemq)
-    eve, mallory = Client(hivemq.port, "eve"), Client(hivemq.port, "mallory")
-    eve.close()
-    mallory.close()
-    assert not eve.accepted
-    assert mallory.accepted  # the default no longer applies once the setting is given
+    settings = folder / "conf/config.properties"
+    assert not accepted(hivemq, "mallory")
 
-    # DISABLED: the folder stays, the next start skips the extension.
-    (folder / "DISABLED").touch()
+    settings.write_text("deny_users = eve, trudy\n")
+    eventually(lambda: not accepted(hivemq, "eve"), "eve refused after the settings change")
+    assert not accepted(hivemq, "trudy")
+    assert accepted(hivemq, "mallory")  # the default no longer applies once the setting is given
+
+    # A broken file while running: logged, and the last good settings stay in force.
     mark = _log_mark(hivemq)
-    _restart(hivemq)
-    assert STARTED not in _log_since(hivemq, mark)
-    eve = Client(hivemq.port, "eve")
-    eve.close()
-    assert eve.accepted
+    settings.write_text("deny_user=typo\n")
 
-    # A bad settings file stops the extension from starting, not the broker.
-    (folder / "DISABLED").unlink()
+    def reported() -> bool:
+        accepted(hivemq, "zoe")  # the extension looks at its settings when a client connects
+        return "is invalid, keeping the previous settings" in _log_since(hivemq, mark)
+
+    eventually(reported, "the invalid settings reported in the log")
+    assert not accepted(hivemq, "eve")
+
+
+def test_bad_settings_and_disabled_marker_at_start(built: Built, hivemq: HiveMQ) -> None:
+    folder = hivemq.install_extension(built.extension, EXTENSION_ID)
     (folder / "conf/config.properties").write_text("deny_user=typo\n")
     mark = _log_mark(hivemq)
     _restart(hivemq)
+    # A bad settings file stops the extension from starting, not the broker.
     log = _log_since(hivemq, mark)
     assert re.search(r"unknown setting 'deny_user' in .*config\.properties", log), log
-    # HiveMQ marks an extension that refused to start: it stays off until DISABLED is removed.
+    assert accepted(hivemq, "mallory")
+    # HiveMQ marks an extension that refused to start with DISABLED ...
     assert (folder / "DISABLED").exists()
-    anyone = Client(hivemq.port, "mallory")
-    anyone.close()
-    assert anyone.accepted
+
+    # ... and skips a DISABLED extension at the next start even with good settings.
+    (folder / "conf/config.properties").write_text("deny_users=mallory\n")
+    mark = _log_mark(hivemq)
+    _restart(hivemq)
+    assert STARTED not in _log_since(hivemq, mark)
+    assert accepted(hivemq, "mallory")

@@ -23,20 +23,21 @@ public final class PlugforgeStarterMain implements ExtensionMain {
     @Override
     public void extensionStart(final ExtensionStartInput input, final ExtensionStartOutput output) {
         final Path home = input.getExtensionInformation().getExtensionHomeFolder().toPath();
-        final PolicySettings settings;
+        final SettingsFile settings;
         try {
-            settings = PolicySettings.load(home.resolve(PolicySettings.RELATIVE_PATH));
+            settings = new SettingsFile(home.resolve(PolicySettings.RELATIVE_PATH));
         } catch (final IOException | IllegalArgumentException e) {
             // preventExtensionStartup leaves the broker running without this extension and
             // logs the reason, instead of half-applying a broken policy.
             output.preventExtensionStartup("plugforge-starter: " + e.getMessage());
             return;
         }
-        final DenyListAuthenticator authenticator = new DenyListAuthenticator(settings.denyUsers());
+        final DenyListAuthenticator authenticator =
+                new DenyListAuthenticator(() -> settings.current().denyUsers());
         final TopicAuthorizer authorizer = new TopicAuthorizer();
         Services.securityRegistry().setAuthenticatorProvider(providerInput -> authenticator);
         Services.securityRegistry().setAuthorizerProvider(providerInput -> authorizer);
-        log.info("plugforge-starter started; refusing users {}", settings.denyUsers());
+        log.info("plugforge-starter started; refusing users {}", settings.current().denyUsers());
     }
 
     @Override
