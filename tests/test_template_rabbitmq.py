@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,6 +109,21 @@ def test_build_produces_one_reproducible_ez(built: Built, tmp_path: Path) -> Non
     digests = {hashlib.sha256(p.read_bytes()).hexdigest()
                for p in (built.ez, again.artifact_dir / built.ez.name)}
     assert len(digests) == 1, "two builds of the same tree gave different .ez files"
+
+
+def test_policy_functions_in_the_built_beam(built: Built) -> None:
+    """The pure policy, run straight from the archive (Erlang loads code from .ez files)."""
+    ebin = built.ez / f"{PLUGIN}-0.1.0" / "ebin"
+    expr = (f"io:format(\"~p~n\", [{{[{PLUGIN}:may_publish(K) || K <- [<<\"forbidden.x\">>, "
+            f"<<\"forbidden.a.b\">>, <<\"forbidden\">>, <<\"forbiddenx.y\">>, "
+            f"<<\"a.forbidden.x\">>, <<\"ok.x\">>]], "
+            f"[{PLUGIN}:parse_users(V) || V <- [\" eve , trudy \", <<\"a,b\">>, \"\"]], "
+            f"element(1, {PLUGIN}:parse_users(42))}}]), halt().")
+    out = subprocess.run(["erl", "-noshell", "-pa", str(ebin), "-eval", expr], check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "".join(out.split()) == (
+        '{[false,false,true,true,true,true],'
+        '[{ok,[<<"eve">>,<<"trudy">>]},{ok,[<<"a">>,<<"b">>]},{ok,[]}],error}')
 
 
 def test_enable_online_keeps_the_node_and_its_connections(enabled: Enabled) -> None:
