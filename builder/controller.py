@@ -300,10 +300,24 @@ class Controller:
                 outcome = self.pipeline.run(spec, view.commit, view.name, log_file)
         except BuilderError as e:
             self.builds_run += 1
-            self._failed(obj, spec, build, e, started, log_path)
+            if not self._abandoned(view):
+                self._failed(obj, spec, build, e, started, log_path)
             return
         self.builds_run += 1
-        self._succeeded(obj, spec, build, outcome, started, log_path)
+        if not self._abandoned(view):
+            self._succeeded(obj, spec, build, outcome, started, log_path)
+
+    def _abandoned(self, view: BuildView) -> bool:
+        """Stopped (shutdown or lost Lease) while building: leave the build Running.
+
+        The next leader sees a Running build it does not hold and resumes it; a finished push
+        makes that a content-key hit. Recording here could race that leader.
+        """
+        if self._stop.is_set():
+            log.warning("stopped while building %s/%s; the next leader resumes it",
+                        view.namespace, view.name)
+            return True
+        return False
 
     def log_path(self, namespace: str, build: str) -> Path:
         return self.settings.log_dir / namespace / f"{build}.log"

@@ -82,8 +82,6 @@ class Kube:
         self.api: Any = api
         self.custom: Any = client.CustomObjectsApi(api)
         self.core: Any = client.CoreV1Api(api)
-        self.coordination: Any = client.CoordinationV1Api(api)
-        self.events: Any = client.EventsV1Api(api)
 
     @classmethod
     def from_kubeconfig(cls, path: Path | None) -> Kube:
@@ -244,25 +242,31 @@ class Kube:
 
     # --- Leases -------------------------------------------------------------------------------
 
+    # Leases go through the generic client too: the typed one drops zero microseconds from
+    # MicroTime fields, which the apiserver then refuses.
+
     def get_lease(self, namespace: str, name: str) -> Obj | None:
         try:
-            lease = _call(f"get lease {namespace}/{name}",
-                          lambda: self.coordination.read_namespaced_lease(name, namespace))
+            lease: Obj = _call(f"get lease {namespace}/{name}", lambda: self.custom.
+                               get_namespaced_custom_object(
+                                   "coordination.k8s.io", "v1", namespace, "leases", name))
         except NotFound:
             return None
-        return dict(self.api.sanitize_for_serialization(lease))
+        return lease
 
     def create_lease(self, namespace: str, body: Obj) -> Obj:
-        lease = _call(f"create lease {namespace}",
-                      lambda: self.coordination.create_namespaced_lease(namespace, body))
-        return dict(self.api.sanitize_for_serialization(lease))
+        lease: Obj = _call(f"create lease {namespace}", lambda: self.custom.
+                           create_namespaced_custom_object(
+                               "coordination.k8s.io", "v1", namespace, "leases", body))
+        return lease
 
     def replace_lease(self, body: Obj) -> Obj:
         meta = body["metadata"]
-        lease = _call(f"update lease {meta['namespace']}/{meta['name']}",
-                      lambda: self.coordination.replace_namespaced_lease(
-                          meta["name"], meta["namespace"], body))
-        return dict(self.api.sanitize_for_serialization(lease))
+        lease: Obj = _call(f"update lease {meta['namespace']}/{meta['name']}", lambda: self.
+                           custom.replace_namespaced_custom_object(
+                               "coordination.k8s.io", "v1", meta["namespace"], "leases",
+                               meta["name"], body))
+        return lease
 
 
 def load_documents(paths: list[Path]) -> list[Obj]:

@@ -150,10 +150,10 @@ class Cluster:
 
     def builds(self, plugin: str) -> list[dict[str, Any]]:
         code, out = self.cp.request(
-            "GET", f"/apis/plugforge.dev/v1alpha1/namespaces/{self.ns}/pluginbuilds"
-                   f"?labelSelector=plugforge.dev/plugin%3D{plugin}")
+            "GET", f"/apis/plugforge.dev/v1alpha1/namespaces/{self.ns}/pluginbuilds")
         assert code == 200, out
-        items: list[dict[str, Any]] = out["items"]  # type: ignore[assignment]
+        every: Any = out["items"]
+        items = [b for b in every if b["spec"]["plugin"] == plugin]
         return sorted(items, key=lambda b: (b["metadata"]["creationTimestamp"],
                                             b["metadata"]["name"]))
 

@@ -37,7 +37,7 @@ from testbed.registry import Registry
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_templates_root(tmp_path_factory.mktemp("templates"))
+    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=5)
     mp = pytest.MonkeyPatch()
     mp.setenv("PLUGFORGE_TEMPLATES", str(root))
     yield root
@@ -265,8 +265,8 @@ def test_timeout(builder: Builder, cluster: Cluster, registry: Registry,
                  mosquitto_plugin: dict[str, Any]) -> None:
     build = _expect_failure(cluster, "too-slow", "BuildTimeout", broker_plugin(
         "too-slow", url=mosquitto_plugin["url"], template="slow-c",
-        repository=f"{registry.host}/plugins/too-slow", build={"timeoutSeconds": 2}))
-    assert "2s" in build["status"]["message"]
+        repository=f"{registry.host}/plugins/too-slow", build={"timeoutSeconds": 1}))
+    assert "1s" in build["status"]["message"]
 
 
 def test_registry_down(builder: Builder, cluster: Cluster,
@@ -389,3 +389,31 @@ def test_spec_change_rebuilds_and_rolls_out_new_settings(
     assert release.image.endswith(build["status"]["digest"])
     plugin = cluster.plugin("deny-mallory")
     assert plugin["status"]["observedGeneration"] == plugin["metadata"]["generation"]
+
+
+def test_newer_request_supersedes_a_pending_one(builder: Builder, cluster: Cluster,
+                                                registry: Registry,
+                                                mosquitto_plugin: dict[str, Any]) -> None:
+    """One build per plugin at a time; of the requests queued meanwhile only the newest runs."""
+    cluster.create("brokerplugins", broker_plugin(
+        "busy", url=mosquitto_plugin["url"], template="slow-c", configmap="busy",
+        repository=f"{registry.host}/plugins/busy"))
+    wait_for(lambda: any((b.get("status") or {}).get("phase") == "Running"
+                         for b in cluster.builds("busy")), "the first build to run")
+    for i in range(2):
+        cluster.create("pluginbuilds", {
+            "apiVersion": "plugforge.dev/v1alpha1", "kind": "PluginBuild",
+            "metadata": {"name": f"busy-manual-{i}"},  # no label: found by spec.plugin
+            "spec": {"plugin": "busy", "trigger": {"type": "Manual", "user": "alice"}}})
+        time.sleep(1.1)  # creation timestamps have one-second resolution
+    assert sum((b.get("status") or {}).get("phase") == "Running"
+               for b in cluster.builds("busy")) == 1
+
+    def phases() -> dict[str, str] | None:
+        found = {b["metadata"]["name"]: (b.get("status") or {}).get("reason", "")
+                 for b in cluster.builds("busy")
+                 if (b.get("status") or {}).get("phase") in ("Succeeded", "Failed")}
+        return found if len(found) == 3 else None
+    reasons = wait_for(phases, "all three builds to finish", timeout=60)
+    assert reasons["busy-manual-0"] == "Superseded"
+    assert reasons["busy-manual-1"] == "BuildSucceeded"
