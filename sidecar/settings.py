@@ -47,6 +47,10 @@ class Settings:
     http_address: str = "127.0.0.1:8080"
     grpc_address: str = ""
     """host:port for the gRPC service; empty = off."""
+    grpc_token_file: Path | None = None
+    """A file (mounted Secret) with the bearer token gRPC callers must present."""
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
     registry_ca: Path | None = None
     docker_config: Path | None = None
     """A mounted dockerconfigjson Secret (``.dockerconfigjson``) with registry credentials."""
@@ -80,6 +84,9 @@ def parse_args(argv: Sequence[str] | None = None,
     p.add_argument("--watch-idle-timeout", type=float, default=Settings.watch_idle_timeout)
     p.add_argument("--http-address", default=Settings.http_address)
     p.add_argument("--grpc-address", default="")
+    p.add_argument("--grpc-token-file", type=Path)
+    p.add_argument("--grpc-tls-cert", type=Path)
+    p.add_argument("--grpc-tls-key", type=Path)
     p.add_argument("--registry-ca", type=Path)
     p.add_argument("--docker-config", type=Path)
     p.add_argument("--insecure-http-registry", action="append", default=[])
@@ -93,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None,
         if not sep or not key:
             raise SettingsError(f"--adapter-opt: expected KEY=VALUE, found {item!r}")
         options[key] = value
+    if (a.grpc_tls_cert is None) != (a.grpc_tls_key is None):
+        raise SettingsError("--grpc-tls-cert and --grpc-tls-key go together")
     if a.source == "api" and not a.configmap:
         raise SettingsError("--source api needs at least one --configmap NAME")
     if a.source == "files" and not a.config_dir:
@@ -106,7 +115,9 @@ def parse_args(argv: Sequence[str] | None = None,
         adapter_options=options, plugin_dir=a.plugin_dir, cache_dir=a.cache_dir,
         allow_broker_restart=a.allow_broker_restart, debounce=a.debounce,
         resync_interval=a.resync_interval, watch_idle_timeout=a.watch_idle_timeout,
-        http_address=a.http_address, grpc_address=a.grpc_address, registry_ca=a.registry_ca,
+        http_address=a.http_address, grpc_address=a.grpc_address,
+        grpc_token_file=a.grpc_token_file, grpc_tls_cert=a.grpc_tls_cert,
+        grpc_tls_key=a.grpc_tls_key, registry_ca=a.registry_ca,
         docker_config=a.docker_config, insecure_http_registries=tuple(a.insecure_http_registry),
         probe_host=a.probe_host or options.get("host", "127.0.0.1"),
         probe_port=a.probe_port or int(options.get("port", "1883")),

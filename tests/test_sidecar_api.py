@@ -181,3 +181,53 @@ def test_grpc_state_plan_reconcile_and_events(broker: Mosquitto, tmp_path: Path)
         channel.close()
         server.stop(grace=None)
         sidecar.stop()
+
+
+def test_cli_process_serves_grpc_with_token_and_stops_on_sigterm(broker: Mosquitto,
+                                                                  tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from sidecar_support import ADMIN
+
+    from testbed.configmap_dir import ConfigMapDir
+    from testbed.procs import free_port
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": broker_yaml(CONFIG)})
+    (tmp_path / "token").write_text("cli-token\n")
+    (tmp_path / "dynsec").write_text(ADMIN[1])
+    port = free_port()
+    argv = [sys.executable, "-m", "sidecar", "--broker", "mosquitto", "--source", "files",
+            "--config-dir", str(cm.path), "--adapter-opt", f"port={broker.port}",
+            "--adapter-opt", f"conf_dir={broker.include_dir}",
+            "--adapter-opt", f"config_path={broker.conf_path}",
+            "--adapter-opt", f"dynsec_username={ADMIN[0]}",
+            "--adapter-opt", f"dynsec_password_file={tmp_path / 'dynsec'}",
+            "--plugin-dir", str(tmp_path / "plugins"), "--cache-dir", str(tmp_path / "cache"),
+            "--http-address", "127.0.0.1:0", "--grpc-address", f"127.0.0.1:{port}",
+            "--grpc-token-file", str(tmp_path / "token")]
+    log = tmp_path / "sidecar.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.SidecarServiceStub(channel)
+
+    def ready() -> bool:
+        try:
+            state = stub.GetState(pb.GetStateRequest(),
+                                  metadata=(("authorization", "Bearer cli-token"),), timeout=2)
+        except grpc.RpcError:
+            return False
+        return bool(state.ready)
+
+    try:
+        wait_for(ready, f"the CLI sidecar to be ready (log: {log})", timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert "decision=Applied" in log.read_text()  # structured decision log lines
+    finally:
+        channel.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
