@@ -156,3 +156,16 @@ def test_hot_plugin_brokers_plan_no_restart() -> None:
                               (ActionKind.ENABLE_PLUGIN, "deny")]
     assert max_change(actions) is ChangeClass.PLUGIN_RELOAD
     assert max_change([]) is None
+
+
+def test_backoff_doubles_to_a_cap() -> None:
+    from sidecar.reconcile import Backoff
+    b = Backoff(initial=1.0, maximum=10.0)
+    assert [b.delay(n) for n in (1, 2, 3, 4, 5, 9)] == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+
+
+def test_describe_never_shows_secrets() -> None:
+    actions = plan(desired(config={"dynsec.client.a.password": "hunter2-secret"}),
+                   Observed(True), NOTHING_APPLIED, CLASSIFIER)
+    assert "hunter2" not in actions[0].describe()
+    assert "redacted" in actions[0].describe()

@@ -137,6 +137,14 @@ def test_upgrade_runs_fresh_code_and_failed_probe_rolls_back(
         assert connect_ok(broker, "alice") and not connect_ok(broker, "eve")
         assert supervisor.restarts >= restarts + 2  # restarted into v1, then back
         assert sidecar.state.ready
+
+        # Disabled: unloaded at the next (graceful) restart; nothing left to require.
+        cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+            images.v2, enabled=False)})
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED and
+                 running_digest(broker, tmp_path / "sc") is None, "plugin unloaded", timeout=40)
+        assert not connect_ok(broker, "alice")  # only dynsec decides again
+        assert sidecar.state.plugins[0].status == "Disabled" and sidecar.state.ready
     finally:
         sidecar.stop()
         supervisor.stop()
