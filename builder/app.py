@@ -23,7 +23,8 @@ class Builder:
         self.kube = Kube.from_kubeconfig(settings.kubeconfig)
         sources = SourceCache(settings.git_dir)
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
-                                 settings.max_build_seconds, settings.registry_ca)
+                                 settings.max_build_seconds, settings.registry_ca,
+                                 settings.docker_url)
         self.controller = Controller(self.kube, self.pipeline, settings)
         self.elector = LeaderElector(
             self.kube, settings.namespace, settings.lease_name, settings.identity,

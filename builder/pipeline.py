@@ -63,12 +63,14 @@ def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, u
 
 class Pipeline:
     def __init__(self, sources: SourceCache, read_secret: SecretReader, work_root: Path,
-                 max_build_seconds: float, registry_ca: Path | None = None) -> None:
+                 max_build_seconds: float, registry_ca: Path | None = None,
+                 docker_url: str | None = None) -> None:
         self.sources = sources
         self.read_secret = read_secret
         self.work_root = work_root
         self.max_build_seconds = max_build_seconds
         self.registry_ca = registry_ca
+        self.docker_url = docker_url
 
     def git_credentials(self, spec: PluginSpec) -> GitCredentials | None:
         if spec.source.secret is None:
@@ -133,14 +135,22 @@ class Pipeline:
             log.flush()
             result = _call_recipe(lambda: recipes.run_recipe(
                 recipe, checkout.directory, work / "build", log=log, timeout=limit))
-            try:
-                image = pack_image(result.artifact_dir, ImageMetadata(
-                    source=spec.source.url, revision=commit, broker=spec.broker,
-                    plugin_name=result.name, plugin_version=result.version))
-            except OciError as e:
-                raise BuildStepFailed(f"packing the artifact failed: {e}", "PackFailed") from e
-            log.write(f"==> packed {result.name} {result.version}: {image.digest}; pushing\n")
-            digest = publisher.push(repo, image, tag)
+            metadata = ImageMetadata(
+                source=spec.source.url, revision=commit, broker=spec.broker,
+                plugin_name=result.name, plugin_version=result.version)
+            if self.docker_url:
+                log.write(f"==> pushing through the Docker-API engine at {self.docker_url}\n")
+                digest = publisher.push_through_engine(repo, result.artifact_dir, metadata, tag,
+                                                       self.docker_url)
+            else:
+                try:
+                    image = pack_image(result.artifact_dir, metadata)
+                except OciError as e:
+                    raise BuildStepFailed(f"packing the artifact failed: {e}",
+                                          "PackFailed") from e
+                log.write(f"==> packed {result.name} {result.version}: {image.digest}; "
+                          "pushing\n")
+                digest = publisher.push(repo, image, tag)
             log.write(f"==> pushed {repo.name}@{digest}\n")
             return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
                            result.name, result.version, False, time.monotonic() - started)

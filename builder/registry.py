@@ -16,6 +16,7 @@ from typing import TypeVar
 from builder.errors import InvalidSpec, RegistryRefused, RegistryUnavailable
 from plugforge.oci import (
     Credentials,
+    ImageMetadata,
     ImageRef,
     InvalidReference,
     OciError,
@@ -103,6 +104,25 @@ class Publisher:
                 _, manifest = client.pull_manifest(repo.with_digest(digest))
                 return dict(manifest.annotations)
         return _wrap(f"read manifest {repo.name}@{digest}", pull)
+
+    def push_through_engine(self, repo: ImageRef, artifact_dir: Path, metadata: ImageMetadata,
+                            tag: str, docker_url: str) -> str:
+        """The second backend: build FROM scratch and push through a Docker-API engine.
+
+        Not byte-reproducible (engines stamp creation times); the ``ck-`` tag still makes a
+        second build of the same content a hit.
+        """
+        from plugforge.oci.docker_backend import DockerEngineError, push_with_docker
+
+        def push() -> str:
+            try:
+                pinned = push_with_docker(
+                    artifact_dir, metadata, ImageRef(repo.registry, repo.repository, tag),
+                    docker_url=docker_url, credentials=self.access.credentials)
+            except DockerEngineError as e:
+                raise RegistryUnavailable(f"push {repo.name}:{tag} via {docker_url}: {e}") from e
+            return str(pinned.digest)
+        return _wrap(f"push {repo.name}:{tag} via {docker_url}", push)
 
     def push(self, repo: ImageRef, image: PackedImage, tag: str) -> str:
         """Push blobs, then the manifest under ``tag``; return the manifest digest."""

@@ -48,6 +48,9 @@ class Settings:
     registry_ca: Path | None = None
     """Extra CA bundle for registries with a private CA."""
     log_tail_lines: int = 40
+    docker_url: str | None = None
+    """Push through this Docker-API engine (e.g. ``unix:///run/podman/podman.sock``) instead of
+    the daemonless registry client (the default, and the only byte-reproducible one)."""
 
     @property
     def git_dir(self) -> Path:
@@ -81,6 +84,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     p.add_argument("--state-dir", type=Path,
                    default=Path(env.get(ENV_PREFIX + "STATE_DIR", str(d.state_dir))))
     p.add_argument("--registry-ca", type=Path, default=env.get(ENV_PREFIX + "REGISTRY_CA"))
+    p.add_argument("--docker-url", default=env.get(ENV_PREFIX + "DOCKER_URL"))
     numbers = {
         "workers": int, "max_build_seconds": float, "resync_seconds": float,
         "watch_timeout_seconds": int, "lease_duration_seconds": float,
