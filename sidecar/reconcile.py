@@ -124,8 +124,7 @@ class Reconciler:
         self.state.observed = observed
         if not observed.reachable:
             self._set_ready(False, f"broker not reachable: {observed.detail}")
-            self.state.phase = Phase.UNAVAILABLE if not self.state.applied_once else \
-                self.state.phase
+            self.state.phase = Phase.UNAVAILABLE
             log.info("decision=wait reason=%r detail=%r", "broker not reachable",
                      observed.detail)
             return Outcome(Phase.UNAVAILABLE, retry_after=self._backoff.initial)
@@ -133,10 +132,14 @@ class Reconciler:
         actions = plan(desired, observed, self.state.last_applied, classifier_for(self.adapter))
         self.state.last_plan = tuple(actions)
         instance_changed = observed.instance != self._probed_instance
-        if not actions and not instance_changed and self.state.applied_once and \
+        # A restart we may not perform is already reported: planning it again is no news.
+        nothing_new = not actions or (not self._allow_restart and all(
+            a.kind is ActionKind.RESTART_BROKER for a in actions))
+        if nothing_new and not instance_changed and self.state.applied_once and \
                 desired.content_hash == self.state.last_applied.content_hash:
             log.debug("decision=noop reason=%r hash=%s", reason, desired.content_hash)
-            if self.state.phase in (Phase.REJECTED, Phase.FAILED, Phase.ROLLED_BACK):
+            if self.state.phase in (Phase.REJECTED, Phase.FAILED, Phase.ROLLED_BACK,
+                                    Phase.UNAVAILABLE):
                 # The desired state is the last good one again: nothing to do, nothing wrong.
                 log.info("decision=recovered reason=%r hash=%s", reason, desired.content_hash)
                 self.state.phase = self._good_phase

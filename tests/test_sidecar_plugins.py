@@ -84,6 +84,9 @@ def test_plugin_waits_for_restart_when_not_allowed(broker: Mosquitto, images: Pl
     try:
         wait_for(lambda: sidecar.state.phase is Phase.RESTART_REQUIRED, "RestartRequired")
         assert sidecar.state.restart_required
+        events = sidecar.subscribe()
+        sidecar.reconcile_now("resync while the restart is pending")
+        assert events.empty()  # reported once, not on every resync
         assert broker.pid == pid and adapter.calls["restart"] == 0
         # Fail closed: the desired auth plugin is not loaded, so the pod is not ready.
         assert not sidecar.state.ready and "deny_test (staged)" in sidecar.state.ready_reason
@@ -122,10 +125,11 @@ def test_upgrade_runs_fresh_code_and_failed_probe_rolls_back(
         assert running_digest(broker, tmp_path / "sc") == images.v2.split("@")[1]
         restarts = supervisor.restarts
 
-        # Converged: a resync performs no admin call.
+        # Converged: a resync performs no admin call and reports nothing new.
         calls = adapter.mutating_calls()
+        events = sidecar.subscribe()
         assert sidecar.reconcile_now("test").actions == ()
-        assert adapter.mutating_calls() == calls
+        assert adapter.mutating_calls() == calls and events.empty()
 
         # A release whose probe fails (it refuses alice, the probe expects her accepted).
         cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
