@@ -76,6 +76,16 @@ def _skopeo_inspect(registry: Registry, image: str, tmp: Path) -> dict[str, Any]
     return result
 
 
+def _tags(registry: Registry, repository: str, tmp: Path) -> set[str]:
+    certs = tmp / "skopeo-certs"
+    certs.mkdir(exist_ok=True)
+    shutil.copy(registry.ca.cert, certs / "ca.crt")
+    out = subprocess.run(["skopeo", "list-tags", f"--cert-dir={certs}",
+                          f"docker://{registry.host}/{repository}"],
+                         capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout)["Tags"])
+
+
 def _desired(cluster: Cluster, configmap: str) -> Any:
     data = cluster.configmap(configmap)
     return parse_desired_state(Document(configmap, k, v) for k, v in data.items())
@@ -190,6 +200,7 @@ def test_compile_error_keeps_previous_image(
         git_server: GitServer, tmp_path: Path) -> None:
     good = cluster.plugin("deny-mallory")["status"]["currentImage"]
     cm_before = cluster.configmap("broker-plugins")
+    tags_before = _tags(registry, "plugins/deny-mallory", tmp_path)
     before = len(cluster.builds("deny-mallory"))
     repo: Path = mosquitto_plugin["repo"]
     source = repo / "src" / "deny_mallory.c"
@@ -208,6 +219,7 @@ def test_compile_error_keeps_previous_image(
     assert good in built["message"]  # says the previous image stays
     assert cluster.plugin("deny-mallory")["status"]["currentImage"] == good
     assert cluster.configmap("broker-plugins") == cm_before
+    assert _tags(registry, "plugins/deny-mallory", tmp_path) == tags_before  # nothing partial
     # permanent: not retried while neither spec nor commit changes (resync runs every 2s)
     time.sleep(5)
     assert len(cluster.builds("deny-mallory")) == before + 1
@@ -417,3 +429,46 @@ def test_newer_request_supersedes_a_pending_one(builder: Builder, cluster: Clust
     reasons = wait_for(phases, "all three builds to finish", timeout=60)
     assert reasons["busy-manual-0"] == "Superseded"
     assert reasons["busy-manual-1"] == "BuildSucceeded"
+
+
+def test_ref_git_refuses_is_invalid_spec_and_nothing_is_built(
+        builder: Builder, cluster: Cluster, registry: Registry,
+        mosquitto_plugin: dict[str, Any]) -> None:
+    """The schema lets ``x.lock`` through; git's ref rules (checked by the builder) do not."""
+    cluster.create("brokerplugins", broker_plugin(
+        "lock-ref", url=mosquitto_plugin["url"], ref="release.lock",
+        repository=f"{registry.host}/plugins/lock-ref"))
+    built = wait_for(lambda: cluster.condition("lock-ref", "Built") or None, "a Built condition")
+    assert (built["status"], built["reason"]) == ("False", "InvalidSpec")
+    assert "release.lock" in built["message"] and ".lock" in built["message"]
+    assert cluster.plugin("lock-ref")["status"]["observedGeneration"] == 1
+    assert cluster.builds("lock-ref") == []
+
+
+def test_template_for_another_broker_fails_the_build_as_invalid_spec(
+        builder: Builder, cluster: Cluster, registry: Registry,
+        mosquitto_plugin: dict[str, Any]) -> None:
+    build = _expect_failure(cluster, "wrong-template", "InvalidSpec", broker_plugin(
+        "wrong-template", url=mosquitto_plugin["url"], template="vernemq-erlang",
+        repository=f"{registry.host}/plugins/wrong-template"))
+    assert "vernemq" in build["status"]["message"]
+
+
+def test_namespace_without_tenant_binding_builds_but_cannot_roll_out(
+        builder: Builder, cluster: Cluster, registry: Registry,
+        mosquitto_plugin: dict[str, Any]) -> None:
+    """Least privilege: no RoleBinding in a namespace means no ConfigMap writes there."""
+    ns = f"{cluster.ns}-unbound"
+    code, out = cluster.cp.request("POST", "/api/v1/namespaces",
+                                   body={"metadata": {"name": ns}})
+    assert code == 201, out
+    unbound = Cluster(cluster.cp, ns)
+    unbound.create("brokerplugins", broker_plugin(
+        "unbound", url=mosquitto_plugin["url"], configmap="plugins",
+        repository=f"{registry.host}/plugins/unbound"))
+    assert unbound.wait_build("unbound")["status"]["phase"] == "Succeeded"
+    ready = wait_for(lambda: ((c := unbound.condition("unbound", "Ready")).get("reason") ==
+                     "RolloutFailed" and c) or None, "Ready=False RolloutFailed")
+    assert ready["status"] == "False"
+    assert "forbidden" in ready["message"]
+    assert "currentImage" not in unbound.plugin("unbound")["status"]
