@@ -86,8 +86,9 @@ Acl = tuple[str, str, bool, int]  # aclType, topic, allow, priority
 
 def parse_acls(value: str) -> list[Acl]:
     acls = []
-    for entry in filter(None, (e.strip() for e in value.split(";"))):
-        parts = entry.split()
+    # Only ASCII spaces separate fields: any other character may be part of a topic.
+    for entry in filter(None, (e.strip(" ") for e in value.split(";"))):
+        parts = [p for p in entry.split(" ") if p]
         if len(parts) not in (3, 4) or parts[0] not in ACL_TYPES or \
                 parts[2] not in ("allow", "deny") or (
                 len(parts) == 4 and not re.fullmatch(r"-?[0-9]{1,6}", parts[3])):
