@@ -42,6 +42,7 @@ CONFIG_FILE = "50-plugforge-config.conf"
 PLUGINS_FILE = "60-plugforge-plugins.conf"
 _HEADER = "# Written by the plugforge sidecar; edits are reverted on the next resync.\n"
 MIN_ADMIN_MESSAGE = 4096
+KEEP_VERSIONS = 3
 _LIMITS_ADMIN = ("message_size_limit", "max_packet_size")
 _DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 
@@ -169,7 +170,23 @@ class MosquittoAdapter:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        self._prune(name, keep={digest})
         return target
+
+    def _prune(self, name: str, keep: set[str]) -> None:
+        """Keep the newest KEEP_VERSIONS versions of a plugin (enough to roll back), and
+        always the ones the broker runs or has staged."""
+        pid = self._pid()
+        staged = self._staged_plugins().get(name)
+        protected = set(keep) | {d for d in (
+            staged[0] if staged else None,
+            self._running_plugins(pid, {}).get(name) if pid else None) if d}
+        versions = sorted((p for p in (self.settings.plugin_dir / name).iterdir()
+                           if p.is_dir() and _DIGEST_DIR.match(p.name)),
+                          key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in versions[KEEP_VERSIONS:]:
+            if "sha256:" + old.name not in protected:
+                shutil.rmtree(old, ignore_errors=True)
 
     def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
         version_dir = self._version_dir(name, digest)
