@@ -42,11 +42,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +60,7 @@ from sidecar.adapters.base import (
     ObservedPlugin,
 )
 from sidecar.adapters.emqx_api import ApiError, EmqxApi
+from sidecar.adapters.files import install_version_dir, load_record, save_record
 from sidecar.adapters.vernemq_admin import read_secret
 
 log = logging.getLogger("plugforge.sidecar.emqx")
@@ -192,18 +191,9 @@ class EmqxAdapter:
             raise AdapterError(f"image for EMQX plugin {name!r}: expected exactly one package "
                                f"plugin/{name}/{name}-<vsn>.tar.gz, found {found}")
         read_package(packages[0], name)
-        target = self._version_dir(name, digest)
-        if target.is_dir():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{digest[7:19]}.", dir=target.parent))
-        try:
-            shutil.copy2(packages[0], staging / packages[0].name)
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        package = packages[0]
+        return install_version_dir(self._version_dir(name, digest), digest,
+                                   lambda staging: shutil.copy2(package, staging / package.name))
 
     def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
         package = self._package(name, digest)
@@ -418,28 +408,10 @@ class EmqxAdapter:
         return self.settings.plugin_dir / name / hex_digest
 
     def _state(self) -> dict[str, Any]:
-        path = self.settings.plugin_dir / STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as e:
-            raise AdapterError(f"cannot read the adapter's record {path}: {e}") from e
-        data.setdefault("plugins", {})
-        data.setdefault("originals", {})
-        return dict(data)
+        return load_record(self.settings.plugin_dir / STATE_FILE)
 
     def _save(self, state: Mapping[str, Any]) -> None:
-        path = self.settings.plugin_dir / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f, sort_keys=True, indent=1)
-            os.rename(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_record(self.settings.plugin_dir / STATE_FILE, state)
 
 
 def create(options: Mapping[str, str], plugin_dir: Path) -> EmqxAdapter:

@@ -48,12 +48,9 @@ that lists no plugin at all, not even its internal ones, is reported as unreacha
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +64,7 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
 )
+from sidecar.adapters.files import install_version_dir, load_record, save_record
 from sidecar.adapters.vernemq_admin import CliAdmin, HttpAdmin, Reply, VmqAdmin, read_secret
 from sidecar.adapters.vernemq_config import LiveKeys
 
@@ -197,20 +195,9 @@ class VerneMQAdapter:
                                f"directory (the OTP app `plugin enable --path` loads); "
                                f"found {found}")
         app_name(source, name)
-        target = self._version_dir(name, digest)
-        if target.is_dir():
-            return target  # content-addressed: this version is already in place
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{digest[7:19]}.", dir=target.parent))
-        try:
-            shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
-            # mkdtemp makes it 0700; the broker container (another uid) must read the beams.
-            os.chmod(staging, 0o755)  # noqa: S103
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return target
+        return install_version_dir(
+            self._version_dir(name, digest), digest,
+            lambda staging: shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True))
 
     def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
         version_dir = self._version_dir(name, digest)
@@ -425,28 +412,10 @@ class VerneMQAdapter:
         return str(self.settings.broker_plugin_dir / name / _hex(name, digest))
 
     def _state(self) -> dict[str, Any]:
-        path = self.settings.plugin_dir / STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            data = {}
-        except (OSError, ValueError) as e:
-            raise AdapterError(f"cannot read the adapter's record {path}: {e}") from e
-        data.setdefault("plugins", {})
-        data.setdefault("originals", {})
-        return dict(data)
+        return load_record(self.settings.plugin_dir / STATE_FILE)
 
     def _save(self, state: Mapping[str, Any]) -> None:
-        path = self.settings.plugin_dir / STATE_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(state, f, sort_keys=True, indent=1)
-            os.rename(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        save_record(self.settings.plugin_dir / STATE_FILE, state)
 
 
 def create(options: Mapping[str, str], plugin_dir: Path) -> VerneMQAdapter:
