@@ -5,6 +5,7 @@ behaviour proven with real MQTT clients. Tampered and path-escaping images are r
 from __future__ import annotations
 
 import io
+import urllib.request
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,11 @@ def test_upgrade_runs_fresh_code_and_failed_probe_rolls_back(
             "@")[1], "v2 applied", timeout=40)
         assert connect_ok(broker, "mallory") and not connect_ok(broker, "eve")  # new code runs
         assert running_digest(broker, tmp_path / "sc") == images.v2.split("@")[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.http_port}/metrics") as r:
+            metrics = r.read().decode()
+        v2 = images.v2.split("@")[1]
+        assert (f'plugforge_sidecar_plugin_info{{plugin="{PLUGIN}",desired_digest="{v2}",'
+                f'running_digest="{v2}",status="Running"}} 1') in metrics
         restarts = supervisor.restarts
 
         # Converged: a resync performs no admin call and reports nothing new.
