@@ -5,8 +5,8 @@ behaviour proven with real MQTT clients. Tampered and path-escaping images are r
 from __future__ import annotations
 
 import io
-import urllib.request
 import tarfile
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
