@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
 )
+from sidecar.adapters.files import install_version_dir, write_atomic
 from sidecar.adapters.mosquitto_options import check_option, classify_option
 
 CONFIG_FILE = "50-plugforge-config.conf"
@@ -159,17 +159,12 @@ class MosquittoAdapter:
             raise AdapterError(
                 f"image for plugin {name!r} has no plugin/{name}/ directory; found {found}")
         target = self._version_dir(name, digest)
-        if target.is_dir():
-            return target  # content-addressed: this version is already in place
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{digest[7:19]}.", dir=target.parent))
-        try:
+
+        def fill(staging: Path) -> None:
             shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True)
             _library(staging, name)  # refuse images without exactly one shared object
-            os.rename(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        install_version_dir(target, digest, fill)
         self._prune(name, keep={digest})
         return target
 
@@ -217,7 +212,7 @@ class MosquittoAdapter:
                     config.pop(key, None)
                 else:
                     config[key] = value
-            _write_atomic(path, _HEADER + "".join(f"{k} {v}\n" for k, v in
+            write_atomic(path, _HEADER + "".join(f"{k} {v}\n" for k, v in
                                                   sorted(config.items())))
             self._reload()
         if dyn:
@@ -318,7 +313,7 @@ class MosquittoAdapter:
             library = _library(self._version_dir(name, digest), name)
             blocks.append(f"plugin {library}\n" + "".join(
                 f"plugin_opt_{k} {v}\n" for k, v in sorted(settings.items())))
-        _write_atomic(self.settings.conf_dir / PLUGINS_FILE, _HEADER + "".join(blocks))
+        write_atomic(self.settings.conf_dir / PLUGINS_FILE, _HEADER + "".join(blocks))
 
     def _locate(self, path: str) -> tuple[str, str] | None:
         """(name, digest) for a path inside our plugin directory, else None."""
@@ -401,21 +396,6 @@ def _read_config(path: Path) -> dict[str, str]:
                 key, _, value = line.partition(" ")
                 config[key] = value
     return config
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _start_time(pid: int) -> str:
