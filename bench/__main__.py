@@ -19,6 +19,7 @@ from bench.report import Metric, table, write_json
 
 # name -> module; run in this order (cheap first).
 BENCHMARKS: dict[str, str] = {
+    "sidecar": "bench.sidecar_latency",
     "builds": "bench.builds",
 }
 

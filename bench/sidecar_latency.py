@@ -31,11 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))  # bench.report when run as a script
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from sidecar_support import ADMIN, broker_yaml, start_dynsec_broker  # noqa: E402
 
+from bench.report import Metric  # noqa: E402
 from sidecar.adapters.mosquitto_dynsec import DynsecAdmin  # noqa: E402
 from testbed.configmap_dir import ConfigMapDir  # noqa: E402
 from testbed.mosquitto import Mosquitto  # noqa: E402
@@ -121,7 +123,7 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def measure(update: Callable[[int], None], watch: ResponseWatch, n: int,
+def timed_updates(update: Callable[[int], None], watch: ResponseWatch, n: int,
             offset: int) -> list[float]:
     latencies = []
     for i in range(offset, offset + n):
@@ -138,8 +140,8 @@ def run_mode(name: str, broker: Mosquitto, work: Path, updates: int, debounce: f
     proc = start_sidecar(broker, work, debounce, source_args, env)
     try:
         watch.wait_for_add(0.0, timeout=60)  # the initial apply
-        measure(update, watch, 5, 1_000_000)  # warm-up
-        samples = measure(update, watch, updates, 0)
+        timed_updates(update, watch, 5, 1_000_000)  # warm-up
+        samples = timed_updates(update, watch, updates, 0)
         time.sleep(3)
         return samples, rss_kib(proc.pid)
     finally:
@@ -163,30 +165,62 @@ def baseline(broker: Mosquitto, n: int) -> list[float]:
     return samples
 
 
+Row = tuple[str, list[float], int | None]  # name, latencies (s), idle RSS (KiB)
+
+
+def collect(root: Path, updates: int, debounce: float, with_api: bool) -> list[Row]:
+    rows: list[Row] = []
+    # Without TCP_NODELAY the broker's back-to-back responses to this script's watcher wait
+    # for its delayed ACKs (~40 ms), which would be measured as sidecar latency.
+    broker = start_dynsec_broker(root / "broker", ("set_tcp_nodelay true",))
+    try:
+        rows.append(("direct dynsec call (baseline)", baseline(broker, updates), None))
+        cm = ConfigMapDir(root / "cm")
+        cm.update(config_for(-1))
+        samples, rss = run_mode("file mode", broker, root / "file", updates, debounce,
+                                lambda i: cm.update(config_for(i)),
+                                ["--source", "files", "--config-dir", str(cm.path)])
+        rows.append(("file mode: ..data swap -> admin call", samples, rss))
+        if with_api:
+            rows.append(api_mode(broker, root, updates, debounce))
+    finally:
+        broker.stop()
+    return rows
+
+
+def measure(workdir: Path, quick: bool) -> list[Metric]:
+    """For ``bench/run``: p50/p99 per mode against the direct admin call, and idle RSS."""
+    from testbed.kube import harness_binary
+    from testbed.procs import ServerFailed
+    try:
+        harness_binary()
+        with_api = True
+    except ServerFailed:
+        with_api = False  # no kube-apiserver harness here: file mode only
+    rows = collect(workdir, 30 if quick else 200, 0.0, with_api)
+    base = rows[0][1]
+    metrics = []
+    for name, samples, rss in rows[1:]:
+        mode = name.split(":")[0]
+        for p in (50, 99):
+            metrics.append(Metric(
+                "sidecar", f"{mode}: change -> admin call p{p}", "ms",
+                percentile(samples, p) * 1e3, baseline=percentile(base, p) * 1e3,
+                baseline_name="direct dynsec call", max_value=100.0 if p == 50 else 250.0,
+                note=f"{len(samples)} sequential updates, debounce 0"))
+        metrics.append(Metric("sidecar", f"{mode}: idle RSS", "MiB", (rss or 0) / 1024,
+                              max_value=64.0 if mode == "file mode" else 128.0))
+    return metrics
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--updates", type=int, default=200)
     parser.add_argument("--debounce", type=float, default=0.0)
     parser.add_argument("--no-api", action="store_true", help="skip API mode")
     args = parser.parse_args(argv)
-    rows: list[tuple[str, list[float], int | None]] = []
     with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as tmp:
-        root = Path(tmp)
-        # Without TCP_NODELAY the broker's back-to-back responses to this script's watcher
-        # wait for its delayed ACKs (~40 ms), which would be measured as sidecar latency.
-        broker = start_dynsec_broker(root / "broker", ("set_tcp_nodelay true",))
-        try:
-            rows.append(("direct dynsec call (baseline)", baseline(broker, args.updates), None))
-            cm = ConfigMapDir(root / "cm")
-            cm.update(config_for(-1))
-            samples, rss = run_mode("file mode", broker, root / "file", args.updates,
-                                    args.debounce, lambda i: cm.update(config_for(i)),
-                                    ["--source", "files", "--config-dir", str(cm.path)])
-            rows.append(("file mode: ..data swap -> admin call", samples, rss))
-            if not args.no_api:
-                rows.append(api_mode(broker, root, args))
-        finally:
-            broker.stop()
+        rows = collect(Path(tmp), args.updates, args.debounce, not args.no_api)
     print(f"\nsidecar latency, {args.updates} sequential updates, debounce {args.debounce:g}s")
     print(f"{'measurement':<44} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'idle RSS MiB':>13}")
     for name, values, idle in rows:
@@ -197,8 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def api_mode(broker: Mosquitto, root: Path, args: argparse.Namespace
-             ) -> tuple[str, list[float], int | None]:
+def api_mode(broker: Mosquitto, root: Path, updates: int, debounce: float) -> Row:
     from kubernetes import client
 
     from builder.kube import api_client_from_kubeconfig, apply_documents, load_documents
@@ -218,7 +251,7 @@ def api_mode(broker: Mosquitto, root: Path, args: argparse.Namespace
                 core.replace_namespaced_config_map("bench", "default", body)
 
         put(-1)
-        samples, rss = run_mode("API mode", broker, root / "api", args.updates, args.debounce,
+        samples, rss = run_mode("API mode", broker, root / "api", updates, debounce,
                                 put, ["--source", "api", "--configmap", "bench",
                                       "--namespace", "default",
                                       "--kubeconfig", str(cp.kubeconfig("sidecar"))])
