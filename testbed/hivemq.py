@@ -32,6 +32,9 @@ HIVEMQ_VERSION = "2025.5"
 """Also pinned in ``hivemq-launcher/pom.xml``; CE 2025.5 is built with extension SDK 4.46.1."""
 
 LAUNCHER_DIR = Path(__file__).resolve().parent / "hivemq-launcher"
+LOADER_DIR = Path(__file__).resolve().parents[1] / "plugin-templates" / "hivemq-java" / "loader"
+LOADER_ID = "plugforge-loader"
+PID_FILE = "hivemq.pid"
 STARTED_MARKER = "PLUGFORGE-HIVEMQ-STARTED"
 # Small heap and a single-threaded collector: tests share two cores with other brokers.
 JVM_OPTIONS = ("-Xmx256m", "-Xss512k", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
@@ -96,6 +99,50 @@ def ensure_runtime(cache: Path | None = None, *, verbose: bool = False) -> HiveM
         if not (home / "complete").is_file():
             raise
     return runtime
+
+
+def ensure_loader(cache: Path | None = None, *, verbose: bool = False) -> Path:
+    """Build the plugforge loader extension (``plugin-templates/hivemq-java/loader``) once per
+    source hash; returns its extension folder (jar, ``hivemq-extension.xml``, ``conf/``)."""
+    cache = cache or cache_root()
+    digest = hashlib.sha256()
+    for path in sorted(LOADER_DIR.rglob("*")):
+        if path.is_file() and "target" not in path.relative_to(LOADER_DIR).parts:
+            digest.update(path.relative_to(LOADER_DIR).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes())
+    home = cache / "hivemq" / f"loader-{digest.hexdigest()[:12]}"
+    if (home / LOADER_ID).is_dir():
+        return home / LOADER_ID
+    staging = home.with_name(f"{home.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(LOADER_DIR, staging / "src", ignore=shutil.ignore_patterns("target"))
+    _run(["mvn", "-B", "--no-transfer-progress", "-Dstyle.color=never",
+          f"-Dmaven.repo.local={maven_repo(cache)}", "-f", str(staging / "src" / "pom.xml"),
+          "package"], "building the plugforge loader extension", verbose)
+    shutil.copytree(staging / "src" / "target" / LOADER_ID, staging / LOADER_ID)
+    shutil.rmtree(staging / "src")
+    try:
+        staging.rename(home)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (home / LOADER_ID).is_dir():
+            raise
+    return home / LOADER_ID
+
+
+def install_loader(extensions_dir: Path, plugin_dir: Path, poll_interval_ms: int = 100) -> Path:
+    """What the Kubernetes init step does: put the loader extension, configured to read
+    ``plugin_dir``, into ``extensions_dir`` (before HiveMQ starts: CE loads extensions only then)."""
+    extensions_dir.mkdir(parents=True, exist_ok=True)
+    staging = extensions_dir.parent / f".staging-{LOADER_ID}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(ensure_loader(), staging)
+    (staging / "conf" / "config.properties").write_text(
+        f"plugin_dir={plugin_dir}\npoll_interval_ms={poll_interval_ms}\n")
+    dest = extensions_dir / LOADER_ID
+    shutil.rmtree(dest, ignore_errors=True)
+    staging.rename(dest)
+    return dest
 
 
 def _run(argv: list[str], what: str, verbose: bool) -> None:
@@ -164,6 +211,15 @@ class HiveMQ:
         staging.rename(dest)
         return dest
 
+    @property
+    def pid_file(self) -> Path:
+        """Holds the broker's pid, rewritten at every start (what a sidecar would read)."""
+        return self.workdir / PID_FILE
+
+    def install_loader(self, plugin_dir: Path, poll_interval_ms: int = 100) -> Path:
+        """Install the plugforge loader (effective on restart); see ``install_loader``."""
+        return install_loader(self.extensions_dir, plugin_dir, poll_interval_ms)
+
     def restart(self) -> None:
         """Stop and start again on the same port with the same folders."""
         self.server.stop(grace=30)
@@ -187,6 +243,7 @@ def _launch(workdir: Path, port: int, runtime: HiveMQRuntime) -> tuple[ServerPro
                                       str(conf), str(workdir / "data"),
                                       str(workdir / "extensions")],
                            log, cwd=workdir)
+    (workdir / PID_FILE).write_text(f"{server.pid}\n")
     return server, offset
 
 
