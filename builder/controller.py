@@ -37,6 +37,7 @@ from builder.errors import (
 )
 from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
 from builder.pipeline import Outcome, Pipeline
+from builder.planning import ACTIVE, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
 from builder.resources import BuildView, PluginSpec, parse_build, parse_plugin, set_condition
 from builder.settings import Settings
@@ -194,28 +195,27 @@ class Controller:
             self._adopt_orphan(build)
         views = [parse_build(b) for b in builds]
 
-        if spec.enabled and not any(v.phase in ("Pending", "Running") for v in views):
-            self._request_if_changed(obj, spec, views)
-            builds = sorted(self.kube.list_builds(namespace, name), key=_created)
-            views = [parse_build(b) for b in builds]
+        if spec.enabled and not any(v.phase in ACTIVE for v in views):
+            commit = self._resolve(spec)
+            last = (obj.get("status") or {}).get("lastRequest") or {}
+            if needs_request(spec.generation, commit, views, last):
+                self._request(spec, commit)
+                builds = sorted(self.kube.list_builds(namespace, name), key=_created)
+                views = [parse_build(b) for b in builds]
 
-        pending = [b for b in builds if parse_build(b).phase == "Pending"]
-        if not pending:
-            self._prune(spec, builds)
-            self._ensure_observed(obj, spec)
-            return None
-        newest = pending[-1]
-        for older in pending[:-1]:
-            self._finish(older, "Failed", reason="Superseded",
-                         message=f"superseded by the newer request {newest['metadata']['name']}")
-        view = parse_build(newest)
-        due = _parse(view.next_attempt_at)
-        if due is not None and due > self.now():
-            return (due - self.now()).total_seconds()
-        if not spec.enabled:
-            return None
-        self._run(obj, spec, newest)
-        self._prune(spec, sorted(self.kube.list_builds(namespace, name), key=_created))
+        plan = plan_queue(views, self.now(), spec.enabled)
+        by_name = {b["metadata"]["name"]: b for b in builds}
+        for older in plan.supersede:
+            self._finish(by_name[older], "Failed", reason="Superseded",
+                         message="superseded by a newer build request for this plugin")
+        if plan.run is None:
+            self._prune(spec, views)
+            if not any(v.phase in ACTIVE for v in views):
+                self._ensure_observed(obj, spec)
+            return plan.wait_seconds
+        self._run(obj, spec, by_name[plan.run])
+        self._prune(spec, [parse_build(b) for b in
+                           sorted(self.kube.list_builds(namespace, name), key=_created)])
         return 0.0  # look again: more requests may have arrived while building
 
     # --- steps --------------------------------------------------------------------------------
@@ -235,16 +235,8 @@ class Controller:
                  view.holder)
         return True
 
-    def _request_if_changed(self, obj: Obj, spec: PluginSpec, views: list[BuildView]) -> None:
-        commit = self._resolve(spec)
-        last = ((obj.get("status") or {}).get("lastRequest") or {})
-        requested = (last.get("generation"), last.get("commit") or None)
-        if requested == (spec.generation, commit):
-            return
-        if any(v.generation == spec.generation and v.commit == commit for v in views):
-            return
-        if commit is None and any(v.generation == spec.generation for v in views):
-            return  # the source is unreachable and this generation already has a record
+    def _request(self, spec: PluginSpec, commit: str | None) -> None:
+        """Create the ResourceChange request for (generation, commit); idempotent by name."""
         name = build_name(spec.name, spec.generation, commit)
         body = {
             "apiVersion": API_VERSION, "kind": "PluginBuild",
@@ -453,10 +445,9 @@ class Controller:
             return  # a build for this generation has not been decided yet
         self._patch_status(spec, {"observedGeneration": spec.generation})
 
-    def _prune(self, spec: PluginSpec, builds: list[Obj]) -> None:
-        finished = [b for b in builds if parse_build(b).finished]
-        for build in finished[:max(0, len(finished) - spec.history_limit)]:
-            self.kube.delete_build(spec.namespace, build["metadata"]["name"])
+    def _prune(self, spec: PluginSpec, builds: list[BuildView]) -> None:
+        for name in plan_prune(builds, spec.history_limit):
+            self.kube.delete_build(spec.namespace, name)
 
     def _patch_status(self, spec: PluginSpec, status: Mapping[str, Any]) -> None:
         self.kube.patch_plugin_status(spec.namespace, spec.name, status)

@@ -12,8 +12,9 @@ from builder.controller import build_name
 from builder.errors import InvalidSpec, SecretInvalid
 from builder.leader import micro_time, plan_lease
 from builder.pipeline import content_key
+from builder.planning import QueuePlan, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
-from builder.resources import parse_plugin, set_condition
+from builder.resources import BuildView, parse_plugin, set_condition
 from builder.settings import SettingsError, parse_settings
 from builder.source import (
     credentials_from_secret,
@@ -243,3 +244,57 @@ def test_settings_flags_over_env_over_defaults() -> None:
         parse_settings(["--workers", "0"], {})
     with pytest.raises(SettingsError, match="lease-renew"):
         parse_settings(["--lease-renew-seconds", "20"], {})
+
+
+# --- controller planning -----------------------------------------------------------------------
+
+def _view(name: str, phase: str, generation: int | None = 1, commit: str | None = "c1",
+          next_attempt_at: str | None = None) -> BuildView:
+    return BuildView(namespace="ns", name=name, plugin="p", phase=phase, created=name,
+                     commit=commit, generation=generation, trigger="ResourceChange",
+                     holder=None, attempts=0, next_attempt_at=next_attempt_at)
+
+
+def test_a_new_generation_or_commit_is_requested_once() -> None:
+    assert needs_request(1, "c1", [], {})
+    assert not needs_request(1, "c1", [], {"generation": 1, "commit": "c1"})
+    assert not needs_request(1, "c1", [_view("a", "Failed")], {})  # permanent: not again
+    assert needs_request(2, "c1", [_view("a", "Failed")], {"generation": 1, "commit": "c1"})
+    assert needs_request(1, "c2", [_view("a", "Succeeded")], {"generation": 1, "commit": "c1"})
+
+
+def test_nothing_is_requested_while_a_build_is_queued_or_running() -> None:
+    assert not needs_request(2, "c2", [_view("a", "Pending")], {})
+    assert not needs_request(2, "c2", [_view("a", "Running")], {})
+
+
+def test_an_unreachable_source_is_recorded_once_per_generation() -> None:
+    assert needs_request(1, None, [], {})
+    assert not needs_request(1, None, [_view("a", "Failed", commit=None)], {})
+    assert needs_request(2, None, [_view("a", "Failed", commit=None)], {})
+
+
+def test_newest_pending_runs_and_older_ones_are_superseded() -> None:
+    builds = [_view("a", "Succeeded"), _view("b", "Pending"), _view("c", "Pending")]
+    assert plan_queue(builds, NOW, enabled=True) == QueuePlan(supersede=("b",), run="c")
+
+
+def test_one_build_at_a_time_and_none_when_disabled() -> None:
+    builds = [_view("a", "Running"), _view("b", "Pending")]
+    assert plan_queue(builds, NOW, enabled=True).run is None
+    assert plan_queue([_view("b", "Pending")], NOW, enabled=False).run is None
+
+
+def test_a_build_in_backoff_waits_for_its_time() -> None:
+    later = micro_time(NOW + timedelta(seconds=30))
+    plan = plan_queue([_view("a", "Pending", next_attempt_at=later)], NOW, enabled=True)
+    assert plan.run is None and plan.wait_seconds == pytest.approx(30)
+    earlier = micro_time(NOW - timedelta(seconds=1))
+    assert plan_queue([_view("a", "Pending", next_attempt_at=earlier)], NOW, True).run == "a"
+
+
+def test_prune_keeps_the_newest_finished_and_every_request() -> None:
+    builds = [_view("a", "Succeeded"), _view("b", "Failed"), _view("c", "Pending"),
+              _view("d", "Succeeded")]
+    assert plan_prune(builds, 2) == ("a",)
+    assert plan_prune(builds, 5) == ()
