@@ -283,8 +283,8 @@ class Controller:
             return  # someone else changed it; the next reconcile sees the new state
         self._event(obj, "Normal", "BuildStarted", f"build {view.name} started "
                     f"(attempt {view.attempts + 1})")
-        self._patch_status(spec, {"latestBuild": {"name": view.name, "phase": "Running",
-                                                  "startedAt": rfc3339(started)}})
+        self._patch_status(spec, {"latestBuild": _latest(
+            view.name, "Running", view.commit, startedAt=rfc3339(started))})
         log_path = self.log_path(spec.namespace, view.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -395,9 +395,9 @@ class Controller:
                                    spec.generation)
         self._patch_status(spec, {
             "observedGeneration": spec.generation, "conditions": conditions,
-            "latestBuild": {"name": name, "phase": "Pending" if retry else "Failed",
-                            "startedAt": rfc3339(started), "finishedAt": stamp,
-                            "reason": error.reason}})
+            "latestBuild": _latest(name, "Pending" if retry else "Failed",
+                                   parse_build(build).commit, startedAt=rfc3339(started),
+                                   finishedAt=stamp, reason=error.reason)})
         self._event(obj, "Warning", "BuildFailed", summary)
 
     def _finish(self, build: Obj, phase: str, *, reason: str, message: str,
@@ -459,6 +459,15 @@ class Controller:
                                      "%Y-%m-%dT%H:%M:%S.%fZ"), reporter=self.identity)
         except BuilderError as e:
             log.warning("event %s for %s: %s", reason, obj["metadata"]["name"], e)
+
+
+def _latest(name: str, phase: str, commit: str | None, **fields: str) -> Obj:
+    """``status.latestBuild`` for a build without an image (yet): the status is merge-patched,
+    so fields of an earlier build are nulled rather than left behind under this name."""
+    return {"name": name, "phase": phase, "commit": commit,
+            "shortCommit": commit[:12] if commit else None, "image": None, "digest": None,
+            "shortDigest": None, "startedAt": None, "finishedAt": None, "reason": None,
+            **fields}
 
 
 def _created(build: Mapping[str, Any]) -> tuple[str, str]:

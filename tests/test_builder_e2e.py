@@ -217,7 +217,12 @@ def test_compile_error_keeps_previous_image(
     built = cluster.condition("deny-mallory", "Built")
     assert (built["status"], built["reason"]) == ("False", "BuildFailed")
     assert good in built["message"]  # says the previous image stays
-    assert cluster.plugin("deny-mallory")["status"]["currentImage"] == good
+    status = cluster.plugin("deny-mallory")["status"]
+    assert status["currentImage"] == good
+    latest = status["latestBuild"]
+    assert (latest["name"], latest["phase"], latest["commit"]) == \
+        (failed["metadata"]["name"], "Failed", broken)
+    assert "digest" not in latest and "image" not in latest  # nothing left from the good build
     assert cluster.configmap("broker-plugins") == cm_before
     assert _tags(registry, "plugins/deny-mallory", tmp_path) == tags_before  # nothing partial
     # permanent: not retried while neither spec nor commit changes (resync runs every 2s)
