@@ -21,6 +21,10 @@ from bench.report import Metric, table, write_json
 BENCHMARKS: dict[str, str] = {
     "sidecar": "bench.sidecar_latency",
     "builds": "bench.builds",
+    "propagation": "bench.propagation",
+    "api-mode": "bench.api_mode",
+    "memory": "bench.memory",
+    "webhooks": "bench.webhooks",
 }
 
 Measure = Callable[[Path, bool], list[Metric]]

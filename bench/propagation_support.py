@@ -1,0 +1,183 @@
+"""What the propagation and memory benchmarks share: the peer's binary, arrival recorders (an
+HTTP webhook receiver for the peer, the broker's dynsec responses for plugforge), the update
+schedule, and how arrivals are attributed to updates."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from sidecar.adapters.mosquitto_dynsec import RESPONSE_TOPIC
+
+CONFIGMAP_RELOAD_VERSION = "v0.15.0"  # keep in step with scripts/ensure.d/configmap-reload.sh
+
+
+@dataclass(frozen=True)
+class Peer:
+    binary: Path
+    label: str
+
+
+def peer() -> Peer:
+    """configmap-reload when ``go install`` got it, else the fallback built from bench/reload_peer
+    (both located by scripts/ensure.d/configmap-reload.sh, which bench/run sources)."""
+    real = os.environ.get("PLUGFORGE_CONFIGMAP_RELOAD", "")
+    if real and Path(real).is_file():
+        return Peer(Path(real), f"configmap-reload {CONFIGMAP_RELOAD_VERSION}")
+    fallback = os.environ.get("PLUGFORGE_RELOAD_PEER", "")
+    if fallback and Path(fallback).is_file():
+        return Peer(Path(fallback), "reload_peer (stand-in)")
+    raise RuntimeError("neither configmap-reload nor bench/reload_peer is built: run bench/run "
+                       "(scripts/ensure.d/configmap-reload.sh installs them), not python -m bench")
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"process {pid} has no VmRSS (exited?)")
+
+
+class Arrivals:
+    """Monotonic arrival times, recorded from any thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._times: list[float] = []
+
+    def record(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._times.append(now)
+            self._cond.notify_all()
+
+    def wait_after(self, after: float, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: any(t >= after for t in self._times), timeout)
+
+    def between(self, start: float, end: float) -> list[float]:
+        with self._cond:
+            return [t for t in self._times if start <= t < end]
+
+    def count(self) -> int:
+        with self._cond:
+            return len(self._times)
+
+
+class WebhookReceiver:
+    """The peer's reload target: answers 200 to any POST and records when it arrived."""
+
+    def __init__(self) -> None:
+        self.arrivals = Arrivals()
+        record = self.arrivals.record
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                record()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/-/reload"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class DynsecResponses:
+    """Records each dynsec response to an ``addRoleACL`` command: the broker has applied a
+    change the sidecar sent (one response per admin call)."""
+
+    def __init__(self, host: str, port: int, username: str, password: str) -> None:
+        self.arrivals = Arrivals()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-responses")
+        self._client.username_pw_set(username, password)
+        subscribed = threading.Event()
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        self._client.on_message = self._on_message
+        self._client.connect(host, port)
+        self._client.loop_start()
+        self._client.subscribe(RESPONSE_TOPIC, qos=0)
+        if not subscribed.wait(10):
+            raise RuntimeError("could not subscribe to the dynsec response topic")
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        responses = json.loads(msg.payload).get("responses", [])
+        if any(r.get("command") == "addRoleACL" for r in responses):
+            self.arrivals.record()
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    updates: int = 200
+    period: float = 0.3
+    burst: int = 20
+    burst_gap: float = 0.005
+    drain: float = 3.0
+    """After the last update of each phase: long enough for a debounced apply to land."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    latencies: list[float]
+    """Per received update: its swap to the first arrival attributed to it."""
+    received: int
+    missed: int
+    duplicates: int
+    burst_applies: int
+
+
+def drive(update: Callable[[int], None], arrivals: Arrivals, schedule: Schedule,
+          first: int = 0) -> Outcome:
+    """Run the schedule, then attribute arrivals: update i owns those in [t_i, t_i+1) (the last
+    one, ``drain`` seconds); its latency is to the first of them, later ones are duplicates."""
+    starts: list[float] = []
+    began = time.monotonic()
+    for i in range(schedule.updates):
+        _sleep_until(began + i * schedule.period)
+        starts.append(time.monotonic())
+        update(first + i)
+    _sleep_until(starts[-1] + schedule.drain)
+    bounds = [*starts[1:], starts[-1] + schedule.drain]
+    latencies, duplicates = [], 0
+    for start, end in zip(starts, bounds, strict=True):
+        seen = arrivals.between(start, end)
+        if seen:
+            latencies.append(seen[0] - start)
+            duplicates += len(seen) - 1
+
+    burst_start = time.monotonic()
+    for i in range(schedule.burst):
+        _sleep_until(burst_start + i * schedule.burst_gap)
+        update(first + schedule.updates + i)
+    burst_end = time.monotonic()
+    _sleep_until(burst_end + schedule.drain)
+    applies = len(arrivals.between(burst_start, burst_end + schedule.drain))
+    return Outcome(latencies, len(latencies), schedule.updates - len(latencies), duplicates,
+                   applies)
+
+
+def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
