@@ -448,6 +448,7 @@ class Controller:
     def _prune(self, spec: PluginSpec, builds: list[BuildView]) -> None:
         for name in plan_prune(builds, spec.history_limit):
             self.kube.delete_build(spec.namespace, name)
+            self.log_path(spec.namespace, name).unlink(missing_ok=True)
 
     def _patch_status(self, spec: PluginSpec, status: Mapping[str, Any]) -> None:
         self.kube.patch_plugin_status(spec.namespace, spec.name, status)

@@ -365,6 +365,9 @@ def test_history_is_pruned(builder: Builder, cluster: Cluster, registry: Registr
                                  for b in cluster.builds("pruned")), "manual build")
     wait_for(lambda: len(cluster.builds("pruned")) == 1, "pruning to 1 build")
     assert cluster.builds("pruned")[0]["metadata"]["name"] == "pruned-manual-1"
+    logs = builder.controller.log_path(cluster.ns, "x").parent
+    assert (logs / "pruned-manual-1.log").exists()
+    assert not (logs / "pruned-manual-0.log").exists()  # logs go with their builds
 
 
 def test_vernemq_erlang_plugin_end_to_end(builder: Builder, cluster: Cluster,
