@@ -132,7 +132,8 @@ def ensure_loader(cache: Path | None = None, *, verbose: bool = False) -> Path:
 
 def install_loader(extensions_dir: Path, plugin_dir: Path, poll_interval_ms: int = 100) -> Path:
     """What the Kubernetes init step does: put the loader extension, configured to read
-    ``plugin_dir``, into ``extensions_dir`` (before HiveMQ starts: CE loads extensions only then)."""
+    ``plugin_dir``, into ``extensions_dir`` (before HiveMQ starts: CE loads extensions only
+    then)."""
     extensions_dir.mkdir(parents=True, exist_ok=True)
     staging = extensions_dir.parent / f".staging-{LOADER_ID}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)

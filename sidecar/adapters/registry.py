@@ -13,6 +13,7 @@ ADAPTERS: dict[str, str] = {
     "mosquitto": "sidecar.adapters.mosquitto",
     "vernemq": "sidecar.adapters.vernemq",
     "emqx": "sidecar.adapters.emqx",
+    "hivemq": "sidecar.adapters.hivemq",
 }
 
 

@@ -1,0 +1,263 @@
+"""The HiveMQ adapter against a real HiveMQ CE 2025.5 and real MQTT clients (paho).
+
+Plugin images are the hivemq-java template built with its recipe, packed, pushed to the real
+registry fixture and pulled back by the sidecar's own ``ImagePuller``.
+
+Hot path (``mode=loader``): the plugforge loader extension is installed before HiveMQ starts;
+enable, upgrade, refusals, settings and disable then happen with the broker process unchanged
+(same pid) and a client connected before each change still connected after it. v2's code also
+refuses ``eve``: that proves the new classes run, not the old ones.
+
+Restart path (``mode=restart``, no loader): changes are staged in the extensions folder and take
+effect when the broker restarts; a supervisor thread plays the kubelet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import _track
+from hivemq_support import (
+    PLUGIN,
+    HiveMQImages,
+    Supervisor,
+    accepted,
+    build_hivemq_images,
+    make_adapter,
+    start_loader_broker,
+)
+from mqtt_support import NOT_AUTHORIZED, Client
+
+from plugforge.contract import Document, PluginRelease, Probe, render_plugin_release
+from sidecar.adapters.base import AdapterError, ChangeClass
+from sidecar.adapters.hivemq import HiveMQAdapter
+from sidecar.adapters.registry import create_adapter
+from sidecar.images import ImagePuller
+from sidecar.plan import ActionKind
+from sidecar.probes import run_probe
+from sidecar.reconcile import Reconciler
+from sidecar.state import Phase
+from testbed.hivemq import HiveMQ, start_hivemq
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+
+@dataclass
+class Trees:
+    images: HiveMQImages
+    pull: ImagePuller
+
+    def tree(self, image: str) -> Path:
+        return self.pull(image)
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory, registry: object) -> Trees:
+    root = tmp_path_factory.mktemp("hivemq-images")
+    host, ca = registry.host, registry.ca.cert  # type: ignore[attr-defined]
+    images = build_hivemq_images(root, host, ca)
+    return Trees(images, ImagePuller(root / "cache", ca_bundle=ca))
+
+
+@dataclass
+class LoaderBroker:
+    broker: HiveMQ
+    plugin_dir: Path
+    adapter: HiveMQAdapter
+
+
+@pytest.fixture(scope="module")
+def loader_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoaderBroker]:
+    root = tmp_path_factory.mktemp("hivemq-loader")
+    plugin_dir = root / "plugins"
+    broker = start_loader_broker(root / "hivemq", plugin_dir)
+    _track(broker)
+    yield LoaderBroker(broker, plugin_dir, make_adapter(broker, plugin_dir))
+    broker.stop()
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout:g}s: {what}"
+        time.sleep(0.2)
+
+
+def install(adapter: HiveMQAdapter, trees: Trees, image: str) -> str:
+    digest = HiveMQImages.digest(image)
+    adapter.install_plugin(PLUGIN, digest, trees.tree(image))
+    return digest
+
+
+def running(adapter: HiveMQAdapter) -> str | None:
+    seen = adapter.observe().plugins.get(PLUGIN)
+    return seen.digest if seen else None
+
+
+def test_options_and_registry(tmp_path: Path) -> None:
+    adapter = create_adapter("hivemq", {}, tmp_path)
+    assert adapter.plugin_change_class() is ChangeClass.PLUGIN_RELOAD
+    with pytest.raises(AdapterError, match="mode=restart needs extensions_dir"):
+        create_adapter("hivemq", {"mode": "restart"}, tmp_path)
+    with pytest.raises(AdapterError, match="unknown option"):
+        create_adapter("hivemq", {"conf_dir": "/x"}, tmp_path)
+    observed = adapter.observe()
+    assert not observed.reachable
+    assert "install the loader extension" in observed.detail
+    assert [p.key for p in adapter.validate_config({"max_qos": "1"})] == ["max_qos"]
+
+
+def test_hot_enable_upgrade_refuse_disable(loader_broker: LoaderBroker, trees: Trees) -> None:
+    broker, adapter = loader_broker.broker, loader_broker.adapter
+    pid = broker.pid
+    # Nothing active yet: the loader fails closed.
+    assert adapter.observe().reachable and adapter.observe().plugins == {}
+    assert not accepted(broker, "alice")
+
+    # --- enable v1 -------------------------------------------------------------------------
+    v1 = install(adapter, trees, trees.images.v1)
+    adapter.enable(PLUGIN, v1, {})
+    assert running(adapter) == v1
+    assert not accepted(broker, "mallory")
+    assert accepted(broker, "eve")
+    keeper = Client(broker.port, "bob")  # stays connected through every change below
+    keeper.subscribe("#")
+    alice = Client(broker.port, "alice")
+    assert alice.accepted
+    assert alice.publish("forbidden/x", b"secret").value == NOT_AUTHORIZED
+    alice.wait_disconnected()
+    try:
+        # --- upgrade to v2: new code (also refuses eve), same broker process -----------------
+        v2 = install(adapter, trees, trees.images.v2)
+        adapter.enable(PLUGIN, v2, {})
+        assert running(adapter) == v2
+        assert not accepted(broker, "eve"), "v1's code still runs after the upgrade"
+        assert not accepted(broker, "mallory") and accepted(broker, "alice")
+        assert keeper.connected and broker.pid == pid
+        assert keeper.publish("ok/after-upgrade", b"1").value == 0  # v2 authorizes it
+        keeper.wait_for_message("ok/after-upgrade")
+
+        # --- a broken jar: clear error, v2 stays active --------------------------------------
+        broken = install(adapter, trees, trees.images.broken)
+        with pytest.raises(AdapterError, match=r"was not activated: .*still active: deny-test"):
+            adapter.enable(PLUGIN, broken, {})
+        assert running(adapter) == v2
+        assert adapter.loader.control().version == v2.removeprefix("sha256:")
+        assert not accepted(broker, "eve")
+
+        # --- settings the plugin refuses: clear error, v2 stays active ------------------------
+        with pytest.raises(AdapterError, match="unknown setting 'deny_user'"):
+            adapter.enable(PLUGIN, v1, {"deny_user": "typo"})
+        assert running(adapter) == v2
+
+        # --- a settings change is read live by the running version ---------------------------
+        adapter.enable(PLUGIN, v2, {"deny_users": "trudy"})
+        eventually(lambda: not accepted(broker, "trudy"), "trudy refused after the settings")
+        assert accepted(broker, "mallory")  # the new list replaces the default
+        assert adapter.observe().plugins[PLUGIN].settings == {"deny_users": "trudy"}
+
+        # --- disable: new CONNECTs refused (fail closed), connected clients stay -------------
+        adapter.disable(PLUGIN)
+        assert adapter.observe().plugins == {}
+        assert not accepted(broker, "alice")
+        assert keeper.connected
+
+        # --- enable v1 again (a rollback): eve is let in again -------------------------------
+        adapter.enable(PLUGIN, v1, {})
+        assert running(adapter) == v1
+        assert accepted(broker, "eve") and not accepted(broker, "mallory")
+        assert keeper.connected and not keeper.disconnected
+        assert broker.pid == pid
+    finally:
+        keeper.close()
+    log = broker.server.log_path.read_text()
+    assert log.count("PLUGFORGE-HIVEMQ-STARTED") == 1
+
+
+def test_active_plugin_comes_back_after_a_broker_restart(loader_broker: LoaderBroker,
+                                                         trees: Trees) -> None:
+    broker, adapter = loader_broker.broker, loader_broker.adapter
+    v1 = install(adapter, trees, trees.images.v1)
+    adapter.enable(PLUGIN, v1, {})
+    before = adapter.observe().instance
+    broker.restart()
+    _track(broker)
+    # The loader applies the control file inside extensionStart, before the listener opens.
+    assert not accepted(broker, "mallory")
+    observed = adapter.observe()
+    assert observed.instance != before
+    assert observed.plugins[PLUGIN].digest == v1
+
+
+def test_reconciler_converges_and_then_does_nothing(loader_broker: LoaderBroker,
+                                                    trees: Trees) -> None:
+    broker, adapter = loader_broker.broker, loader_broker.adapter
+    adapter.disable(PLUGIN)
+    probes = (Probe("mallory-refused", "connect", "mallory", "refused"),
+              Probe("eve-refused", "connect", "eve", "refused"),
+              Probe("forbidden", "publish", "alice", "refused", topic="forbidden/x"))
+    release = PluginRelease(PLUGIN, trees.images.v2, True, {}, probes)
+    documents = [Document("test", f"plugin.{PLUGIN}.yaml", render_plugin_release(release))]
+    reconciler = Reconciler(adapter, lambda: documents, trees.pull,
+                            lambda probe: run_probe(probe, broker.host, broker.port))
+    outcome = reconciler.reconcile("test")
+    assert outcome.phase is Phase.APPLIED, reconciler.state.last_error
+    assert {a.kind for a in outcome.actions} >= {ActionKind.ENABLE_PLUGIN}
+    assert all(a.change is not ChangeClass.BROKER_RESTART for a in outcome.actions)
+    assert reconciler.state.ready
+    again = reconciler.reconcile("resync")
+    assert again.actions == ()
+
+
+@pytest.fixture(scope="module")
+def restart_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiveMQ]:
+    broker = start_hivemq(tmp_path_factory.mktemp("hivemq-restart"))
+    _track(broker)
+    yield broker
+    broker.stop()
+
+
+def test_restart_path_stages_and_applies_on_restart(restart_broker: HiveMQ, trees: Trees,
+                                                    tmp_path: Path) -> None:
+    broker = restart_broker
+    adapter = make_adapter(broker, tmp_path / "plugins", mode="restart")
+    assert adapter.plugin_change_class() is ChangeClass.BROKER_RESTART
+    supervisor = Supervisor(broker)
+    try:
+        v1 = install(adapter, trees, trees.images.v1)
+        adapter.enable(PLUGIN, v1, {})
+        seen = adapter.observe().plugins[PLUGIN]
+        assert (seen.digest, seen.staged_digest, seen.enabled) == (None, v1, True)
+        assert accepted(broker, "mallory"), "CE loaded an extension at runtime"
+
+        adapter.restart()
+        _track(broker)
+        assert not accepted(broker, "mallory")
+        seen = adapter.observe().plugins[PLUGIN]
+        assert (seen.digest, seen.staged_digest) == (v1, None)
+
+        # Upgrade: staged while v1 keeps running, v2's code after the restart.
+        v2 = install(adapter, trees, trees.images.v2)
+        adapter.enable(PLUGIN, v2, {})
+        seen = adapter.observe().plugins[PLUGIN]
+        assert (seen.digest, seen.staged_digest) == (v1, v2)
+        adapter.restart()
+        _track(broker)
+        assert not accepted(broker, "eve")
+        assert running(adapter) == v2
+
+        # Disable: DISABLED marker, still running until the restart, then gone.
+        adapter.disable(PLUGIN)
+        seen = adapter.observe().plugins[PLUGIN]
+        assert (seen.digest, seen.enabled) == (v2, False)
+        adapter.restart()
+        _track(broker)
+        assert accepted(broker, "mallory") and accepted(broker, "eve")
+        assert running(adapter) is None
+        assert supervisor.restarts == 3
+    finally:
+        supervisor.stop()
