@@ -14,6 +14,7 @@ ADAPTERS: dict[str, str] = {
     "vernemq": "sidecar.adapters.vernemq",
     "emqx": "sidecar.adapters.emqx",
     "hivemq": "sidecar.adapters.hivemq",
+    "rabbitmq": "sidecar.adapters.rabbitmq",
 }
 
 
