@@ -22,7 +22,7 @@ PLUGIN = "deny-test"
 @dataclass(frozen=True)
 class HiveMQImages:
     v1: str      # repository@digest: refuses mallory (settings default), forbidden/ publishes
-    v2: str      # changed code: also refuses eve, whatever the settings say
+    v2: str      # changed code: also refuses eve (whatever the settings say) and legacy/ publishes
     broken: str  # v1's folder with a jar that is not a jar
 
     @staticmethod
@@ -41,6 +41,10 @@ def build_hivemq_images(root: Path, registry_host: str, ca: Path) -> HiveMQImage
             source.write_text(source.read_text().replace(
                 "if (denyUsers.get().contains(user)) {",
                 'if (denyUsers.get().contains(user) || "eve".equals(user)) {'))
+            authorizer = repo / "src/main/java/deny_test/TopicAuthorizer.java"
+            authorizer.write_text(authorizer.read_text().replace(
+                "return !topic.startsWith(FORBIDDEN_PREFIX);",
+                'return !topic.startsWith(FORBIDDEN_PREFIX) && !topic.startsWith("legacy/");'))
             pom = repo / "pom.xml"
             pom.write_text(pom.read_text().replace("<version>0.1.0</version>",
                                                    "<version>0.2.0</version>", 1))
@@ -70,9 +74,14 @@ def start_loader_broker(workdir: Path, plugin_dir: Path) -> HiveMQ:
 
 
 def adapter_options(broker: HiveMQ, mode: str = "loader") -> dict[str, str]:
-    return {"mode": mode, "host": broker.host, "port": str(broker.port),
-            "pid_file": str(broker.pid_file), "extensions_dir": str(broker.extensions_dir),
-            "loader_timeout": "20", "restart_timeout": "90"}
+    """As in a pod: with the loader, the loader reports the broker's pid; without it, the
+    sidecar finds the broker in the shared process namespace by its command line."""
+    options = {"mode": mode, "host": broker.host, "port": str(broker.port),
+               "loader_timeout": "20", "restart_timeout": "90"}
+    if mode == "restart":
+        options.update(extensions_dir=str(broker.extensions_dir),
+                       process_match=str(broker.workdir / "extensions"))
+    return options
 
 
 def make_adapter(broker: HiveMQ, plugin_dir: Path, mode: str = "loader") -> HiveMQAdapter:

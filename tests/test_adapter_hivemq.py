@@ -34,6 +34,7 @@ from mqtt_support import NOT_AUTHORIZED, Client
 
 from plugforge.contract import Document, PluginRelease, Probe, render_plugin_release
 from sidecar.adapters.base import AdapterError, ChangeClass
+from sidecar.adapters import hivemq_files as files
 from sidecar.adapters.hivemq import HiveMQAdapter
 from sidecar.adapters.registry import create_adapter
 from sidecar.images import ImagePuller
@@ -102,13 +103,28 @@ def test_options_and_registry(tmp_path: Path) -> None:
     adapter = create_adapter("hivemq", {}, tmp_path)
     assert adapter.plugin_change_class() is ChangeClass.PLUGIN_RELOAD
     with pytest.raises(AdapterError, match="mode=restart needs extensions_dir"):
-        create_adapter("hivemq", {"mode": "restart"}, tmp_path)
+        create_adapter("hivemq", {"mode": "restart", "extensions_dir": "/x"}, tmp_path)
     with pytest.raises(AdapterError, match="unknown option"):
         create_adapter("hivemq", {"conf_dir": "/x"}, tmp_path)
     observed = adapter.observe()
     assert not observed.reachable
     assert "install the loader extension" in observed.detail
     assert [p.key for p in adapter.validate_config({"max_qos": "1"})] == ["max_qos"]
+
+
+def test_settings_files_round_trip(tmp_path: Path) -> None:
+    folder = tmp_path / "v"
+    (folder / "conf").mkdir(parents=True)
+    (folder / "conf/config.properties").write_text("# shipped\ndeny_users=mallory\n")
+    files.keep_image_settings(folder)
+    assert files.read_settings(folder) == {}  # the image's own file: no settings of ours
+    files.write_settings(folder, {"deny_users": "eve, trudy", "path": "C:\\x"})
+    assert files.read_settings(folder) == {"deny_users": "eve, trudy", "path": "C:\\x"}
+    assert "path=C:\\\\x" in (folder / "conf/config.properties").read_text()
+    files.write_settings(folder, {})
+    assert (folder / "conf/config.properties").read_text() == "# shipped\ndeny_users=mallory\n"
+    with pytest.raises(AdapterError, match="values one line"):
+        files.check_settings("p", {"deny_users": "a\nb"})
 
 
 def test_hot_enable_upgrade_refuse_disable(loader_broker: LoaderBroker, trees: Trees) -> None:
@@ -126,10 +142,12 @@ def test_hot_enable_upgrade_refuse_disable(loader_broker: LoaderBroker, trees: T
     assert accepted(broker, "eve")
     keeper = Client(broker.port, "bob")  # stays connected through every change below
     keeper.subscribe("#")
+    veteran = Client(broker.port, "carol")  # connected under v1, publishes under v2
     alice = Client(broker.port, "alice")
     assert alice.accepted
     assert alice.publish("forbidden/x", b"secret").value == NOT_AUTHORIZED
     alice.wait_disconnected()
+    assert veteran.publish("legacy/x", b"v1 allows").value == 0
     try:
         # --- upgrade to v2: new code (also refuses eve), same broker process -----------------
         v2 = install(adapter, trees, trees.images.v2)
@@ -137,9 +155,12 @@ def test_hot_enable_upgrade_refuse_disable(loader_broker: LoaderBroker, trees: T
         assert running(adapter) == v2
         assert not accepted(broker, "eve"), "v1's code still runs after the upgrade"
         assert not accepted(broker, "mallory") and accepted(broker, "alice")
-        assert keeper.connected and broker.pid == pid
-        assert keeper.publish("ok/after-upgrade", b"1").value == 0  # v2 authorizes it
+        assert keeper.connected and veteran.connected and broker.pid == pid
+        assert keeper.publish("ok/after-upgrade", b"1").value == 0
         keeper.wait_for_message("ok/after-upgrade")
+        # A client connected under v1 is now authorized by v2's code.
+        assert veteran.publish("legacy/x", b"v2 refuses").value == NOT_AUTHORIZED
+        veteran.wait_disconnected()
 
         # --- a broken jar: clear error, v2 stays active --------------------------------------
         broken = install(adapter, trees, trees.images.broken)
@@ -160,20 +181,25 @@ def test_hot_enable_upgrade_refuse_disable(loader_broker: LoaderBroker, trees: T
         assert accepted(broker, "mallory")  # the new list replaces the default
         assert adapter.observe().plugins[PLUGIN].settings == {"deny_users": "trudy"}
 
-        # --- disable: new CONNECTs refused (fail closed), connected clients stay -------------
+        # --- disable: fail closed; connected clients stay until they publish -----------------
+        walker = Client(broker.port, "dave")
         adapter.disable(PLUGIN)
         assert adapter.observe().plugins == {}
         assert not accepted(broker, "alice")
         assert keeper.connected
+        assert walker.publish("ok/x", b"no plugin").value == NOT_AUTHORIZED
+        walker.wait_disconnected()
 
         # --- enable v1 again (a rollback): eve is let in again -------------------------------
         adapter.enable(PLUGIN, v1, {})
         assert running(adapter) == v1
         assert accepted(broker, "eve") and not accepted(broker, "mallory")
         assert keeper.connected and not keeper.disconnected
+        assert keeper.publish("legacy/y", b"v1 again").value == 0
         assert broker.pid == pid
     finally:
-        keeper.close()
+        for client in (keeper, veteran, alice):
+            client.close()
     log = broker.server.log_path.read_text()
     assert log.count("PLUGFORGE-HIVEMQ-STARTED") == 1
 
@@ -258,6 +284,15 @@ def test_restart_path_stages_and_applies_on_restart(restart_broker: HiveMQ, tree
         _track(broker)
         assert accepted(broker, "mallory") and accepted(broker, "eve")
         assert running(adapter) is None
-        assert supervisor.restarts == 3
+
+        # Settings the extension refuses at start: HiveMQ disables it itself (DISABLED marker
+        # of its own), which observe reports as not running and not enabled.
+        adapter.enable(PLUGIN, v1, {"deny_user": "typo"})
+        adapter.restart()
+        _track(broker)
+        seen = adapter.observe().plugins[PLUGIN]
+        assert (seen.digest, seen.enabled, seen.staged_digest) == (None, False, None)
+        assert accepted(broker, "mallory")
+        assert supervisor.restarts == 4
     finally:
         supervisor.stop()

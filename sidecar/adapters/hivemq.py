@@ -18,9 +18,11 @@ extension re-reads when it changes (no restart). HiveMQ has no broker config the
 live, so ``broker.yaml`` config keys are refused.
 
 Adapter options (``--adapter-opt key=value``): ``mode`` (loader|restart), ``host``/``port``
-(the MQTT listener, for health; default 127.0.0.1:1883), ``pid_file`` (the broker's pid; needed
-in restart mode, optional with the loader, which reports its pid), ``extensions_dir`` (HiveMQ's
-extensions folder; needed in restart mode), ``loader_timeout`` (seconds to wait for the loader's
+(the MQTT listener, for health; default 127.0.0.1:1883), ``pid_file`` (the broker's pid) or
+``process_match`` (a string in the broker's command line, e.g. ``com.hivemq``, looked up in
+``/proc`` of the pod's shared process namespace) — one of them in restart mode; with the loader
+neither is needed (it reports its pid) — ``extensions_dir`` (HiveMQ's extensions folder; needed
+in restart mode), ``loader_timeout`` (seconds to wait for the loader's
 answer, default 15), ``restart_timeout`` (default 60).
 """
 
@@ -61,14 +63,15 @@ class HiveMQSettings:
     host: str = "127.0.0.1"
     port: int = 1883
     pid_file: Path | None = None
+    process_match: str = ""
     extensions_dir: Path | None = None
     loader_timeout: float = 15.0
     restart_timeout: float = 60.0
 
     @classmethod
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> HiveMQSettings:
-        known = {"mode", "host", "port", "pid_file", "extensions_dir", "loader_timeout",
-                 "restart_timeout"}
+        known = {"mode", "host", "port", "pid_file", "process_match", "extensions_dir",
+                 "loader_timeout", "restart_timeout"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise AdapterError(f"hivemq adapter: unknown option(s) {unknown}; expected "
@@ -77,15 +80,17 @@ class HiveMQSettings:
         if mode not in ("loader", "restart"):
             raise AdapterError(f"hivemq adapter: mode must be 'loader' (hot loading through the "
                                f"plugforge loader extension) or 'restart', found {mode!r}")
-        if mode == "restart" and not (options.get("extensions_dir") and options.get("pid_file")):
+        if mode == "restart" and not (options.get("extensions_dir") and (
+                options.get("pid_file") or options.get("process_match"))):
             raise AdapterError(
                 "hivemq adapter: mode=restart needs extensions_dir (HiveMQ's extensions folder) "
-                "and pid_file (the broker's pid), e.g. --adapter-opt extensions_dir=/opt/hivemq/"
-                "extensions --adapter-opt pid_file=/opt/hivemq/hivemq.pid")
+                "and pid_file or process_match (how to find the broker process), e.g. "
+                "--adapter-opt extensions_dir=/opt/hivemq/extensions "
+                "--adapter-opt process_match=com.hivemq")
         try:
             return cls(plugin_dir, mode, options.get("host", "127.0.0.1"),
                        int(options.get("port", "1883")), _path(options.get("pid_file")),
-                       _path(options.get("extensions_dir")),
+                       options.get("process_match", ""), _path(options.get("extensions_dir")),
                        float(options.get("loader_timeout", "15")),
                        float(options.get("restart_timeout", "60")))
         except ValueError as e:
@@ -131,7 +136,9 @@ class HiveMQAdapter:
     def _observe_restart(self) -> Observed:
         pid = self._pid()
         if pid is None:
-            return Observed(False, detail=f"no running HiveMQ (pid file {self.settings.pid_file})")
+            how = (f"pid file {self.settings.pid_file}" if self.settings.pid_file
+                   else f"no process with {self.settings.process_match!r} in its command line")
+            return Observed(False, detail=f"no running HiveMQ ({how})")
         started = _started_at(pid)
         plugins = {}
         extensions = self._extensions_dir()
@@ -269,6 +276,8 @@ class HiveMQAdapter:
             except (OSError, ValueError):
                 return None
             return pid if _started_at(pid) else None
+        if self.settings.process_match:
+            return _find_process(self.settings.process_match.encode())
         status = self.loader.status()
         return status.pid if status else None
 
@@ -306,6 +315,18 @@ def create(options: Mapping[str, str], plugin_dir: Path) -> HiveMQAdapter:
 
 def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _find_process(match: bytes) -> int | None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if match in cmdline and _started_at(int(entry)):
+                return int(entry)
+    return None
 
 
 def _started_at(pid: int) -> float:

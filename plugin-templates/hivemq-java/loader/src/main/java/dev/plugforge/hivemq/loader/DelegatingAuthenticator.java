@@ -13,6 +13,8 @@ import com.hivemq.extension.sdk.api.packets.connect.ConnackReasonCode;
  */
 final class DelegatingAuthenticator implements SimpleAuthenticator {
 
+    static final String NO_PLUGIN = "no auth plugin is active";
+
     private final PluginSwitch plugins;
     private final AuthenticatorProviderInput providerInput;
 
@@ -25,7 +27,7 @@ final class DelegatingAuthenticator implements SimpleAuthenticator {
     public void onConnect(final SimpleAuthInput input, final SimpleAuthOutput output) {
         final LoadedPlugin plugin = plugins.active();
         if (plugin == null) {
-            output.failAuthentication(ConnackReasonCode.NOT_AUTHORIZED, "no auth plugin is active");
+            output.failAuthentication(ConnackReasonCode.NOT_AUTHORIZED, NO_PLUGIN);
             return;
         }
         final Authenticator authenticator = plugin.authenticatorFor(providerInput);

@@ -8,12 +8,14 @@ import com.hivemq.extension.sdk.api.auth.parameter.PublishAuthorizerInput;
 import com.hivemq.extension.sdk.api.auth.parameter.PublishAuthorizerOutput;
 import com.hivemq.extension.sdk.api.auth.parameter.SubscriptionAuthorizerInput;
 import com.hivemq.extension.sdk.api.auth.parameter.SubscriptionAuthorizerOutput;
+import com.hivemq.extension.sdk.api.packets.publish.AckReasonCode;
+import com.hivemq.extension.sdk.api.packets.subscribe.SubackReasonCode;
 
 /**
  * One client's authorizer: asks the plugin active at the time of each PUBLISH/SUBSCRIBE, so a
  * client connected before an upgrade is authorized by the new version from then on. With no
- * active plugin it defers to HiveMQ's default permissions (those the authenticating version
- * set at CONNECT): clients admitted earlier are not cut off; new CONNECTs are refused.
+ * active plugin nothing is authorized (fail closed, like CONNECT): clients admitted earlier stay
+ * connected, but HiveMQ closes a connection whose PUBLISH is refused.
  */
 final class DelegatingAuthorizer implements PublishAuthorizer, SubscriptionAuthorizer {
 
@@ -40,7 +42,9 @@ final class DelegatingAuthorizer implements PublishAuthorizer, SubscriptionAutho
     public void authorizePublish(final PublishAuthorizerInput input, final PublishAuthorizerOutput output) {
         final LoadedPlugin plugin = plugins.active();
         final Authorizer authorizer = plugin == null ? null : authorizer(plugin);
-        if (authorizer instanceof PublishAuthorizer) {
+        if (plugin == null) {
+            output.failAuthorization(AckReasonCode.NOT_AUTHORIZED, DelegatingAuthenticator.NO_PLUGIN);
+        } else if (authorizer instanceof PublishAuthorizer) {
             plugin.run(() -> ((PublishAuthorizer) authorizer).authorizePublish(input, output));
         } else {
             output.nextExtensionOrDefault();
@@ -52,7 +56,9 @@ final class DelegatingAuthorizer implements PublishAuthorizer, SubscriptionAutho
                                    final SubscriptionAuthorizerOutput output) {
         final LoadedPlugin plugin = plugins.active();
         final Authorizer authorizer = plugin == null ? null : authorizer(plugin);
-        if (authorizer instanceof SubscriptionAuthorizer) {
+        if (plugin == null) {
+            output.failAuthorization(SubackReasonCode.NOT_AUTHORIZED, DelegatingAuthenticator.NO_PLUGIN);
+        } else if (authorizer instanceof SubscriptionAuthorizer) {
             plugin.run(() -> ((SubscriptionAuthorizer) authorizer).authorizeSubscribe(input, output));
         } else {
             output.nextExtensionOrDefault();
