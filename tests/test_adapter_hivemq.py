@@ -33,8 +33,8 @@ from hivemq_support import (
 from mqtt_support import NOT_AUTHORIZED, Client
 
 from plugforge.contract import Document, PluginRelease, Probe, render_plugin_release
-from sidecar.adapters.base import AdapterError, ChangeClass
 from sidecar.adapters import hivemq_files as files
+from sidecar.adapters.base import AdapterError, ChangeClass
 from sidecar.adapters.hivemq import HiveMQAdapter
 from sidecar.adapters.registry import create_adapter
 from sidecar.images import ImagePuller
