@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, str] = {
     "api-mode": "bench.api_mode",
     "memory": "bench.memory",
     "webhooks": "bench.webhooks",
+    "hot-swap": "bench.hot_swap",
 }
 
 Measure = Callable[[Path, bool], list[Metric]]

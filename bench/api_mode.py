@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sidecar_support import start_dynsec_broker
-
+from bench.propagation_support import start_dynsec_broker
 from bench.report import Metric, summarize
 from bench.sidecar_latency import api_mode
 

@@ -19,9 +19,14 @@ import sys
 import time
 from pathlib import Path
 
-from sidecar_support import ADMIN, start_dynsec_broker
-
-from bench.propagation_support import DynsecResponses, WebhookReceiver, peer, rss_kib
+from bench.propagation_support import (
+    ADMIN,
+    DynsecResponses,
+    WebhookReceiver,
+    peer,
+    rss_kib,
+    start_dynsec_broker,
+)
 from bench.report import Metric
 from bench.sidecar_latency import config_for, start_sidecar
 from testbed.configmap_dir import ConfigMapDir

@@ -25,9 +25,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from sidecar_support import ADMIN, start_dynsec_broker
-
 from bench.propagation_support import (
+    ADMIN,
     Arrivals,
     DynsecResponses,
     Outcome,
@@ -36,6 +35,7 @@ from bench.propagation_support import (
     WebhookReceiver,
     drive,
     peer,
+    start_dynsec_broker,
 )
 from bench.report import Metric, summarize
 from bench.sidecar_latency import config_for, start_sidecar

@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from sidecar.adapters.mosquitto_dynsec import RESPONSE_TOPIC
+
+# The sidecar tests' broker helpers (tests/ is not a package): the benchmarks reuse them.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import sidecar_support
+
+ADMIN = sidecar_support.ADMIN
+broker_yaml = sidecar_support.broker_yaml
+start_dynsec_broker = sidecar_support.start_dynsec_broker
 
 CONFIGMAP_RELOAD_VERSION = "v0.15.0"  # keep in step with scripts/ensure.d/configmap-reload.sh
 
