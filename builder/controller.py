@@ -31,6 +31,7 @@ from builder.errors import (
     BuilderError,
     Conflict,
     Gone,
+    InternalError,
     InvalidSpec,
     KubeError,
     NotFound,
@@ -81,18 +82,26 @@ class Controller:
         self._resolved: dict[str, _Resolved] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._running: set[str] = set()
+        self._running_lock = threading.Lock()
         self.builds_run = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stop.clear()
+        # Fresh per term of leadership: a stopped queue stays shut down, and keys queued under
+        # the last term are relisted by the watches anyway.
+        # Threads keep the stop event and queue of their own term, so a thread of an old
+        # term that is still finishing a build cannot pick up work of the new one.
+        stop = self._stop = threading.Event()
+        queue = self.queue = WorkQueue()
         targets: list[tuple[str, Callable[[], None]]] = [
-            ("watch-plugins", lambda: self._watch_loop(PLUGINS)),
-            ("watch-builds", lambda: self._watch_loop(BUILDS)),
-            ("resync", self._resync_loop),
+            ("watch-plugins", lambda: self._watch_loop(PLUGINS, stop, queue)),
+            ("watch-builds", lambda: self._watch_loop(BUILDS, stop, queue)),
+            ("resync", lambda: self._resync_loop(stop, queue)),
         ]
-        targets += [(f"worker-{i}", self._worker) for i in range(self.settings.workers)]
+        targets += [(f"worker-{i}", lambda: self._worker(stop, queue))
+                    for i in range(self.settings.workers)]
         for name, target in targets:
             thread = threading.Thread(target=target, name=f"{self.identity}-{name}", daemon=True)
             thread.start()
@@ -107,52 +116,43 @@ class Controller:
 
     # --- event sources: they only enqueue keys ------------------------------------------------
 
-    def _watch_loop(self, plural: str) -> None:
+    def _watch_loop(self, plural: str, stop: threading.Event, queue: WorkQueue) -> None:
         resource_version: str | None = None
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 if resource_version is None:
                     items, resource_version = (self.kube.list_plugins() if plural == PLUGINS
                                                else self.kube.list_builds_rv())
                     for obj in items:
-                        self._enqueue_for(plural, obj)
+                        _enqueue_for(queue, plural, obj)
                 for kind, obj in self.kube.watch(plural, resource_version,
                                                  self.settings.watch_timeout_seconds):
-                    if self._stop.is_set():
+                    if stop.is_set():
                         return
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if rv:
                         resource_version = str(rv)
                     if kind != "BOOKMARK":
-                        self._enqueue_for(plural, obj)
+                        _enqueue_for(queue, plural, obj)
             except Gone:
                 resource_version = None  # too old: relist
             except BuilderError as e:
                 log.warning("watch %s: %s; retrying", plural, e)
-                self._stop.wait(1.0)
+                stop.wait(1.0)
 
-    def _enqueue_for(self, plural: str, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        if plural == PLUGINS:
-            self.queue.add(f"{meta.get('namespace')}/{meta.get('name')}")
-        else:
-            plugin = (obj.get("spec") or {}).get("plugin")
-            if plugin:
-                self.queue.add(f"{meta.get('namespace')}/{plugin}")
-
-    def _resync_loop(self) -> None:
-        while not self._stop.wait(self.settings.resync_seconds):
+    def _resync_loop(self, stop: threading.Event, queue: WorkQueue) -> None:
+        while not stop.wait(self.settings.resync_seconds):
             try:
                 items, _ = self.kube.list_plugins()
             except BuilderError as e:
                 log.warning("resync: %s", e)
                 continue
             for obj in items:
-                self._enqueue_for(PLUGINS, obj)
+                _enqueue_for(queue, PLUGINS, obj)
 
-    def _worker(self) -> None:
-        while not self._stop.is_set():
-            key = self.queue.get(timeout=0.5)
+    def _worker(self, stop: threading.Event, queue: WorkQueue) -> None:
+        while not stop.is_set():
+            key = queue.get(timeout=0.5)
             if key is None:
                 continue
             try:
@@ -160,17 +160,17 @@ class Controller:
             except BuilderError as e:
                 delay = self.backoff.next_delay(key)
                 log.warning("reconcile %s: %s; retrying in %.1fs", key, e, delay)
-                self.queue.add_after(key, delay)
+                queue.add_after(key, delay)
             except Exception:
                 delay = self.backoff.next_delay(key)
                 log.exception("reconcile %s crashed; retrying in %.1fs", key, delay)
-                self.queue.add_after(key, delay)
+                queue.add_after(key, delay)
             else:
                 self.backoff.forget(key)
                 if after is not None:
-                    self.queue.add_after(key, after)
+                    queue.add_after(key, after)
             finally:
-                self.queue.done(key)
+                queue.done(key)
 
     # --- reconcile ----------------------------------------------------------------------------
 
@@ -221,10 +221,14 @@ class Controller:
     # --- steps --------------------------------------------------------------------------------
 
     def _adopt_orphan(self, build: Obj) -> bool:
-        """A Running build not held by this instance lost its builder: hand it back to Pending."""
+        """A Running build that no thread of this leader is running lost its builder (another
+        replica, or an earlier term of this one): hand it back to Pending."""
         view = parse_build(build)
-        if view.phase != "Running" or view.holder == self.identity:
+        if view.phase != "Running":
             return False
+        with self._running_lock:
+            if view.holder == self.identity and view.name in self._running:
+                return False
         status = dict(build.get("status") or {})
         status.update(phase="Pending", holder="",
                       message=f"resumed: builder {view.holder} stopped while building")
@@ -272,6 +276,16 @@ class Controller:
 
     def _run(self, obj: Obj, spec: PluginSpec, build: Obj) -> None:
         view = parse_build(build)
+        with self._running_lock:
+            self._running.add(view.name)
+        try:
+            self._run_claimed(obj, spec, build, view, self._stop)
+        finally:
+            with self._running_lock:
+                self._running.discard(view.name)
+
+    def _run_claimed(self, obj: Obj, spec: PluginSpec, build: Obj, view: BuildView,
+                     stop: threading.Event) -> None:
         started = self.now()
         status = dict(build.get("status") or {})
         status.update(phase="Running", holder=self.identity, attempts=view.attempts + 1,
@@ -290,22 +304,26 @@ class Controller:
         try:
             with open(log_path, "a", encoding="utf-8") as log_file:
                 outcome = self.pipeline.run(spec, view.commit, view.name, log_file)
-        except BuilderError as e:
+        except Exception as e:
             self.builds_run += 1
-            if not self._abandoned(view):
+            if not isinstance(e, BuilderError):
+                log.exception("build %s/%s crashed", view.namespace, view.name)
+                e = InternalError(f"the builder crashed: {type(e).__name__}: {e}; this is a "
+                                  "bug in plugforge, please report it with the build log")
+            if not self._abandoned(view, stop):
                 self._failed(obj, spec, build, e, started, log_path)
             return
         self.builds_run += 1
-        if not self._abandoned(view):
+        if not self._abandoned(view, stop):
             self._succeeded(obj, spec, build, outcome, started, log_path)
 
-    def _abandoned(self, view: BuildView) -> bool:
+    def _abandoned(self, view: BuildView, stop: threading.Event) -> bool:
         """Stopped (shutdown or lost Lease) while building: leave the build Running.
 
         The next leader sees a Running build it does not hold and resumes it; a finished push
         makes that a content-key hit. Recording here could race that leader.
         """
-        if self._stop.is_set():
+        if stop.is_set():
             log.warning("stopped while building %s/%s; the next leader resumes it",
                         view.namespace, view.name)
             return True
@@ -469,6 +487,17 @@ def _latest(name: str, phase: str, commit: str | None, **fields: str) -> Obj:
             "shortCommit": commit[:12] if commit else None, "image": None, "digest": None,
             "shortDigest": None, "startedAt": None, "finishedAt": None, "reason": None,
             **fields}
+
+
+def _enqueue_for(queue: WorkQueue, plural: str, obj: Mapping[str, Any]) -> None:
+    """Watches only enqueue keys: a plugin's own key, or the plugin a build belongs to."""
+    meta = obj.get("metadata") or {}
+    if plural == PLUGINS:
+        queue.add(f"{meta.get('namespace')}/{meta.get('name')}")
+    else:
+        plugin = (obj.get("spec") or {}).get("plugin")
+        if plugin:
+            queue.add(f"{meta.get('namespace')}/{plugin}")
 
 
 def _created(build: Mapping[str, Any]) -> tuple[str, str]:

@@ -25,6 +25,12 @@ class TransientError(BuilderError):
     transient = True
 
 
+class InternalError(PermanentError):
+    """A bug in the builder, not in the input: reported, not retried."""
+
+    reason = "InternalError"
+
+
 class InvalidSpec(PermanentError):
     reason = "InvalidSpec"
 

@@ -150,3 +150,35 @@ def test_restart_mid_build_resumes_the_same_build(control_plane: ControlPlane,
                     proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+
+
+def test_leadership_lost_and_regained_builds_again(control_plane: ControlPlane,
+                                                   registry: Registry, cluster: Cluster,
+                                                   source_url: str, templates: Path,
+                                                   tmp_path: Path) -> None:
+    """Someone else holds the Lease for a while: the builder stops, then resumes building."""
+    from datetime import UTC, datetime, timedelta
+
+    from builder.leader import micro_time
+
+    lease_path = "/apis/coordination.k8s.io/v1/namespaces/plugforge-system/leases/ha-regain"
+    b = Builder(_settings(control_plane, registry, "ha-regain", "regainer", tmp_path / "r"))
+    b.start()
+    try:
+        wait_for(lambda: b.leading, "leadership")
+        code, lease = control_plane.request("GET", lease_path)
+        assert code == 200
+        spec: Any = lease["spec"]
+        spec.update(holderIdentity="usurper", leaseDurationSeconds=6,
+                    renewTime=micro_time(datetime.now(UTC) + timedelta(seconds=1)))
+        code, out = control_plane.request("PUT", lease_path, body=lease)
+        assert code == 200, out
+        wait_for(b.lost_leadership.is_set, "the builder to step down", timeout=20)
+        assert not b.leading
+        wait_for(lambda: b.leading, "the builder to lead again", timeout=30)
+        cluster.create("brokerplugins", broker_plugin(
+            "regained", url=source_url, repository=f"{registry.host}/plugins/regained",
+            configmap="regained"))
+        assert cluster.wait_build("regained")["status"]["phase"] == "Succeeded"
+    finally:
+        b.stop()
