@@ -72,28 +72,62 @@ class SettingsError(ValueError):
     pass
 
 
+_HELP = {
+    "kubeconfig": "kubeconfig file (default $KUBECONFIG, else the in-cluster service account)",
+    "namespace": "namespace of the leader-election Lease (default %(default)s)",
+    "lease_name": "name of the Lease replicas compete for (default %(default)s)",
+    "identity": "this replica's name in the Lease and on the builds it runs",
+    "state_dir": "git mirrors, work dirs and build logs (default %(default)s)",
+    "registry_ca": "CA bundle for registries with a private CA",
+    "docker_url": "push through this Docker-API engine instead of the registry client",
+    "workers": "builds running at once, one per plugin at most (default %(default)s)",
+    "max_build_seconds": "wall-clock cap for any build (default %(default)s)",
+    "resync_seconds": "reconcile every plugin at least this often (default %(default)s)",
+    "watch_timeout_seconds": "restart watches after this long (default %(default)s)",
+    "lease_duration_seconds": "Lease validity without renewal (default %(default)s)",
+    "lease_renew_seconds": "Lease renewal period (default %(default)s)",
+    "backoff_base_seconds": "first retry delay after a transient failure (default %(default)s)",
+    "backoff_max_seconds": "longest retry delay (default %(default)s)",
+    "max_attempts": "attempts of one build before a transient failure is final "
+                    "(default %(default)s)",
+}
+
+
 def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     """Flags win over ``PLUGFORGE_BUILDER_<NAME>`` environment variables, then defaults."""
     d = Settings()
-    p = argparse.ArgumentParser(prog="python -m builder",
-                                description="plugforge builder: BrokerPlugins to OCI images")
-    p.add_argument("--kubeconfig", type=Path, default=env.get(ENV_KUBECONFIG))
-    p.add_argument("--namespace", default=env.get(ENV_PREFIX + "NAMESPACE", d.namespace))
-    p.add_argument("--lease-name", default=env.get(ENV_PREFIX + "LEASE_NAME", d.lease_name))
-    p.add_argument("--identity", default=env.get(ENV_PREFIX + "IDENTITY", d.identity))
-    p.add_argument("--state-dir", type=Path,
+    p = argparse.ArgumentParser(
+        prog="python -m builder",
+        description="plugforge builder: BrokerPlugins to OCI images. Every flag can also be "
+                    "set as PLUGFORGE_BUILDER_<FLAG_NAME> (e.g. PLUGFORGE_BUILDER_WORKERS).")
+    p.add_argument("--kubeconfig", type=Path, default=env.get(ENV_KUBECONFIG),
+                   help=_HELP["kubeconfig"])
+    for name in ("namespace", "lease_name", "identity"):
+        p.add_argument("--" + name.replace("_", "-"),
+                       default=env.get(ENV_PREFIX + name.upper(), getattr(d, name)),
+                       help=_HELP[name])
+    p.add_argument("--state-dir", type=Path, help=_HELP["state_dir"],
                    default=Path(env.get(ENV_PREFIX + "STATE_DIR", str(d.state_dir))))
-    p.add_argument("--registry-ca", type=Path, default=env.get(ENV_PREFIX + "REGISTRY_CA"))
-    p.add_argument("--docker-url", default=env.get(ENV_PREFIX + "DOCKER_URL"))
-    numbers = {
+    p.add_argument("--registry-ca", type=Path, default=env.get(ENV_PREFIX + "REGISTRY_CA"),
+                   help=_HELP["registry_ca"])
+    p.add_argument("--docker-url", default=env.get(ENV_PREFIX + "DOCKER_URL"),
+                   help=_HELP["docker_url"])
+    numbers: dict[str, type[int] | type[float]] = {
         "workers": int, "max_build_seconds": float, "resync_seconds": float,
         "watch_timeout_seconds": int, "lease_duration_seconds": float,
         "lease_renew_seconds": float, "backoff_base_seconds": float,
         "backoff_max_seconds": float, "max_attempts": int,
     }
     for name, kind in numbers.items():
-        p.add_argument("--" + name.replace("_", "-"), type=kind,
-                       default=kind(env.get(ENV_PREFIX + name.upper(), getattr(d, name))))
+        variable = ENV_PREFIX + name.upper()
+        try:
+            default = kind(env.get(variable, getattr(d, name)))
+        except ValueError:
+            expected = "an integer" if kind is int else "a number"
+            raise SettingsError(f"${variable}: expected {expected}, found "
+                                f"{env.get(variable)!r}") from None
+        p.add_argument("--" + name.replace("_", "-"), type=kind, default=default,
+                       help=_HELP[name])
     args = p.parse_args(list(argv))
     values = vars(args)
     for name in ("workers", "max_attempts"):

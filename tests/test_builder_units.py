@@ -298,3 +298,8 @@ def test_prune_keeps_the_newest_finished_and_every_request() -> None:
               _view("d", "Succeeded")]
     assert plan_prune(builds, 2) == ("a",)
     assert plan_prune(builds, 5) == ()
+
+
+def test_settings_bad_environment_value_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match=r"\$PLUGFORGE_BUILDER_WORKERS: expected an integer"):
+        parse_settings([], {"PLUGFORGE_BUILDER_WORKERS": "many"})
