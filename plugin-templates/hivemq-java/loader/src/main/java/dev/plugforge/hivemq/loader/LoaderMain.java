@@ -40,12 +40,12 @@ public final class LoaderMain implements ExtensionMain {
                 providerInput -> new DelegatingAuthenticator(sw, providerInput));
         Services.securityRegistry().setAuthorizerProvider(
                 providerInput -> new DelegatingAuthorizer(sw, providerInput));
+        log.info("plugforge-loader starting; plugin directory {}, control file {}",
+                settings.pluginDir(), sw.controlFile());
         // The control file is applied before extensionStart returns, i.e. before the listeners
         // open: after a broker restart the active plugin is back before the first CONNECT.
         sw.start(settings.pollIntervalMillis());
         pluginSwitch = sw;
-        log.info("plugforge-loader started; plugin directory {}, control file {}",
-                settings.pluginDir(), sw.controlFile());
     }
 
     @Override

@@ -97,8 +97,8 @@ final class PluginSwitch {
                 log.error("plugforge-loader: {}; {} stays active", e.getMessage(), describe(active));
             }
             writeStatus();
-        } catch (final RuntimeException | IOException e) {
-            // Never let the poller die: the next tick tries again.
+        } catch (final Throwable e) {
+            // An exception escaping here would cancel the scheduled task: log, try next tick.
             log.error("plugforge-loader: checking {} failed: {}", controlFile, e.toString());
         }
     }
