@@ -238,6 +238,15 @@ def test_reconciler_converges_and_then_does_nothing(loader_broker: LoaderBroker,
     again = reconciler.reconcile("resync")
     assert again.actions == ()
 
+    # A release the loader refuses: rolled back, the last good version keeps running.
+    bad = PluginRelease(PLUGIN, trees.images.broken, True, {}, probes)
+    documents[:] = [Document("test", f"plugin.{PLUGIN}.yaml", render_plugin_release(bad))]
+    outcome = reconciler.reconcile("test")
+    assert outcome.phase is Phase.ROLLED_BACK
+    assert "is the jar a HiveMQ extension?" in reconciler.state.last_error
+    assert running(adapter) == HiveMQImages.digest(trees.images.v2)
+    assert not accepted(broker, "eve")
+
 
 @pytest.fixture(scope="module")
 def restart_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HiveMQ]:
