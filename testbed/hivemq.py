@@ -290,12 +290,16 @@ _LOGBACK = f"""<?xml version="1.0" encoding="UTF-8"?>
 
 
 def main() -> int:
-    """Pre-fetch the runtime into the cache (used by scripts/ensure.d/hivemq.sh)."""
+    """Pre-fetch the runtime and build the plugforge loader into the cache (used by
+    scripts/ensure.d/hivemq.sh)."""
     cache = cache_root()
     started = time.monotonic()
     runtime = ensure_runtime(cache, verbose=True)
     print(f"    HiveMQ CE {HIVEMQ_VERSION} ready in {time.monotonic() - started:.1f}s "
           f"({runtime.lib_dir.parent})")
+    started = time.monotonic()
+    loader = ensure_loader(cache, verbose=True)
+    print(f"    plugforge loader extension ready in {time.monotonic() - started:.1f}s ({loader})")
     return 0
 
 
