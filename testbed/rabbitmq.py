@@ -126,6 +126,24 @@ class RabbitMQ:
         self.server.stop(grace=30)
         self.epmd.stop()
 
+    def stop_node(self) -> None:
+        """Stop the node's process only; name, ports, cookie, data and epmd stay, so
+        ``start_node`` brings the same node back (as a container restart in a pod does)."""
+        self.server.stop(grace=30)
+
+    def start_node(self, timeout: float = 120.0) -> None:
+        log = self.server.log_path
+        offset = log.stat().st_size if log.exists() else 0
+        self.server = ServerProcess("rabbitmq", [str(RABBITMQ_BIN / "rabbitmq-server")], log,
+                                    env=self.env, cwd=self.workdir)
+
+        def probe() -> bool:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                return READY_LINE in f.read()
+
+        self.server.wait_ready(probe, timeout=timeout)
+
 
 def _write_config(workdir: Path, ports: Ports, management: bool,
                   extra: Sequence[str]) -> None:
