@@ -14,6 +14,7 @@ effect when the broker restarts; a supervisor thread plays the kubelet.
 
 from __future__ import annotations
 
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -140,6 +141,9 @@ def test_hot_enable_upgrade_refuse_disable(loader_broker: LoaderBroker, trees: T
     assert running(adapter) == v1
     assert not accepted(broker, "mallory")
     assert accepted(broker, "eve")
+    # In a pod the broker and the sidecar run as different users sharing an fsGroup.
+    assert stat.S_IMODE(adapter.loader.status_path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(adapter.loader.status_path.parent.stat().st_mode) & 0o070 == 0o070
     keeper = Client(broker.port, "bob")  # stays connected through every change below
     keeper.subscribe("#")
     veteran = Client(broker.port, "carol")  # connected under v1, publishes under v2

@@ -109,6 +109,7 @@ class LoaderFiles:
         the control file stays, and a starting broker applies it.
         """
         control = Control(plugin, version, uuid.uuid4().hex)
+        self._ensure_state_dir()
         write_atomic(self.control_path, control.render())
         deadline = time.monotonic() + self.timeout
         while True:
@@ -122,6 +123,14 @@ class LoaderFiles:
                     f"{self.timeout:g}s ({why}); the request stays in place and applies when "
                     "HiveMQ (re)starts")
             self._sleep(0.05)
+
+    def _ensure_state_dir(self) -> None:
+        """Group-writable and set-group-id: with a shared fsGroup the broker's user (another
+        uid than the sidecar's, in a pod) can write its status next to the control file."""
+        state_dir = self.control_path.parent
+        if not state_dir.is_dir():
+            state_dir.mkdir(parents=True)
+            os.chmod(state_dir, 0o2775)  # noqa: S103
 
     def keep(self, status: Status) -> None:
         """Point the control file back at the version still active after a refusal, so a broker
