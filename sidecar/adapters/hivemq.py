@@ -142,7 +142,8 @@ class HiveMQAdapter:
         started = _started_at(pid)
         plugins = {}
         extensions = self._extensions_dir()
-        for folder in sorted(p for p in extensions.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in extensions.iterdir()
+                             if p.is_dir() and not p.name.startswith(".")):
             staged = files.read_staged(folder)
             if staged is None:
                 continue  # not ours (the loader, extensions installed by other means)
