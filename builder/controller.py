@@ -211,6 +211,7 @@ class Controller:
         if plan.run is None:
             self._prune(spec, views)
             if not any(v.phase in ACTIVE for v in views):
+                self._sync_release(obj, spec)
                 self._ensure_observed(obj, spec)
             return plan.wait_seconds
         self._run(obj, spec, by_name[plan.run])
@@ -366,7 +367,9 @@ class Controller:
                                            f"writing {spec.configmap}: {e}", stamp,
                                            spec.generation)
             else:
-                patch.update(currentImage=outcome.image, currentCommit=outcome.commit)
+                patch.update(currentImage=outcome.image, currentCommit=outcome.commit,
+                             currentBuild=name,
+                             currentPluginName=outcome.plugin_name or spec.name)
                 conditions = set_condition(conditions, "Ready", "True", "RolledOut",
                                            f"{outcome.image} written to ConfigMap "
                                            f"{spec.configmap}", stamp, spec.generation)
@@ -453,6 +456,26 @@ class Controller:
         self.kube.patch_plugin_status(meta["namespace"], meta["name"],
                                       {"observedGeneration": generation,
                                        "conditions": conditions})
+
+    def _sync_release(self, obj: Obj, spec: PluginSpec) -> None:
+        """Keep the rolled-out release in step with spec fields that need no build.
+
+        ``enabled: false`` requests no build, yet the sidecars must see it: disabling always
+        takes effect. Otherwise the release is only rewritten while the latest build succeeded,
+        so a spec whose build failed changes nothing that is rolled out.
+        """
+        status = obj.get("status") or {}
+        image, name = status.get("currentImage"), status.get("currentPluginName")
+        if not (image and name and spec.configmap and spec.rollout == "Automatic"):
+            return
+        if spec.enabled and (status.get("latestBuild") or {}).get("phase") != "Succeeded":
+            return
+        release = rollout.current_release(spec, name, image, status.get("currentCommit", ""),
+                                          status.get("currentBuild", ""))
+        try:
+            rollout.write(self.kube, spec, release)
+        except BuilderError as e:
+            log.warning("syncing %s into %s: %s", spec.key, spec.configmap, e)
 
     def _ensure_observed(self, obj: Obj, spec: PluginSpec) -> None:
         status = obj.get("status") or {}

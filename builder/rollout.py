@@ -17,17 +17,28 @@ MAX_CONFLICTS = 10
 
 
 def release_for(spec: PluginSpec, outcome: Outcome, build: str) -> PluginRelease:
+    return current_release(spec, outcome.plugin_name or spec.name, outcome.image,
+                           outcome.commit, build)
+
+
+def current_release(spec: PluginSpec, plugin_name: str, image: str, commit: str,
+                    build: str) -> PluginRelease:
+    """The release for an image already built, with the spec's current enabled/settings/probes."""
     return PluginRelease(
-        name=outcome.plugin_name or spec.name, image=outcome.image, enabled=spec.enabled,
-        settings=dict(spec.settings), probes=spec.probes,
-        source=Provenance(commit=outcome.commit, build=build, repository=spec.source.url))
+        name=plugin_name, image=image, enabled=spec.enabled, settings=dict(spec.settings),
+        probes=spec.probes,
+        source=Provenance(commit=commit, build=build, repository=spec.source.url))
 
 
 def write_release(kube: Kube, spec: PluginSpec, outcome: Outcome, build: str) -> str:
     """Write ``plugin.<name>.yaml`` into ``spec.configmap``; return the key written."""
+    return write(kube, spec, release_for(spec, outcome, build))
+
+
+def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> str:
+    """Write ``release`` as its key of ``spec.configmap`` (no-op if already equal)."""
     if spec.configmap is None:
         raise ValueError(f"{spec.key} has no target.configMap to roll out to")
-    release = release_for(spec, outcome, build)
     key = plugin_key(release.name)
     text = render_plugin_release(release)
     for _ in range(MAX_CONFLICTS):

@@ -178,10 +178,13 @@ class Cluster:
         assert code == 201, out
 
     def wait_build(self, plugin: str, phases: tuple[str, ...] = ("Succeeded", "Failed"),
-                   after: int = 0, timeout: float = 120) -> dict[str, Any]:
-        """The first build (in creation order, skipping ``after``) that reached ``phases``."""
+                   after: int = 0, timeout: float = 120,
+                   known: set[str] | None = None) -> dict[str, Any]:
+        """The first build (in creation order, skipping ``after`` or the ``known`` names; the
+        latter survives history pruning) that reached ``phases``."""
         def done() -> dict[str, Any] | None:
-            builds = self.builds(plugin)[after:]
+            builds = [b for b in self.builds(plugin)[after:]
+                      if b["metadata"]["name"] not in (known or set())]
             for b in builds:
                 if (b.get("status") or {}).get("phase") in phases:
                     return b

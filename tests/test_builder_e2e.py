@@ -480,3 +480,22 @@ def test_namespace_without_tenant_binding_builds_but_cannot_roll_out(
     assert ready["status"] == "False"
     assert "forbidden" in ready["message"]
     assert "currentImage" not in unbound.plugin("unbound")["status"]
+
+
+def test_disabling_a_plugin_reaches_the_configmap_without_a_build(
+        mosquitto_plugin: dict[str, Any], cluster: Cluster) -> None:
+    wait_for(lambda: cluster.condition("deny-mallory", "Ready").get("status") == "True",
+             "deny-mallory Ready")
+    before = {b["metadata"]["name"] for b in cluster.builds("deny-mallory")}
+    image = cluster.plugin("deny-mallory")["status"]["currentImage"]
+    cluster.patch_plugin("deny-mallory", {"enabled": False})
+    release = wait_for(lambda: (r := _desired(cluster, "broker-plugins").plugin("deny_mallory"))
+                       and not r.enabled and r, "enabled: false in the ConfigMap")
+    assert release.image == image
+    assert {b["metadata"]["name"] for b in cluster.builds("deny-mallory")} == before
+    cluster.patch_plugin("deny-mallory", {"enabled": True})
+    wait_for(lambda: (r := _desired(cluster, "broker-plugins").plugin("deny_mallory"))
+             and r.enabled, "enabled again")
+    # re-enabling is a new generation: one build request, a content-key hit
+    again = cluster.wait_build("deny-mallory", known=before)
+    assert again["status"]["cacheHit"] is True
