@@ -303,3 +303,29 @@ def test_prune_keeps_the_newest_finished_and_every_request() -> None:
 def test_settings_bad_environment_value_names_the_variable() -> None:
     with pytest.raises(SettingsError, match=r"\$PLUGFORGE_BUILDER_WORKERS: expected an integer"):
         parse_settings([], {"PLUGFORGE_BUILDER_WORKERS": "many"})
+
+
+# --- layering: third-party clients stay in their adapters ------------------------------------
+
+ADAPTERS = {"kubernetes": {"kube.py"}, "git": {"source.py"}, "docker": set(),
+            "urllib3": {"kube.py"}}
+OWN_MODULES = ("app.py", "controller.py", "errors.py", "kube.py", "leader.py", "pipeline.py",
+               "planning.py", "queue.py", "registry.py", "resources.py", "rollout.py",
+               "settings.py", "source.py", "__main__.py")
+
+
+@pytest.mark.parametrize("module", OWN_MODULES)
+def test_only_adapters_import_third_party_clients(module: str) -> None:
+    import ast
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "builder" / module
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    for package, allowed in ADAPTERS.items():
+        assert package not in imported or module in allowed, \
+            f"builder/{module} imports {package}; only {sorted(allowed)} may"
