@@ -27,6 +27,7 @@ from hivemq_support import (
     HiveMQImages,
     Supervisor,
     accepted,
+    adapter_options,
     build_hivemq_images,
     make_adapter,
     start_loader_broker,
@@ -38,11 +39,14 @@ from sidecar.adapters import hivemq_files as files
 from sidecar.adapters.base import AdapterError, ChangeClass
 from sidecar.adapters.hivemq import HiveMQAdapter
 from sidecar.adapters.registry import create_adapter
+from sidecar.app import Sidecar
 from sidecar.images import ImagePuller
 from sidecar.plan import ActionKind
 from sidecar.probes import run_probe
 from sidecar.reconcile import Reconciler
+from sidecar.settings import Settings
 from sidecar.state import Phase
+from testbed.configmap_dir import ConfigMapDir
 from testbed.hivemq import HiveMQ, start_hivemq
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -250,6 +254,48 @@ def test_reconciler_converges_and_then_does_nothing(loader_broker: LoaderBroker,
     assert "is the jar a HiveMQ extension?" in reconciler.state.last_error
     assert running(adapter) == HiveMQImages.digest(trees.images.v2)
     assert not accepted(broker, "eve")
+
+
+def test_sidecar_hot_loads_releases_from_a_configmap(loader_broker: LoaderBroker, trees: Trees,
+                                                    registry: object, tmp_path: Path) -> None:
+    """The whole sidecar (file watch, pull by digest, plan, apply, probes) with adapter hivemq."""
+    broker = loader_broker.broker
+    v1, v2 = trees.images.v1, trees.images.v2
+    probes_v1 = (Probe("mallory-refused", "connect", "mallory", "refused"),
+                 Probe("forbidden", "publish", "alice", "refused", topic="forbidden/x"))
+    probes_v2 = (Probe("eve-refused", "connect", "eve", "refused"),)
+
+    def release(image: str, probes: tuple[Probe, ...]) -> dict[str, str]:
+        return {f"plugin.{PLUGIN}.yaml": render_plugin_release(
+            PluginRelease(PLUGIN, image, True, {}, probes))}
+
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update(release(v1, probes_v1))
+    sidecar = Sidecar(Settings(
+        broker="hivemq", config_dirs=(cm.path,), source="files",
+        adapter_options=adapter_options(broker), plugin_dir=loader_broker.plugin_dir,
+        cache_dir=tmp_path / "cache", debounce=0.05, resync_interval=3600,
+        http_address="127.0.0.1:0", registry_ca=registry.ca.cert,  # type: ignore[attr-defined]
+        probe_host=broker.host, probe_port=broker.port))
+    pid = broker.pid
+    sidecar.start()
+    try:
+        def applied(image: str) -> bool:
+            state = sidecar.state
+            return state.ready and state.phase is Phase.APPLIED and \
+                state.last_applied.plugins.get(PLUGIN) == HiveMQImages.digest(image)
+
+        eventually(lambda: applied(v1), "v1 applied and probed", timeout=30)
+        keeper = Client(broker.port, "bob")
+        cm.update(release(v2, probes_v2))
+        eventually(lambda: applied(v2), "v2 applied and probed", timeout=30)
+        assert not accepted(broker, "eve")
+        assert keeper.connected and broker.pid == pid
+        assert all(a.change is ChangeClass.PLUGIN_RELOAD for a in sidecar.state.last_plan
+                   if a.kind is not ActionKind.INSTALL_PLUGIN)
+        keeper.close()
+    finally:
+        sidecar.stop()
 
 
 @pytest.fixture(scope="module")
