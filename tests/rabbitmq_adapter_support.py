@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 from mqtt_support import ANY_PASSWORD, Client
 
 from plugforge.cli import main as plugforge_main
-from sidecar.adapters.rabbitmq import RabbitMQAdapter, create
+from sidecar.adapters.rabbitmq import RECORD, VERSIONS, RabbitMQAdapter, create
 from testbed.rabbitmq import RabbitMQ
 
 PLUGIN = "deny_test"
@@ -79,6 +79,22 @@ def _corrupt_beams(archive: Path) -> None:
                 data = b"FOR1\x00\x00\x00\x10BEAMnot-a-module"
             dst.writestr(info, data)
     archive.write_bytes(buf.getvalue())
+
+
+def cleanup(node: RabbitMQ, original_backends: str, users: tuple[str, ...]) -> None:
+    """Put the shared node back as the other RabbitMQ tests expect it."""
+    import shutil
+    node.eval(f"application:set_env(rabbit, auth_backends, {original_backends}).")
+    if PLUGIN in node.rabbitmq_plugins("list", "-e", "-m", PLUGIN):
+        node.rabbitmq_plugins("disable", "--online", PLUGIN)
+    listed = node.rabbitmqctl("list_users", "-q").split()
+    for user in users:
+        if user in listed:
+            node.rabbitmqctl("delete_user", user)
+    shutil.rmtree(node.shared_plugins_dir / VERSIONS, ignore_errors=True)
+    (node.shared_plugins_dir / RECORD).unlink(missing_ok=True)
+    for archive in node.shared_plugins_dir.glob(f"{PLUGIN}-*.ez"):
+        archive.unlink()
 
 
 def adapter_options(node: RabbitMQ) -> dict[str, str]:

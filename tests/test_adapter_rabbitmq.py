@@ -9,7 +9,6 @@ with the plugin images pulled from the real registry.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from rabbitmq_adapter_support import (
     accepted,
     adapter_options,
     build_versions,
+    cleanup,
     connect,
     make_adapter,
     publish_refused,
@@ -32,7 +32,7 @@ from sidecar_support import wait_for
 from plugforge.contract import API_VERSION, PluginRelease, render_plugin_release
 from plugforge.oci import ImageMetadata, RegistryClient, pack_image, parse_reference
 from sidecar.adapters.base import WRITE_ONLY, AdapterError, BrokerUnavailable, ChangeClass
-from sidecar.adapters.rabbitmq import RECORD, VERSIONS, RabbitMQAdapter, create
+from sidecar.adapters.rabbitmq import VERSIONS, RabbitMQAdapter, create
 from sidecar.adapters.registry import create_adapter
 from sidecar.app import Sidecar
 from sidecar.settings import Settings
@@ -60,20 +60,6 @@ class Node:
     pid: int
 
 
-def _cleanup(node: RabbitMQ, original_backends: str) -> None:
-    """Put the shared node back as the other RabbitMQ tests expect it."""
-    node.eval(f"application:set_env(rabbit, auth_backends, {original_backends}).")
-    if f"{PLUGIN}" in node.rabbitmq_plugins("list", "-e", "-m", PLUGIN):
-        node.rabbitmq_plugins("disable", "--online", PLUGIN)
-    for user in ("early", "mallory", "carol"):
-        if user in node.rabbitmqctl("list_users", "-q"):
-            node.rabbitmqctl("delete_user", user)
-    shutil.rmtree(node.shared_plugins_dir / VERSIONS, ignore_errors=True)
-    (node.shared_plugins_dir / RECORD).unlink(missing_ok=True)
-    for archive in node.shared_plugins_dir.glob(f"{PLUGIN}-*.ez"):
-        archive.unlink()
-
-
 @pytest.fixture(scope="module")
 def rmq(rabbitmq: RabbitMQ) -> Iterator[Node]:
     original = rabbitmq.eval("application:get_env(rabbit, auth_backends).")[4:-1]
@@ -88,7 +74,7 @@ def rmq(rabbitmq: RabbitMQ) -> Iterator[Node]:
         yield Node(rabbitmq, adapter, early, rabbitmq.os_pid())
     finally:
         early.close()
-        _cleanup(rabbitmq, original)
+        cleanup(rabbitmq, original, users=("early", "mallory", "carol"))
 
 
 def still_the_same(rmq: Node) -> None:

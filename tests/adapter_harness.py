@@ -1,0 +1,241 @@
+"""Per-broker harnesses for the shared adapter contract suite (``test_adapter_contract.py``).
+
+A harness starts (or borrows) a real broker, builds the broker's template plugin in three
+versions and pushes them to the real registry (v1 refuses mallory; v2 is changed code that
+refuses eve; ``broken`` fails to load), creates the real adapter, and checks the policy with
+real MQTT clients. Adding a broker = one class here + one entry in ``HARNESSES``.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import pytest
+from mqtt_support import ANY_PASSWORD, Client
+from rabbitmq_adapter_support import PLUGIN as RABBITMQ_PLUGIN
+from rabbitmq_adapter_support import Version, build_versions
+from rabbitmq_adapter_support import adapter_options as rabbitmq_options
+from rabbitmq_adapter_support import cleanup as rabbitmq_cleanup
+from rabbitmq_adapter_support import connect as rabbitmq_connect
+from rabbitmq_adapter_support import publish_refused as rabbitmq_publish_refused
+from sidecar_support import PLUGIN as MOSQUITTO_PLUGIN
+from sidecar_support import adapter_options as mosquitto_options
+from sidecar_support import build_plugin_images, start_dynsec_broker
+
+from plugforge.oci import ImageMetadata, RegistryClient, parse_reference
+from plugforge.oci.pack import assemble_image, pack_image
+from sidecar.adapters.base import BrokerAdapter
+from sidecar.adapters.registry import create_adapter
+from testbed.mosquitto import Mosquitto
+from testbed.rabbitmq import RabbitMQ
+from testbed.registry import Registry
+
+
+@dataclass(frozen=True)
+class Images:
+    v1: str
+    v2: str
+    broken: str
+
+    @staticmethod
+    def digest(image: str) -> str:
+        return image.rpartition("@")[2]
+
+
+class Harness(Protocol):
+    broker: str            # the adapter's name
+    plugin: str            # the plugin's name as the broker knows it
+    hot_plugins: bool      # plugin changes load without a broker restart
+    images: Images
+    plugin_dir: Path
+
+    def adapter(self) -> BrokerAdapter: ...
+
+    def connect(self, user: str, password: str) -> Client: ...
+
+    def publish_refused(self, user: str, password: str, topic: str) -> bool: ...
+
+    def login_config(self, user: str, password: str) -> dict[str, str]:
+        """broker.yaml keys that let ``user`` log in with ``password`` when no plugin decides
+        (the broker's own user database, changed live)."""
+        ...
+
+    def pid(self) -> int: ...
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """The broker process is down inside the block and back (same ports) after it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def accepted(harness: Harness, user: str, password: str = ANY_PASSWORD) -> bool:
+    client = harness.connect(user, password)
+    client.close()
+    return client.accepted
+
+
+def _push(registry: Registry, repository: str, tag: str, image: object) -> str:
+    ref = parse_reference(f"{registry.host}/plugins/{repository}:{tag}")
+    with RegistryClient(registry.host, ca_bundle=registry.ca.cert) as client:
+        pinned = client.push_image(ref, image)  # type: ignore[arg-type]
+    return f"{registry.host}/plugins/{repository}@{pinned.digest}"
+
+
+# --- RabbitMQ: plugins hot (online enable/disable), config hot ---------------------------------
+
+
+class RabbitMQHarness:
+    broker = "rabbitmq"
+    plugin = RABBITMQ_PLUGIN
+    hot_plugins = True
+
+    def __init__(self, node: RabbitMQ, registry: Registry, root: Path) -> None:
+        self.node = node
+        self.plugin_dir = node.shared_plugins_dir
+        self._original = node.eval("application:get_env(rabbit, auth_backends).")[4:-1]
+        versions = build_versions(root)
+
+        def push(version: Version, tag: str) -> str:
+            image = pack_image(version.artifact_dir, ImageMetadata(
+                "https://git.test/deny-test.git", f"rev-{tag}", "rabbitmq", self.plugin,
+                version.vsn))
+            return _push(registry, "contract-rabbitmq", tag, image)
+
+        self.images = Images(push(versions.v1, "v1"), push(versions.v2, "v2"),
+                             push(versions.broken, "broken"))
+
+    def adapter(self) -> BrokerAdapter:
+        return create_adapter("rabbitmq", rabbitmq_options(self.node), self.plugin_dir)
+
+    def connect(self, user: str, password: str) -> Client:
+        return rabbitmq_connect(self.node, user, password)
+
+    def publish_refused(self, user: str, password: str, topic: str) -> bool:
+        return rabbitmq_publish_refused(self.node, user, topic, password)
+
+    def login_config(self, user: str, password: str) -> dict[str, str]:
+        return {f"user.{user}.password": password,
+                **{f"permission.{user}.{f}": ".*" for f in ("configure", "write", "read")}}
+
+    def pid(self) -> int:
+        return self.node.os_pid()
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.node.stop_node()
+        try:
+            yield
+        finally:
+            self.node.start_node()
+
+    def close(self) -> None:
+        rabbitmq_cleanup(self.node, self._original, users=("early", "carol"))
+
+
+# --- Mosquitto: plugins need a restart (opt-in), config hot (dynsec) ---------------------------
+
+
+class _Supervisor:
+    """Plays the kubelet: restarts the broker when it exits, unless paused."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.broker = broker
+        self.paused = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            if not self.paused.is_set() and self.broker.server.proc.poll() is not None:
+                self.broker.restart()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+class MosquittoHarness:
+    broker = "mosquitto"
+    plugin = MOSQUITTO_PLUGIN
+    hot_plugins = False
+
+    def __init__(self, registry: Registry, root: Path) -> None:
+        self.mosquitto = start_dynsec_broker(root / "broker")
+        self.plugin_dir = root / "plugins"
+        self.supervisor = _Supervisor(self.mosquitto)
+        built = build_plugin_images(root / "build", registry.host, registry.ca.cert)
+        self.images = Images(built.v1, built.v2, self._broken(registry))
+
+    def _broken(self, registry: Registry) -> str:
+        """An image whose plugin directory holds no shared object."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            data = b"no library here\n"
+            info = tarfile.TarInfo(f"plugin/{self.plugin}/README")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        image = assemble_image(buf.getvalue(), ImageMetadata(
+            "https://git.test/deny-test.git", "rev-broken", "mosquitto", self.plugin, "0.3.0"))
+        return _push(registry, "contract-mosquitto", "broken", image)
+
+    def adapter(self) -> BrokerAdapter:
+        return create_adapter("mosquitto", mosquitto_options(self.mosquitto), self.plugin_dir)
+
+    def connect(self, user: str, password: str) -> Client:
+        return Client(self.mosquitto.port, user, password=password)
+
+    def publish_refused(self, user: str, password: str, topic: str) -> bool:
+        client = self.connect(user, password)
+        try:
+            return client.publish(topic, b"x").is_failure
+        finally:
+            client.close()
+
+    def login_config(self, user: str, password: str) -> dict[str, str]:
+        return {f"dynsec.client.{user}.password": password}
+
+    def pid(self) -> int:
+        return self.mosquitto.pid
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.supervisor.paused.set()
+        self.mosquitto.stop()
+        try:
+            yield
+        finally:
+            self.mosquitto.restart()
+            self.supervisor.paused.clear()
+
+    def close(self) -> None:
+        self.supervisor.stop()
+        self.mosquitto.stop()
+
+
+# --- registration ------------------------------------------------------------------------------
+
+HarnessFactory = Callable[[pytest.FixtureRequest, Registry, Path], Harness]
+
+
+def _rabbitmq(request: pytest.FixtureRequest, registry: Registry, root: Path) -> Harness:
+    return RabbitMQHarness(request.getfixturevalue("rabbitmq"), registry, root)
+
+
+def _mosquitto(_request: pytest.FixtureRequest, registry: Registry, root: Path) -> Harness:
+    return MosquittoHarness(registry, root)
+
+
+HARNESSES: Mapping[str, HarnessFactory] = {
+    "mosquitto": _mosquitto,
+    "rabbitmq": _rabbitmq,
+}
