@@ -12,10 +12,12 @@ burst of 20 updates 5 ms apart (``--quick``: 40 and 10). Each update changes one
   Debounce off (0) and on (0.2 s, the default).
 Timing starts just before the atomic writer's update (write the version dir, swap ``..data``);
 arrivals between one update and the next belong to it (the first sets the latency, more are
-duplicates; none is a miss). Warm-up: 5 updates per contender, untimed. Burst applies = admin
-calls (webhooks) from the burst's start to 3 s after its end.
+duplicates; none is a miss; with debounce on, an update caught by the next one within the quiet
+period is applied with it, so it is counted but has no goal). Warm-up: 5 updates per
+contender, untimed. Burst applies = admin calls (webhooks) from the burst's start to 3 s after
+its end.
 Goals: p99 ratio <= 2.5 with debounce off; the burst coalesced to <= 2 applies with debounce on;
-0 missed. The peer's webhook carries no content; plugforge's last apply is checked to hold the
+0 missed with debounce off. The peer's webhook carries no content; plugforge's last apply is checked to hold the
 burst's last update.
 """
 
@@ -137,9 +139,17 @@ def rows(the_peer: Peer, schedule: Schedule, peer_out: Outcome, off: Outcome, on
                    f"{counts(o)}; peer {counts(peer_out)}"),
             Metric(BENCH, f"{label}: p99 swap -> applied", "ms", s.p99 * 1e3, base.p99 * 1e3,
                    name, max_ratio=goal),
-            Metric(BENCH, f"{label}: missed updates", "", o.missed, peer_out.missed, name,
-                   max_value=0),
         ]
+        if goal is not None:
+            out.append(Metric(BENCH, f"{label}: missed updates", "", o.missed, peer_out.missed,
+                              name, max_value=0))
+        else:
+            # A debounced update that a later one catches within the quiet period is applied
+            # as part of it (the sidecar applies the whole current state), so no goal here.
+            out.append(Metric(BENCH, f"{label}: updates without their own apply", "", o.missed,
+                              peer_out.missed, name, note="coalesced into the next update "
+                              "(events delayed past the debounce window) or missed: the "
+                              "harness cannot tell which; the burst's last update is checked"))
     out += [
         Metric(BENCH, "debounce off: burst applies", "", off.burst_applies,
                peer_out.burst_applies, name,
