@@ -17,8 +17,8 @@ period is applied with it, so it is counted but has no goal). Warm-up: 5 updates
 contender, untimed. Burst applies = admin calls (webhooks) from the burst's start to 3 s after
 its end.
 Goals: p99 ratio <= 2.5 with debounce off; the burst coalesced to <= 2 applies with debounce on;
-0 missed with debounce off. The peer's webhook carries no content; plugforge's last apply is checked to hold the
-burst's last update.
+0 missed with debounce off. The peer's webhook carries no content; plugforge's last apply is
+checked to hold the burst's last update.
 """
 
 from __future__ import annotations
