@@ -156,24 +156,33 @@ class Outcome:
     burst_applies: int
 
 
+def attribute(starts: list[float], arrivals: list[float], end: float
+              ) -> tuple[list[float], int]:
+    """Update i owns the arrivals in [starts[i], starts[i+1]) (the last one, up to ``end``); its
+    latency is to the first of them, later ones are duplicates. Returns (latencies,
+    duplicates); updates owning no arrival have no latency."""
+    latencies, duplicates = [], 0
+    for start, stop in zip(starts, [*starts[1:], end], strict=True):
+        seen = [t for t in arrivals if start <= t < stop]
+        if seen:
+            latencies.append(seen[0] - start)
+            duplicates += len(seen) - 1
+    return latencies, duplicates
+
+
 def drive(update: Callable[[int], None], arrivals: Arrivals, schedule: Schedule,
           first: int = 0) -> Outcome:
-    """Run the schedule, then attribute arrivals: update i owns those in [t_i, t_i+1) (the last
-    one, ``drain`` seconds); its latency is to the first of them, later ones are duplicates."""
+    """Run the schedule (``update(i)`` at fixed times, whatever the consumer does), then
+    attribute the arrivals to updates; then the burst, counted as one."""
     starts: list[float] = []
     began = time.monotonic()
     for i in range(schedule.updates):
         _sleep_until(began + i * schedule.period)
         starts.append(time.monotonic())
         update(first + i)
-    _sleep_until(starts[-1] + schedule.drain)
-    bounds = [*starts[1:], starts[-1] + schedule.drain]
-    latencies, duplicates = [], 0
-    for start, end in zip(starts, bounds, strict=True):
-        seen = arrivals.between(start, end)
-        if seen:
-            latencies.append(seen[0] - start)
-            duplicates += len(seen) - 1
+    end = starts[-1] + schedule.drain
+    _sleep_until(end)
+    latencies, duplicates = attribute(starts, arrivals.between(starts[0], end), end)
 
     burst_start = time.monotonic()
     for i in range(schedule.burst):
