@@ -38,6 +38,7 @@ from plugforge.contract import Document, PluginRelease, Probe, render_plugin_rel
 from sidecar.adapters import hivemq_files as files
 from sidecar.adapters.base import AdapterError, ChangeClass
 from sidecar.adapters.hivemq import HiveMQAdapter
+from sidecar.adapters.hivemq_loader import LoaderFiles
 from sidecar.adapters.registry import create_adapter
 from sidecar.app import Sidecar
 from sidecar.images import ImagePuller
@@ -115,6 +116,19 @@ def test_options_and_registry(tmp_path: Path) -> None:
     assert not observed.reachable
     assert "install the loader extension" in observed.detail
     assert [p.key for p in adapter.validate_config({"max_qos": "1"})] == ["max_qos"]
+
+
+def test_loader_status_goes_stale(tmp_path: Path) -> None:
+    now = [time.time()]
+    loader = LoaderFiles(tmp_path, timeout=1, clock=lambda: now[0])
+    loader.status_path.parent.mkdir(parents=True)
+    loader.status_path.write_text("pid=1\nloader_started_ms=5\nactive_plugin=p\n"
+                                  "active_version=v\nrequest=r\nerror=\n")
+    status = loader.status()
+    assert status is not None and (status.active_plugin, status.instance) == ("p", "1:5")
+    now[0] += 11  # the loader rewrites it every 2 s while HiveMQ runs
+    assert loader.status() is None
+    assert "has not updated" in loader.not_running_detail()
 
 
 def test_settings_files_round_trip(tmp_path: Path) -> None:
@@ -225,6 +239,10 @@ def test_active_plugin_comes_back_after_a_broker_restart(loader_broker: LoaderBr
     observed = adapter.observe()
     assert observed.instance != before
     assert observed.plugins[PLUGIN].digest == v1
+    # The heartbeat: rewritten with no control change, so the sidecar can tell it is alive.
+    written = adapter.loader.status_path.stat().st_mtime
+    eventually(lambda: adapter.loader.status_path.stat().st_mtime > written, "a heartbeat",
+               timeout=5)
 
 
 def test_reconciler_converges_and_then_does_nothing(loader_broker: LoaderBroker,

@@ -104,7 +104,7 @@ class HiveMQAdapter:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.settings = settings
         self._sleep = sleep
-        self.loader = LoaderFiles(settings.plugin_dir, settings.loader_timeout, sleep)
+        self.loader = LoaderFiles(settings.plugin_dir, settings.loader_timeout, sleep=sleep)
 
     @property
     def hot(self) -> bool:
@@ -254,15 +254,20 @@ class HiveMQAdapter:
 
     def restart(self) -> None:
         """SIGTERM the broker and wait until its supervisor (the kubelet) started a new one that
-        answers (and, with the loader, reported in)."""
-        old = self._pid()
-        if old is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(old, signal.SIGTERM)
+        answers (and, with the loader, reported in). Needs the broker's process: ``pid_file``
+        or ``process_match`` and, in a pod, ``shareProcessNamespace: true``."""
+        before = self.observe().instance
+        pid = self._pid()
+        if pid is None:
+            raise BrokerUnavailable(
+                "cannot restart HiveMQ: its process is not visible to the sidecar (set "
+                "--adapter-opt pid_file or process_match, and shareProcessNamespace in the pod)")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.restart_timeout
         while time.monotonic() < deadline:
-            pid = self._pid()
-            if pid is not None and pid != old and self.health():
+            observed = self.observe()
+            if observed.reachable and observed.instance != before and self.health():
                 return
             self._sleep(0.2)
         raise BrokerUnavailable(f"HiveMQ did not come back within "
@@ -271,6 +276,8 @@ class HiveMQAdapter:
     # --- internals -------------------------------------------------------------------------
 
     def _pid(self) -> int | None:
+        """The broker's pid as the sidecar sees it (the loader's own report only means something
+        when both share a process namespace, as in the testbed)."""
         if self.settings.pid_file is not None:
             try:
                 pid = int(self.settings.pid_file.read_text().strip())

@@ -9,7 +9,10 @@ to it. Both are ``key=value`` lines written to a temporary file and renamed:
   deactivate.
 * status (loader → sidecar): ``pid`` and ``loader_started_ms`` (the broker process and when the
   loader started in it), ``active_plugin``, ``active_version``, ``request`` (the last control
-  request it acted on), ``result`` (``ok``/``failed``), ``error``.
+  request it acted on), ``result`` (``ok``/``failed``), ``error``, ``written_ms``. The loader
+  rewrites it at least every 2 s; a status older than ``stale_after`` means HiveMQ is not
+  running. (Not the pid: in a pod without a shared process namespace the broker's pid means
+  nothing to the sidecar.)
 """
 
 from __future__ import annotations
@@ -65,12 +68,15 @@ def parse_lines(text: str) -> dict[str, str]:
 class LoaderFiles:
     """Reads the loader's status, writes its control file and waits for the answer."""
 
-    def __init__(self, plugin_dir: Path, timeout: float,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, plugin_dir: Path, timeout: float, stale_after: float = 10.0,
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.time) -> None:
         self.control_path = plugin_dir / STATE_DIR / "control.properties"
         self.status_path = plugin_dir / STATE_DIR / "status.properties"
         self.timeout = timeout
+        self.stale_after = stale_after
         self._sleep = sleep
+        self._clock = clock
 
     def control(self) -> Control:
         try:
@@ -81,13 +87,14 @@ class LoaderFiles:
                        fields.get("request", ""))
 
     def status(self) -> Status | None:
-        """The loader's last report, None when it has none or its broker process is gone."""
+        """The loader's last report, None when it has none or stopped reporting."""
         try:
+            age = self._clock() - self.status_path.stat().st_mtime
             fields = parse_lines(self.status_path.read_text())
             pid = int(fields.get("pid", ""))
         except (FileNotFoundError, ValueError):
             return None
-        if not _alive(pid):
+        if age > self.stale_after:
             return None
         return Status(pid, fields.get("loader_started_ms", ""), fields.get("active_plugin", ""),
                       fields.get("active_version", ""), fields.get("request", ""),
@@ -98,8 +105,8 @@ class LoaderFiles:
             return (f"the plugforge loader has not reported ({self.status_path} is missing): "
                     "install the loader extension into HiveMQ's extensions folder before the "
                     "broker starts, with plugin_dir pointing at the sidecar's plugin directory")
-        return (f"the broker process named in {self.status_path} is not running "
-                "(HiveMQ stopped or restarting)")
+        return (f"the plugforge loader has not updated {self.status_path} for more than "
+                f"{self.stale_after:g}s (HiveMQ stopped or restarting)")
 
     def request(self, plugin: str, version: str) -> Status:
         """Write the control file and wait until the loader acted on it; returns its answer.
@@ -137,17 +144,3 @@ class LoaderFiles:
         restart brings back the last good version rather than retrying the refused one."""
         write_atomic(self.control_path, Control(status.active_plugin, status.active_version,
                                                 uuid.uuid4().hex).render())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return not state.startswith(("Z", "X"))

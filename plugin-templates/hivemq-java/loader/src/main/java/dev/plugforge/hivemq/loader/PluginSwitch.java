@@ -25,6 +25,11 @@ final class PluginSwitch {
 
     static final String STATE_DIR = ".plugforge-loader";
     private static final Logger log = LoggerFactory.getLogger(PluginSwitch.class);
+    /**
+     * The status file is rewritten at least this often: the sidecar tells a live loader from a
+     * stopped broker by its age (pids are not comparable across the containers of a pod).
+     */
+    static final long HEARTBEAT_MILLIS = 2000;
     /** In-flight calls into a replaced version finish before its jars are closed. */
     private static final long CLOSE_DELAY_SECONDS = 10;
 
@@ -41,6 +46,7 @@ final class PluginSwitch {
 
     private volatile LoadedPlugin active;
     private String lastControl;
+    private long lastStatusWrite;
     private String lastRequest = "";
     private String lastError = "";
     private long loads;
@@ -80,6 +86,9 @@ final class PluginSwitch {
         try {
             final String text = readControl();
             if (text.equals(lastControl)) {
+                if (System.nanoTime() - lastStatusWrite > TimeUnit.MILLISECONDS.toNanos(HEARTBEAT_MILLIS)) {
+                    writeStatus();
+                }
                 return;
             }
             lastControl = text;
@@ -152,7 +161,9 @@ final class PluginSwitch {
         fields.put("result", lastError.isEmpty() ? "ok" : "failed");
         fields.put("error", lastError);
         fields.put("loads", Long.toString(loads));
+        fields.put("written_ms", Long.toString(System.currentTimeMillis()));
         StatusFile.write(statusFile, fields);
+        lastStatusWrite = System.nanoTime();
     }
 
     private static String describe(final LoadedPlugin plugin) {
