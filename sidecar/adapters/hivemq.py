@@ -17,13 +17,17 @@ In both modes a plugin's settings are its ``conf/config.properties``, which the 
 extension re-reads when it changes (no restart). HiveMQ has no broker config the sidecar sets
 live, so ``broker.yaml`` config keys are refused.
 
-Adapter options (``--adapter-opt key=value``): ``mode`` (loader|restart), ``host``/``port``
-(the MQTT listener, for health; default 127.0.0.1:1883), ``pid_file`` (the broker's pid) or
-``process_match`` (a string in the broker's command line, e.g. ``com.hivemq``, looked up in
-``/proc`` of the pod's shared process namespace) — one of them in restart mode; with the loader
-neither is needed (it reports its pid) — ``extensions_dir`` (HiveMQ's extensions folder; needed
-in restart mode), ``loader_timeout`` (seconds to wait for the loader's
-answer, default 15), ``restart_timeout`` (default 60).
+Adapter options (``--adapter-opt key=value``):
+
+* ``mode``: ``loader`` (default) or ``restart``.
+* ``host``/``port``: the MQTT listener, for health (default 127.0.0.1:1883).
+* ``extensions_dir``: HiveMQ's extensions folder (restart mode).
+* ``pid_file`` or ``process_match`` (a string in the broker's command line, e.g. ``hivemq.jar``,
+  looked up in ``/proc``; a pod needs ``shareProcessNamespace``): how to find the broker for
+  ``restart()``. Needed in restart mode; the loader mode never restarts the broker and judges
+  liveness by the loader's status heartbeat.
+* ``loader_timeout``: seconds to wait for the loader's answer (default 15).
+* ``restart_timeout``: seconds to wait for a restarted broker (default 60).
 """
 
 from __future__ import annotations
