@@ -11,6 +11,9 @@ from builder.leader import LeaderElector
 from builder.pipeline import Pipeline
 from builder.settings import Settings
 from builder.source import SourceCache
+from builder.webhooks.server import ServerSettings
+from builder.webhooks.service import WebhookSettings
+from builder.webhooks.service import start_with_kube as start_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class Builder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost_leadership = threading.Event()
+        self.webhook_url: str | None = None
 
     @property
     def leading(self) -> bool:
@@ -43,8 +47,22 @@ class Builder:
         self.lost_leadership.set()
 
     def run(self) -> None:
-        """Block until ``stop``; builds only while holding the Lease, rejoins if it loses it."""
-        self.elector.run(self._stop)
+        """Block until ``stop``; builds only while holding the Lease, rejoins if it loses it.
+
+        The webhook endpoint (if configured) serves on every replica for as long as this runs.
+        """
+        webhooks = None
+        if self.settings.webhook_address is not None:
+            host, port = self.settings.webhook_address
+            webhooks = start_webhooks(self.kube, WebhookSettings(
+                server=ServerSettings(host=host, port=port)))
+            self.webhook_url = webhooks.url
+            log.info("serving push webhooks on %s", webhooks.url)
+        try:
+            self.elector.run(self._stop)
+        finally:
+            if webhooks is not None:
+                webhooks.stop()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"{self.settings.identity}-leader",

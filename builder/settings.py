@@ -51,6 +51,9 @@ class Settings:
     docker_url: str | None = None
     """Push through this Docker-API engine (e.g. ``unix:///run/podman/podman.sock``) instead of
     the daemonless registry client (the default, and the only byte-reproducible one)."""
+    webhook_address: tuple[str, int] | None = None
+    """Serve push webhooks on this host and port (plain HTTP; terminate TLS at the Ingress).
+    Every replica serves them, leader or not: a webhook only records a build request."""
 
     @property
     def git_dir(self) -> Path:
@@ -80,6 +83,8 @@ _HELP = {
     "state_dir": "git mirrors, work dirs and build logs (default %(default)s)",
     "registry_ca": "CA bundle for registries with a private CA",
     "docker_url": "push through this Docker-API engine instead of the registry client",
+    "webhook_address": "serve push webhooks (/webhooks/github|gitea|gitlab) on HOST:PORT "
+                       "(default: no webhook endpoint)",
     "workers": "builds running at once, one per plugin at most (default %(default)s)",
     "max_build_seconds": "wall-clock cap for any build (default %(default)s)",
     "resync_seconds": "reconcile every plugin at least this often (default %(default)s)",
@@ -112,6 +117,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                    help=_HELP["registry_ca"])
     p.add_argument("--docker-url", default=env.get(ENV_PREFIX + "DOCKER_URL"),
                    help=_HELP["docker_url"])
+    p.add_argument("--webhook-address", metavar="HOST:PORT",
+                   default=env.get(ENV_PREFIX + "WEBHOOK_ADDRESS"), help=_HELP["webhook_address"])
     numbers: dict[str, type[int] | type[float]] = {
         "workers": int, "max_build_seconds": float, "resync_seconds": float,
         "watch_timeout_seconds": int, "lease_duration_seconds": float,
@@ -130,6 +137,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                        help=_HELP[name])
     args = p.parse_args(list(argv))
     values = vars(args)
+    if values["webhook_address"] is not None:
+        values["webhook_address"] = _address(values["webhook_address"])
     for name in ("workers", "max_attempts"):
         if values[name] < 1:
             raise SettingsError(f"--{name.replace('_', '-')}: expected at least 1, "
@@ -137,3 +146,11 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if values["lease_renew_seconds"] >= values["lease_duration_seconds"]:
         raise SettingsError("--lease-renew-seconds must be shorter than --lease-duration-seconds")
     return Settings(**values)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"--webhook-address (${ENV_PREFIX}WEBHOOK_ADDRESS): expected "
+                            f"HOST:PORT such as 0.0.0.0:8080, found {text!r}")
+    return host.strip("[]"), int(port)
