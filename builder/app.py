@@ -10,10 +10,12 @@ from builder.kube import Kube
 from builder.leader import LeaderElector
 from builder.pipeline import Pipeline
 from builder.settings import Settings
+from builder.sidecars import SidecarClient
 from builder.source import SourceCache
 from builder.webhooks.server import ServerSettings
 from builder.webhooks.service import WebhookSettings
 from builder.webhooks.service import start_with_kube as start_webhooks
+from plugforge.grpc_auth import read_client_token, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,10 @@ class Builder:
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,
                                  settings.docker_url)
-        self.controller = Controller(self.kube, self.pipeline, settings)
+        self.sidecars = SidecarClient(
+            settings.sidecar_ca, read_client_token(settings.sidecar_token_file)
+            if settings.sidecar_token_file else None)
+        self.controller = Controller(self.kube, self.pipeline, settings, sidecars=self.sidecars)
         self.elector = LeaderElector(
             self.kube, settings.namespace, settings.lease_name, settings.identity,
             settings.lease_duration_seconds, settings.lease_renew_seconds,
@@ -37,6 +42,8 @@ class Builder:
         self._thread: threading.Thread | None = None
         self.lost_leadership = threading.Event()
         self.webhook_url: str | None = None
+        self.grpc_port: int | None = None
+        self.serving = threading.Event()
 
     @property
     def leading(self) -> bool:
@@ -58,11 +65,28 @@ class Builder:
                 server=ServerSettings(host=host, port=port)))
             self.webhook_url = webhooks.url
             log.info("serving push webhooks on %s", webhooks.url)
+        api = None
+        if self.settings.grpc_address is not None:
+            from builder.grpc_service import serve
+
+            s = self.settings
+            if not (s.grpc_token_file and s.grpc_tls_cert and s.grpc_tls_key
+                    and s.grpc_address):
+                raise ValueError("--grpc-address needs a token file, TLS cert and key")
+            host, port = s.grpc_address
+            api, self.grpc_port = serve(self.kube, s.log_dir, f"{host}:{port}",
+                                        tokens=read_tokens(s.grpc_token_file),
+                                        tls=(s.grpc_tls_cert, s.grpc_tls_key),
+                                        sidecars=self.sidecars)
+            log.info("serving the BuildService (gRPC, TLS) on %s:%d", host, self.grpc_port)
+        self.serving.set()
         try:
             self.elector.run(self._stop)
         finally:
             if webhooks is not None:
                 webhooks.stop()
+            if api is not None:
+                api.stop(2)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name=f"{self.settings.identity}-leader",
@@ -74,4 +98,5 @@ class Builder:
         if self._thread is not None:
             self._thread.join(30)
         self.controller.stop()
+        self.sidecars.close()
         self.kube.close()

@@ -42,6 +42,7 @@ from builder.planning import ACTIVE, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
 from builder.resources import BuildView, PluginSpec, parse_build, parse_plugin, set_condition
 from builder.settings import Settings
+from builder.sidecars import SidecarClient
 from builder.source import validate_source
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class _Resolved:
 
 class Controller:
     def __init__(self, kube: Kube, pipeline: Pipeline, settings: Settings,
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 sidecars: SidecarClient | None = None) -> None:
         self.kube = kube
+        self.sidecars = sidecars
         self.pipeline = pipeline
         self.settings = settings
         self.identity = settings.identity

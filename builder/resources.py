@@ -31,6 +31,23 @@ class GitSource:
 
 
 @dataclass(frozen=True)
+class SidecarTarget:
+    """One broker pod and its sidecar's gRPC address (``spec.target.sidecars``)."""
+
+    pod: str
+    address: str
+
+
+@dataclass(frozen=True)
+class CanaryStrategy:
+    """``spec.target.strategy.canary``: used only when the plugin lists its sidecars."""
+
+    enabled: bool = True
+    count: int = 1
+    probe_timeout_seconds: int = 60
+
+
+@dataclass(frozen=True)
 class PluginSpec:
     namespace: str
     name: str
@@ -49,6 +66,13 @@ class PluginSpec:
     enabled: bool = True
     history_limit: int = 5
     timeout_seconds: int | None = None
+    sidecars: tuple[SidecarTarget, ...] = ()
+    canary: CanaryStrategy = field(default_factory=CanaryStrategy)
+
+    @property
+    def uses_canary(self) -> bool:
+        """A new release goes to canary pods first (needs the sidecars to ask)."""
+        return bool(self.sidecars) and self.canary.enabled and self.rollout == "Automatic"
 
     @property
     def key(self) -> str:
@@ -98,6 +122,9 @@ def parse_plugin(obj: Obj) -> PluginSpec:
         history_limit=int(spec.get("buildHistoryLimit", 5)),
         timeout_seconds=(int(build["timeoutSeconds"]) if isinstance(build, Mapping)
                          and build.get("timeoutSeconds") else None),
+        sidecars=_sidecars(target.get("sidecars") or [], f"{where}: spec.target.sidecars"),
+        canary=_canary(((target.get("strategy") or {}).get("canary") or {}),
+                       f"{where}: spec.target.strategy.canary"),
     )
 
 
@@ -194,6 +221,29 @@ def _secret_name(value: Any, where: str) -> str | None:
     if value is None:
         return None
     return _str(_mapping(value, where).get("name"), f"{where}.name")
+
+
+def _sidecars(value: Any, where: str) -> tuple[SidecarTarget, ...]:
+    if not isinstance(value, list):
+        raise InvalidSpec(f"{where}: expected a list of {{pod, address}}")
+    targets = tuple(SidecarTarget(pod=_str(_mapping(item, f"{where}[{i}]").get("pod"),
+                                           f"{where}[{i}].pod"),
+                                  address=_str(item.get("address"), f"{where}[{i}].address"))
+                    for i, item in enumerate(value))
+    pods = [t.pod for t in targets]
+    if len(set(pods)) != len(pods):
+        raise InvalidSpec(f"{where}: each pod may be listed once, found {sorted(pods)}")
+    return targets
+
+
+def _canary(value: Any, where: str) -> CanaryStrategy:
+    value = _mapping(value, where)
+    strategy = CanaryStrategy(enabled=bool(value.get("enabled", True)),
+                              count=int(value.get("count", 1)),
+                              probe_timeout_seconds=int(value.get("probeTimeoutSeconds", 60)))
+    if strategy.count < 1 or strategy.probe_timeout_seconds < 1:
+        raise InvalidSpec(f"{where}: count and probeTimeoutSeconds must be at least 1")
+    return strategy
 
 
 def _probes(value: Any, where: str) -> tuple[Probe, ...]:

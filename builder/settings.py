@@ -54,6 +54,17 @@ class Settings:
     webhook_address: tuple[str, int] | None = None
     """Serve push webhooks on this host and port (plain HTTP; terminate TLS at the Ingress).
     Every replica serves them, leader or not: a webhook only records a build request."""
+    grpc_address: tuple[str, int] | None = None
+    """Serve the BuildService (TLS + bearer tokens) on this host and port; every replica."""
+    grpc_token_file: Path | None = None
+    """Tokens callers of the BuildService present, one per line, ``NAME:TOKEN`` (a mounted
+    Secret); NAME is recorded as the user of builds they trigger."""
+    grpc_tls_cert: Path | None = None
+    grpc_tls_key: Path | None = None
+    sidecar_token_file: Path | None = None
+    """The token the builder presents to the sidecars' gRPC service."""
+    sidecar_ca: Path | None = None
+    """CA bundle that signed the sidecars' gRPC certificates."""
 
     @property
     def git_dir(self) -> Path:
@@ -85,6 +96,13 @@ _HELP = {
     "docker_url": "push through this Docker-API engine instead of the registry client",
     "webhook_address": "serve push webhooks (/webhooks/github|gitea|gitlab) on HOST:PORT "
                        "(default: no webhook endpoint)",
+    "grpc_address": "serve the BuildService gRPC API on HOST:PORT (needs --grpc-token-file, "
+                    "--grpc-tls-cert and --grpc-tls-key)",
+    "grpc_token_file": "tokens of API callers, one NAME:TOKEN per line",
+    "grpc_tls_cert": "TLS certificate of the gRPC API (PEM)",
+    "grpc_tls_key": "TLS private key of the gRPC API (PEM)",
+    "sidecar_token_file": "the token presented to the sidecars' gRPC service",
+    "sidecar_ca": "CA bundle of the sidecars' gRPC certificates",
     "workers": "builds running at once, one per plugin at most (default %(default)s)",
     "max_build_seconds": "wall-clock cap for any build (default %(default)s)",
     "resync_seconds": "reconcile every plugin at least this often (default %(default)s)",
@@ -119,6 +137,12 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                    help=_HELP["docker_url"])
     p.add_argument("--webhook-address", metavar="HOST:PORT",
                    default=env.get(ENV_PREFIX + "WEBHOOK_ADDRESS"), help=_HELP["webhook_address"])
+    p.add_argument("--grpc-address", metavar="HOST:PORT",
+                   default=env.get(ENV_PREFIX + "GRPC_ADDRESS"), help=_HELP["grpc_address"])
+    for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
+                 "sidecar_ca"):
+        p.add_argument("--" + name.replace("_", "-"), type=Path,
+                       default=env.get(ENV_PREFIX + name.upper()), help=_HELP[name])
     numbers: dict[str, type[int] | type[float]] = {
         "workers": int, "max_build_seconds": float, "resync_seconds": float,
         "watch_timeout_seconds": int, "lease_duration_seconds": float,
@@ -139,6 +163,18 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     values = vars(args)
     if values["webhook_address"] is not None:
         values["webhook_address"] = _address(values["webhook_address"])
+    if values["grpc_address"] is not None:
+        values["grpc_address"] = _address(values["grpc_address"], "--grpc-address",
+                                          "GRPC_ADDRESS")
+        missing = [f"--{n.replace('_', '-')}" for n in ("grpc_token_file", "grpc_tls_cert",
+                                                        "grpc_tls_key") if values[n] is None]
+        if missing:
+            raise SettingsError(f"--grpc-address needs {', '.join(missing)}: the API is only "
+                                "served over TLS to callers with a token")
+    for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
+                 "sidecar_ca"):
+        if values[name] is not None:
+            values[name] = Path(values[name])
     for name in ("workers", "max_attempts"):
         if values[name] < 1:
             raise SettingsError(f"--{name.replace('_', '-')}: expected at least 1, "
@@ -148,9 +184,10 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     return Settings(**values)
 
 
-def _address(text: str) -> tuple[str, int]:
+def _address(text: str, flag: str = "--webhook-address",
+             variable: str = "WEBHOOK_ADDRESS") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise SettingsError(f"--webhook-address (${ENV_PREFIX}WEBHOOK_ADDRESS): expected "
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"{flag} (${ENV_PREFIX}{variable}): expected "
                             f"HOST:PORT such as 0.0.0.0:8080, found {text!r}")
     return host.strip("[]"), int(port)

@@ -1,12 +1,11 @@
 """gRPC ``plugforge.v1.SidecarService``: convert messages, call the sidecar, map errors.
 
 Authentication (optional here, required by rollouts): a bearer token in the ``authorization``
-metadata, compared in constant time; TLS when a certificate and key are given.
+metadata, checked by the shared ``plugforge.grpc_auth``; TLS when a certificate and key are given.
 """
 
 from __future__ import annotations
 
-import hmac
 import queue
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
@@ -16,6 +15,7 @@ from typing import Any
 import grpc
 
 from plugforge.contract import ContractError, Document
+from plugforge.grpc_auth import Authenticator, TokenAuth
 from plugforge.v1 import sidecar_pb2 as pb
 from plugforge.v1 import sidecar_pb2_grpc as pb_grpc
 from sidecar.adapters.base import AdapterError, BrokerUnavailable, ChangeClass
@@ -131,27 +131,10 @@ def _call(context: grpc.ServicerContext, fn: Callable[[], Any]) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
 
-class _TokenAuth(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
-
-        def deny(_request: object, context: grpc.ServicerContext) -> None:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "missing or wrong bearer token in 'authorization' metadata")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
-        given = dict(handler_call_details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(str(given).encode(), self._expected):
-            return continuation(handler_call_details)
-        return self._deny
-
-
 def serve(sidecar: Sidecar, address: str, *, token: str | None = None,
           tls: tuple[Path, Path] | None = None) -> grpc.Server:
     """Start the service on ``address`` (port 0: pick one; see ``server.bound_port``)."""
-    interceptors = [_TokenAuth(token)] if token else []
+    interceptors = [TokenAuth(Authenticator({"caller": token}))] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), interceptors=interceptors)
     pb_grpc.add_SidecarServiceServicer_to_server(SidecarServicer(sidecar), server)
     if tls is not None:

@@ -1,0 +1,113 @@
+"""Pure planning of a canary rollout: desired digest + what each pod reports → next step.
+
+The controller writes the new release under ``canary.<pod>.plugin.<name>.yaml`` for the pods
+``choose_canaries`` picks, asks their sidecars (GetState) on every reconcile, and performs what
+``plan_canary`` decides: wait, promote (fan out to every pod), or roll back (remove the canary
+keys; the canary pods return to the stable release, the other pods never saw the new one).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Sidecar phases that mean "applying the desired state failed" (sidecar.state.Phase values).
+FAILED_PHASES = ("RolledBack", "Failed", "Rejected")
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """One sidecar's GetState, reduced to one plugin."""
+
+    pod: str
+    address: str
+    reachable: bool
+    phase: str = ""
+    """The sidecar's phase: Pending, Applied, RestartRequired, Rejected, RolledBack, ..."""
+    last_error: str = ""
+    desired_digest: str = ""
+    """The digest the sidecar has been asked to run ("" if the plugin is not in its state)."""
+    running_digest: str = ""
+    status: str = ""
+    """The plugin's status on the broker: Running, Staged, Disabled, Missing, ProbeFailed."""
+    probe_results: tuple[str, ...] = ()
+    applied_hash: str = ""
+
+
+class PodState(enum.Enum):
+    CURRENT = "Current"
+    UPDATING = "Updating"
+    FAILED = "Failed"
+    UNREACHABLE = "Unreachable"
+    DISABLED = "Disabled"
+
+
+def pod_state(report: PodReport, expected_digest: str, enabled: bool = True) -> PodState:
+    """Where ``report``'s pod stands with respect to running ``expected_digest``."""
+    if not report.reachable:
+        return PodState.UNREACHABLE
+    if not enabled:
+        return PodState.DISABLED if report.status in ("Disabled", "") and \
+            not report.running_digest else PodState.UPDATING
+    asked = report.desired_digest == expected_digest
+    if asked and (report.phase in FAILED_PHASES or report.status == "ProbeFailed"):
+        return PodState.FAILED
+    if asked and report.running_digest == expected_digest and report.status == "Running" \
+            and report.phase == "Applied":
+        return PodState.CURRENT
+    return PodState.UPDATING
+
+
+def choose_canaries(pods: Sequence[str], count: int) -> tuple[str, ...]:
+    """The first ``count`` pods by name: stable across reconciles and builder restarts."""
+    return tuple(sorted(pods)[:max(1, count)])
+
+
+class StepKind(enum.Enum):
+    WAIT = "Wait"
+    PROMOTE = "Promote"
+    ROLLBACK = "Rollback"
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: StepKind
+    reason: str
+
+
+def plan_canary(digest: str, canaries: Sequence[str], reports: Mapping[str, PodReport],
+                elapsed_seconds: float, timeout_seconds: float) -> Step:
+    """The next step of a canary of ``digest`` on ``canaries`` after ``elapsed_seconds``.
+
+    A failure reported by any canary rolls back at once; promotion needs every canary running
+    the digest with probes passing; anything else waits until ``timeout_seconds``.
+    """
+    states = {pod: (pod_state(reports[pod], digest) if pod in reports else
+                    PodState.UNREACHABLE) for pod in canaries}
+    failed = [pod for pod in canaries if states[pod] is PodState.FAILED]
+    if failed:
+        details = "; ".join(f"{pod}: {reports[pod].phase}: "
+                            f"{reports[pod].last_error or 'probe failed'}" for pod in failed)
+        return Step(StepKind.ROLLBACK, f"canary failed on {details}")
+    if all(state is PodState.CURRENT for state in states.values()):
+        return Step(StepKind.PROMOTE, f"canary {', '.join(canaries)} runs {_short(digest)} "
+                                      "with probes passing")
+    waiting = ", ".join(f"{pod} {states[pod].value}" for pod in canaries
+                        if states[pod] is not PodState.CURRENT)
+    if elapsed_seconds >= timeout_seconds:
+        return Step(StepKind.ROLLBACK, f"canary did not run {_short(digest)} with probes "
+                                       f"passing within {timeout_seconds:g}s ({waiting})")
+    return Step(StepKind.WAIT, f"waiting for canary ({waiting})")
+
+
+def count_ready(reports: Mapping[str, PodReport], desired: Mapping[str, str],
+                enabled: bool = True) -> int:
+    """Pods whose state is Current (Disabled when disabled) for the digest asked of them."""
+    target = PodState.CURRENT if enabled else PodState.DISABLED
+    return sum(1 for pod, report in reports.items()
+               if pod_state(report, desired.get(pod, ""), enabled) is target)
+
+
+def _short(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12]

@@ -1,0 +1,87 @@
+"""Asking broker pods' sidecars what they run: ``SidecarService.GetState`` over TLS + token.
+
+The only builder module that is a gRPC client. Pods are found by the plugin's explicit
+``spec.target.sidecars`` list ({pod, address}): no Pod/Endpoints reads, so no extra RBAC.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from builder.canary import PodReport
+from builder.resources import SidecarTarget
+from plugforge.grpc_auth import secure_channel
+from plugforge.v1 import sidecar_pb2 as pb
+from plugforge.v1 import sidecar_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_PHASES = {pb.PHASE_PENDING: "Pending", pb.PHASE_APPLIED: "Applied",
+           pb.PHASE_RESTART_REQUIRED: "RestartRequired", pb.PHASE_REJECTED: "Rejected",
+           pb.PHASE_ROLLED_BACK: "RolledBack", pb.PHASE_FAILED: "Failed",
+           pb.PHASE_UNAVAILABLE: "Unavailable"}
+_STATUS = {pb.PLUGIN_STATUS_RUNNING: "Running", pb.PLUGIN_STATUS_STAGED: "Staged",
+           pb.PLUGIN_STATUS_DISABLED: "Disabled", pb.PLUGIN_STATUS_MISSING: "Missing",
+           pb.PLUGIN_STATUS_PROBE_FAILED: "ProbeFailed"}
+
+
+class SidecarClient:
+    """GetState of many sidecars at once. TLS with ``ca_file`` and ``token``; plain text only
+    when neither is given (development)."""
+
+    def __init__(self, ca_file: Path | None, token: str | None, timeout: float = 3.0) -> None:
+        self._ca = ca_file
+        self._token = token
+        self._timeout = timeout
+        self._channels: dict[str, grpc.Channel] = {}
+        self._lock = threading.Lock()
+
+    def _stub(self, address: str) -> pb_grpc.SidecarServiceStub:
+        with self._lock:
+            channel = self._channels.get(address)
+            if channel is None:
+                if self._ca is None and self._token is None:
+                    channel = grpc.insecure_channel(address)
+                else:
+                    channel = secure_channel(address, self._ca, self._token)
+                self._channels[address] = channel
+        return pb_grpc.SidecarServiceStub(channel)
+
+    def report(self, target: SidecarTarget, plugin: str) -> PodReport:
+        try:
+            state = self._stub(target.address).GetState(pb.GetStateRequest(),
+                                                        timeout=self._timeout)
+        except grpc.RpcError as e:
+            code = e.code().name if hasattr(e, "code") else "ERROR"
+            details = e.details() if hasattr(e, "details") else str(e)
+            return PodReport(target.pod, target.address, False,
+                             last_error=f"sidecar {target.address}: {code}: {details}")
+        entry = next((p for p in state.plugins if p.name == plugin), None)
+        return PodReport(
+            pod=target.pod, address=target.address, reachable=True,
+            phase=_PHASES.get(state.phase, "Unspecified"), last_error=state.last_error,
+            desired_digest=entry.desired_digest if entry else "",
+            running_digest=entry.running_digest if entry else "",
+            status=_STATUS.get(entry.status, "") if entry else "",
+            probe_results=tuple(entry.probe_results) if entry else (),
+            applied_hash=state.applied_hash)
+
+    def gather(self, targets: Sequence[SidecarTarget], plugin: str) -> dict[str, PodReport]:
+        """Every target's report, asked in parallel (an unreachable one says so)."""
+        if not targets:
+            return {}
+        with futures.ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
+            reports = list(pool.map(lambda t: self.report(t, plugin), targets))
+        return {r.pod: r for r in reports}
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
