@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from hivemq_support import PLUGIN as HIVEMQ_PLUGIN
+from hivemq_support import adapter_options as hivemq_options
+from hivemq_support import build_hivemq_images, start_loader_broker
 from mqtt_support import ANY_PASSWORD, Client
 from rabbitmq_adapter_support import PLUGIN as RABBITMQ_PLUGIN
 from rabbitmq_adapter_support import Version, build_versions
@@ -62,9 +65,10 @@ class Harness(Protocol):
 
     def publish_refused(self, user: str, password: str, topic: str) -> bool: ...
 
-    def login_config(self, user: str, password: str) -> dict[str, str]:
+    def login_config(self, user: str, password: str) -> dict[str, str] | None:
         """broker.yaml keys that let ``user`` log in with ``password`` when no plugin decides
-        (the broker's own user database, changed live)."""
+        (the broker's own user database, changed live); None: the broker has none, and with
+        no plugin it refuses everybody (fail closed)."""
         ...
 
     def pid(self) -> int: ...
@@ -222,6 +226,51 @@ class MosquittoHarness:
         self.mosquitto.stop()
 
 
+# --- HiveMQ CE with the plugforge loader: plugins hot, no broker config, fail closed ------------
+
+
+class HiveMQHarness:
+    broker = "hivemq"
+    plugin = HIVEMQ_PLUGIN
+    hot_plugins = True
+
+    def __init__(self, registry: Registry, root: Path) -> None:
+        self.plugin_dir = root / "plugins"
+        self.hivemq = start_loader_broker(root / "broker", self.plugin_dir)
+        built = build_hivemq_images(root / "build", registry.host, registry.ca.cert)
+        self.images = Images(built.v1, built.v2, built.broken)
+
+    def adapter(self) -> BrokerAdapter:
+        return create_adapter("hivemq", hivemq_options(self.hivemq), self.plugin_dir)
+
+    def connect(self, user: str, password: str) -> Client:
+        return Client(self.hivemq.port, user, password=password)
+
+    def publish_refused(self, user: str, password: str, topic: str) -> bool:
+        client = self.connect(user, password)
+        try:
+            return client.publish(topic, b"x").is_failure
+        finally:
+            client.close()
+
+    def login_config(self, user: str, password: str) -> dict[str, str] | None:
+        return None
+
+    def pid(self) -> int:
+        return self.hivemq.pid
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.hivemq.stop()
+        try:
+            yield
+        finally:
+            self.hivemq.restart()
+
+    def close(self) -> None:
+        self.hivemq.stop()
+
+
 # --- registration ------------------------------------------------------------------------------
 
 HarnessFactory = Callable[[pytest.FixtureRequest, Registry, Path], Harness]
@@ -235,7 +284,12 @@ def _mosquitto(_request: pytest.FixtureRequest, registry: Registry, root: Path) 
     return MosquittoHarness(registry, root)
 
 
+def _hivemq(_request: pytest.FixtureRequest, registry: Registry, root: Path) -> Harness:
+    return HiveMQHarness(registry, root)
+
+
 HARNESSES: Mapping[str, HarnessFactory] = {
+    "hivemq": _hivemq,
     "mosquitto": _mosquitto,
     "rabbitmq": _rabbitmq,
 }
