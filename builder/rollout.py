@@ -7,11 +7,20 @@ so concurrent writers of other keys (other plugins, operators) are never overwri
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from builder.errors import Conflict, KubeError
 from builder.kube import Kube
 from builder.pipeline import Outcome
 from builder.resources import PluginSpec
-from plugforge.contract import PluginRelease, Provenance, plugin_key, render_plugin_release
+from plugforge.contract import (
+    CANARY_KEY_PREFIX,
+    PluginRelease,
+    Provenance,
+    canary_key,
+    plugin_key,
+    render_plugin_release,
+)
 
 MAX_CONFLICTS = 10
 
@@ -58,3 +67,67 @@ def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> str:
             continue
     raise KubeError(f"ConfigMap {spec.namespace}/{spec.configmap} kept changing under us "
                     f"({MAX_CONFLICTS} conflicts); will retry")
+
+
+# --- canary (spec.target.strategy.canary with spec.target.sidecars) ---------------------------
+
+
+def update_data(kube: Kube, spec: PluginSpec,
+                change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+    """Apply ``change`` to the target ConfigMap's data in one optimistic write."""
+    if spec.configmap is None:
+        raise ValueError(f"{spec.key} has no target.configMap to roll out to")
+    for _ in range(MAX_CONFLICTS):
+        cm = kube.get_configmap(spec.namespace, spec.configmap)
+        try:
+            if cm is None:
+                kube.create_configmap(spec.namespace, spec.configmap, change({}))
+                return
+            data = dict(cm.get("data") or {})
+            new = change(dict(data))
+            if new == data:
+                return
+            cm["data"] = new
+            kube.replace_configmap(cm)
+            return
+        except Conflict:
+            continue
+    raise KubeError(f"ConfigMap {spec.namespace}/{spec.configmap} kept changing under us "
+                    f"({MAX_CONFLICTS} conflicts); will retry")
+
+
+def _without_canaries(data: dict[str, str], name: str) -> dict[str, str]:
+    suffix = "." + plugin_key(name)
+    return {k: v for k, v in data.items()
+            if not (k.startswith(CANARY_KEY_PREFIX) and k.endswith(suffix))}
+
+
+def start_canary(kube: Kube, spec: PluginSpec, pods: Sequence[str],
+                 release: PluginRelease) -> None:
+    """``release`` for ``pods`` only (their canary keys); the plugin key stays as it is."""
+    text = render_plugin_release(release)
+
+    def change(data: dict[str, str]) -> dict[str, str]:
+        data = _without_canaries(data, release.name)
+        data.update({canary_key(pod, release.name): text for pod in pods})
+        return data
+
+    update_data(kube, spec, change)
+
+
+def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> None:
+    """Fan out: ``release`` as the plugin key and no canary keys, in one write (the canary
+    pods see the same release, so they do not move)."""
+    text = render_plugin_release(release)
+
+    def change(data: dict[str, str]) -> dict[str, str]:
+        data = _without_canaries(data, release.name)
+        data[plugin_key(release.name)] = text
+        return data
+
+    update_data(kube, spec, change)
+
+
+def abort_canary(kube: Kube, spec: PluginSpec, name: str) -> None:
+    """Remove plugin ``name``'s canary keys: the canary pods return to the plugin key."""
+    update_data(kube, spec, lambda data: _without_canaries(data, name))

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from plugforge.cli import build, new
+from plugforge.cli import build, builds, logs, new, rollout, status, trigger
 
-SUBCOMMANDS: tuple[ModuleType, ...] = (new, build)
+SUBCOMMANDS: tuple[ModuleType, ...] = (new, build, trigger, builds, logs, rollout, status)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -1,0 +1,79 @@
+"""``plugforge rollout <plugin> [--watch]``: what every broker pod runs for a plugin."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from plugforge.cli import _common as c
+from plugforge.v1 import build_pb2 as pb
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    p = subparsers.add_parser(
+        "rollout", help="show a plugin's rollout across broker pods",
+        description="Show the release a plugin should run and, per broker pod, the digest its "
+                    "sidecar reports running. With --watch, refresh until the rollout settles "
+                    "(no canary running, every pod current); exit 0 when it settled Ready, 1 "
+                    "when it was rolled back, failed, or --watch-timeout passed.")
+    p.add_argument("plugin", help="BrokerPlugin name")
+    p.add_argument("-w", "--watch", action="store_true", help="refresh until settled")
+    p.add_argument("--interval", type=float, default=1.0, help="refresh period (seconds)")
+    p.add_argument("--watch-timeout", type=float, default=600.0,
+                   help="give up watching after this long (seconds, default %(default)s)")
+    c.add_connection_flags(p)
+    c.add_output_flag(p)
+    p.set_defaults(run=lambda args: c.run_safely(run, args))
+
+
+def fetch(stub: Any, args: argparse.Namespace) -> pb.Rollout:
+    rollout: pb.Rollout = c.call(lambda: stub.GetRollout(pb.GetRolloutRequest(
+        namespace=args.namespace, plugin=args.plugin), timeout=args.timeout).rollout,
+        f"rollout {args.plugin}")
+    return rollout
+
+
+def settled(r: pb.Rollout) -> bool:
+    return r.phase != "Canary" and r.pods_ready == r.pods_total
+
+
+def show(r: pb.Rollout, output: str) -> None:
+    if output != "table":
+        c.emit(c.to_dict(r), output)
+        return
+    print(f"{r.namespace}/{r.plugin} ({r.plugin_name}): {r.desired_image or 'nothing rolled out'}"
+          f"  commit {r.commit[:12] or '-'}  build {r.build or '-'}")
+    print(f"rollout {r.phase}"
+          + (f" (canary {c.short_digest(r.canary_digest)})" if r.canary_digest else "")
+          + f"  pods ready {r.pods_ready}/{r.pods_total}  Ready={'True' if r.ready else 'False'}"
+          + (f" {r.reason}" if r.reason else ""))
+    if r.message and not r.ready:
+        print(f"  {r.message}")
+    c.table(("POD", "STATE", "CANARY", "DESIRED", "RUNNING", "SIDECAR", "LAST ERROR"),
+            [(p.pod, c.enum_name(pb.PodState.Name(p.state), "POD_STATE_"),
+              "yes" if p.canary else "", c.short_digest(p.desired_digest),
+              c.short_digest(p.running_digest), p.sidecar_phase or "-",
+              (p.last_error.splitlines() or ["-"])[0][:80]) for p in r.pods])
+
+
+def run(args: argparse.Namespace) -> int:
+    stub = c.stub(args)
+    rollout = fetch(stub, args)
+    if not args.watch:
+        show(rollout, args.output)
+        return c.EXIT_OK
+    deadline = time.monotonic() + args.watch_timeout
+    with c.spinner(f"rollout {args.plugin}") as say:
+        while not settled(rollout) and time.monotonic() < deadline:
+            say(f"rollout {args.plugin}: {rollout.phase}, pods ready "
+                f"{rollout.pods_ready}/{rollout.pods_total}")
+            time.sleep(args.interval)
+            rollout = fetch(stub, args)
+    show(rollout, args.output)
+    if not settled(rollout):
+        print(f"rollout {args.plugin} did not settle within {args.watch_timeout:g}s",
+              file=sys.stderr)
+        return c.EXIT_FAILED
+    return c.EXIT_OK if rollout.ready else c.EXIT_FAILED
