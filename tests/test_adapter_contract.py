@@ -19,6 +19,7 @@ and with ``--allow-broker-restart`` the sidecar restarts the broker itself.
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -322,6 +323,11 @@ def test_unreachable_broker_is_retried_and_recovers(run: Run) -> None:
     harness, v1 = run.harness, images(run).v1
     run.applied(run.set(v1))
     with harness.stopped():
+        # Adapters that learn liveness from a heartbeat (HiveMQ's loader) notice a little later.
+        deadline = time.monotonic() + 30
+        while run.reconciler.reconcile("retry").phase is not Phase.UNAVAILABLE:
+            assert time.monotonic() < deadline, "the stopped broker still looks reachable"
+            time.sleep(0.5)
         for _ in range(2):  # every retry finds it down, and says so
             outcome = run.reconciler.reconcile("retry")
             assert outcome.phase is Phase.UNAVAILABLE and outcome.retry_after is not None
