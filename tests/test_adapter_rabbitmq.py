@@ -111,14 +111,16 @@ def test_config_is_validated_with_the_brokers_rules(tmp_path: Path) -> None:
         "no.such.key": "1", "user.carol.tags": "management, monitoring",
         "user.bad name.password": "x", "permission.carol.write": "(",
         "permission.carol.delete": ".*", "topic_permission.carol.read": "^a\\.",
-        "user.carol.password": ""})}
+        "user.carol.password": "", "auth_backends.1": "internal"})}
     assert set(problems) == {"mqtt.allow_anonymous", "mqtt.listeners.tcp.1", "no.such.key",
                              "user.bad name.password", "permission.carol.write",
-                             "permission.carol.delete", "user.carol.password"}
+                             "permission.carol.delete", "user.carol.password",
+                             "auth_backends.1"}
     assert "expected true or false" in problems["mqtt.allow_anonymous"]
     assert "only when the node starts" in problems["mqtt.listeners.tcp.1"]
     assert "rabbitmq.conf" in problems["mqtt.listeners.tcp.1"]
     assert "unknown key" in problems["no.such.key"]
+    assert "the adapter sets auth_backends itself" in problems["auth_backends.1"]
     assert "regular expression" in problems["permission.carol.write"]
     assert "configure, write, read" in problems["permission.carol.delete"]
     assert adapter.classify("mqtt.vhost") is ChangeClass.HOT

@@ -68,6 +68,9 @@ def check(key: str, value: str) -> str | None:
         return None
     parsed = parse_key(key)
     if parsed is None:
+        if key.startswith("auth_backends"):
+            return ("the adapter sets auth_backends itself: the enabled auth plugins are the "
+                    "whole chain (a refusal must not fall through to another backend)")
         if key.startswith(RESTART_PREFIXES):
             return ("read only when the node starts (not changeable live): set it in "
                     "rabbitmq.conf; live keys are " + ", ".join(sorted(LIVE_APP_ENV))
