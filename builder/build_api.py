@@ -92,7 +92,8 @@ def paginate(builds: Sequence[Obj], page_size: int, page_token: str) -> tuple[li
     after = ""
     if page_token:
         try:
-            after = base64.urlsafe_b64decode(page_token.encode()).decode()
+            after = base64.b64decode(page_token.encode(), altchars=b"-_",
+                                     validate=True).decode()
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise ApiInvalid("page_token: not a token this API returned; start again without "
                              "one") from None

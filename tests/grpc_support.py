@@ -1,0 +1,61 @@
+"""Shared by the gRPC, rollout and CLI tests: a real builder serving its gRPC API over TLS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder_support import wait_for
+
+from builder.app import Builder
+from builder.settings import Settings
+from plugforge.grpc_auth import secure_channel
+from plugforge.v1 import build_pb2_grpc
+from testbed.certs import CertificateAuthority
+from testbed.kube import ControlPlane
+
+TOKENS = {"alice": "alice-token-0123456789", "ci": "ci-token-9876543210"}
+SIDECAR_TOKEN = "sidecar-token-abcdef"
+
+
+@dataclass(frozen=True)
+class Api:
+    builder: Builder
+    address: str
+    ca: Path
+    token_files: dict[str, Path]
+
+    def stub(self, token: str | None = TOKENS["alice"]) -> build_pb2_grpc.BuildServiceStub:
+        return build_pb2_grpc.BuildServiceStub(secure_channel(self.address, self.ca, token))
+
+    def cli_flags(self, user: str = "alice") -> list[str]:
+        return ["--builder", self.address, "--ca-file", str(self.ca),
+                "--token-file", str(self.token_files[user])]
+
+
+def start_builder_api(cp: ControlPlane, ca: CertificateAuthority, state: Path, name: str,
+                      registry_ca: Path, **overrides: object) -> Api:
+    """The builder as the ``builder`` identity, its BuildService on 127.0.0.1:<free> (TLS)."""
+    state.mkdir(parents=True, exist_ok=True)
+    tokens = state / "api-tokens"
+    tokens.write_text("".join(f"{user}:{token}\n" for user, token in TOKENS.items()))
+    token_files = {}
+    for user, token in TOKENS.items():
+        token_files[user] = state / f"{user}.token"
+        token_files[user].write_text(token + "\n")
+    (state / "wrong.token").write_text("not-a-valid-token\n")
+    token_files["wrong"] = state / "wrong.token"
+    (state / "sidecar.token").write_text(SIDECAR_TOKEN + "\n")
+    pair = ca.issue(f"{name}-grpc")
+    settings = Settings(
+        kubeconfig=cp.kubeconfig("builder"), lease_name=name, identity=f"{name}-1",
+        state_dir=state, workers=2, resync_seconds=2.0, lease_duration_seconds=4,
+        lease_renew_seconds=1, backoff_base_seconds=0.5, backoff_max_seconds=2,
+        max_attempts=2, registry_ca=registry_ca, grpc_address=("127.0.0.1", 0),
+        grpc_token_file=tokens, grpc_tls_cert=pair.cert, grpc_tls_key=pair.key,
+        sidecar_token_file=state / "sidecar.token", sidecar_ca=ca.cert)
+    settings = settings.with_(**overrides) if overrides else settings
+    b = Builder(settings)
+    b.start()
+    wait_for(lambda: b.serving.is_set() and b.leading, "the builder to serve and lead")
+    return Api(b, f"127.0.0.1:{b.grpc_port}", ca.cert, token_files)

@@ -1,0 +1,101 @@
+"""Pure canary planning (builder/canary.py): every pod state and every step, no I/O."""
+
+from __future__ import annotations
+
+import pytest
+
+from builder.canary import (
+    PodReport,
+    PodState,
+    StepKind,
+    choose_canaries,
+    count_ready,
+    plan_canary,
+    pod_state,
+)
+
+OLD = "sha256:" + "1" * 64
+NEW = "sha256:" + "2" * 64
+
+
+def report(pod: str = "mq-0", *, reachable: bool = True, phase: str = "Applied",
+           desired: str = NEW, running: str = NEW, status: str = "Running",
+           error: str = "") -> PodReport:
+    return PodReport(pod, f"{pod}:9090", reachable, phase=phase, last_error=error,
+                     desired_digest=desired, running_digest=running, status=status)
+
+
+@pytest.mark.parametrize(("rep", "state"), [
+    (report(), PodState.CURRENT),
+    (report(reachable=False), PodState.UNREACHABLE),
+    # Asked for NEW, still running OLD: pulling, restarting or probing.
+    (report(running=OLD, phase="Pending"), PodState.UPDATING),
+    (report(running=OLD, phase="RestartRequired", status="Staged"), PodState.UPDATING),
+    # Not asked for NEW yet (the ConfigMap has not reached it): a stale RolledBack is not ours.
+    (report(desired=OLD, running=OLD, phase="RolledBack"), PodState.UPDATING),
+    (report(running=OLD, phase="RolledBack", error="probe alice-accepted failed"),
+     PodState.FAILED),
+    (report(running=OLD, phase="Failed"), PodState.FAILED),
+    (report(running=OLD, phase="Rejected"), PodState.FAILED),
+    (report(status="ProbeFailed"), PodState.FAILED),
+    # Runs NEW but the sidecar is mid-apply: not yet current.
+    (report(phase="Pending"), PodState.UPDATING),
+])
+def test_pod_state(rep: PodReport, state: PodState) -> None:
+    assert pod_state(rep, NEW) is state
+
+
+def test_disabled_plugin_states() -> None:
+    assert pod_state(report(running="", status="Disabled"), NEW, enabled=False) \
+        is PodState.DISABLED
+    assert pod_state(report(), NEW, enabled=False) is PodState.UPDATING  # still loaded
+
+
+def test_choose_canaries_is_stable_and_bounded() -> None:
+    assert choose_canaries(["mq-2", "mq-0", "mq-1"], 1) == ("mq-0",)
+    assert choose_canaries(["mq-2", "mq-0", "mq-1"], 2) == ("mq-0", "mq-1")
+    assert choose_canaries(["mq-0"], 5) == ("mq-0",)
+    assert choose_canaries(["mq-1", "mq-0"], 0) == ("mq-0",)
+
+
+def test_promote_when_every_canary_is_current() -> None:
+    step = plan_canary(NEW, ("mq-0",), {"mq-0": report()}, 1.0, 60)
+    assert step.kind is StepKind.PROMOTE and "mq-0" in step.reason
+
+
+def test_wait_while_updating_then_timeout_rolls_back() -> None:
+    reports = {"mq-0": report(running=OLD, phase="Pending")}
+    assert plan_canary(NEW, ("mq-0",), reports, 59.9, 60).kind is StepKind.WAIT
+    step = plan_canary(NEW, ("mq-0",), reports, 60.0, 60)
+    assert step.kind is StepKind.ROLLBACK
+    assert "within 60s" in step.reason and "mq-0 Updating" in step.reason
+
+
+def test_failure_rolls_back_at_once_with_the_error() -> None:
+    reports = {"mq-0": report(running=OLD, phase="RolledBack",
+                              error="probe alice-accepted: expected accepted, got refused")}
+    step = plan_canary(NEW, ("mq-0",), reports, 0.1, 60)
+    assert step.kind is StepKind.ROLLBACK
+    assert "mq-0: RolledBack: probe alice-accepted" in step.reason
+
+
+def test_one_failed_canary_of_two_rolls_back_even_if_the_other_is_current() -> None:
+    reports = {"mq-0": report(), "mq-1": report("mq-1", running=OLD, phase="Failed",
+                                                error="boom")}
+    step = plan_canary(NEW, ("mq-0", "mq-1"), reports, 0.1, 60)
+    assert step.kind is StepKind.ROLLBACK and "mq-1" in step.reason and "mq-0:" not in step.reason
+
+
+def test_unreachable_or_unreported_canary_waits_then_times_out() -> None:
+    reports = {"mq-0": report(reachable=False, error="UNAVAILABLE")}
+    assert plan_canary(NEW, ("mq-0",), reports, 1, 60).kind is StepKind.WAIT
+    assert plan_canary(NEW, ("mq-0",), {}, 1, 60).kind is StepKind.WAIT
+    step = plan_canary(NEW, ("mq-0",), {}, 61, 60)
+    assert step.kind is StepKind.ROLLBACK and "Unreachable" in step.reason
+
+
+def test_count_ready_uses_each_pods_own_desired_digest() -> None:
+    reports = {"mq-0": report(), "mq-1": report("mq-1", desired=OLD, running=OLD),
+               "mq-2": report("mq-2", reachable=False)}
+    assert count_ready(reports, {"mq-0": NEW, "mq-1": OLD, "mq-2": OLD}) == 2
+    assert count_ready(reports, {"mq-0": OLD, "mq-1": OLD, "mq-2": OLD}) == 1
