@@ -3,14 +3,16 @@ subscribed to its own topic and publishing to it at QoS 1 every 10 s (100 messag
 while the broker's plugin is upgraded and its config changed. Counted: clients the broker
 disconnected, QoS 1 messages sent and never delivered back, duplicates. Goal: 0 and 0.
 
-- RabbitMQ 3.10 (Debian), which loads plugins at runtime. The auth plugin ``deny_test`` from
-  the rabbitmq-erlang template, built here as 0.1.0 and 0.2.0 (changed code: a different
-  default deny list), is the node's only auth backend, so every load client logged in through
-  it. Upgrade as the template README documents (new ``.ez`` in place of the old,
-  ``rabbitmq-plugins disable --online`` then ``enable --online``), driven with the CLI directly:
-  the sidecar's RabbitMQ adapter had not landed when this was written. Proven by behaviour: after
-  the upgrade "eve" is refused and "mallory" accepted. Config change: the plugin's ``deny_users``
-  application env set on the running node, proven by a login refused.
+- RabbitMQ 3.10 (Debian), which loads plugins at runtime, driven by the sidecar
+  (``python -m sidecar --broker rabbitmq``, file mode, plugin images pulled by digest from a real
+  registry). The auth plugin ``deny_test`` from the rabbitmq-erlang template, built as 0.1.0 and
+  0.2.0 (changed code: also refuses "eve"; ``tests/rabbitmq_adapter_support.py``), is the node's
+  only auth backend, so every load client logged in through it and every publish is authorized
+  by it. The ConfigMap is changed twice: the plugin upgraded to 0.2.0, then its ``deny_users``
+  setting. Each change counts as in effect when the sidecar logs a new ``decision=Applied`` and
+  logins show the new behaviour (eve refused; then trudy refused, mallory admitted) within
+  90 s; the sidecar's rollbacks meanwhile are counted. A change not in effect by then is
+  reported (goal: none) and the sidecar's log is kept in ``bench/results/``.
 - mosquitto 2.0 with dynamic security, driven by the sidecar (``python -m sidecar``, file mode):
   one ConfigMap update changes a SIGHUP-reloaded option (``max_queued_messages``) and a dynsec
   role ACL; proven by mosquitto logging the reload. (A mosquitto plugin change needs a broker
@@ -21,21 +23,34 @@ HiveMQ CE is not used: it does not load extensions at runtime.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.hot_swap_support import PLUGIN, build_rabbitmq_plugins, count_in_file, mqtt_accepts
+from bench.hot_swap_support import (
+    PLUGIN,
+    build_versions,
+    count_in_file,
+    mqtt_accepts,
+    push_version,
+    start_rabbitmq_sidecar,
+)
 from bench.mqtt_load_support import LoadStats, MqttLoad
-from bench.propagation_support import broker_yaml, start_dynsec_broker
+from bench.propagation_support import broker_yaml, plugin_yaml, start_dynsec_broker
 from bench.report import Metric
 from bench.sidecar_latency import start_sidecar
+from plugforge.contract import plugin_key
+from testbed.certs import make_ca
 from testbed.configmap_dir import ConfigMapDir
 from testbed.rabbitmq import start_rabbitmq
+from testbed.registry import start_registry
 
 INTERVAL = 10.0
 PHASE = 10.0
 DRAIN = 5.0
+CHANGE_TIMEOUT = 90.0
+KEPT_LOG = Path("bench/results/hot-swap-rabbitmq-sidecar.log")
 LOAD_USER = ("load", "load-password-1")
 
 
@@ -64,40 +79,81 @@ def _rows(broker: str, what: str, stats: LoadStats, extra: str) -> list[Metric]:
     ]
 
 
+def _rabbitmq_config(image: str, deny_users: str) -> dict[str, str]:
+    return {plugin_key(PLUGIN): plugin_yaml(image, settings={"deny_users": deny_users})}
+
+
 def rabbitmq(work: Path, clients: int) -> list[Metric]:
-    v1, v2 = build_rabbitmq_plugins(work / "build")
-    node = start_rabbitmq(work / "node")
+    versions = build_versions(work / "build")
+    ca = make_ca(work / "ca")
+    registry = start_registry(work / "registry", ca)
+    node = None
+    sidecar = None
+    log = work / "sidecar" / "sidecar.log"
+    failed: list[str] = []
     try:
-        node.install_plugin(v1)
-        node.rabbitmq_plugins("enable", "--online", PLUGIN)
-        node.eval(f"application:set_env(rabbit, auth_backends, [{PLUGIN}]).")
+        v1, v2 = (push_version(registry, versions.v1, "v1"),
+                  push_version(registry, versions.v2, "v2"))
+        node = start_rabbitmq(work / "node")
         host, port = "127.0.0.1", node.mqtt_port
-        if mqtt_accepts(host, port, "mallory") or not mqtt_accepts(host, port, "eve"):
-            raise RuntimeError(f"{PLUGIN} 0.1.0 is not the one deciding logins")
+        cm = ConfigMapDir(work / "cm")
+        cm.update(_rabbitmq_config(v1, "mallory"))
+        sidecar = start_rabbitmq_sidecar(node, cm.path, work / "sidecar", ca.cert)
+
+        def logins(*expected: tuple[str, bool]) -> bool:
+            return all(mqtt_accepts(host, port, user) == ok for user, ok in expected)
+
+        _wait(lambda: logins(("mallory", False), ("eve", True), ("alice", True)), 180,
+              f"the sidecar to enable {PLUGIN} 0.1.0 (see {work}/sidecar/sidecar.log)")
         pid = node.os_pid()
 
-        def upgrade_and_configure() -> str:
+        def change(config: dict[str, str], what: str,
+                   *expected: tuple[str, bool]) -> str:
+            """Apply ``config``; wait for the sidecar's verdict (a new ``decision=Applied``)
+            and for the logins to show the change. A change that is not in effect within
+            ``CHANGE_TIMEOUT`` counts as not applied (the sidecar keeps retrying)."""
+            applied = count_in_file(log, b"decision=Applied ")
+            rolled_back = count_in_file(log, b"decision=RolledBack ")
             started = time.monotonic()
-            (node.shared_plugins_dir / v1.name).unlink()
-            node.install_plugin(v2)
-            node.rabbitmq_plugins("disable", "--online", PLUGIN)
-            node.rabbitmq_plugins("enable", "--online", PLUGIN)
-            upgraded = time.monotonic() - started
-            fresh = not mqtt_accepts(host, port, "eve") and mqtt_accepts(host, port, "mallory")
-            node.eval(f'application:set_env({PLUGIN}, deny_users, "trudy").')
-            configured = not mqtt_accepts(host, port, "trudy") and mqtt_accepts(host, port, "eve")
-            return (f"upgrade 0.1.0 -> 0.2.0 took {upgraded:.1f}s (new code runs: "
-                    f"{'yes' if fresh else 'NO'}); deny_users change applied: "
-                    f"{'yes' if configured else 'NO'}")
+            cm.update(config)
+            ok = _poll(lambda: count_in_file(log, b"decision=Applied ") > applied
+                       and logins(*expected), CHANGE_TIMEOUT)
+            rollbacks = count_in_file(log, b"decision=RolledBack ") - rolled_back
+            if not ok:
+                failed.append(what)
+            took = f"{time.monotonic() - started:.1f}s" if ok else \
+                f"NOT in effect after {CHANGE_TIMEOUT:g}s"
+            return f"{what}: {took}, {rollbacks} rollback(s) by the sidecar"
+
+        def upgrade_and_configure() -> str:
+            # 0.2.0's changed code also refuses eve, whatever deny_users says.
+            upgrade = change(_rabbitmq_config(v2, "mallory"), f"upgrade to {PLUGIN} 0.2.0",
+                             ("eve", False), ("mallory", False), ("alice", True))
+            setting = change(_rabbitmq_config(v2, "trudy"), "deny_users=trudy",
+                             ("trudy", False), ("mallory", True), ("alice", True))
+            return f"{upgrade}; {setting}"
 
         stats, extra = _under_load(host, port, clients, lambda i: (f"load-{i}", "any"),
                                    upgrade_and_configure)
         same_node = node.os_pid() == pid
     finally:
-        node.stop()
-    extra += (f"; same node OS process: {'yes' if same_node else 'NO'}; driven by "
-              f"rabbitmq-plugins --online (the RabbitMQ adapter had not landed)")
-    return _rows("RabbitMQ 3.10", "plugin upgrade + config change", stats, extra)
+        if failed and log.exists():
+            KEPT_LOG.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(log, KEPT_LOG)
+        if sidecar is not None:
+            sidecar.terminate()
+            sidecar.wait(10)
+        if node is not None:
+            node.stop()
+        registry.stop()
+    extra += (f"; same node OS process: {'yes' if same_node else 'NO'}; driven by the sidecar "
+              f"(python -m sidecar --broker rabbitmq, file mode, images pulled by digest)")
+    rows = _rows("RabbitMQ 3.10 + sidecar", "plugin upgrade + config change", stats, extra)
+    rows.append(Metric("hot swap (RabbitMQ 3.10 + sidecar)", "changes not in effect under load",
+                       "", len(failed), max_value=0,
+                       note=f"of 2 (upgrade, setting){': ' + ', '.join(failed) if failed else ''}"
+                       f"{'; sidecar log kept in ' + str(KEPT_LOG) if failed else ''}"))
+    return rows
 
 
 def _mosquitto_config(max_queued: int, load_acls: str = "",
@@ -171,6 +227,15 @@ def mosquitto(work: Path, clients: int) -> list[Metric]:
                     f"disconnects every client of a changed role; "
                     f"{kicked.sent:,} sent, {kicked.delivered:,} delivered")]
     return rows
+
+
+def _poll(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -1,38 +1,53 @@
-"""For the hot-swap benchmark: two versions of a real RabbitMQ auth plugin built from the
-rabbitmq-erlang template, and one-shot MQTT logins that prove which version runs."""
+"""For the hot-swap benchmark: versions of a real RabbitMQ auth plugin built from the
+rabbitmq-erlang template (pushed as images to a real registry), the sidecar for a RabbitMQ node,
+and one-shot MQTT logins that prove which version runs."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from bench.mqtt_load_support import connect_packet
-from plugforge.cli import main as plugforge_main
+from bench.propagation_support import (
+    ROOT,
+    RabbitMQVersion,
+    rabbitmq_adapter_options,
+    rabbitmq_versions,
+)
+from plugforge.oci import ImageMetadata, RegistryClient, pack_image, parse_reference
+from testbed.rabbitmq import RabbitMQ
+from testbed.registry import Registry
 
 PLUGIN = "deny_test"
+build_versions = rabbitmq_versions
 
 
-def build_rabbitmq_plugins(root: Path) -> tuple[Path, Path]:
-    """``deny_test`` 0.1.0 (denies mallory by default) and 0.2.0 (changed code: denies eve),
-    each built with ``plugforge build --local`` from a ``plugforge new`` repository."""
-    repo = root / "deny-test"
-    if plugforge_main(["new", "--broker", "rabbitmq", "deny-test", "--dir", str(repo)]) != 0:
-        raise RuntimeError("plugforge new --broker rabbitmq failed")
-    built = []
-    for version, denied in (("0.1.0", "mallory"), ("0.2.0", "eve")):
-        app_src = repo / "src" / f"{PLUGIN}.app.src"
-        app_src.write_text(app_src.read_text()
-                           .replace('{vsn, "0.1.0"}', f'{{vsn, "{version}"}}')
-                           .replace('{deny_users, "mallory"}', f'{{deny_users, "{denied}"}}'))
-        erl = repo / "src" / f"{PLUGIN}.erl"
-        erl.write_text(erl.read_text().replace('deny_users, "mallory")',
-                                               f'deny_users, "{denied}")'))
-        work = root / f"work-{version}"
-        if plugforge_main(["build", "--local", str(repo), "--work-dir", str(work),
-                           "--quiet"]) != 0:
-            raise RuntimeError(f"plugforge build --local of {PLUGIN} {version} failed")
-        built.append(work / "artifact" / f"{PLUGIN}-{version}.ez")
-    return built[0], built[1]
+def push_version(registry: Registry, version: RabbitMQVersion, tag: str) -> str:
+    """Pack a built version as plugforge's one-layer image, push it; ``repo@digest``."""
+    image = pack_image(version.artifact_dir, ImageMetadata(
+        "https://git.test/deny-test.git", f"rev-{tag}", "rabbitmq", PLUGIN, version.vsn))
+    ref = parse_reference(f"{registry.host}/plugins/bench-rabbitmq:{tag}")
+    with RegistryClient(registry.host, ca_bundle=registry.ca.cert) as client:
+        pinned = client.push_image(ref, image)
+    return f"{registry.host}/plugins/bench-rabbitmq@{pinned.digest}"
+
+
+def start_rabbitmq_sidecar(node: RabbitMQ, config_dir: Path, work: Path, ca_cert: Path
+                           ) -> subprocess.Popen[bytes]:
+    """``python -m sidecar --broker rabbitmq`` in file mode, wired to ``node`` like the adapter
+    tests wire it (cookie home, epmd port), the plugins dir shared with the node."""
+    work.mkdir(parents=True, exist_ok=True)
+    options = rabbitmq_adapter_options(node)
+    argv = [sys.executable, "-m", "sidecar", "--broker", "rabbitmq", "--source", "files",
+            "--config-dir", str(config_dir),
+            *[a for k, v in options.items() for a in ("--adapter-opt", f"{k}={v}")],
+            "--plugin-dir", str(node.shared_plugins_dir), "--cache-dir", str(work / "cache"),
+            "--registry-ca", str(ca_cert), "--http-address", "127.0.0.1:0",
+            "--debounce", "0.2", "--resync-interval", "3600", "--log-level", "INFO"]
+    log = open(work / "sidecar.log", "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
 def mqtt_accepts(host: str, port: int, username: str, password: str = "any") -> bool:  # noqa: S107

@@ -19,13 +19,19 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from sidecar.adapters.mosquitto_dynsec import RESPONSE_TOPIC
 
-# The sidecar tests' broker helpers (tests/ is not a package): the benchmarks reuse them.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import sidecar_support
+# The tests' broker helpers (tests/ is not a package): the benchmarks reuse them.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import rabbitmq_adapter_support  # noqa: E402
+import sidecar_support  # noqa: E402
 
 ADMIN = sidecar_support.ADMIN
 broker_yaml = sidecar_support.broker_yaml
+plugin_yaml = sidecar_support.plugin_yaml
 start_dynsec_broker = sidecar_support.start_dynsec_broker
+rabbitmq_versions = rabbitmq_adapter_support.build_versions
+RabbitMQVersion = rabbitmq_adapter_support.Version
+rabbitmq_adapter_options = rabbitmq_adapter_support.adapter_options
 
 CONFIGMAP_RELOAD_VERSION = "v0.15.0"  # keep in step with scripts/ensure.d/configmap-reload.sh
 
