@@ -3,7 +3,9 @@ management API, the rabbitmq-erlang template built in three versions, the adapte
 
 from __future__ import annotations
 
+import hashlib
 import io
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +61,6 @@ def _build(repo: Path, root: Path, vsn: str) -> Version:
 
 
 def _version(artifact_dir: Path, tree: Path, vsn: str) -> Version:
-    import hashlib
-    import shutil
     archive = artifact_dir / f"{PLUGIN}-{vsn}.ez"
     target = tree / "plugin" / PLUGIN
     shutil.rmtree(tree, ignore_errors=True)
@@ -83,7 +83,6 @@ def _corrupt_beams(archive: Path) -> None:
 
 def cleanup(node: RabbitMQ, original_backends: str, users: tuple[str, ...]) -> None:
     """Put the shared node back as the other RabbitMQ tests expect it."""
-    import shutil
     node.eval(f"application:set_env(rabbit, auth_backends, {original_backends}).")
     if PLUGIN in node.rabbitmq_plugins("list", "-e", "-m", PLUGIN):
         node.rabbitmq_plugins("disable", "--online", PLUGIN)
