@@ -1,79 +1,139 @@
-"""The plugforge demo: start the embedded testbed and show where everything listens.
+"""The plugforge demo: the three user flows on a real control plane, registry, git server and
+real brokers, start to finish, without any input.
 
-Run through ``scripts/demo``, which installs what it needs first. The full flow (build a plugin
-from Git, roll it out, apply ConfigMap edits live) grows here as the builder and sidecar land.
+Run through ``scripts/demo``, which installs what it needs first. It starts an embedded
+kube-apiserver (plugforge's manifests/ applied to it), an OCI registry, a Git server, the
+builder with its webhook endpoint, and per broker one "pod" (the broker process plus the
+sidecar). Then, per broker: (1) a BrokerPlugin pointing at a Git repo becomes an enforced
+plugin, (2) a signed GitHub push webhook rebuilds and rolls out a changed policy, a broken push
+is refused and the old plugin kept, (3) ConfigMap edits reach the running broker and a broken
+edit is rejected. It prints a summary table and removes everything it started. The flows are
+the same code the end-to-end tests run (``testbed/e2e.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
+import logging
+import shutil
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
 from testbed.certs import make_ca
+from testbed.e2e import RIGS, Results, Stage, run_all
 from testbed.gitserver import start_git_server
 from testbed.kube import start_control_plane
 from testbed.registry import start_registry
 
-
-def _step(message: str) -> float:
-    print(f"==> {message}", flush=True)
-    return time.monotonic()
+_T0 = time.monotonic()
 
 
-def _done(started: float) -> None:
-    print(f"    ready in {time.monotonic() - started:.1f}s", flush=True)
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {message}", flush=True)
+
+
+def _started(what: str, started: float) -> None:
+    say(f"  {what} ready in {time.monotonic() - started:.1f}s")
+
+
+def summary(results: list[Results]) -> str:
+    """One table: a row per measurement, a column per broker."""
+    brokers = [r.broker for r in results]
+    keys: list[tuple[str, str]] = []
+    values: dict[tuple[str, str, str], str] = {}
+    for r in results:
+        for flow, what, value in r.rows:
+            if (flow, what) not in keys:
+                keys.append((flow, what))
+            values[(flow, what, r.broker)] = value
+    header = ["flow", "measurement", *brokers]
+    rows = [[flow, what, *(values.get((flow, what, b), "-") for b in brokers)]
+            for flow, what in keys]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+NEXT_STEPS = """\
+Run the same thing on your own cluster (details: README.md, "Run it on your cluster"):
+  1. build and push the images (R = your registry):
+       podman build -f containers/builder.Containerfile -t R/plugforge/builder:0.1.0 .
+       podman build -f containers/sidecar.Containerfile -t R/plugforge/sidecar:0.1.0 .
+  2. point the overlay at them:    edit images: in manifests/overlays/mosquitto/kustomization.yaml
+  3. install plugforge + a broker: kubectl apply --server-side -k manifests/overlays/mosquitto
+  4. scaffold a plugin repo:       plugforge new --broker mosquitto deny-test; push it to your forge
+  5. edit the BrokerPlugin (manifests/overlays/mosquitto/brokerplugin.yaml) to name that repo,
+     add the webhook https://<host>/webhooks/github with the github-webhook Secret's value."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__)
-    parser.add_argument("--once", action="store_true",
-                        help="stop everything right after printing where it listens")
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--broker", choices=["all", *RIGS], default="all",
+                        help="run the flows on one broker only (default: all: hivemq, "
+                             "then mosquitto)")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR",
+                        help="copy the servers' logs here before cleaning up")
     args = parser.parse_args(argv)
+    brokers = ["hivemq", "mosquitto"] if args.broker == "all" else [args.broker]
 
+    results: list[Results] = []
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="plugforge-demo-")))
+        if args.keep_logs:
+            stack.callback(_keep_logs, workdir, args.keep_logs)
+        # Component logs go to a file; the terminal shows the demo's steps.
+        logging.basicConfig(filename=workdir / "components.log", level=logging.INFO,
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        say("Starting the testbed")
         ca = make_ca(workdir / "ca")
-
-        t = _step("Starting Kubernetes control plane (kube-apiserver + etcd)")
+        t = time.monotonic()
         cp = start_control_plane(workdir / "kube")
         stack.callback(cp.stop)
-        _done(t)
-
-        t = _step("Starting OCI registry (TLS)")
+        _started(f"Kubernetes API (kube-apiserver + etcd) at {cp.url}", t)
+        t = time.monotonic()
         registry = start_registry(workdir / "registry", ca)
         stack.callback(registry.stop)
-        _done(t)
-
-        t = _step("Starting Git server (smart HTTP)")
+        _started(f"OCI registry (TLS) at {registry.url}", t)
+        t = time.monotonic()
         git = start_git_server(workdir / "git")
         stack.callback(git.stop)
-        _done(t)
+        _started(f"Git server at {git.url}", t)
+        t = time.monotonic()
+        stage = Stage(cp, registry, git, workdir / "stage", say).start()
+        stack.callback(stage.stop)
+        _started("manifests/base applied; builder (leader) and webhook endpoint "
+                 f"{stage.hooks.url}/webhooks/github", t)
 
-        rows = [
-            ("Kubernetes API", cp.url, f"KUBECONFIG={cp.kubeconfig('admin')}"),
-            ("OCI registry", registry.url, f"CA: {ca.cert}"),
-            ("Git server", git.url, "repositories: create with git init --bare under "
-             f"{git.root}"),
-        ]
-        width = max(len(r[0]) for r in rows)
-        print()
-        for name, url, note in rows:
-            print(f"  {name:<{width}}  {url:<28}  {note}")
-        print()
-        if args.once:
-            return 0
-        print("Everything runs until you press Ctrl-C; then it is stopped and removed.")
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("\nStopping.")
+        for broker in brokers:
+            t = time.monotonic()
+            say(f"Starting a {broker} pod: the broker and the plugforge sidecar")
+            rig = RIGS[broker](stage, workdir / broker).start()
+            stack.callback(rig.stop)
+            _started(f"{broker} (pid {rig.pid()}, MQTT on 127.0.0.1:{rig.port}) with its "
+                     f"sidecar in {rig.mode} mode", t)
+            results.append(run_all(stage, rig, say))
+            say(f"All flows passed on {broker}")
+        say("Stopping everything and removing the work directory")
+    print()
+    print(summary(results))
+    print()
+    print(f"Done in {time.monotonic() - _T0:.0f}s; nothing left running.")
+    print()
+    print(NEXT_STEPS)
     return 0
+
+
+def _keep_logs(workdir: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for log in workdir.rglob("*.log"):
+        shutil.copy(log, dest / f"{log.parent.name}-{log.name}")
 
 
 if __name__ == "__main__":
