@@ -33,6 +33,7 @@ class Versions:
     v1: Version      # denies mallory (its .app default)
     v2: Version      # changed code: also denies eve, whatever deny_users says
     broken: Version  # a valid archive whose beam does not load
+    recoded: Version  # v2's code under v1's version string (same archive file name)
 
 
 def build_versions(root: Path) -> Versions:
@@ -50,14 +51,17 @@ def build_versions(root: Path) -> Versions:
     app_src.write_text(app_src.read_text().replace('{vsn, "0.2.0"}', '{vsn, "0.3.0"}'))
     v3 = _build(repo, root, "0.3.0")
     _corrupt_beams(v3.artifact_dir / f"{PLUGIN}-0.3.0.ez")
-    return Versions(v1, v2, _version(v3.artifact_dir, root / "tree-0.3.0", "0.3.0"))
+    app_src.write_text(app_src.read_text().replace('{vsn, "0.3.0"}', '{vsn, "0.1.0"}'))
+    recoded = _build(repo, root, "0.1.0", "recoded")
+    return Versions(v1, v2, _version(v3.artifact_dir, root / "tree-0.3.0", "0.3.0"), recoded)
 
 
-def _build(repo: Path, root: Path, vsn: str) -> Version:
-    work = root / f"work-{vsn}"
+def _build(repo: Path, root: Path, vsn: str, label: str = "") -> Version:
+    suffix = f"{vsn}-{label}" if label else vsn
+    work = root / f"work-{suffix}"
     assert plugforge_main(["build", "--local", str(repo), "--work-dir", str(work),
                            "--quiet"]) == 0
-    return _version(work / "artifact", root / f"tree-{vsn}", vsn)
+    return _version(work / "artifact", root / f"tree-{suffix}", vsn)
 
 
 def _version(artifact_dir: Path, tree: Path, vsn: str) -> Version:

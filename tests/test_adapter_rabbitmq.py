@@ -203,10 +203,17 @@ def test_settings_apply_live_and_are_observed(rmq: Node, versions: Versions) -> 
 def test_upgrade_runs_the_new_code(rmq: Node, versions: Versions) -> None:
     node, adapter = rmq.node, rmq.adapter
     assert accepted(node, "eve")
+    # New code under the same version string (same archive name): still reloaded.
+    adapter.install_plugin(PLUGIN, versions.recoded.digest, versions.recoded.tree)
+    adapter.enable(PLUGIN, versions.recoded.digest, {})
+    assert running(adapter) == versions.recoded.digest
+    assert not accepted(node, "eve")
+    still_the_same(rmq)
+
     adapter.install_plugin(PLUGIN, versions.v2.digest, versions.v2.tree)
     adapter.enable(PLUGIN, versions.v2.digest, {})
     assert running(adapter) == versions.v2.digest
-    assert not accepted(node, "eve")  # only v2's code refuses eve
+    assert not accepted(node, "eve")  # only the changed code refuses eve
     assert not accepted(node, *MALLORY) and accepted(node, "alice")
     assert sorted(p.name for p in node.shared_plugins_dir.glob(f"{PLUGIN}-*.ez")) == [
         f"{PLUGIN}-0.2.0.ez"]
