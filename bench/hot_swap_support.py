@@ -7,21 +7,27 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.mqtt_load_support import connect_packet
 from bench.propagation_support import (
+    HIVEMQ_PLUGIN,
     ROOT,
     RabbitMQVersion,
+    build_hivemq_images,
+    hivemq_adapter_options,
     rabbitmq_adapter_options,
     rabbitmq_versions,
+    start_loader_broker,
 )
 from plugforge.oci import ImageMetadata, RegistryClient, pack_image, parse_reference
-from testbed.rabbitmq import RabbitMQ
 from testbed.registry import Registry
 
 PLUGIN = "deny_test"
 build_versions = rabbitmq_versions
+__all__ = ["HIVEMQ_PLUGIN", "build_hivemq_images", "hivemq_adapter_options",
+           "rabbitmq_adapter_options", "start_loader_broker"]
 
 
 def push_version(registry: Registry, version: RabbitMQVersion, tag: str) -> str:
@@ -34,16 +40,15 @@ def push_version(registry: Registry, version: RabbitMQVersion, tag: str) -> str:
     return f"{registry.host}/plugins/bench-rabbitmq@{pinned.digest}"
 
 
-def start_rabbitmq_sidecar(node: RabbitMQ, config_dir: Path, work: Path, ca_cert: Path
-                           ) -> subprocess.Popen[bytes]:
-    """``python -m sidecar --broker rabbitmq`` in file mode, wired to ``node`` like the adapter
-    tests wire it (cookie home, epmd port), the plugins dir shared with the node."""
+def start_plugin_sidecar(broker: str, options: Mapping[str, str], config_dir: Path,
+                         plugin_dir: Path, work: Path, ca_cert: Path) -> subprocess.Popen[bytes]:
+    """``python -m sidecar --broker BROKER`` in file mode (debounce 0.2 s, the default), wired
+    to the broker like the adapter tests wire it, ``plugin_dir`` shared with the broker."""
     work.mkdir(parents=True, exist_ok=True)
-    options = rabbitmq_adapter_options(node)
-    argv = [sys.executable, "-m", "sidecar", "--broker", "rabbitmq", "--source", "files",
+    argv = [sys.executable, "-m", "sidecar", "--broker", broker, "--source", "files",
             "--config-dir", str(config_dir),
             *[a for k, v in options.items() for a in ("--adapter-opt", f"{k}={v}")],
-            "--plugin-dir", str(node.shared_plugins_dir), "--cache-dir", str(work / "cache"),
+            "--plugin-dir", str(plugin_dir), "--cache-dir", str(work / "cache"),
             "--registry-ca", str(ca_cert), "--http-address", "127.0.0.1:0",
             "--debounce", "0.2", "--resync-interval", "3600", "--log-level", "INFO"]
     log = open(work / "sidecar.log", "ab")  # noqa: SIM115 - lives as long as the process

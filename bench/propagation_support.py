@@ -22,6 +22,7 @@ from sidecar.adapters.mosquitto_dynsec import RESPONSE_TOPIC
 # The tests' broker helpers (tests/ is not a package): the benchmarks reuse them.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+import hivemq_support  # noqa: E402
 import rabbitmq_adapter_support  # noqa: E402
 import sidecar_support  # noqa: E402
 
@@ -32,6 +33,10 @@ start_dynsec_broker = sidecar_support.start_dynsec_broker
 rabbitmq_versions = rabbitmq_adapter_support.build_versions
 RabbitMQVersion = rabbitmq_adapter_support.Version
 rabbitmq_adapter_options = rabbitmq_adapter_support.adapter_options
+HIVEMQ_PLUGIN = hivemq_support.PLUGIN
+build_hivemq_images = hivemq_support.build_hivemq_images
+start_loader_broker = hivemq_support.start_loader_broker
+hivemq_adapter_options = hivemq_support.adapter_options
 
 CONFIGMAP_RELOAD_VERSION = "v0.15.0"  # keep in step with scripts/ensure.d/configmap-reload.sh
 
