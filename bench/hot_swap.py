@@ -17,8 +17,9 @@ disconnected, QoS 1 messages sent and never delivered back, duplicates. Goal: 0 
   kept in ``bench/results/``.
 - mosquitto 2.0 with dynamic security, driven by the sidecar (``python -m sidecar``, file mode):
   one ConfigMap update changes a SIGHUP-reloaded option (``max_queued_messages``) and the ACLs
-  of another dynsec role; proven by mosquitto logging the reload. (A mosquitto plugin change needs a broker
-  restart, which disconnects everyone by design; it is not a hot swap and not measured here.)
+  of another dynsec role; proven by mosquitto logging the reload. (A mosquitto plugin change
+  needs a broker restart, which disconnects everyone by design; it is not a hot swap and not
+  measured here.)
   Then, with a fresh load, an ACL change of the load clients' own dynsec role (reported, no
   goal: mosquitto's dynamic-security plugin disconnects the clients of a changed role).
 Phases per load: connect all, 10 s of load, the change(s), 10 s more, stop publishing, 5 s
