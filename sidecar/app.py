@@ -52,7 +52,8 @@ class Sidecar:
                 kubeconfig=settings.kubeconfig, idle_timeout=settings.watch_idle_timeout)
         self.reconciler = Reconciler(
             self.adapter, self.read_documents, self.puller,
-            lambda probe: run_probe(probe, settings.probe_host, settings.probe_port),
+            lambda probe: run_probe(probe, settings.probe_host, settings.probe_port,
+                                    mqtt_version=settings.probe_mqtt_version),
             allow_broker_restart=settings.allow_broker_restart, on_event=self._on_event)
         self._file_watcher = DirectoryWatcher(settings.config_dirs, self.trigger) \
             if settings.config_dirs else None

@@ -1,7 +1,9 @@
 """Post-load smoke tests: real MQTT CONNECT / PUBLISH against the broker, expected outcome.
 
-A publish is judged by the broker's MQTT 5 PUBACK reason code (mosquitto answers a denied
-publish with "Not authorized" instead of dropping it silently as it does for 3.1.1).
+Probes speak MQTT 5 unless the broker only speaks 3.1.1 (RabbitMQ 3.10). With MQTT 5 a publish
+is judged by the PUBACK reason code (mosquitto answers a denied publish with "Not authorized"
+instead of dropping it silently as it does for 3.1.1); with 3.1.1 a refused publish is seen only
+when the broker closes the connection, as RabbitMQ does.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -29,20 +31,25 @@ class ProbeResult:
         return f"probe {self.probe}: {'passed' if self.passed else 'FAILED'} ({self.detail})"
 
 
-def run_probe(probe: Probe, host: str, port: int, timeout: float = 5.0) -> ProbeResult:
-    outcome, detail = _attempt(probe, host, port, timeout)
+MQTT_VERSIONS = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+
+
+def run_probe(probe: Probe, host: str, port: int, timeout: float = 5.0,
+              mqtt_version: str = "5") -> ProbeResult:
+    outcome, detail = _attempt(probe, host, port, timeout, MQTT_VERSIONS[mqtt_version])
     passed = outcome == probe.expect
     return ProbeResult(probe.name, passed, outcome,
                        f"{probe.action} as {probe.username!r}: expected {probe.expect}, "
                        f"got {outcome}" + (f" ({detail})" if detail else ""))
 
 
-def _attempt(probe: Probe, host: str, port: int, timeout: float) -> tuple[str, str]:
+def _attempt(probe: Probe, host: str, port: int, timeout: float,
+             protocol: MQTTProtocolVersion) -> tuple[str, str]:
     connected = threading.Event()
     acked = threading.Event()
     result: dict[str, str] = {}
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"plugforge-probe-"
-                         f"{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+                         f"{uuid.uuid4().hex[:8]}", protocol=protocol)
     if probe.username:
         client.username_pw_set(probe.username, probe.password or None)
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sidecar.adapters.registry import probe_mqtt_version
+
 # Environment variables (the Downward API sets the pod ones).
 ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
@@ -58,6 +60,8 @@ class Settings:
     """Registries (host:port) reached over plain HTTP; explicit opt-in only."""
     probe_host: str = "127.0.0.1"
     probe_port: int = 1883
+    probe_mqtt_version: str = "5"
+    """MQTT version the probes speak; by default the adapter's (RabbitMQ 3.10: 3.1.1)."""
     pod_name: str = ""
     pod_namespace: str = ""
     log_level: str = "INFO"
@@ -92,6 +96,8 @@ def parse_args(argv: Sequence[str] | None = None,
     p.add_argument("--insecure-http-registry", action="append", default=[])
     p.add_argument("--probe-host", default=None)
     p.add_argument("--probe-port", type=int, default=None)
+    p.add_argument("--probe-mqtt-version", choices=("5", "3.1.1"), default=None,
+                   help="MQTT version of the post-load probes (default: the broker's)")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     options = {}
@@ -121,6 +127,7 @@ def parse_args(argv: Sequence[str] | None = None,
         docker_config=a.docker_config, insecure_http_registries=tuple(a.insecure_http_registry),
         probe_host=a.probe_host or options.get("host", "127.0.0.1"),
         probe_port=a.probe_port or int(options.get("port", "1883")),
+        probe_mqtt_version=a.probe_mqtt_version or probe_mqtt_version(a.broker),
         pod_name=environ.get(ENV_POD_NAME, ""), pod_namespace=environ.get(ENV_POD_NAMESPACE, ""),
         log_level=a.log_level)
 

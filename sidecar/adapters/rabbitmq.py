@@ -79,6 +79,8 @@ from sidecar.adapters.base import (
 from sidecar.adapters.rabbitmq_cli import ATOM, Cli, erl_binary
 
 RECORD = ".plugforge-rabbitmq.json"
+# RabbitMQ 3.10's MQTT plugin speaks 3.1.1 only; MQTT 5 probes would see every login refused.
+PROBE_MQTT_VERSION = "3.1.1"
 VERSIONS = ".versions"
 KEEP_VERSIONS = 3
 _DIGEST_HEX = re.compile(r"^[0-9a-f]{64}$")

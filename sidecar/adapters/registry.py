@@ -18,6 +18,15 @@ ADAPTERS: dict[str, str] = {
 }
 
 
+def probe_mqtt_version(broker: str) -> str:
+    """The MQTT version probes use with ``broker``: "5" unless its adapter module says otherwise
+    in ``PROBE_MQTT_VERSION``."""
+    module_name = ADAPTERS.get(broker)
+    if module_name is None:
+        return "5"
+    return str(getattr(importlib.import_module(module_name), "PROBE_MQTT_VERSION", "5"))
+
+
 def create_adapter(broker: str, options: Mapping[str, str], plugin_dir: Path) -> BrokerAdapter:
     """The adapter for ``broker``, configured from ``--adapter-opt`` key/values."""
     module_name = ADAPTERS.get(broker)
