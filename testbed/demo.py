@@ -18,6 +18,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -95,19 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         ca = make_ca(workdir / "ca")
         t = time.monotonic()
         cp = start_control_plane(workdir / "kube")
-        stack.callback(cp.stop)
+        stack.callback(_stopping("Kubernetes API", cp.stop))
         _started(f"Kubernetes API (kube-apiserver + etcd) at {cp.url}", t)
         t = time.monotonic()
         registry = start_registry(workdir / "registry", ca)
-        stack.callback(registry.stop)
+        stack.callback(_stopping("registry", registry.stop))
         _started(f"OCI registry (TLS) at {registry.url}", t)
         t = time.monotonic()
         git = start_git_server(workdir / "git")
-        stack.callback(git.stop)
+        stack.callback(_stopping("git server", git.stop))
         _started(f"Git server at {git.url}", t)
         t = time.monotonic()
         stage = Stage(cp, registry, git, workdir / "stage", say).start()
-        stack.callback(stage.stop)
+        stack.callback(_stopping("builder and webhook endpoint", stage.stop))
         _started("manifests/base applied; builder (leader) and webhook endpoint "
                  f"{stage.hooks.url}/webhooks/github", t)
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             t = time.monotonic()
             say(f"Starting a {broker} pod: the broker and the plugforge sidecar")
             rig = RIGS[broker](stage, workdir / broker).start()
-            stack.callback(rig.stop)
+            stack.callback(_stopping(f"{broker} pod (sidecar, broker)", rig.stop))
             _started(f"{broker} (pid {rig.pid()}, MQTT on 127.0.0.1:{rig.port}) with its "
                      f"sidecar in {rig.mode} mode", t)
             results.append(run_all(stage, rig, say))
@@ -128,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(NEXT_STEPS)
     return 0
+
+
+def _stopping(what: str, stop: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        started = time.monotonic()
+        stop()
+        say(f"  stopped {what} in {time.monotonic() - started:.1f}s")
+    return run
 
 
 def _keep_logs(workdir: Path, dest: Path) -> None:

@@ -38,6 +38,7 @@ from builder.webhooks.signatures import github_header
 from plugforge.contract import API_VERSION, Probe, ProbeAction
 from sidecar.app import Sidecar
 from sidecar.events import kubernetes_event_sink
+from sidecar.grpc_service import serve as serve_grpc
 from sidecar.probes import run_probe
 from sidecar.settings import Settings as SidecarSettings
 from sidecar.state import Phase
@@ -429,6 +430,10 @@ class BrokerRig:
         sink = kubernetes_event_sink(settings)
         self.sidecar = Sidecar(settings, event_sinks=[sink] if sink else [])
         self.sidecar.start()
+        # The builder asks each pod's sidecar what it runs (per-pod status, canary). Plain text
+        # on loopback here; the manifests' pods use TLS and a token.
+        self.grpc = serve_grpc(self.sidecar, "127.0.0.1:0")
+        self.grpc_address = f"127.0.0.1:{self.grpc.bound_port}"
         return self
 
     def _supervise(self) -> None:
@@ -442,6 +447,7 @@ class BrokerRig:
 
     def stop(self) -> None:
         self._supervising.clear()
+        self.grpc.stop(grace=1)
         self.sidecar.stop()
         if self._projection is not None:
             self._projection.stop()
@@ -647,7 +653,8 @@ def flow1_point_a_cr_at_git(stage: Stage, rig: BrokerRig, results: Results,
         "apiVersion": API_VERSION, "kind": "BrokerPlugin", "metadata": {"name": name},
         "spec": {"broker": rig.broker, "source": {"git": {"url": url, "ref": "main"}},
                  "image": {"repository": f"{stage.registry.host}/plugins/{name}"},
-                 "target": {"configMap": rig.configmap, "rollout": "Automatic"},
+                 "target": {"configMap": rig.configmap, "rollout": "Automatic",
+                            "sidecars": [{"pod": rig.pod, "address": rig.grpc_address}]},
                  "probes": [{"name": "mallory-refused", "action": "connect",
                              "username": "mallory", "expect": "refused"}],
                  "webhook": {"secretRef": {"name": WEBHOOK_SECRET_NAME}}}})
@@ -678,10 +685,14 @@ def flow1_point_a_cr_at_git(stage: Stage, rig: BrokerRig, results: Results,
     for what, got in checks.items():
         say(f"  MQTT: {what:<28} {got}")
     results.facts["flow1_checks"] = checks
-    ready = _condition(api.plugin(name), "Ready")
-    results.facts["flow1_ready"] = ready
+    bp = wait_for(lambda: (p := api.plugin(name))["status"].get("podsReady") == 1 and p,
+                  "the BrokerPlugin to count the pod running it", timeout=30, say=say)
+    ready = _condition(bp, "Ready")
+    st = bp["status"]
+    results.facts.update(flow1_ready=ready, flow1_pods=(st.get("podsReady"), st.get("podsTotal")))
     say(f"  BrokerPlugin Ready={ready.get('status')} ({ready.get('reason')}), "
-        f"digest {plugin.digest[:19]}...")
+        f"digest {plugin.digest[:19]}..., pods running it: {st.get('podsReady')}/"
+        f"{st.get('podsTotal')}")
     results.add("1 CR -> broker", "build (CR applied -> image pushed)", f"{built - started:.1f} s")
     results.add("1 CR -> broker", "rollout (pushed -> loaded, probes pass)",
                 f"{rolled - built:.1f} s")
@@ -796,11 +807,13 @@ def flow3_configmap_edits(stage: Stage, rig: BrokerRig, plugin: Plugin, results:
         say(f"  set {option}={value} in broker.yaml -> 6000-byte messages dropped after "
             f"{latency * 1000:.0f} ms ({rig.mode} mode); broker pid unchanged: {same}")
         results.facts.update(flow3_config_latency=latency, flow3_config_same_pid=same)
-        results.add("3 ConfigMap edits", f"apply latency: broker config {option}",
-                    f"{latency * 1000:.0f} ms, same pid")
+        results.add("3 ConfigMap edits", "apply latency: broker config",
+                    f"{latency * 1000:.0f} ms ({option}), same pid")
     else:
         say(f"  {rig.broker} has no broker config that can change live "
             "(broker.yaml keys are refused; see the broken edit below)")
+        results.add("3 ConfigMap edits", "apply latency: broker config",
+                    f"n/a: {rig.broker} has none live")
 
     def set_settings(data: dict[str, str]) -> None:
         release = yaml.safe_load(data[key])

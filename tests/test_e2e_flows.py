@@ -22,8 +22,9 @@ watches the ConfigMap (API mode).
 
 Not covered here: VerneMQ and EMQX (cannot run on this machine; their adapters are tested
 against recorded/documented responses), RabbitMQ (its adapter is hot and tested in
-test_adapter_rabbitmq.py; not wired into these flows yet), and per-pod rollout counts on the
-BrokerPlugin (issue 9: the status has no such field yet, so Ready + digest are asserted).
+test_adapter_rabbitmq.py; not wired into these flows yet), and more than one pod per broker (the
+builder's per-pod status and canary are exercised with one pod here: it asks the rig's sidecar
+over gRPC, plain text on loopback).
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def test_flow1_cr_to_enforced_policy(flows: tuple[BrokerRig, Results]) -> None:
         "alice publish forbidden/x": "refused", "alice publish sensors/x": "accepted"}
     ready = results.facts["flow1_ready"]
     assert ready["status"] == "True", ready
+    assert results.facts["flow1_pods"] == (1, 1)  # podsReady, podsTotal: from the sidecar
 
 
 def test_flow2_push_webhook_rebuilds_and_rolls_out(flows: tuple[BrokerRig, Results]) -> None:
