@@ -33,6 +33,8 @@ class PodReport:
     """The plugin's status on the broker: Running, Staged, Disabled, Missing, ProbeFailed."""
     probe_results: tuple[str, ...] = ()
     applied_hash: str = ""
+    desired_hash: str = ""
+    """Content hash of the desired state the sidecar currently works on."""
 
 
 class PodState(enum.Enum):
@@ -43,14 +45,22 @@ class PodState(enum.Enum):
     DISABLED = "Disabled"
 
 
-def pod_state(report: PodReport, expected_digest: str, enabled: bool = True) -> PodState:
-    """Where ``report``'s pod stands with respect to running ``expected_digest``."""
+def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
+              expected_hash: str = "") -> PodState:
+    """Where ``report``'s pod stands with respect to running ``expected_digest``.
+
+    ``expected_hash`` is the content hash of the desired state the pod should see (its view of
+    the ConfigMap): after a failed apply a sidecar reports its plugins against the last good
+    state, so "it tried our release and rolled back" shows as a failed phase while working on
+    exactly that hash.
+    """
     if not report.reachable:
         return PodState.UNREACHABLE
     if not enabled:
         return PodState.DISABLED if report.status in ("Disabled", "") and \
             not report.running_digest else PodState.UPDATING
-    asked = report.desired_digest == expected_digest
+    asked = report.desired_digest == expected_digest or bool(
+        expected_hash and report.desired_hash == expected_hash)
     if asked and (report.phase in FAILED_PHASES or report.status == "ProbeFailed"):
         return PodState.FAILED
     if asked and report.running_digest == expected_digest and report.status == "Running" \
@@ -77,14 +87,16 @@ class Step:
 
 
 def plan_canary(digest: str, canaries: Sequence[str], reports: Mapping[str, PodReport],
-                elapsed_seconds: float, timeout_seconds: float) -> Step:
+                elapsed_seconds: float, timeout_seconds: float,
+                expected_hashes: Mapping[str, str] | None = None) -> Step:
     """The next step of a canary of ``digest`` on ``canaries`` after ``elapsed_seconds``.
 
     A failure reported by any canary rolls back at once; promotion needs every canary running
     the digest with probes passing; anything else waits until ``timeout_seconds``.
     """
-    states = {pod: (pod_state(reports[pod], digest) if pod in reports else
-                    PodState.UNREACHABLE) for pod in canaries}
+    hashes = expected_hashes or {}
+    states = {pod: (pod_state(reports[pod], digest, True, hashes.get(pod, ""))
+                    if pod in reports else PodState.UNREACHABLE) for pod in canaries}
     failed = [pod for pod in canaries if states[pod] is PodState.FAILED]
     if failed:
         details = "; ".join(f"{pod}: {reports[pod].phase}: "

@@ -533,7 +533,8 @@ class Controller:
             started = _parse(canary.get("startedAt")) or now
             step = plan_canary(str(canary.get("digest")), pods, reports,
                                (now - started).total_seconds(),
-                               spec.canary.probe_timeout_seconds)
+                               spec.canary.probe_timeout_seconds,
+                               rollout.expected_hashes(self.kube, spec, pods))
             again = 0.5
             if step.kind is StepKind.PROMOTE:
                 image = str(canary["image"])

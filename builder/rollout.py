@@ -15,11 +15,14 @@ from builder.pipeline import Outcome
 from builder.resources import PluginSpec
 from plugforge.contract import (
     CANARY_KEY_PREFIX,
+    Document,
     PluginRelease,
     Provenance,
     canary_key,
+    content_hash,
     plugin_key,
     render_plugin_release,
+    select_for_pod,
 )
 
 MAX_CONFLICTS = 10
@@ -131,3 +134,14 @@ def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> None:
 def abort_canary(kube: Kube, spec: PluginSpec, name: str) -> None:
     """Remove plugin ``name``'s canary keys: the canary pods return to the plugin key."""
     update_data(kube, spec, lambda data: _without_canaries(data, name))
+
+
+def expected_hashes(kube: Kube, spec: PluginSpec, pods: Sequence[str]) -> dict[str, str]:
+    """The desired-state content hash each of ``pods`` computes from the target ConfigMap (the
+    sidecar's ``desired_hash`` when this ConfigMap is all it reads)."""
+    cm = kube.get_configmap(spec.namespace, spec.configmap or "") if spec.configmap else None
+    if cm is None:
+        return {}
+    docs = [Document(f"configmap {spec.namespace}/{spec.configmap}", k, v)
+            for k, v in (cm.get("data") or {}).items()]
+    return {pod: content_hash(select_for_pod(docs, pod)) for pod in pods}

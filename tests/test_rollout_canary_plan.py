@@ -99,3 +99,15 @@ def test_count_ready_uses_each_pods_own_desired_digest() -> None:
                "mq-2": report("mq-2", reachable=False)}
     assert count_ready(reports, {"mq-0": NEW, "mq-1": OLD, "mq-2": OLD}) == 2
     assert count_ready(reports, {"mq-0": OLD, "mq-1": OLD, "mq-2": OLD}) == 1
+
+
+def test_a_rolled_back_apply_of_our_desired_state_is_a_failure() -> None:
+    # After a failed apply the sidecar reports plugins against its last good state (OLD); its
+    # desired_hash still names the state with our release in it.
+    rep = PodReport("mq-0", "a", True, phase="RolledBack", last_error="probe failed",
+                    desired_digest=OLD, running_digest=OLD, status="Running",
+                    desired_hash="sha256:ours", applied_hash="sha256:old")
+    assert pod_state(rep, NEW, True, "sha256:ours") is PodState.FAILED
+    assert pod_state(rep, NEW, True, "sha256:other") is PodState.UPDATING
+    step = plan_canary(NEW, ("mq-0",), {"mq-0": rep}, 1, 60, {"mq-0": "sha256:ours"})
+    assert step.kind is StepKind.ROLLBACK and "probe failed" in step.reason

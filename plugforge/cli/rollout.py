@@ -53,7 +53,7 @@ def show(r: pb.Rollout, output: str) -> None:
         print(f"  {r.message}")
     c.table(("POD", "STATE", "CANARY", "DESIRED", "RUNNING", "SIDECAR", "LAST ERROR"),
             [(p.pod, c.enum_name(pb.PodState.Name(p.state), "POD_STATE_"),
-              "yes" if p.canary else "", c.short_digest(p.desired_digest),
+              "yes" if p.canary else "no", c.short_digest(p.desired_digest),
               c.short_digest(p.running_digest), p.sidecar_phase or "-",
               (p.last_error.splitlines() or ["-"])[0][:80]) for p in r.pods])
 

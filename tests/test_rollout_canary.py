@@ -1,0 +1,304 @@
+"""Canary rollouts across two real mosquitto brokers, each with its own real sidecar (API mode
+on the real apiserver, gRPC over TLS with a token), driven by the real builder.
+
+Two mosquitto instances are the lightest real pair here. A mosquitto plugin change needs a
+broker restart (the sidecars run with --allow-broker-restart; a supervisor plays the kubelet),
+which makes "the second instance never saw it" provable by more than the sidecar's word: its
+broker process (pid) is the same before and after the failed canary, and it never loaded the
+bad digest.
+
+Flow: v1 (denies mallory) canaries on mq-0 then fans out to mq-1; v2 (also refuses alice, whom
+the probe expects accepted) fails its probe on the canary and is rolled back, mq-1 untouched,
+the BrokerPlugin Ready=False with the canary's error; v3 (denies eve too) fans out to both.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from builder_support import (
+    Cluster,
+    broker_plugin,
+    install,
+    make_templates_root,
+    scaffold_repo,
+    tenant_namespace,
+    wait_for,
+)
+from grpc_support import SIDECAR_TOKEN, Api, start_builder_api
+from mqtt_support import Client
+from sidecar_support import Supervisor, broker_yaml, make_sidecar, start_dynsec_broker
+
+from builder.kube import Kube, apply_documents, load_documents
+from plugforge.cli import main as plugforge
+from plugforge.v1 import build_pb2 as pb
+from sidecar.app import Sidecar
+from sidecar.grpc_service import serve
+from testbed.certs import CertificateAuthority
+from testbed.gitserver import GitServer, run_git
+from testbed.kube import ControlPlane
+from testbed.mosquitto import Mosquitto
+from testbed.registry import Registry
+
+pytestmark = pytest.mark.timeout(600)
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDECAR_RBAC = ROOT / "manifests" / "sidecar" / "rbac.yaml"
+CONFIGMAP = "mq-plugins"
+PLUGIN = "gate"
+PROBES = [{"name": "mallory-refused", "action": "connect", "username": "mallory",
+           "expect": "refused"},
+          {"name": "alice-accepted", "action": "connect", "username": "alice",
+           "password": "pw", "expect": "accepted"}]
+
+
+@dataclass
+class Pod:
+    name: str
+    broker: Mosquitto
+    sidecar: Sidecar
+    supervisor: Supervisor
+    address: str
+
+    def accepts(self, user: str) -> bool:
+        try:
+            client = Client(self.broker.port, user, password="pw")
+        except OSError:
+            return False  # restarting
+        try:
+            return bool(client.accepted)
+        finally:
+            client.close()
+
+    def plugin(self) -> Any:
+        return next((p for p in self.sidecar.state.plugins if p.name == PLUGIN), None)
+
+    def running(self) -> str | None:
+        p = self.plugin()
+        return p.running_digest if p else None
+
+
+@pytest.fixture(scope="module")
+def cluster(control_plane: ControlPlane) -> Cluster:
+    install(control_plane)
+    c = Cluster(control_plane, tenant_namespace(control_plane, "canary"))
+    # The sidecars' own RBAC (manifests/sidecar/rbac.yaml), bound in this namespace.
+    admin = Kube.from_kubeconfig(control_plane.kubeconfig("admin"))
+    try:
+        docs = [d for d in load_documents([SIDECAR_RBAC]) if d["kind"] in ("Role", "RoleBinding")]
+        for d in docs:
+            d["metadata"]["namespace"] = c.ns
+        apply_documents(admin.api, docs)
+    finally:
+        admin.close()
+    c.create_configmap(CONFIGMAP, {"broker.yaml": broker_yaml({"max_inflight_messages": "20"})})
+    return c
+
+
+@pytest.fixture(scope="module")
+def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateAuthority,
+         registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Pod]]:
+    made: list[Pod] = []
+    try:
+        for name in ("mq-0", "mq-1"):
+            work = tmp_path_factory.mktemp(name)
+            broker = start_dynsec_broker(work / "broker")
+            supervisor = Supervisor(broker)
+            sidecar, _ = make_sidecar(
+                broker, [], work / "sc", registry.ca.cert, allow_restart=True, resync=2.0,
+                source="api", configmaps=(CONFIGMAP,), namespace=cluster.ns,
+                kubeconfig=control_plane.kubeconfig("sidecar"), pod_name=name,
+                pod_namespace=cluster.ns)
+            sidecar.start()
+            pair = testbed_ca.issue(f"sidecar-{name}")
+            server = serve(sidecar, "127.0.0.1:0", token=SIDECAR_TOKEN,
+                           tls=(pair.cert, pair.key))
+            made.append(Pod(name, broker, sidecar, supervisor,
+                            f"127.0.0.1:{server.bound_port}"))
+            sidecar._grpc_server = server  # type: ignore[attr-defined]  # stopped below
+        yield made
+    finally:
+        for pod in made:
+            pod.sidecar._grpc_server.stop(1)  # type: ignore[attr-defined]
+            pod.sidecar.stop()
+            pod.supervisor.stop()
+            pod.broker.stop()
+
+
+@pytest.fixture(scope="module")
+def api(control_plane: ControlPlane, testbed_ca: CertificateAuthority, registry: Registry,
+        cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
+    a = start_builder_api(control_plane, testbed_ca, tmp_path_factory.mktemp("builder"),
+                          "builder-canary", registry.ca.cert)
+    yield a
+    a.builder.stop()
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def source(cluster: Cluster, git_server: GitServer,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    url = git_server.create_repo(f"{cluster.ns}/{PLUGIN}.git")
+    repo = scaffold_repo(tmp_path_factory.mktemp("src") / PLUGIN, "mosquitto-c", "mosquitto",
+                         PLUGIN, url)
+    return {"url": url, "repo": repo}
+
+
+def push_deny_default(source: dict[str, Any], users: str) -> str:
+    """A new commit whose plugin denies ``users`` by default (different code, new digest)."""
+    repo = source["repo"]
+    path = next((repo / "src").glob("*.c"))
+    text = path.read_text()
+    start = text.index("#define DEFAULT_DENY_USERS")
+    end = text.index("\n", start)
+    path.write_text(text[:start] + f'#define DEFAULT_DENY_USERS "{users}"' + text[end:])
+    run_git(repo, "commit", "-qam", f"deny {users} by default")
+    run_git(repo, "push", "-q", source["url"], "HEAD:main")
+    return run_git(repo, "rev-parse", "HEAD")
+
+
+def ready(cluster: Cluster) -> dict[str, Any]:
+    return cluster.condition(PLUGIN, "Ready")
+
+
+def status(cluster: Cluster) -> dict[str, Any]:
+    result: dict[str, Any] = cluster.plugin(PLUGIN).get("status") or {}
+    return result
+
+
+@pytest.fixture(scope="module")
+def v1(api: Api, cluster: Cluster, pods: list[Pod], source: dict[str, Any],
+       registry: Registry) -> str:
+    """The first release, rolled out canary-first to both pods; returns its digest."""
+    commit = run_git(source["repo"], "rev-parse", "HEAD")
+    cluster.create("brokerplugins", broker_plugin(
+        PLUGIN, url=source["url"], repository=f"{registry.host}/plugins/{PLUGIN}",
+        configmap=None, probes=PROBES,
+        target={"configMap": CONFIGMAP, "sidecars": [{"pod": p.name, "address": p.address}
+                                                     for p in pods],
+                "strategy": {"canary": {"count": 1, "probeTimeoutSeconds": 120}}}))
+    wait_for(lambda: (status(cluster).get("rollout") or {}).get("phase") == "Complete",
+             "v1 promoted after its canary", timeout=180)
+    st = status(cluster)
+    assert st["currentCommit"] == commit
+    return str(st["rollout"]["digest"])
+
+
+def test_good_release_goes_to_the_canary_first_then_fans_out(
+        v1: str, cluster: Cluster, pods: list[Pod], api: Api,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    st = status(cluster)
+    assert st["rollout"]["canaryPods"] == ["mq-0"]
+    assert st["currentImage"].endswith("@" + v1)
+    wait_for(lambda: all(p.running() == v1 for p in pods), "v1 runs on both brokers", 120)
+    wait_for(lambda: status(cluster).get("podsReady") == 2, "podsReady 2/2", 60)
+    st = status(cluster)
+    assert st["podsTotal"] == 2 and ready(cluster)["status"] == "True"
+    # Provenance chain: commit → PluginBuild → digest → pods.
+    assert all(p["digest"] == v1 and p["commit"] == st["currentCommit"]
+               and p["build"] == st["currentBuild"] and p["state"] == "Current"
+               for p in st["pods"])
+    build = api.stub().GetBuild(pb.GetBuildRequest(namespace=cluster.ns,
+                                                   name=st["currentBuild"])).build
+    assert build.digest == v1 and build.commit == st["currentCommit"]
+    for pod in pods:  # the plugin's code decides, on both brokers
+        assert not pod.accepts("mallory") and pod.accepts("alice")
+    # No canary key is left behind.
+    assert not any(k.startswith("canary.") for k in cluster.configmap(CONFIGMAP))
+
+    rollout = api.stub().GetRollout(pb.GetRolloutRequest(namespace=cluster.ns,
+                                                         plugin=PLUGIN)).rollout
+    assert rollout.desired_digest == v1 and rollout.pods_ready == 2 and rollout.ready
+    assert [(p.pod, p.running_digest, p.state) for p in rollout.pods] == [
+        ("mq-0", v1, pb.POD_STATE_CURRENT), ("mq-1", v1, pb.POD_STATE_CURRENT)]
+    assert plugforge(["rollout", PLUGIN, "--watch", "-n", cluster.ns, *api.cli_flags()]) == 0
+    out = capsys.readouterr().out
+    assert "pods ready 2/2" in out and "Ready=True" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith("mq-")]
+    assert [(r[0], r[1], r[3], r[4]) for r in rows] == [
+        ("mq-0", "Current", v1[7:19], v1[7:19]), ("mq-1", "Current", v1[7:19], v1[7:19])]
+
+
+def test_failing_canary_is_rolled_back_and_the_other_pod_never_sees_it(
+        v1: str, cluster: Cluster, pods: list[Pod], api: Api, source: dict[str, Any],
+        control_plane: ControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    canary, other = pods
+    wait_for(lambda: status(cluster).get("podsReady") == 2, "steady on v1", 60)
+    other_pid = other.broker.pid
+    seen_by_other: set[str] = set()
+    stop = threading.Event()
+
+    def watch_other() -> None:  # every digest mq-1's sidecar is ever asked to run
+        while not stop.wait(0.05):
+            p = other.plugin()
+            if p is not None:
+                seen_by_other.add(p.desired_digest)
+
+    watcher = threading.Thread(target=watch_other, daemon=True)
+    watcher.start()
+    try:
+        bad_commit = push_deny_default(source, "mallory,alice")
+        wait_for(lambda: (status(cluster).get("rollout") or {}).get("commit") == bad_commit,
+                 "the bad build's canary", timeout=120)
+        bad = status(cluster)["rollout"]["digest"]
+        assert bad != v1
+        wait_for(lambda: status(cluster)["rollout"]["phase"] == "RolledBack",
+                 "the canary rolled back", timeout=180)
+        # The canary pod returns to v1 and admits alice again.
+        wait_for(lambda: canary.running() == v1 and canary.sidecar.state.ready,
+                 "mq-0 back on v1", timeout=120)
+        wait_for(lambda: canary.accepts("alice"), "mq-0 admits alice again", timeout=60)
+        assert not canary.accepts("mallory")
+    finally:
+        stop.set()
+        watcher.join()
+    cond = ready(cluster)
+    assert cond["status"] == "False" and cond["reason"] == "CanaryFailed"
+    assert "alice-accepted" in cond["message"] and "mq-0" in cond["message"]
+    assert bad_commit[:12] in cond["message"]
+    st = status(cluster)
+    assert st["currentImage"].endswith("@" + v1)  # the stable release did not move
+    # mq-1 never saw the bad digest: not in its desired state, not loaded, not restarted.
+    assert bad not in seen_by_other and seen_by_other == {v1}
+    assert other.broker.pid == other_pid and other.running() == v1
+    assert other.accepts("alice")
+    data = cluster.configmap(CONFIGMAP)
+    assert not any(k.startswith("canary.") for k in data)
+    assert bad not in data[f"plugin.{PLUGIN}.yaml"]
+
+    rollout = api.stub().GetRollout(pb.GetRolloutRequest(namespace=cluster.ns,
+                                                         plugin=PLUGIN)).rollout
+    assert rollout.phase == "RolledBack" and not rollout.ready
+    assert rollout.reason == "CanaryFailed"
+    # rollout --watch: settled, but not Ready → exit 1, and the table says why.
+    wait_for(lambda: status(cluster).get("podsReady") == 2, "both pods on v1", 60)
+    assert plugforge(["rollout", PLUGIN, "--watch", "-n", cluster.ns, *api.cli_flags()]) == 1
+    out = capsys.readouterr().out
+    assert "CanaryFailed" in out and "alice-accepted" in out
+    # plugforge status (from the apiserver, with a kubeconfig like kubectl's).
+    assert plugforge(["status", "-n", cluster.ns,
+                      "--kubeconfig", str(control_plane.kubeconfig("admin"))]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if f" {PLUGIN} " in x)
+    assert line.split()[2:6] == ["mosquitto", "True", "False", "2/2"]
+    assert "CanaryFailed" in line
+
+
+def test_next_good_release_fans_out_to_both(
+        v1: str, cluster: Cluster, pods: list[Pod], api: Api, source: dict[str, Any]) -> None:
+    good = push_deny_default(source, "mallory,eve")
+    wait_for(lambda: status(cluster).get("currentCommit") == good, "v3 promoted", timeout=240)
+    v3 = status(cluster)["rollout"]["digest"]
+    assert v3 != v1
+    wait_for(lambda: all(p.running() == v3 for p in pods), "v3 on both brokers", 120)
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready again", 60)
+    for pod in pods:
+        assert not pod.accepts("eve") and pod.accepts("alice")
