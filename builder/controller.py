@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from builder import rollout
-from builder.canary import StepKind, choose_canaries, plan_canary
+from builder.canary import choose_canaries
 from builder.errors import (
     BuilderError,
     Conflict,
@@ -44,12 +44,11 @@ from builder.queue import Backoff, WorkQueue
 from builder.resources import (
     BuildView,
     PluginSpec,
-    get_condition,
     parse_build,
     parse_plugin,
     set_condition,
 )
-from builder.rollout_view import build_view, pods_status
+from builder.rollout_tracker import RolloutTracker
 from builder.settings import Settings
 from builder.sidecars import SidecarClient
 from builder.source import validate_source
@@ -97,6 +96,8 @@ class Controller:
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
         self.builds_run = 0
+        self.tracker = RolloutTracker(kube, sidecars, lambda: self.now(), self._patch_status,
+                                      self._event) if sidecars is not None else None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class Controller:
             if not any(v.phase in ACTIVE for v in views):
                 self._sync_release(obj, spec)
                 self._ensure_observed(obj, spec)
-                again = self._track_rollout(obj, spec)
+                again = self.tracker.track(obj, spec) if self.tracker else None
                 if again is not None:
                     return min(again, plan.wait_seconds or again)
             return plan.wait_seconds
@@ -513,87 +514,6 @@ class Controller:
         except BuilderError as e:
             log.warning("syncing %s into %s: %s", spec.key, spec.configmap, e)
 
-    def _track_rollout(self, obj: Obj, spec: PluginSpec) -> float | None:
-        """Ask the plugin's sidecars what they run: advance a canary (wait, promote, roll
-        back), keep ``status.pods``/``podsReady``/``Ready`` current. Returns when to look again.
-        """
-        if not spec.sidecars or self.sidecars is None:
-            return None
-        status = dict(obj.get("status") or {})
-        canary = dict(status.get("rollout") or {})
-        name = str(canary.get("pluginName") or status.get("currentPluginName") or spec.name)
-        reports = self.sidecars.gather(spec.sidecars, name)
-        now = self.now()
-        stamp = rfc3339(now)
-        conditions = list(status.get("conditions") or [])
-        patch: Obj = {}
-        again: float | None = None
-        if canary.get("phase") == "Canary" and spec.uses_canary:
-            pods = tuple(canary.get("canaryPods") or ())
-            started = _parse(canary.get("startedAt")) or now
-            step = plan_canary(str(canary.get("digest")), pods, reports,
-                               (now - started).total_seconds(),
-                               spec.canary.probe_timeout_seconds,
-                               rollout.expected_hashes(self.kube, spec, pods))
-            again = 0.5
-            if step.kind is StepKind.PROMOTE:
-                image = str(canary["image"])
-                release = rollout.current_release(spec, name, image,
-                                                  str(canary.get("commit") or ""),
-                                                  str(canary.get("build") or ""))
-                rollout.promote(self.kube, spec, release)
-                patch.update(currentImage=image, currentCommit=canary.get("commit"),
-                             currentBuild=canary.get("build"), currentPluginName=name,
-                             rollout={**canary, "phase": "Complete", "finishedAt": stamp,
-                                      "message": step.reason})
-                conditions = set_condition(
-                    conditions, "Ready", "True", "RolledOut",
-                    f"{image}: {step.reason}; fanned out to all {len(spec.sidecars)} pods",
-                    stamp, spec.generation)
-                self._event(obj, "Normal", "CanaryPromoted", f"{image}: {step.reason}")
-                log.info("%s: %s; fanned out", spec.key, step.reason)
-            elif step.kind is StepKind.ROLLBACK:
-                rollout.abort_canary(self.kube, spec, name)
-                stable = status.get("currentImage") or "no release"
-                message = (f"{canary.get('image')} (build {canary.get('build')}, commit "
-                           f"{str(canary.get('commit'))[:12]}) rolled back: {step.reason}; "
-                           f"{stable} stays on every pod")
-                patch["rollout"] = {**canary, "phase": "RolledBack", "finishedAt": stamp,
-                                    "message": step.reason[:4000]}
-                conditions = set_condition(conditions, "Ready", "False", "CanaryFailed",
-                                           message, stamp, spec.generation)
-                self._event(obj, "Warning", "CanaryFailed", message)
-                log.warning("%s: %s", spec.key, message)
-        merged = {**status, **patch, "conditions": conditions}
-        view = build_view({"status": merged}, spec, reports)
-        pod_status = pods_status(view, stamp)
-        ready = get_condition(conditions, "Ready") or {}
-        if (merged.get("rollout") or {}).get("phase") != "Canary" and \
-                ready.get("reason") in ("RolledOut", "PodsNotReady") and view.desired_image:
-            total = len(view.pods)
-            if view.pods_ready == total:
-                if ready.get("reason") == "PodsNotReady":
-                    conditions = set_condition(
-                        conditions, "Ready", "True", "RolledOut",
-                        f"{view.desired_image} runs on all {total} pods", stamp,
-                        spec.generation)
-            else:
-                behind = "; ".join(f"{p.pod}: {p.state.value}"
-                                   + (f" ({p.report.last_error})" if p.report.last_error else "")
-                                   for p in view.pods if p.state.value not in
-                                   ("Current", "Disabled"))
-                conditions = set_condition(
-                    conditions, "Ready", "False", "PodsNotReady",
-                    f"{view.pods_ready}/{total} pods run {view.desired_image}: {behind}"[:4000],
-                    stamp, spec.generation)
-                again = again or 2.0
-        if patch or conditions != list(status.get("conditions") or []) or \
-                _without_time(pod_status) != _without_time(status):
-            patch.update(pod_status)
-            patch["conditions"] = conditions
-            self._patch_status(spec, patch)
-        return again
-
     def _ensure_observed(self, obj: Obj, spec: PluginSpec) -> None:
         status = obj.get("status") or {}
         if status.get("observedGeneration") == spec.generation:
@@ -627,11 +547,6 @@ def _latest(name: str, phase: str, commit: str | None, **fields: str) -> Obj:
             "shortCommit": commit[:12] if commit else None, "image": None, "digest": None,
             "shortDigest": None, "startedAt": None, "finishedAt": None, "reason": None,
             **fields}
-
-
-def _without_time(status: Mapping[str, Any]) -> tuple[Any, ...]:
-    pods = [{k: v for k, v in p.items() if k != "time"} for p in status.get("pods") or []]
-    return status.get("podsReady"), status.get("podsTotal"), pods
 
 
 def _enqueue_for(queue: WorkQueue, plural: str, obj: Mapping[str, Any]) -> None:
