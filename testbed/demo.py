@@ -78,11 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", choices=["all", *RIGS], default="all",
                         help="run the flows on one broker only (default: all: hivemq, "
-                             "then mosquitto)")
+                             "rabbitmq, then mosquitto)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR",
                         help="copy the servers' logs here before cleaning up")
     args = parser.parse_args(argv)
-    brokers = ["hivemq", "mosquitto"] if args.broker == "all" else [args.broker]
+    brokers = ["hivemq", "rabbitmq", "mosquitto"] if args.broker == "all" else [args.broker]
 
     results: list[Results] = []
     with ExitStack() as stack:

@@ -12,17 +12,19 @@ git server) run, in order:
    is rolled out; clients connected before it stay connected on HiveMQ (hot, via the plugforge
    loader) and are disconnected once on mosquitto (plugins load at broker start: the sidecar
    restarts the broker, as designed);
-3. ConfigMap edits through the apiserver: a broker config value (mosquitto ``max_keepalive``,
-   SIGHUP, same pid; HiveMQ CE has none that can change live) and a plugin setting
+3. ConfigMap edits through the apiserver: a broker config value (mosquitto
+   ``message_size_limit``, SIGHUP, same pid; HiveMQ CE has none that can change live) and a
+   plugin setting
    (``deny_users``; hot on HiveMQ, a restart on mosquitto);
 plus the unhappy paths: a push that does not compile (build Failed, CR says why, old plugin
 still running) and a broken ConfigMap edit (Rejected, last good state kept; an Event in API
 mode). Mosquitto's sidecar reads a kubelet-style projected directory (file mode); HiveMQ's
-watches the ConfigMap (API mode).
+watches the ConfigMap (API mode). RabbitMQ 3.10 (MQTT 3.1.1) runs the same flows with plugins
+and settings hot, file mode; its live broker keys (users, permissions) act on the internal
+database that the plugin replaces, so flow 3 shows no broker-config change there.
 
 Not covered here: VerneMQ and EMQX (cannot run on this machine; their adapters are tested
-against recorded/documented responses), RabbitMQ (its adapter is hot and tested in
-test_adapter_rabbitmq.py; not wired into these flows yet), and more than one pod per broker (the
+against recorded/documented responses), and more than one pod per broker (the
 builder's per-pod status and canary are exercised with one pod here: it asks the rig's sidecar
 over gRPC, plain text on loopback).
 """
@@ -51,7 +53,7 @@ def stage(control_plane: ControlPlane, registry: Registry, git_server: GitServer
     s.stop()
 
 
-@pytest.fixture(scope="module", params=["mosquitto", "hivemq"])
+@pytest.fixture(scope="module", params=["mosquitto", "hivemq", "rabbitmq"])
 def flows(request: pytest.FixtureRequest, stage: Stage,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerRig, Results]]:
     broker: str = request.param
