@@ -1,0 +1,323 @@
+"""Broker "pods" for the e2e flows: a real broker process, its sidecar (with its gRPC service
+for the builder's per-pod status), and what the flows need to know about each broker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from plugforge.contract import API_VERSION
+from sidecar.app import Sidecar
+from sidecar.events import kubernetes_event_sink
+from sidecar.grpc_service import serve as serve_grpc
+from sidecar.settings import Settings as SidecarSettings
+from sidecar.state import Phase
+from testbed.e2e_cluster import NAMESPACE, Projection, Stage, check
+from testbed.e2e_mqtt import outcome
+from testbed.hivemq import HiveMQ, install_loader, start_hivemq
+from testbed.mosquitto import Mosquitto, MosquittoConfig, start_mosquitto
+from testbed.rabbitmq import RabbitMQ, start_rabbitmq
+
+
+class BrokerRig:
+    """One broker "pod": the broker process, its sidecar and (file mode) the projection."""
+
+    broker = ""
+    template = ""
+    hot_plugins = False
+    mode = "files"
+    live_config: tuple[str, str] | None = None     # (key, value) changeable live
+    bad_config: ClassVar[dict[str, str]] = {}  # a broker.yaml config the sidecar refuses
+    mqtt_version = "5"
+    no_live_config = ""  # why flow 3 shows no live broker config change, when it does not
+
+    def __init__(self, stage: Stage, workdir: Path) -> None:
+        self.stage = stage
+        self.workdir = workdir
+        self.configmap = f"flows-{self.broker}"
+        self.pod = f"{self.broker}-0"
+        self.plugin_dir = workdir / "plugins"
+        self.restarts = 0
+        self._supervising = threading.Event()
+        self._projection: Projection | None = None
+        self.sidecar: Sidecar
+
+    # broker-specific
+    def start_broker(self) -> None:
+        raise NotImplementedError
+
+    def adapter_options(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    def _broker_exited(self) -> bool:
+        raise NotImplementedError
+
+    def _restart_broker(self) -> None:
+        raise NotImplementedError
+
+    def stop_broker(self) -> None:
+        raise NotImplementedError
+
+    def change_policy(self, repo: Path) -> list[str]:
+        """Edit the scaffolded source so the plugin also refuses ``eve``; the changed files."""
+        raise NotImplementedError
+
+    def break_build(self, repo: Path) -> list[str]:
+        raise NotImplementedError
+
+    # common
+    def broker_yaml(self, config: dict[str, str] | None = None) -> str:
+        doc: dict[str, Any] = {"apiVersion": API_VERSION, "kind": "BrokerConfig",
+                               "broker": self.broker}
+        if config:
+            doc["config"] = config
+        return yaml.safe_dump(doc, sort_keys=False)
+
+    def start(self) -> BrokerRig:
+        api = self.stage.api
+        code, out = api.call("POST", f"/api/v1/namespaces/{NAMESPACE}/configmaps", {
+            "metadata": {"name": self.configmap}, "data": {"broker.yaml": self.broker_yaml()}})
+        if code == 409:
+            cm = api.configmap(self.configmap)
+            cm["data"] = {"broker.yaml": self.broker_yaml()}
+            api.put_configmap(cm)
+        elif code != 201:
+            raise AssertionError(f"creating ConfigMap {self.configmap}: {code} {out}")
+        self.start_broker()
+        threading.Thread(target=self._supervise, name=f"kubelet-{self.pod}", daemon=True).start()
+        cp = self.stage.cp
+        dirs: tuple[Path, ...] = ()
+        if self.mode == "files":
+            self._projection = Projection(api, self.configmap, self.workdir / "target")
+            dirs = (self._projection.dir.path,)
+        settings = SidecarSettings(
+            broker=self.broker, config_dirs=dirs, source=self.mode,
+            configmaps=(self.configmap,) if self.mode == "api" else (), namespace=NAMESPACE,
+            kubeconfig=cp.kubeconfig("sidecar") if self.mode == "api" else None,
+            adapter_options=self.adapter_options(), plugin_dir=self.plugin_dir,
+            cache_dir=self.workdir / "cache", allow_broker_restart=not self.hot_plugins,
+            debounce=0.05, resync_interval=10.0, http_address="127.0.0.1:0",
+            registry_ca=self.stage.registry.ca.cert, probe_port=self.port,
+            probe_mqtt_version=self.mqtt_version,
+            pod_name=self.pod, pod_namespace=NAMESPACE)
+        sink = kubernetes_event_sink(settings)
+        self.sidecar = Sidecar(settings, event_sinks=[sink] if sink else [])
+        self.sidecar.start()
+        # The builder asks each pod's sidecar what it runs (per-pod status, canary). Plain text
+        # on loopback here; the manifests' pods use TLS and a token.
+        self.grpc = serve_grpc(self.sidecar, "127.0.0.1:0")
+        self.grpc_address = f"127.0.0.1:{self.grpc.bound_port}"
+        return self
+
+    def _supervise(self) -> None:
+        """Plays the kubelet's restart policy: a broker that exits is started again."""
+        self._supervising.set()
+        while self._supervising.is_set():
+            time.sleep(0.1)
+            if self._supervising.is_set() and self._broker_exited():
+                self._restart_broker()
+                self.restarts += 1
+
+    def stop(self) -> None:
+        self._supervising.clear()
+        self.grpc.stop(grace=1)
+        self.sidecar.stop()
+        if self._projection is not None:
+            self._projection.stop()
+        self.stop_broker()
+
+    def outcome(self, action: str, username: str, topic: str = "") -> str:
+        return outcome(self.port, action, username, topic, self.mqtt_version)
+
+    def running_digest(self, plugin: str) -> str | None:
+        for p in self.sidecar.state.plugins:
+            if p.name == plugin and p.status == "Running":
+                return p.running_digest
+        return None
+
+    def applied(self) -> bool:
+        state = self.sidecar.state
+        return state.phase is Phase.APPLIED and state.ready
+
+
+class MosquittoRig(BrokerRig):
+    """Debian's mosquitto 2.0: config hot (include file + SIGHUP), plugins at broker start only,
+    so the sidecar restarts the broker for a plugin change (``--allow-broker-restart``) and a
+    supervisor plays the kubelet. File mode: the sidecar reads the projected directory."""
+
+    broker = "mosquitto"
+    template = "mosquitto-c"
+    hot_plugins = False
+    mode = "files"
+    live_config = ("message_size_limit", "5000")
+    bad_config: ClassVar[dict[str, str]] = {"message_size_limit": "banana"}
+
+    def start_broker(self) -> None:
+        self.mosquitto: Mosquitto = start_mosquitto(self.workdir / "broker",
+                                                    MosquittoConfig(allow_anonymous=False))
+
+    def adapter_options(self) -> dict[str, str]:
+        m = self.mosquitto
+        return {"host": m.host, "port": str(m.port), "conf_dir": str(m.include_dir),
+                "config_path": str(m.conf_path), "restart_timeout": "30"}
+
+    @property
+    def port(self) -> int:
+        return self.mosquitto.port
+
+    def pid(self) -> int:
+        return self.mosquitto.pid
+
+    def _broker_exited(self) -> bool:
+        return self.mosquitto.server.proc.poll() is not None
+
+    def _restart_broker(self) -> None:
+        self.mosquitto.restart()
+
+    def stop_broker(self) -> None:
+        self.mosquitto.stop()
+
+    def change_policy(self, repo: Path) -> list[str]:
+        source = next((repo / "src").glob("*.c"))
+        text = source.read_text()
+        check('#define DEFAULT_DENY_USERS "mallory"' in text, f"{source}: no default deny list")
+        source.write_text(text.replace('#define DEFAULT_DENY_USERS "mallory"',
+                                       '#define DEFAULT_DENY_USERS "mallory,eve"'))
+        return [str(source.relative_to(repo))]
+
+    def break_build(self, repo: Path) -> list[str]:
+        source = next((repo / "src").glob("*.c"))
+        source.write_text(source.read_text() + "\nthis line is not C;\n")
+        return [str(source.relative_to(repo))]
+
+
+class HiveMQRig(BrokerRig):
+    """HiveMQ CE with the plugforge loader installed before start (the init container's job):
+    plugins and their settings are hot; HiveMQ CE has no live broker config, so broker.yaml
+    config keys are refused. API mode: the sidecar watches the ConfigMap itself."""
+
+    broker = "hivemq"
+    template = "hivemq-java"
+    hot_plugins = True
+    mode = "api"
+    live_config = None
+    no_live_config = ("HiveMQ CE has none that can change live (config.xml is read at start); "
+                      "broker.yaml keys are refused, see the broken edit below")
+    bad_config: ClassVar[dict[str, str]] = {"max_qos": "1"}
+
+    def start_broker(self) -> None:
+        home = self.workdir / "broker"
+        install_loader(home / "extensions", self.plugin_dir)
+        self.hivemq: HiveMQ = start_hivemq(home)
+
+    def adapter_options(self) -> dict[str, str]:
+        return {"mode": "loader", "host": self.hivemq.host, "port": str(self.hivemq.port),
+                "loader_timeout": "30", "restart_timeout": "90"}
+
+    @property
+    def port(self) -> int:
+        return self.hivemq.port
+
+    def pid(self) -> int:
+        return self.hivemq.pid
+
+    def _broker_exited(self) -> bool:
+        return self.hivemq.server.proc.poll() is not None
+
+    def _restart_broker(self) -> None:
+        self.hivemq.restart()
+
+    def stop_broker(self) -> None:
+        self.hivemq.stop()
+
+    def change_policy(self, repo: Path) -> list[str]:
+        changed = []
+        for path, old, new in (
+                (next(repo.rglob("PolicySettings.java")), 'DEFAULT_DENY_USERS = "mallory"',
+                 'DEFAULT_DENY_USERS = "mallory,eve"'),
+                (repo / "src/main/extension/conf/config.properties", "deny_users=mallory",
+                 "deny_users=mallory,eve")):
+            text = path.read_text()
+            check(old in text, (path, old))
+            path.write_text(text.replace(old, new))
+            changed.append(str(path.relative_to(repo)))
+        return changed
+
+    def break_build(self, repo: Path) -> list[str]:
+        path = next(repo.rglob("PolicySettings.java"))
+        path.write_text(path.read_text() + "\nthis is not Java\n")
+        return [str(path.relative_to(repo))]
+
+
+class RabbitMQRig(BrokerRig):
+    """Debian's RabbitMQ 3.10 with rabbitmq_mqtt (MQTT 3.1.1): the sidecar enables plugin
+    versions online (``rabbitmq-plugins --online``) and sets their settings as application env,
+    all hot. Its live broker keys (users, permissions) act on the internal database, which the
+    plugin replaces as the auth backend, so no behaviour shows them here. File mode."""
+
+    broker = "rabbitmq"
+    template = "rabbitmq-erlang"
+    hot_plugins = True
+    mode = "files"
+    live_config = None
+    no_live_config = ("RabbitMQ's live keys (users, permissions) act on its internal database, "
+                      "which the plugin replaces as the auth backend: nothing to observe here "
+                      "(tests/test_adapter_rabbitmq.py proves them without a plugin)")
+    bad_config: ClassVar[dict[str, str]] = {"mqtt.no_such_key": "1"}
+    mqtt_version = "3.1.1"
+
+    def start_broker(self) -> None:
+        self.node: RabbitMQ = start_rabbitmq(self.workdir / "broker", self.plugin_dir)
+
+    def adapter_options(self) -> dict[str, str]:
+        return {"node": self.node.nodename, "home": str(self.node.workdir),
+                "epmd_port": str(self.node.ports.epmd), "timeout": "60"}
+
+    @property
+    def port(self) -> int:
+        return self.node.mqtt_port
+
+    def pid(self) -> int:
+        return self.node.os_pid()
+
+    def _broker_exited(self) -> bool:
+        return self.node.server.proc.poll() is not None
+
+    def _restart_broker(self) -> None:
+        self.node.start_node()
+
+    def stop_broker(self) -> None:
+        self.node.stop()
+
+    def change_policy(self, repo: Path) -> list[str]:
+        changed = []
+        for path, old, new in (
+                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
+                 '{deny_users, "mallory,eve"}'),
+                (next((repo / "src").glob("*.erl")), 'deny_users, "mallory")',
+                 'deny_users, "mallory,eve")')):
+            text = path.read_text()
+            check(old in text, (path, old))
+            path.write_text(text.replace(old, new))
+            changed.append(str(path.relative_to(repo)))
+        return changed
+
+    def break_build(self, repo: Path) -> list[str]:
+        path = next((repo / "src").glob("*.erl"))
+        path.write_text(path.read_text() + "\nthis is not erlang\n")
+        return [str(path.relative_to(repo))]
+
+
+RIGS: dict[str, type[BrokerRig]] = {"mosquitto": MosquittoRig, "hivemq": HiveMQRig,
+                                    "rabbitmq": RabbitMQRig}
