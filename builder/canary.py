@@ -52,19 +52,23 @@ def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
     ``expected_hash`` is the content hash of the desired state the pod should see (its view of
     the ConfigMap): after a failed apply a sidecar reports its plugins against the last good
     state, so "it tried our release and rolled back" shows as a failed phase while working on
-    exactly that hash.
+    exactly that hash; and it is current only once it applied exactly that hash (a release that
+    changes settings but not the digest looks "running" before the sidecar even read it).
     """
     if not report.reachable:
         return PodState.UNREACHABLE
     if not enabled:
         return PodState.DISABLED if report.status in ("Disabled", "") and \
             not report.running_digest else PodState.UPDATING
-    asked = report.desired_digest == expected_digest or bool(
-        expected_hash and report.desired_hash == expected_hash)
+    # With the hash known it alone says the pod works on our state: the digest may equal an
+    # earlier release's (a settings change), whose failure must not count against this one.
+    asked = report.desired_hash == expected_hash if expected_hash else \
+        report.desired_digest == expected_digest
     if asked and (report.phase in FAILED_PHASES or report.status == "ProbeFailed"):
         return PodState.FAILED
-    if asked and report.running_digest == expected_digest and report.status == "Running" \
-            and report.phase == "Applied":
+    applied = not expected_hash or report.applied_hash == expected_hash
+    if asked and applied and report.running_digest == expected_digest and \
+            report.status == "Running" and report.phase == "Applied":
         return PodState.CURRENT
     return PodState.UPDATING
 

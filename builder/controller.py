@@ -498,7 +498,9 @@ class Controller:
         """Keep the rolled-out release in step with spec fields that need no build.
 
         ``enabled: false`` requests no build, yet the sidecars must see it: disabling always
-        takes effect. Otherwise the release is only rewritten while the latest build succeeded,
+        takes effect. With a canary strategy nothing else is synced here: a spec change
+        requests a build (a content-key hit for settings alone), whose release is canaried.
+        Otherwise the release is only rewritten while the latest build succeeded,
         so a spec whose build failed changes nothing that is rolled out.
         """
         status = obj.get("status") or {}
@@ -507,6 +509,8 @@ class Controller:
             return
         if spec.enabled and (status.get("latestBuild") or {}).get("phase") != "Succeeded":
             return
+        if spec.enabled and spec.uses_canary and self.tracker is not None:
+            return  # settings and probes reach the pods through a build and its canary
         release = rollout.current_release(spec, name, image, status.get("currentCommit", ""),
                                           status.get("currentBuild", ""))
         try:

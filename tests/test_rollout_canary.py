@@ -64,6 +64,7 @@ class Pod:
     sidecar: Sidecar
     supervisor: Supervisor
     address: str
+    tls: tuple[Path, Path]
 
     def accepts(self, user: str) -> bool:
         try:
@@ -119,7 +120,7 @@ def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateA
             server = serve(sidecar, "127.0.0.1:0", token=SIDECAR_TOKEN,
                            tls=(pair.cert, pair.key))
             made.append(Pod(name, broker, sidecar, supervisor,
-                            f"127.0.0.1:{server.bound_port}"))
+                            f"127.0.0.1:{server.bound_port}", (pair.cert, pair.key)))
             sidecar._grpc_server = server  # type: ignore[attr-defined]  # stopped below
         yield made
     finally:
@@ -302,3 +303,47 @@ def test_next_good_release_fans_out_to_both(
              status(cluster).get("podsReady") == 2, "Ready again", 60)
     for pod in pods:
         assert not pod.accepts("eve") and pod.accepts("alice")
+
+
+def test_bad_settings_are_canaried_too(cluster: Cluster, pods: list[Pod], api: Api) -> None:
+    """A settings change builds nothing new (content-key hit, same digest) but its release
+    still goes to the canary first: refusing alice fails the probe there, mq-1 never sees it."""
+    canary, other = pods
+    wait_for(lambda: ready(cluster).get("status") == "True", "Ready before", 60)
+    before = status(cluster)
+    digest = before["currentImage"].rpartition("@")[2]
+    other_pid = other.broker.pid
+    cluster.patch_plugin(PLUGIN, {"settings": {"deny_users": "mallory,alice"}})
+    wait_for(lambda: ready(cluster).get("reason") == "CanaryFailed", "settings canary failed",
+             timeout=120)
+    st = status(cluster)
+    assert st["rollout"]["digest"] == digest and st["rollout"]["phase"] == "RolledBack"
+    assert "alice-accepted" in ready(cluster)["message"]
+    assert other.broker.pid == other_pid and other.accepts("alice")
+    assert "deny_users" not in cluster.configmap(CONFIGMAP)[f"plugin.{PLUGIN}.yaml"]
+    wait_for(lambda: canary.accepts("alice"), "mq-0 admits alice again", timeout=60)
+    # Undoing the change rolls out (the canary already runs that state: promoted at once).
+    cluster.patch_plugin(PLUGIN, {"settings": None})
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready again", timeout=120)
+
+
+def test_pods_ready_follows_the_sidecars(cluster: Cluster, pods: list[Pod], api: Api) -> None:
+    """Per-pod truth: a sidecar that stops answering makes the plugin not Ready, naming it."""
+    _, other = pods
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready with 2/2", 60)
+    port = int(other.address.rpartition(":")[2])
+    other.sidecar._grpc_server.stop(0)  # type: ignore[attr-defined]
+    wait_for(lambda: ready(cluster).get("reason") == "PodsNotReady", "PodsNotReady", 60)
+    st = status(cluster)
+    assert st["podsReady"] == 1 and st["podsTotal"] == 2
+    assert "mq-1: Unreachable" in ready(cluster)["message"]
+    rollout = api.stub().GetRollout(pb.GetRolloutRequest(namespace=cluster.ns,
+                                                         plugin=PLUGIN)).rollout
+    states = {p.pod: p.state for p in rollout.pods}
+    assert states == {"mq-0": pb.POD_STATE_CURRENT, "mq-1": pb.POD_STATE_UNREACHABLE}
+    other.sidecar._grpc_server = serve(  # type: ignore[attr-defined]
+        other.sidecar, f"127.0.0.1:{port}", token=SIDECAR_TOKEN, tls=other.tls)
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready again", 60)

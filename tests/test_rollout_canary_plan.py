@@ -111,3 +111,28 @@ def test_a_rolled_back_apply_of_our_desired_state_is_a_failure() -> None:
     assert pod_state(rep, NEW, True, "sha256:other") is PodState.UPDATING
     step = plan_canary(NEW, ("mq-0",), {"mq-0": rep}, 1, 60, {"mq-0": "sha256:ours"})
     assert step.kind is StepKind.ROLLBACK and "probe failed" in step.reason
+
+
+def test_current_only_once_the_expected_state_is_applied() -> None:
+    # Same digest, new settings: running the digest is not enough, the state must be applied.
+    rep = PodReport("mq-0", "a", True, phase="Applied", desired_digest=NEW, running_digest=NEW,
+                    status="Running", desired_hash="sha256:old", applied_hash="sha256:old")
+    assert pod_state(rep, NEW, True, "sha256:new") is PodState.UPDATING
+    assert plan_canary(NEW, ("mq-0",), {"mq-0": rep}, 1, 60,
+                       {"mq-0": "sha256:new"}).kind is StepKind.WAIT
+    done = PodReport("mq-0", "a", True, phase="Applied", desired_digest=NEW,
+                     running_digest=NEW, status="Running", desired_hash="sha256:new",
+                     applied_hash="sha256:new")
+    assert plan_canary(NEW, ("mq-0",), {"mq-0": done}, 1, 60,
+                       {"mq-0": "sha256:new"}).kind is StepKind.PROMOTE
+
+
+def test_an_earlier_failure_with_the_same_digest_is_not_ours() -> None:
+    # A settings-only canary after a failed one: same digest, the sidecar has not read the new
+    # state yet and still reports the old failure.
+    stale = PodReport("mq-0", "a", True, phase="RolledBack", last_error="old failure",
+                      desired_digest=NEW, running_digest=NEW, status="Running",
+                      desired_hash="sha256:bad-settings", applied_hash="sha256:good")
+    assert pod_state(stale, NEW, True, "sha256:undo") is PodState.UPDATING
+    assert plan_canary(NEW, ("mq-0",), {"mq-0": stale}, 1, 60,
+                       {"mq-0": "sha256:undo"}).kind is StepKind.WAIT
