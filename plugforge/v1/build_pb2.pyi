@@ -183,6 +183,8 @@ Global___Build: _TypeAlias = Build  # noqa: Y015
 
 @_typing.final
 class TriggerBuildRequest(_message.Message):
+    """TriggerBuildRequest asks for a build of one BrokerPlugin."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -211,6 +213,8 @@ Global___TriggerBuildRequest: _TypeAlias = TriggerBuildRequest  # noqa: Y015
 
 @_typing.final
 class TriggerBuildResponse(_message.Message):
+    """TriggerBuildResponse names the build request created."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BUILD_FIELD_NUMBER: _builtins.int
@@ -233,6 +237,8 @@ Global___TriggerBuildResponse: _TypeAlias = TriggerBuildResponse  # noqa: Y015
 
 @_typing.final
 class GetBuildRequest(_message.Message):
+    """GetBuildRequest names one PluginBuild."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -256,6 +262,8 @@ Global___GetBuildRequest: _TypeAlias = GetBuildRequest  # noqa: Y015
 
 @_typing.final
 class GetBuildResponse(_message.Message):
+    """GetBuildResponse is that PluginBuild."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BUILD_FIELD_NUMBER: _builtins.int
@@ -276,6 +284,8 @@ Global___GetBuildResponse: _TypeAlias = GetBuildResponse  # noqa: Y015
 
 @_typing.final
 class ListBuildsRequest(_message.Message):
+    """ListBuildsRequest filters and pages PluginBuilds."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -311,6 +321,8 @@ Global___ListBuildsRequest: _TypeAlias = ListBuildsRequest  # noqa: Y015
 
 @_typing.final
 class ListBuildsResponse(_message.Message):
+    """ListBuildsResponse is one page."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     BUILDS_FIELD_NUMBER: _builtins.int
@@ -335,6 +347,8 @@ Global___ListBuildsResponse: _TypeAlias = ListBuildsResponse  # noqa: Y015
 
 @_typing.final
 class StreamBuildLogsRequest(_message.Message):
+    """StreamBuildLogsRequest names the build whose log to stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -362,6 +376,8 @@ Global___StreamBuildLogsRequest: _TypeAlias = StreamBuildLogsRequest  # noqa: Y0
 
 @_typing.final
 class StreamBuildLogsResponse(_message.Message):
+    """StreamBuildLogsResponse is one chunk of the log."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
@@ -388,6 +404,8 @@ Global___StreamBuildLogsResponse: _TypeAlias = StreamBuildLogsResponse  # noqa: 
 
 @_typing.final
 class GetRolloutRequest(_message.Message):
+    """GetRolloutRequest names one BrokerPlugin."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -462,6 +480,8 @@ Global___PodRollout: _TypeAlias = PodRollout  # noqa: Y015
 
 @_typing.final
 class Rollout(_message.Message):
+    """Rollout is a plugin's release and what every broker pod runs of it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -480,6 +500,7 @@ class Rollout(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Namespace and name of the BrokerPlugin."""
     plugin: _builtins.str
     plugin_name: _builtins.str
     """The plugin's name inside the broker."""
@@ -529,6 +550,8 @@ Global___Rollout: _TypeAlias = Rollout  # noqa: Y015
 
 @_typing.final
 class GetRolloutResponse(_message.Message):
+    """GetRolloutResponse is that rollout."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ROLLOUT_FIELD_NUMBER: _builtins.int
