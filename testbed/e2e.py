@@ -311,11 +311,9 @@ def flow3_configmap_edits(stage: Stage, rig: BrokerRig, plugin: Plugin, results:
              timeout=30, say=say)
     state = rig.sidecar.state
     say(f"  broken edit {rig.bad_config} -> {state.phase.value}: {state.last_error[:110]}")
-    events: list[dict[str, Any]] = []
-    if rig.mode == "api":
-        events = wait_for(lambda: [e for e in api.events(rig.pod) if e["reason"] == "Rejected"],
-                          "a Rejected Event on the pod", timeout=30, say=say)
-        say(f"  Event on pod {rig.pod}: {events[-1]['type']} {events[-1]['reason']}")
+    events = wait_for(lambda: [e for e in api.events(rig.pod) if e["reason"] == "Rejected"],
+                      "a Rejected Event on the pod", timeout=30, say=say)
+    say(f"  Event on pod {rig.pod}: {events[-1]['type']} {events[-1]['reason']}")
     results.facts.update(broken_edit_error=state.last_error, broken_edit_events=events,
                          broken_edit_rejections=_count_rejections(rig) - rejections,
                          broken_edit_trent=rig.outcome("connect", "trent"))

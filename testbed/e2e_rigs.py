@@ -104,7 +104,8 @@ class BrokerRig:
         settings = SidecarSettings(
             broker=self.broker, config_dirs=dirs, source=self.mode,
             configmaps=(self.configmap,) if self.mode == "api" else (), namespace=NAMESPACE,
-            kubeconfig=cp.kubeconfig("sidecar") if self.mode == "api" else None,
+            # Credentials in both modes, as in a pod: file mode still posts Events.
+            kubeconfig=cp.kubeconfig("sidecar"),
             adapter_options=self.adapter_options(), plugin_dir=self.plugin_dir,
             cache_dir=self.workdir / "cache", allow_broker_restart=not self.hot_plugins,
             debounce=0.05, resync_interval=10.0, http_address="127.0.0.1:0",

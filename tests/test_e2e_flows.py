@@ -17,8 +17,8 @@ git server) run, in order:
    plugin setting
    (``deny_users``; hot on HiveMQ, a restart on mosquitto);
 plus the unhappy paths: a push that does not compile (build Failed, CR says why, old plugin
-still running) and a broken ConfigMap edit (Rejected, last good state kept; an Event in API
-mode). Mosquitto's sidecar reads a kubelet-style projected directory (file mode); HiveMQ's
+still running) and a broken ConfigMap edit (Rejected, last good state kept, a Warning Event on
+the pod). Mosquitto's sidecar reads a kubelet-style projected directory (file mode); HiveMQ's
 watches the ConfigMap (API mode). RabbitMQ 3.10 (MQTT 3.1.1) runs the same flows with plugins
 and settings hot, file mode; its live broker keys (users, permissions) act on the internal
 database that the plugin replaces, so flow 3 shows no broker-config change there.
@@ -118,6 +118,5 @@ def test_broken_configmap_edit_is_rejected_and_visible(flows: tuple[BrokerRig, R
     assert key in results.facts["broken_edit_error"]
     assert results.facts["broken_edit_rejections"] >= 1
     assert results.facts["broken_edit_trent"] == "refused"  # last good settings still enforced
-    if rig.mode == "api":
-        event = results.facts["broken_edit_events"][-1]
-        assert event["type"] == "Warning" and key in event["message"], event
+    event = results.facts["broken_edit_events"][-1]  # posted by the sidecar identity
+    assert event["type"] == "Warning" and key in event["message"], event
