@@ -35,6 +35,8 @@ class PodReport:
     applied_hash: str = ""
     desired_hash: str = ""
     """Content hash of the desired state the sidecar currently works on."""
+    failed_hash: str = ""
+    """Content hash of the desired state whose last apply failed ("" after a success)."""
 
 
 class PodState(enum.Enum):
@@ -60,12 +62,17 @@ def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
     if not enabled:
         return PodState.DISABLED if report.status in ("Disabled", "") and \
             not report.running_digest else PodState.UPDATING
-    # With the hash known it alone says the pod works on our state: the digest may equal an
-    # earlier release's (a settings change), whose failure must not count against this one.
-    asked = report.desired_hash == expected_hash if expected_hash else \
-        report.desired_digest == expected_digest
-    if asked and (report.phase in FAILED_PHASES or report.status == "ProbeFailed"):
-        return PodState.FAILED
+    if expected_hash:
+        # The hash alone says the failure is of our state: the digest may equal an earlier
+        # release's (a settings change), and the sidecar names its new desired hash before it
+        # has applied it, while phase and error still tell of the previous attempt.
+        if report.failed_hash == expected_hash and report.phase in FAILED_PHASES:
+            return PodState.FAILED
+        asked = report.desired_hash == expected_hash
+    else:
+        asked = report.desired_digest == expected_digest
+        if asked and (report.phase in FAILED_PHASES or report.status == "ProbeFailed"):
+            return PodState.FAILED
     applied = not expected_hash or report.applied_hash == expected_hash
     if asked and applied and report.running_digest == expected_digest and \
             report.status == "Running" and report.phase == "Applied":

@@ -70,7 +70,8 @@ class SidecarClient:
             running_digest=entry.running_digest if entry else "",
             status=_STATUS.get(entry.status, "") if entry else "",
             probe_results=tuple(entry.probe_results) if entry else (),
-            applied_hash=state.applied_hash, desired_hash=state.desired_hash)
+            applied_hash=state.applied_hash, desired_hash=state.desired_hash,
+            failed_hash=state.failed_hash)
 
     def gather(self, targets: Sequence[SidecarTarget], plugin: str) -> dict[str, PodReport]:
         """Every target's report, asked in parallel (an unreachable one says so)."""

@@ -76,6 +76,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             broker=self._sidecar.settings.broker, pod_name=self._sidecar.settings.pod_name,
             phase=_PHASES[s.phase.value], ready=s.ready, ready_reason=s.ready_reason,
             desired_hash=s.desired_hash, applied_hash=s.last_applied.content_hash,
+            failed_hash=s.failed_hash,
             last_error=s.last_error, restart_required=s.restart_required,
             broker_reachable=bool(observed and observed.reachable),
             desired_config=_redacted(s.desired.config if s.desired else {}),

@@ -144,6 +144,7 @@ class Reconciler:
                 log.info("decision=recovered reason=%r hash=%s", reason, desired.content_hash)
                 self.state.phase = self._good_phase
                 self.state.last_error = ""
+                self.state.failed_hash = ""
                 self._rejected_hash = self._failed_hash = ""
                 self._failures = 0
             return Outcome(self.state.phase)
@@ -168,6 +169,7 @@ class Reconciler:
             desired.content_hash)
         self.state.applied_once = True
         self.state.last_error = ""
+        self.state.failed_hash = ""
         self.state.restart_required = restart_pending
         self.state.phase = Phase.RESTART_REQUIRED if restart_pending else Phase.APPLIED
         self._good_phase = self.state.phase
@@ -243,6 +245,7 @@ class Reconciler:
         log.warning("decision=rollback reason=%r error=%r", reason, message)
         rolled_back = self._roll_back(desired)
         self.state.last_error = message
+        self.state.failed_hash = desired.content_hash
         changed_anything = any(a.kind is not ActionKind.INSTALL_PLUGIN for a in actions)
         if rolled_back:
             self.state.phase = Phase.ROLLED_BACK
@@ -287,6 +290,7 @@ class Reconciler:
     def _reject(self, reason: str, content_hash: str, message: str) -> Outcome:
         self.state.phase = Phase.REJECTED
         self.state.last_error = message
+        self.state.failed_hash = content_hash
         self.state.desired_hash = content_hash
         if content_hash != self._rejected_hash:
             self._rejected_hash = content_hash

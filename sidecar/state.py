@@ -53,6 +53,10 @@ class SidecarState:
     phase: Phase = Phase.PENDING
     desired: DesiredState | None = None
     desired_hash: str = ""
+    failed_hash: str = ""
+    """Content hash of the desired state whose last apply failed or was rejected; "" after a
+    success. With ``desired_hash`` alone a caller cannot tell an old failure from one of the
+    state being applied right now."""
     observed: Observed | None = None
     last_applied: Applied = field(default_factory=lambda: Applied({}, {}))
     last_error: str = ""

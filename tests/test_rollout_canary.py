@@ -15,6 +15,7 @@ the BrokerPlugin Ready=False with the canary's error; v3 (denies eve too) fans o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,17 @@ def test_good_release_goes_to_the_canary_first_then_fans_out(
     assert rollout.desired_digest == v1 and rollout.pods_ready == 2 and rollout.ready
     assert [(p.pod, p.running_digest, p.state) for p in rollout.pods] == [
         ("mq-0", v1, pb.POD_STATE_CURRENT), ("mq-1", v1, pb.POD_STATE_CURRENT)]
+    # GetRollout asks both sidecars (TLS + token) in parallel on every call.
+    stub = api.stub()
+    timings = []
+    for _ in range(20):
+        started = time.perf_counter()
+        stub.GetRollout(pb.GetRolloutRequest(namespace=cluster.ns, plugin=PLUGIN))
+        timings.append(time.perf_counter() - started)
+    timings.sort()
+    print(f"GetRollout over 2 sidecars: median {timings[10] * 1000:.1f} ms, "
+          f"max {timings[-1] * 1000:.1f} ms")
+    assert timings[10] < 1.0
     assert plugforge(["rollout", PLUGIN, "--watch", "-n", cluster.ns, *api.cli_flags()]) == 0
     out = capsys.readouterr().out
     assert "pods ready 2/2" in out and "Ready=True" in out

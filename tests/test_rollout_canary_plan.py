@@ -106,7 +106,8 @@ def test_a_rolled_back_apply_of_our_desired_state_is_a_failure() -> None:
     # desired_hash still names the state with our release in it.
     rep = PodReport("mq-0", "a", True, phase="RolledBack", last_error="probe failed",
                     desired_digest=OLD, running_digest=OLD, status="Running",
-                    desired_hash="sha256:ours", applied_hash="sha256:old")
+                    desired_hash="sha256:ours", applied_hash="sha256:old",
+                    failed_hash="sha256:ours")
     assert pod_state(rep, NEW, True, "sha256:ours") is PodState.FAILED
     assert pod_state(rep, NEW, True, "sha256:other") is PodState.UPDATING
     step = plan_canary(NEW, ("mq-0",), {"mq-0": rep}, 1, 60, {"mq-0": "sha256:ours"})
@@ -132,7 +133,18 @@ def test_an_earlier_failure_with_the_same_digest_is_not_ours() -> None:
     # state yet and still reports the old failure.
     stale = PodReport("mq-0", "a", True, phase="RolledBack", last_error="old failure",
                       desired_digest=NEW, running_digest=NEW, status="Running",
-                      desired_hash="sha256:bad-settings", applied_hash="sha256:good")
+                      desired_hash="sha256:bad-settings", applied_hash="sha256:good",
+                      failed_hash="sha256:bad-settings")
     assert pod_state(stale, NEW, True, "sha256:undo") is PodState.UPDATING
     assert plan_canary(NEW, ("mq-0",), {"mq-0": stale}, 1, 60,
                        {"mq-0": "sha256:undo"}).kind is StepKind.WAIT
+
+
+def test_a_new_desired_hash_with_an_old_failure_is_still_updating() -> None:
+    # The sidecar names the new desired hash as it starts applying; phase and error are the
+    # previous attempt's until it finishes.
+    applying = PodReport("mq-0", "a", True, phase="RolledBack", last_error="old failure",
+                         desired_digest=NEW, running_digest=NEW, status="Running",
+                         desired_hash="sha256:undo", applied_hash="sha256:good",
+                         failed_hash="sha256:bad-settings")
+    assert pod_state(applying, NEW, True, "sha256:undo") is PodState.UPDATING

@@ -380,6 +380,7 @@ class GetStateResponse(_message.Message):
     APPLIED_CONFIG_FIELD_NUMBER: _builtins.int
     PLUGINS_FIELD_NUMBER: _builtins.int
     LAST_PLAN_FIELD_NUMBER: _builtins.int
+    FAILED_HASH_FIELD_NUMBER: _builtins.int
     broker: _builtins.str
     """The adapter (broker) this sidecar drives, e.g. "mosquitto"."""
     pod_name: _builtins.str
@@ -396,6 +397,10 @@ class GetStateResponse(_message.Message):
     last_error: _builtins.str
     restart_required: _builtins.bool
     broker_reachable: _builtins.bool
+    failed_hash: _builtins.str
+    """Content hash of the desired state whose last apply failed or was rejected; empty after a
+    success. Tells a failure of the state now desired from an older one (rollouts need this).
+    """
     @_builtins.property
     def desired_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Config values: desired, observed on the broker, last applied. Secret values are redacted."""
@@ -428,10 +433,11 @@ class GetStateResponse(_message.Message):
         applied_config: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         plugins: _abc.Iterable[Global___Plugin] | None = ...,
         last_plan: _abc.Iterable[Global___Action] | None = ...,
+        failed_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_config", b"applied_config", "applied_hash", b"applied_hash", "broker", b"broker", "broker_reachable", b"broker_reachable", "desired_config", b"desired_config", "desired_hash", b"desired_hash", "last_error", b"last_error", "last_plan", b"last_plan", "observed_config", b"observed_config", "phase", b"phase", "plugins", b"plugins", "pod_name", b"pod_name", "ready", b"ready", "ready_reason", b"ready_reason", "restart_required", b"restart_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_config", b"applied_config", "applied_hash", b"applied_hash", "broker", b"broker", "broker_reachable", b"broker_reachable", "desired_config", b"desired_config", "desired_hash", b"desired_hash", "failed_hash", b"failed_hash", "last_error", b"last_error", "last_plan", b"last_plan", "observed_config", b"observed_config", "phase", b"phase", "plugins", b"plugins", "pod_name", b"pod_name", "ready", b"ready", "ready_reason", b"ready_reason", "restart_required", b"restart_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
