@@ -229,8 +229,9 @@ def test_good_release_goes_to_the_canary_first_then_fans_out(
         stub.GetRollout(pb.GetRolloutRequest(namespace=cluster.ns, plugin=PLUGIN))
         timings.append(time.perf_counter() - started)
     timings.sort()
-    print(f"GetRollout over 2 sidecars: median {timings[10] * 1000:.1f} ms, "
-          f"max {timings[-1] * 1000:.1f} ms")
+    with capsys.disabled():
+        print(f"\nGetRollout over 2 sidecars: median {timings[10] * 1000:.1f} ms, "
+              f"max {timings[-1] * 1000:.1f} ms")
     assert timings[10] < 1.0
     assert plugforge(["rollout", PLUGIN, "--watch", "-n", cluster.ns, *api.cli_flags()]) == 0
     out = capsys.readouterr().out
