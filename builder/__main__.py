@@ -10,6 +10,7 @@ from types import FrameType
 
 from builder.app import Builder
 from builder.settings import SettingsError, parse_settings
+from plugforge.grpc_auth import TokenFileError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as e:
         print(f"builder: {e}", file=sys.stderr)
         return 2
-    builder = Builder(settings)
+    try:
+        builder = Builder(settings)
+    except TokenFileError as e:
+        print(f"builder: {e}", file=sys.stderr)
+        return 2
 
     def stop(signum: int, frame: FrameType | None) -> None:
         builder._stop.set()

@@ -30,6 +30,9 @@ class Builder:
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,
                                  settings.docker_url)
+        # Token files are read now, so a bad one stops the start with its reason.
+        self.api_tokens = read_tokens(settings.grpc_token_file) \
+            if settings.grpc_token_file and settings.grpc_address else {}
         self.sidecars = SidecarClient(
             settings.sidecar_ca, read_client_token(settings.sidecar_token_file)
             if settings.sidecar_token_file else None)
@@ -75,7 +78,7 @@ class Builder:
                 raise ValueError("--grpc-address needs a token file, TLS cert and key")
             host, port = s.grpc_address
             api, self.grpc_port = serve(self.kube, s.log_dir, f"{host}:{port}",
-                                        tokens=read_tokens(s.grpc_token_file),
+                                        tokens=self.api_tokens,
                                         tls=(s.grpc_tls_cert, s.grpc_tls_key),
                                         sidecars=self.sidecars)
             log.info("serving the BuildService (gRPC, TLS) on %s:%d", host, self.grpc_port)

@@ -104,3 +104,34 @@ def test_follow_reads_until_the_build_finishes(tmp_path: Path) -> None:
     thread.join()
     assert "".join(seen) == "start\nstep 1\npartial\ndone\n"
     assert all(chunk.endswith("\n") for chunk in seen)
+
+
+def test_builder_api_settings_are_checked() -> None:
+    from builder.settings import SettingsError, parse_settings
+
+    with pytest.raises(SettingsError, match="--grpc-address needs --grpc-token-file, "
+                                            "--grpc-tls-cert, --grpc-tls-key"):
+        parse_settings(["--grpc-address", "127.0.0.1:9443"], {})
+    with pytest.raises(SettingsError, match="expected HOST:PORT"):
+        parse_settings([], {"PLUGFORGE_BUILDER_GRPC_ADDRESS": "9443"})
+    s = parse_settings(["--grpc-address", "[::1]:9443", "--grpc-token-file", "/t",
+                        "--grpc-tls-cert", "/c", "--grpc-tls-key", "/k"], {})
+    assert s.grpc_address == ("::1", 9443) and s.grpc_token_file == Path("/t")
+
+
+def test_builder_refuses_to_start_with_a_bad_token_file(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    from builder.__main__ import main
+
+    empty = tmp_path / "tokens"
+    empty.write_text("\n")
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: "
+                          "{server: 'https://127.0.0.1:1'}}]\ncontexts: [{name: c, context: "
+                          "{cluster: c, user: u}}]\ncurrent-context: c\nusers: [{name: u, "
+                          "user: {token: x}}]\n")
+    assert main(["--kubeconfig", str(kubeconfig), "--state-dir", str(tmp_path / "s"),
+                 "--grpc-address", "127.0.0.1:0", "--grpc-token-file", str(empty),
+                 "--grpc-tls-cert", "/c", "--grpc-tls-key", "/k"]) == 2
+    assert "no token in it" in capsys.readouterr().err
