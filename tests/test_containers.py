@@ -114,8 +114,8 @@ def test_manifests_agree_with_the_images() -> None:
             if d["kind"] in ("Deployment", "StatefulSet")}
     builder = pods["plugforge-builder"]["containers"][0]
     assert builder["image"].endswith("plugforge/builder:0.1.0")
-    webhooks = pods["plugforge-webhooks"]["containers"][0]
-    assert webhooks["command"] == ["python", "-m", "builder.webhooks"]
+    assert "--webhook-address=0.0.0.0:8443" in builder["args"]
+    assert "plugforge-webhooks" not in pods  # the builder serves the webhooks itself
     init = pods["hivemq"]["initContainers"][0]
     assert init["image"].endswith("plugforge/sidecar:0.1.0")
     loader = init["command"][-2]
