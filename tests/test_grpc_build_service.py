@@ -166,7 +166,8 @@ def test_list_with_filters_and_pagination(api: Api, cluster: Cluster,
     failed = stub.ListBuilds(pb.ListBuildsRequest(namespace=cluster.ns,
                                                   phase=pb.BUILD_PHASE_FAILED)).builds
     assert failed and all(b.phase == pb.BUILD_PHASE_FAILED for b in failed)
-    assert {b.plugin for b in failed} == {"broken"}
+    # "slow" builds may have lost a race to a newer request of the same commit (Superseded).
+    assert {b.plugin for b in failed if b.reason != "Superseded"} == {"broken"}
     # Page by page, one at a time: the same builds in the same order, none twice.
     names, token = [], ""
     while True:
