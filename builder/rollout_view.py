@@ -22,6 +22,8 @@ class PodView:
     report: PodReport
     state: PodState
     canary: bool
+    commit: str
+    build: str
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,18 @@ def build_view(obj: Mapping[str, Any], spec: PluginSpec,
     image = str(status.get("currentImage") or "")
     stable = digest_of(image)
     canary_digest, canary_pods = canary_of(status)
+    rollout = status.get("rollout") or {}
     pods = []
     for target in spec.sidecars:
         report = reports.get(target.pod) or PodReport(target.pod, target.address, False,
                                                       last_error="not asked")
         canary = target.pod in canary_pods
         desired = canary_digest if canary else stable
+        source = rollout if canary else status
         pods.append(PodView(target.pod, target.address, desired, report,
-                            pod_state(report, desired, spec.enabled), canary))
+                            pod_state(report, desired, spec.enabled), canary,
+                            str(source.get("commit" if canary else "currentCommit") or ""),
+                            str(source.get("build" if canary else "currentBuild") or "")))
     ready = get_condition(status.get("conditions") or [], "Ready") or {}
     return RolloutView(
         namespace=spec.namespace, plugin=spec.name,
@@ -93,7 +99,7 @@ def pods_status(view: RolloutView, now: str) -> dict[str, Any]:
         "podsReady": view.pods_ready, "podsTotal": len(view.pods),
         "pods": [{"pod": p.pod, "digest": p.report.running_digest,
                   "desiredDigest": p.desired_digest, "configHash": p.report.applied_hash,
-                  "commit": view.commit, "build": view.build, "state": p.state.value,
+                  "commit": p.commit, "build": p.build, "state": p.state.value,
                   "canary": p.canary, "lastError": p.report.last_error[:2000], "time": now}
                  for p in view.pods],
     }

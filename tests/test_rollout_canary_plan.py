@@ -148,3 +148,25 @@ def test_a_new_desired_hash_with_an_old_failure_is_still_updating() -> None:
                          desired_hash="sha256:undo", applied_hash="sha256:good",
                          failed_hash="sha256:bad-settings")
     assert pod_state(applying, NEW, True, "sha256:undo") is PodState.UPDATING
+
+
+def test_rollout_view_gives_canary_pods_the_canarys_provenance() -> None:
+    from builder.resources import parse_plugin
+    from builder.rollout_view import build_view, pods_status
+
+    obj = {"metadata": {"namespace": "ns", "name": "gate"},
+           "spec": {"broker": "mosquitto", "source": {"git": {"url": "https://g/x.git"}},
+                    "image": {"repository": "r/x"},
+                    "target": {"configMap": "cm", "sidecars": [
+                        {"pod": "mq-0", "address": "a:1"}, {"pod": "mq-1", "address": "b:1"}]}},
+           "status": {"currentImage": f"r/x@{OLD}", "currentCommit": "c1", "currentBuild": "b1",
+                      "rollout": {"phase": "Canary", "digest": NEW, "commit": "c2",
+                                  "build": "b2", "canaryPods": ["mq-0"]}}}
+    reports = {"mq-0": report("mq-0"), "mq-1": report("mq-1", desired=OLD, running=OLD)}
+    view = build_view(obj, parse_plugin(obj), reports)
+    assert view.phase == "Canary" and view.canary_digest == NEW and view.desired_digest == OLD
+    pods = pods_status(view, "2026-01-01T00:00:00Z")
+    assert pods["podsReady"] == 2 and pods["podsTotal"] == 2
+    assert [(p["pod"], p["canary"], p["desiredDigest"], p["commit"], p["build"])
+            for p in pods["pods"]] == [("mq-0", True, NEW, "c2", "b2"),
+                                       ("mq-1", False, OLD, "c1", "b1")]
