@@ -109,7 +109,14 @@ def start_with_port(
             return server, port
         except ServerFailed as e:
             server.stop()
-            if "address already in use" not in str(e).lower():
+            if not _lost_port_race(str(e)):
                 raise
             last = e
     raise last or ServerFailed("could not start on a free port")
+
+
+def _lost_port_race(message: str) -> bool:
+    # How our servers say it: "Address already in use" (Go, C), "Is it already in use?"
+    # (HiveMQ), eaddrinuse (Erlang).
+    text = message.lower()
+    return "already in use" in text or "eaddrinuse" in text
