@@ -9,6 +9,7 @@ with the plugin images pulled from the real registry.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,99 @@ def test_mqtt_keys_are_live_and_restored(rmq: Node) -> None:
     assert not accepted(node, *MALLORY)  # the next connection goes to the new vhost
     adapter.apply_config({"mqtt.vhost": None})
     assert adapter.observe().config["mqtt.vhost"] == "/"  # what the node had before
+    assert accepted(node, *MALLORY)
+    still_the_same(rmq)
+
+
+# --- upgrades while clients publish ----------------------------------------------------------
+
+
+class Load:
+    """MQTT 3.1.1 clients publishing QoS 1 in a tight loop (each waits for its PUBACK) from a
+    few threads, and logins in a loop: every call into the auth backend a busy node makes
+    (login, publish authorization) keeps arriving during the disable + enable of an upgrade."""
+
+    def __init__(self, node: RabbitMQ, clients: int = 30, threads: int = 3) -> None:
+        self.node = node
+        self.clients = [connect(node, f"load-{i}") for i in range(clients)]
+        assert all(c.accepted for c in self.clients), "a load client was refused"
+        self.published = 0
+        self.logins = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._publish, args=(self.clients[i::threads],),
+                                          daemon=True) for i in range(threads)]
+        self._threads.append(threading.Thread(target=self._login, daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    def _publish(self, clients: list[Client]) -> None:
+        while not self._stop.is_set():
+            for client in clients:
+                try:
+                    client.publish(f"ok/load/{client.username}", b"x")
+                    self.published += 1
+                except AssertionError as e:
+                    self.failures.append(f"publish: {e}")
+                    return
+
+    def _login(self) -> None:
+        while not self._stop.is_set():
+            client = connect(self.node, "alice")
+            client.close()
+            if not client.accepted:
+                self.failures.append(f"alice's login refused: {client.connect_rc}, "
+                                     f"disconnected: {client.disconnected}")
+            self.logins += 1
+
+    def stop(self) -> list[str]:
+        """Stop the load; what went wrong (nothing, if every client stayed connected)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+        dropped = [c.username for c in self.clients if c.disconnected or not c.connected]
+        for client in self.clients:
+            client.close()
+        return self.failures + ([f"clients disconnected: {dropped}"] if dropped else [])
+
+
+def test_upgrade_and_rollback_while_clients_publish(rmq: Node, versions: Versions) -> None:
+    """Regression (hot-swap benchmark): with clients publishing, calls into the backend between
+    the disable and the enable used to reload the old module from the old version's ebin, and
+    every upgrade (and its rollback) failed with "modules still running old code"."""
+    node, adapter = rmq.node, rmq.adapter
+    adapter.install_plugin(PLUGIN, versions.v1.digest, versions.v1.tree)
+    adapter.install_plugin(PLUGIN, versions.v2.digest, versions.v2.tree)
+    adapter.install_plugin(PLUGIN, versions.broken.digest, versions.broken.tree)
+    adapter.enable(PLUGIN, versions.v1.digest, {})
+    assert accepted(node, "eve")
+    load = Load(node)
+    try:
+        wait_for(lambda: load.published >= 100 and load.logins >= 3, "the load to run",
+                 timeout=30)
+        adapter.enable(PLUGIN, versions.v2.digest, {})
+        assert running(adapter) == versions.v2.digest
+        assert not accepted(node, "eve")  # v2's code is live
+        # A failed upgrade under load: the previous version (v2) comes back, fresh.
+        with pytest.raises(AdapterError, match=f"restored the previous version "
+                           f"{versions.v2.digest}"):
+            adapter.enable(PLUGIN, versions.broken.digest, {})
+        assert running(adapter) == versions.v2.digest
+        assert not accepted(node, "eve")
+        # The sidecar's rollback to the last good state: v1 again, its code live.
+        published = load.published
+        adapter.enable(PLUGIN, versions.v1.digest, {})
+        assert running(adapter) == versions.v1.digest
+        assert accepted(node, "eve") and not accepted(node, *MALLORY)
+        wait_for(lambda: load.published > published + 50, "publishes after the rollback",
+                 timeout=30)
+    finally:
+        problems = load.stop()
+    assert problems == []
+    assert load.published > 200, load.published
+    paths = node.eval(f"[P || P <- code:get_path(), string:find(P, \"{PLUGIN}-\") =/= nomatch].")
+    assert "0.2.0" not in paths and "0.1.0" in paths, paths
+    adapter.disable(PLUGIN)
     assert accepted(node, *MALLORY)
     still_the_same(rmq)
 

@@ -7,6 +7,21 @@ Fresh code is checked the way the VM itself sees it: for every module of a plugi
 loaded, ``Module:module_info(md5)`` (the code that runs) must equal ``beam_lib:md5`` of the same
 module inside the plugin's ``.ez`` in the node's plugins dir (the archive the adapter put there).
 A disable + enable that left an old module in memory shows up as ``stale``.
+
+Why the old code survives a disable + enable under load, and how ``after_enable`` settles it:
+``rabbitmq-plugins disable --online`` stops the application but leaves the old version's
+expanded ``ebin`` on the code path. While clients publish, the node calls the backend module
+(still named in ``auth_backends`` and in every open MQTT connection's state) between the
+disable and the enable; the code server then loads it again from that old ``ebin``. The enable
+adds the new ``ebin`` behind the old one and starts the application, which loads nothing that
+is already loaded: the old code keeps running, and ``code:which`` still names the old dir.
+So after every enable the code is put in order explicitly (``Settle``): every module of the
+archive whose loaded MD5 differs is loaded from the archive's own bytes (``code:load_binary``,
+after a soft purge of any older code), then every other version's ``ebin`` of the plugin leaves
+the code path and the new one is on it. Loading replaces the current code atomically: a call in
+flight finishes in the old code, the next call runs the new, so no login or publish ever finds
+the module missing, and no connection process is killed (only soft purges, retried while a
+call is in flight).
 """
 
 from __future__ import annotations
@@ -60,6 +75,91 @@ Stale = fun(File) ->
         end,
 """
 
+# Put the code of application App in order after an enable: every module of the archive loaded
+# from the archive's bytes, then only the archive's version on the code path. Answers a list of
+# problems (empty: settled). The path changes only once every module loaded: between a disable
+# and an enable, RabbitMQ deletes the plugin's modules and the node reloads them from the path
+# on the next call, so an old version's ebin must stay until a good one replaces it, and an
+# archive that fails leaves the path (the enable put it first): the calls during the rollback's
+# disable must find the old version, not a module that does not load. A soft
+# purge that finds a call still running in older code is retried (50 x 100 ms); a hard purge
+# would kill that process: a client's connection.
+_SETTLE = r"""
+Settle = fun(App, File) ->
+    Prefix = atom_to_list(App) ++ "-",
+    OtherVersion = fun(Dir) ->
+        Base = filename:basename(filename:dirname(Dir)),
+        filename:basename(Dir) =:= "ebin" andalso lists:prefix(Prefix, Base) andalso
+            case lists:nthtail(length(Prefix), Base) of
+                [C | _] when C >= $0, C =< $9 -> true;
+                _ -> false
+            end
+    end,
+    Purged = fun Purged(M, Tries) ->
+        case code:soft_purge(M) of
+            true -> true;
+            false when Tries > 0 -> timer:sleep(100), Purged(M, Tries - 1);
+            false -> false
+        end
+    end,
+    Load = fun(Ebin, N, Bin, M, Md5) ->
+        case code:is_loaded(M) =/= false andalso M:module_info(md5) =:= Md5 of
+            true -> ok;
+            false ->
+                case Purged(M, 50) of
+                    false -> iolist_to_binary(io_lib:format(
+                                 "~0p: a call still runs its older code", [M]));
+                    true ->
+                        Beam = filename:join(Ebin, filename:basename(N)),
+                        case code:load_binary(M, Beam, Bin) of
+                            {module, M} -> code:soft_purge(M), ok;
+                            {error, R} -> iolist_to_binary(io_lib:format("~0p: ~0p", [M, R]))
+                        end
+                end
+        end
+    end,
+    case Ez(File) of
+        none -> [<<"the archive is not in any plugins dir">>];
+        Path ->
+            case zip:extract(Path, [memory]) of
+                {error, R} -> [iolist_to_binary(io_lib:format("~0p", [R]))];
+                {ok, Entries} ->
+                    Beams = [{N, Bin, beam_lib:md5(Bin)}
+                             || {N, Bin} <- Entries, filename:extension(N) =:= ".beam"],
+                    Unreadable = [iolist_to_binary(io_lib:format("~s: ~0p", [N, R]))
+                                  || {N, _, {error, _, R}} <- Beams],
+                    {ok, Expand} = application:get_env(rabbit, plugins_expand_dir),
+                    Top = case [hd(filename:split(N)) || {N, _} <- Entries,
+                                filename:basename(N) =:= atom_to_list(App) ++ ".app"] of
+                              [T | _] -> T;
+                              [] -> atom_to_list(App)
+                          end,
+                    Ebin = filename:join([Expand, Top, "ebin"]),
+                    Failed = case Unreadable of
+                        [] -> [P || {N, Bin, {ok, {M, Md5}}} <- Beams,
+                                    P <- [Load(Ebin, N, Bin, M, Md5)], P =/= ok];
+                        _ -> Unreadable
+                    end,
+                    case Failed of
+                        [] ->
+                            [code:del_path(D) || D <- code:get_path(), D =/= Ebin,
+                                                 OtherVersion(D)],
+                            case lists:member(Ebin, code:get_path()) of
+                                true -> ok;
+                                false -> code:add_patha(Ebin)
+                            end,
+                            [];
+                        _ ->
+                            % RabbitMQ's enable put this ebin first on the path: off it, so
+                            % the calls during the rollback's disable load the old version.
+                            code:del_path(Ebin),
+                            Failed
+                    end
+            end
+    end
+end,
+"""
+
 
 def observe(plugins: Mapping[str, tuple[str, Sequence[str]]],
             env: Mapping[str, tuple[str, str]], vhost: str) -> str:
@@ -106,15 +206,20 @@ Rows = fun(F) -> try [maps:from_list(P) || P <- F(VHost)] catch _:_ -> [] end en
 
 def after_enable(name: str, file: str, settings: Mapping[str, str],
                  unset: Sequence[str]) -> str:
-    """Check that the enabled plugin runs the archive's code, then set its settings; answers
+    """Settle the enabled plugin's code (``Settle``: the archive's modules loaded, only its
+    ``ebin`` on the path), check that it runs the archive's code, then set its settings; answers
     ``ok`` and whether the plugin is an auth backend (exports user_login_authentication/2)."""
     app = atom(name)
     sets = _pairs(settings)
     unsets = erl_list([atom(k) for k in sorted(unset)])
-    return _PRELUDE + rf"""
+    return _PRELUDE + _SETTLE + rf"""
+Unsettled = case lists:member({app}, rabbit_plugins:active()) of
+    true -> Settle({app}, {erl_binary(file)});
+    false -> []
+end,
 Mods = case application:get_key({app}, modules) of {{ok, Ms}} -> Ms; undefined -> [] end,
-Broken = [iolist_to_binary(io_lib:format("~0p: ~0p", [M, R]))
-          || M <- Mods, {{error, R}} <- [code:ensure_loaded(M)]],
+Broken = Unsettled ++ [iolist_to_binary(io_lib:format("~0p: ~0p", [M, R]))
+                       || M <- Mods, {{error, R}} <- [code:ensure_loaded(M)]],
 Old = Stale({erl_binary(file)}),
 case {{lists:member({app}, rabbit_plugins:active()), Broken, Old}} of
     {{true, [], []}} ->
