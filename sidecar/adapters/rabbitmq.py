@@ -22,8 +22,10 @@ plugin the adapter enabled, the ``auth_backends`` it replaced, and the values of
 before the sidecar first changed them.
 
 Enable: put the archive in place, ``rabbitmq-plugins enable --online`` (after ``disable
---online`` when another version runs: RabbitMQ then loads the new archive), check that every
-loaded module's MD5 equals the archive's (``rabbitmq_erl``: fresh code, not a stale module),
+--online`` when another version runs), settle the code (every module of the archive loaded from
+its bytes, other versions' ``ebin`` off the code path: under load, calls between the disable
+and the enable reload the old module, which the enable alone would leave running; see
+``rabbitmq_erl``), check that every loaded module's MD5 equals the archive's (fresh code),
 set the plugin's settings as application env (read by the plugin on every login), and, when
 the plugin is an auth backend (exports ``user_login_authentication/2``), make the managed auth
 plugins the whole ``auth_backends`` list. A failure at any step restores the previous archive,
@@ -377,7 +379,16 @@ class RabbitMQAdapter:
     def _switch(self, node: Mapping[str, Any], name: str, archive: Path,
                 settings: Mapping[str, str], previous: Mapping[str, Any] | None,
                 active: bool) -> bool:
-        """Load ``archive`` in place of whatever version runs; True if it is an auth backend."""
+        """Load ``archive`` in place of whatever version runs; True if it is an auth backend.
+
+        Disable + enable rather than only a hot load of the new modules: it is RabbitMQ's own
+        way to replace the application (its spec: vsn, module list, env defaults of the new
+        ``.app``; the expanded plugin; ``enabled_plugins``), which a bare ``code:load_binary``
+        would leave describing the old version. What it does not guarantee under load, the
+        code that runs, ``after_enable`` settles with a hot load of the archive's modules. The
+        backend stays the only one in ``auth_backends`` throughout: between the two steps the
+        node reloads the old module from its ebin for each call, so logins and publishes keep
+        being decided by the old version, never by a fallback backend."""
         self._place(name, archive)
         if active:
             self._plugins(node, "disable", name)
