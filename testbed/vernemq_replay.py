@@ -30,8 +30,9 @@ from typing import Any
 from urllib.parse import unquote
 
 from testbed.replay_http import Request, Response
+from testbed.shared import shared_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vernemq"
+FIXTURES = shared_fixture("vernemq")
 RECORDED_KEY = "YNpBjrkqRXj6MmheZGYOQAmrELrY2zLt"  # apikey_create.stdout of the recording
 RECORDED_PLUGIN = "deny_mallory"
 

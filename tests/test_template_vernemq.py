@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from plugforge.cli import main
+from testbed.shared import shared_fixture
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vernemq"
+FIXTURES = shared_fixture("vernemq")
 NAME = "deny_test"
 
 pytestmark = pytest.mark.timeout(300)
