@@ -8,6 +8,7 @@ import threading
 from builder.controller import Controller
 from builder.kube import Kube
 from builder.leader import LeaderElector
+from builder.metrics import serve_metrics
 from builder.pipeline import Pipeline
 from builder.settings import Settings
 from builder.sidecars import SidecarClient
@@ -46,6 +47,7 @@ class Builder:
         self.lost_leadership = threading.Event()
         self.webhook_url: str | None = None
         self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
         self.serving = threading.Event()
 
     @property
@@ -82,10 +84,19 @@ class Builder:
                                         tls=(s.grpc_tls_cert, s.grpc_tls_key),
                                         sidecars=self.sidecars)
             log.info("serving the BuildService (gRPC, TLS) on %s:%d", host, self.grpc_port)
+        metrics = None
+        if self.settings.metrics_address is not None:
+            host, port = self.settings.metrics_address
+            metrics = serve_metrics(host, port, lambda: self.controller.metrics.render(
+                self.elector.leading, len(self.controller.queue)))
+            self.metrics_port = int(metrics.server_address[1])
+            log.info("serving metrics on %s:%d", host, self.metrics_port)
         self.serving.set()
         try:
             self.elector.run(self._stop)
         finally:
+            if metrics is not None:
+                metrics.shutdown()
             if webhooks is not None:
                 webhooks.stop()
             if api is not None:

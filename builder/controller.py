@@ -38,6 +38,7 @@ from builder.errors import (
     NotFound,
 )
 from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
+from builder.metrics import BuildMetrics
 from builder.pipeline import Outcome, Pipeline
 from builder.planning import ACTIVE, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
@@ -89,6 +90,7 @@ class Controller:
         self.identity = settings.identity
         self.now = now
         self.queue = WorkQueue()
+        self.metrics = BuildMetrics()
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
         self._resolved: dict[str, _Resolved] = {}
         self._stop = threading.Event()
@@ -318,6 +320,7 @@ class Controller:
             view.name, "Running", view.commit, startedAt=rfc3339(started))})
         log_path = self.log_path(spec.namespace, view.name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        clock = time.monotonic()
         try:
             with open(log_path, "a", encoding="utf-8") as log_file:
                 outcome = self.pipeline.run(spec, view.commit, view.name, log_file)
@@ -327,10 +330,13 @@ class Controller:
                 log.exception("build %s/%s crashed", view.namespace, view.name)
                 e = InternalError(f"the builder crashed: {type(e).__name__}: {e}; this is a "
                                   "bug in plugforge, please report it with the build log")
+            self.metrics.record("failed", e.reason, time.monotonic() - clock)
             if not self._abandoned(view, stop):
                 self._failed(obj, spec, build, e, started, log_path)
             return
         self.builds_run += 1
+        self.metrics.record("succeeded", "CacheHit" if outcome.cache_hit else "Built",
+                            time.monotonic() - clock, outcome.cache_hit)
         if not self._abandoned(view, stop):
             self._succeeded(obj, spec, build, outcome, started, log_path)
 

@@ -54,6 +54,8 @@ class Settings:
     webhook_address: tuple[str, int] | None = None
     """Serve push webhooks on this host and port (plain HTTP; terminate TLS at the Ingress).
     Every replica serves them, leader or not: a webhook only records a build request."""
+    metrics_address: tuple[str, int] | None = None
+    """Serve Prometheus ``/metrics`` and ``/healthz`` on this host and port."""
     grpc_address: tuple[str, int] | None = None
     """Serve the BuildService (TLS + bearer tokens) on this host and port; every replica."""
     grpc_token_file: Path | None = None
@@ -96,6 +98,7 @@ _HELP = {
     "docker_url": "push through this Docker-API engine instead of the registry client",
     "webhook_address": "serve push webhooks (/webhooks/github|gitea|gitlab) on HOST:PORT "
                        "(default: no webhook endpoint)",
+    "metrics_address": "serve Prometheus /metrics and /healthz on HOST:PORT (default: off)",
     "grpc_address": "serve the BuildService gRPC API on HOST:PORT (needs --grpc-token-file, "
                     "--grpc-tls-cert and --grpc-tls-key)",
     "grpc_token_file": "tokens of API callers, one NAME:TOKEN per line",
@@ -137,6 +140,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                    help=_HELP["docker_url"])
     p.add_argument("--webhook-address", metavar="HOST:PORT",
                    default=env.get(ENV_PREFIX + "WEBHOOK_ADDRESS"), help=_HELP["webhook_address"])
+    p.add_argument("--metrics-address", metavar="HOST:PORT",
+                   default=env.get(ENV_PREFIX + "METRICS_ADDRESS"), help=_HELP["metrics_address"])
     p.add_argument("--grpc-address", metavar="HOST:PORT",
                    default=env.get(ENV_PREFIX + "GRPC_ADDRESS"), help=_HELP["grpc_address"])
     for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
@@ -163,6 +168,9 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     values = vars(args)
     if values["webhook_address"] is not None:
         values["webhook_address"] = _address(values["webhook_address"])
+    if values["metrics_address"] is not None:
+        values["metrics_address"] = _address(values["metrics_address"], "--metrics-address",
+                                             "METRICS_ADDRESS")
     if values["grpc_address"] is not None:
         values["grpc_address"] = _address(values["grpc_address"], "--grpc-address",
                                           "GRPC_ADDRESS")
