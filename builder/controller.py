@@ -47,6 +47,7 @@ from builder.resources import (
     PluginSpec,
     parse_build,
     parse_plugin,
+    rfc3339,
     set_condition,
 )
 from builder.rollout_tracker import RolloutTracker
@@ -56,14 +57,6 @@ from builder.source import validate_source
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def build_name(plugin: str, generation: int, commit: str | None, salt: str = "") -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from builder.resources import BuildView
+from builder.resources import BuildView, parse_time
 
 ACTIVE = ("Pending", "Running")
 
@@ -54,7 +54,7 @@ def plan_queue(builds: Sequence[BuildView], now: datetime, enabled: bool) -> Que
     supersede = tuple(b.name for b in pending[:-1])
     if any(b.phase == "Running" for b in builds) or not enabled:
         return QueuePlan(supersede=supersede)
-    due = _parse(newest.next_attempt_at)
+    due = parse_time(newest.next_attempt_at)
     if due is not None and due > now:
         return QueuePlan(supersede=supersede, wait_seconds=(due - now).total_seconds())
     return QueuePlan(supersede=supersede, run=newest.name)
@@ -64,7 +64,3 @@ def plan_prune(builds: Sequence[BuildView], history_limit: int) -> tuple[str, ..
     """Finished builds beyond ``history_limit``, oldest first (requests are never pruned)."""
     finished = [b for b in builds if b.finished]
     return tuple(b.name for b in finished[:max(0, len(finished) - history_limit)])
-
-
-def _parse(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from builder.errors import InvalidSpec
@@ -20,6 +21,15 @@ TRIGGERS = ("ResourceChange", "Webhook", "Manual")
 
 Obj = Mapping[str, Any]
 
+
+
+def rfc3339(t: datetime) -> str:
+    """A status timestamp as Kubernetes writes them (seconds, UTC, ``Z``)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 @dataclass(frozen=True)
 class GitSource:

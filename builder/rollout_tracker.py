@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from builder import rollout
 from builder.canary import Step, StepKind, plan_canary
 from builder.kube import Kube
-from builder.resources import PluginSpec, get_condition, set_condition
+from builder.resources import PluginSpec, get_condition, parse_time, rfc3339, set_condition
 from builder.rollout_view import build_view, pods_status
 from builder.sidecars import SidecarClient
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 class RolloutTracker:
@@ -57,7 +49,7 @@ class RolloutTracker:
         again: float | None = None
         if canary.get("phase") == "Canary":
             pods = tuple(canary.get("canaryPods") or ())
-            started = _parse(canary.get("startedAt")) or now
+            started = parse_time(canary.get("startedAt")) or now
             step = plan_canary(str(canary.get("digest")), pods, reports,
                                (now - started).total_seconds(),
                                spec.canary.probe_timeout_seconds,
