@@ -60,13 +60,18 @@ from sidecar.adapters.base import (
     ObservedPlugin,
 )
 from sidecar.adapters.emqx_api import ApiError, EmqxApi
-from sidecar.adapters.files import install_version_dir, load_record, save_record
+from sidecar.adapters.files import (
+    DIGEST_DIR,
+    digest_hex,
+    install_version_dir,
+    load_record,
+    save_record,
+)
 from sidecar.adapters.vernemq_admin import read_secret
 
 log = logging.getLogger("plugforge.sidecar.emqx")
 
 STATE_FILE = ".plugforge-emqx.json"
-_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")  # EMQX splits NAME-VSN at the first '-'
 _VSN = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._+-]*$")
 _MAX_RELEASE_JSON = 1 << 20
@@ -399,13 +404,10 @@ class EmqxAdapter:
         if not root.is_dir():
             return set()
         return {p.name for p in root.iterdir() if p.is_dir() and _NAME.match(p.name)
-                and any(_DIGEST_DIR.match(v.name) for v in p.iterdir())}
+                and any(DIGEST_DIR.fullmatch(v.name) for v in p.iterdir())}
 
     def _version_dir(self, name: str, digest: str) -> Path:
-        hex_digest = digest.removeprefix("sha256:")
-        if not _DIGEST_DIR.match(hex_digest):
-            raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
-        return self.settings.plugin_dir / name / hex_digest
+        return self.settings.plugin_dir / name / digest_hex(name, digest)
 
     def _state(self) -> dict[str, Any]:
         return load_record(self.settings.plugin_dir / STATE_FILE)

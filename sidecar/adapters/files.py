@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -15,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.adapters.base import AdapterError
+
+DIGEST_DIR = re.compile(r"[0-9a-f]{64}")
+"""The name of a version directory: the image digest's hex."""
+
+
+def digest_hex(name: str, digest: str) -> str:
+    """``sha256:<hex>`` → ``<hex>``, the version directory of plugin ``name``."""
+    hex_digest = digest.removeprefix("sha256:")
+    if not DIGEST_DIR.fullmatch(hex_digest):
+        raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
+    return hex_digest
 
 
 def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:

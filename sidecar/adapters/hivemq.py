@@ -52,7 +52,7 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
 )
-from sidecar.adapters.files import install_version_dir
+from sidecar.adapters.files import DIGEST_DIR, install_version_dir
 from sidecar.adapters.hivemq_loader import STATE_DIR, LoaderFiles
 
 KEEP_VERSIONS = 3
@@ -314,7 +314,7 @@ class HiveMQAdapter:
         if status is not None:
             protected.add(status.active_version)
         versions = sorted((p for p in (self.settings.plugin_dir / name).iterdir()
-                           if p.is_dir() and re.fullmatch(r"[0-9a-f]{64}", p.name)),
+                           if p.is_dir() and DIGEST_DIR.fullmatch(p.name)),
                           key=lambda p: p.stat().st_mtime, reverse=True)
         for old in versions[KEEP_VERSIONS:]:
             if old.name not in protected:

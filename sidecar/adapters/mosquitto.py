@@ -35,7 +35,7 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
 )
-from sidecar.adapters.files import install_version_dir, write_atomic
+from sidecar.adapters.files import DIGEST_DIR, digest_hex, install_version_dir, write_atomic
 from sidecar.adapters.mosquitto_options import check_option, classify_option
 
 CONFIG_FILE = "50-plugforge-config.conf"
@@ -44,7 +44,6 @@ _HEADER = "# Written by the plugforge sidecar; edits are reverted on the next re
 MIN_ADMIN_MESSAGE = 4096
 KEEP_VERSIONS = 3
 _LIMITS_ADMIN = ("message_size_limit", "max_packet_size")
-_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -177,7 +176,7 @@ class MosquittoAdapter:
             staged[0] if staged else None,
             self._running_plugins(pid, {}).get(name) if pid else None) if d}
         versions = sorted((p for p in (self.settings.plugin_dir / name).iterdir()
-                           if p.is_dir() and _DIGEST_DIR.match(p.name)),
+                           if p.is_dir() and DIGEST_DIR.fullmatch(p.name)),
                           key=lambda p: p.stat().st_mtime, reverse=True)
         for old in versions[KEEP_VERSIONS:]:
             if "sha256:" + old.name not in protected:
@@ -285,10 +284,7 @@ class MosquittoAdapter:
         os.kill(pid, signal.SIGHUP)
 
     def _version_dir(self, name: str, digest: str) -> Path:
-        hex_digest = digest.removeprefix("sha256:")
-        if not _DIGEST_DIR.match(hex_digest):
-            raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
-        return self.settings.plugin_dir / name / hex_digest
+        return self.settings.plugin_dir / name / digest_hex(name, digest)
 
     def _staged_plugins(self) -> dict[str, tuple[str, dict[str, str]]]:
         staged: dict[str, tuple[str, dict[str, str]]] = {}
@@ -322,7 +318,7 @@ class MosquittoAdapter:
         except ValueError:
             return None
         parts = relative.parts
-        if len(parts) >= 3 and _DIGEST_DIR.match(parts[1]):
+        if len(parts) >= 3 and DIGEST_DIR.fullmatch(parts[1]):
             return parts[0], "sha256:" + parts[1]
         return None
 

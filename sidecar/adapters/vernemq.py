@@ -64,14 +64,19 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
 )
-from sidecar.adapters.files import install_version_dir, load_record, save_record
+from sidecar.adapters.files import (
+    DIGEST_DIR,
+    digest_hex,
+    install_version_dir,
+    load_record,
+    save_record,
+)
 from sidecar.adapters.vernemq_admin import CliAdmin, HttpAdmin, Reply, VmqAdmin, read_secret
 from sidecar.adapters.vernemq_config import LiveKeys
 
 log = logging.getLogger("plugforge.sidecar.vernemq")
 
 STATE_FILE = ".plugforge-vernemq.json"
-_DIGEST_DIR = re.compile(r"^[0-9a-f]{64}$")
 _APP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _APP_TERM = re.compile(r"^\s*\{\s*application\s*,\s*'?([A-Za-z0-9_@]+)'?\s*,", re.MULTILINE)
 _MAPPING = re.compile(r"\{\s*mapping\s*,\s*\"([^\"]+)\"")
@@ -318,7 +323,7 @@ class VerneMQAdapter:
         if not root.is_dir():
             return set()
         return {p.name for p in root.iterdir() if p.is_dir() and _APP_NAME.match(p.name)
-                and any(_DIGEST_DIR.match(v.name) for v in p.iterdir())}
+                and any(DIGEST_DIR.fullmatch(v.name) for v in p.iterdir())}
 
     def _enable_call(self, name: str, path: str) -> None:
         reply = self.admin.run(["plugin", "enable"], {"--name": name, "--path": path})
@@ -406,10 +411,10 @@ class VerneMQAdapter:
         return ",".join(sorted(r.get("Node", "") for r in rows))
 
     def _version_dir(self, name: str, digest: str) -> Path:
-        return self.settings.plugin_dir / name / _hex(name, digest)
+        return self.settings.plugin_dir / name / digest_hex(name, digest)
 
     def _broker_path(self, name: str, digest: str) -> str:
-        return str(self.settings.broker_plugin_dir / name / _hex(name, digest))
+        return str(self.settings.broker_plugin_dir / name / digest_hex(name, digest))
 
     def _state(self) -> dict[str, Any]:
         return load_record(self.settings.plugin_dir / STATE_FILE)
@@ -441,13 +446,6 @@ def app_name(plugin_path: Path, expected: str) -> str:
             "needs --name to equal it (a mismatch crashes its plugin manager), so name the "
             f"plugin {found!r} in the release, or rename the app")
     return found
-
-
-def _hex(name: str, digest: str) -> str:
-    hex_digest = digest.removeprefix("sha256:")
-    if not _DIGEST_DIR.match(hex_digest):
-        raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
-    return hex_digest
 
 
 def _expect_done(reply: Reply, what: str) -> None:
