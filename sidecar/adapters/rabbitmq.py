@@ -78,6 +78,7 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
 )
+from sidecar.adapters.files import DIGEST_DIR, digest_hex
 from sidecar.adapters.rabbitmq_cli import ATOM, Cli, erl_binary
 
 RECORD = ".plugforge-rabbitmq.json"
@@ -85,7 +86,6 @@ RECORD = ".plugforge-rabbitmq.json"
 PROBE_MQTT_VERSION = "3.1.1"
 VERSIONS = ".versions"
 KEEP_VERSIONS = 3
-_DIGEST_HEX = re.compile(r"^[0-9a-f]{64}$")
 _BACKENDS_TERM = re.compile(r"^\[[A-Za-z0-9_,{}' ]*\]$")
 _OPTIONS = {"node", "home", "epmd_port", "cli_dir", "timeout", "vhost", "exchange"}
 
@@ -184,7 +184,8 @@ class RabbitMQAdapter:
         if (target / archives[0].name).is_file():
             return target / archives[0].name  # content-addressed: already in place
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{_hex(name, digest)[:12]}.", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest_hex(name, digest)[:12]}.",
+                                        dir=target.parent))
         try:
             shutil.copyfile(archives[0], staging / archives[0].name)
             shutil.rmtree(target, ignore_errors=True)
@@ -424,6 +425,11 @@ class RabbitMQAdapter:
             return f"restoring the previous state failed too: {e}"
 
     def _plugins(self, node: Mapping[str, Any], action: str, name: str) -> None:
+        if action == "disable":
+            settled = self._eval(erl.before_disable(name))
+            if not settled.get("ok"):
+                raise AdapterError(f"cannot disable {name!r} yet: calls still run older code of "
+                                   f"{settled.get('busy')} after 5 s; the next retry tries again")
         self.admin_calls += 1
         self.cli.plugins(action, name, node["plugins_dir"], node["enabled_plugins_file"])
 
@@ -489,7 +495,7 @@ class RabbitMQAdapter:
         return files[0] if files else ""
 
     def _version_dir(self, name: str, digest: str) -> Path:
-        return self.settings.plugin_dir / VERSIONS / name / _hex(name, digest)
+        return self.settings.plugin_dir / VERSIONS / name / digest_hex(name, digest)
 
     def _version_dir_or_none(self, file: str, digest: str) -> Path | None:
         name = file.rsplit("-", 1)[0]
@@ -507,9 +513,11 @@ class RabbitMQAdapter:
     def _prune(self, name: str, keep: str) -> None:
         """Keep the newest KEEP_VERSIONS versions (enough to roll back) and the enabled one."""
         entry = self._record()["plugins"].get(name)
-        protected = {_hex(name, keep)} | ({_hex(name, entry["digest"])} if entry else set())
+        protected = {digest_hex(name, keep)}
+        if entry:
+            protected.add(digest_hex(name, entry["digest"]))
         versions = sorted((p for p in (self.settings.plugin_dir / VERSIONS / name).iterdir()
-                           if p.is_dir() and _DIGEST_HEX.match(p.name)),
+                           if p.is_dir() and DIGEST_DIR.fullmatch(p.name)),
                           key=lambda p: p.stat().st_mtime, reverse=True)
         for old in versions[KEEP_VERSIONS:]:
             if old.name not in protected:
@@ -552,13 +560,6 @@ def _vsn(name: str, file: str) -> str | None:
 def _vsn_of_file(file: str) -> str | None:
     match = re.fullmatch(r"[a-z][a-z0-9_]*-([0-9][A-Za-z0-9.+_-]*)\.ez", file)
     return match.group(1) if match else None
-
-
-def _hex(name: str, digest: str) -> str:
-    hex_digest = digest.removeprefix("sha256:")
-    if not _DIGEST_HEX.match(hex_digest):
-        raise AdapterError(f"plugin {name!r}: expected a sha256 digest, found {digest!r}")
-    return hex_digest
 
 
 def _check_archive(name: str, archive: Path) -> None:

@@ -81,10 +81,19 @@ Stale = fun(File) ->
 # and an enable, RabbitMQ deletes the plugin's modules and the node reloads them from the path
 # on the next call, so an old version's ebin must stay until a good one replaces it, and an
 # archive that fails leaves the path (the enable put it first): the calls during the rollback's
-# disable must find the old version, not a module that does not load. A soft
-# purge that finds a call still running in older code is retried (50 x 100 ms); a hard purge
-# would kill that process: a client's connection.
-_SETTLE = r"""
+# disable must find the old version, not a module that does not load.
+# ``Purged``: a soft purge that finds a call still running in older code is retried
+# (50 x 100 ms); a hard purge would kill that process: a client's connection.
+_PURGED = r"""
+Purged = fun Purged(M, Tries) ->
+    case code:soft_purge(M) of
+        true -> true;
+        false when Tries > 0 -> timer:sleep(100), Purged(M, Tries - 1);
+        false -> false
+    end
+end,
+"""
+_SETTLE = _PURGED + r"""
 Settle = fun(App, File) ->
     Prefix = atom_to_list(App) ++ "-",
     OtherVersion = fun(Dir) ->
@@ -94,13 +103,6 @@ Settle = fun(App, File) ->
                 [C | _] when C >= $0, C =< $9 -> true;
                 _ -> false
             end
-    end,
-    Purged = fun Purged(M, Tries) ->
-        case code:soft_purge(M) of
-            true -> true;
-            false when Tries > 0 -> timer:sleep(100), Purged(M, Tries - 1);
-            false -> false
-        end
     end,
     Load = fun(Ebin, N, Bin, M, Md5) ->
         case code:is_loaded(M) =/= false andalso M:module_info(md5) =:= Md5 of
@@ -201,6 +203,19 @@ Rows = fun(F) -> try [maps:from_list(P) || P <- F(VHost)] catch _:_ -> [] end en
   topic_permissions => Rows(fun rabbit_auth_backend_internal:list_vhost_topic_permissions/1),
   env => maps:from_list([{{K, case application:get_env(App, E) of {{ok, V}} -> Str(V);
                                    undefined -> null end}} || {{K, App, E}} <- {env_terms}])}}
+"""
+
+
+def before_disable(name: str) -> str:
+    """Wait until no call runs older code of the plugin's modules; answers ``ok`` and the
+    modules still busy. ``rabbitmq-plugins disable`` soft-purges each module once, deletes it
+    and asserts it is gone: under load, a connection still inside an older version (left by the
+    previous enable's hot load) makes that assertion crash the disable."""
+    app = atom(name)
+    return _PRELUDE + _PURGED + rf"""
+Mods = case application:get_key({app}, modules) of {{ok, Ms}} -> Ms; undefined -> [] end,
+Busy = [atom_to_binary(M) || M <- Mods, not Purged(M, 50)],
+#{{ok => Busy =:= [], busy => Busy}}
 """
 
 
