@@ -82,6 +82,8 @@ def test_builder_process_serves_webhooks_and_metrics(control_plane: ControlPlane
 def test_bad_webhook_address_is_explained(value: str) -> None:
     with pytest.raises(SettingsError, match="expected HOST:PORT"):
         parse_settings([], {"PLUGFORGE_BUILDER_WEBHOOK_ADDRESS": value})
+    with pytest.raises(SettingsError, match=r"--metrics-address .*expected HOST:PORT"):
+        parse_settings(["--metrics-address", value], {})
     assert parse_settings(["--webhook-address", "[::1]:8080"], {}).webhook_address == (
         "::1", 8080)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
+
 from plugforge.contract import Probe
 from sidecar.adapters.registry import probe_mqtt_version
 from sidecar.probes import run_probe
@@ -29,6 +31,13 @@ def test_rabbitmq_probes_use_mqtt_311(rabbitmq: RabbitMQ) -> None:
         assert not run_probe(login, "127.0.0.1", rabbitmq.mqtt_port, mqtt_version="5").passed
     finally:
         rabbitmq.rabbitmqctl("delete_user", user)
+
+
+def test_unknown_probe_version_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--broker", "mosquitto", "--config-dir", "/x", "--probe-mqtt-version", "4"])
+    assert exit_.value.code == 2
+    assert "invalid choice: '4'" in capsys.readouterr().err
 
 
 def test_probe_version_defaults_to_the_brokers() -> None:
