@@ -18,17 +18,16 @@ import pytest
 from builder_support import (
     Cluster,
     broker_plugin,
-    fast_settings,
     install,
-    running_builder,
+    make_templates_root,
     scaffold_repo,
-    templates_in_use,
     tenant_namespace,
     wait_for,
 )
 from conftest import REGISTRY_CREDENTIALS
 
 from builder.app import Builder
+from builder.settings import Settings
 from plugforge.contract import Document, parse_desired_state, plugin_key
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
@@ -38,8 +37,11 @@ from testbed.registry import Registry
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=5) as root:
-        yield root
+    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=5)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
+    yield root
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +53,17 @@ def cluster(control_plane: ControlPlane) -> Cluster:
 @pytest.fixture(scope="module")
 def builder(control_plane: ControlPlane, registry: Registry, templates: Path,
             tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> Iterator[Builder]:
-    with running_builder(fast_settings(control_plane, registry.ca.cert, "builder-e2e",
-                                       "builder-e2e-1",
-                                       tmp_path_factory.mktemp("builder-state"))) as b:
-        yield b
+    settings = Settings(
+        kubeconfig=control_plane.kubeconfig("builder"), lease_name="builder-e2e",
+        identity="builder-e2e-1", state_dir=tmp_path_factory.mktemp("builder-state"),
+        workers=2, resync_seconds=2.0, lease_duration_seconds=4, lease_renew_seconds=1,
+        backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
+        registry_ca=registry.ca.cert)
+    b = Builder(settings)
+    b.start()
+    wait_for(lambda: b.leading, "the builder to take the lease")
+    yield b
+    b.stop()
 
 
 def _skopeo_inspect(registry: Registry, image: str, tmp: Path) -> dict[str, Any]:

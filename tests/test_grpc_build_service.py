@@ -17,8 +17,8 @@ from builder_support import (
     Cluster,
     broker_plugin,
     install,
+    make_templates_root,
     scaffold_repo,
-    templates_in_use,
     tenant_namespace,
 )
 from grpc_support import Api, start_builder_api
@@ -35,8 +35,11 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=2) as root:
-        yield root
+    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=2)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
+    yield root
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
