@@ -107,8 +107,10 @@ class Supervisor:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             if self.broker.server.proc.poll() is not None:
-                self.broker.restart()
+                # Counted before the (slow) start: the adapter may see the new process up
+                # before restart() returns.
                 self.restarts += 1
+                self.broker.restart()
 
     def stop(self) -> None:
         self._stop.set()

@@ -407,8 +407,9 @@ def test_spec_change_rebuilds_and_rolls_out_new_settings(
                        and r.settings.get("deny_users") == "mallory,eve,trudy" and r,
                        "new settings in the ConfigMap")
     assert release.image.endswith(build["status"]["digest"])
-    plugin = cluster.plugin("deny-mallory")
-    assert plugin["status"]["observedGeneration"] == plugin["metadata"]["generation"]
+    # The ConfigMap is written before the status: wait for the status to catch up.
+    wait_for(lambda: (p := cluster.plugin("deny-mallory"))["status"].get("observedGeneration")
+             == p["metadata"]["generation"], "status.observedGeneration to catch up")
 
 
 def test_newer_request_supersedes_a_pending_one(builder: Builder, cluster: Cluster,
