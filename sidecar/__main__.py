@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from sidecar.adapters.base import AdapterError
 from sidecar.app import Sidecar
+from sidecar.kube_errors import KubeError
 from sidecar.settings import Settings, SettingsError, api_credentials_present, parse_args
 from sidecar.state import ApplyEvent
 
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
     try:
         sidecar = _build(settings)
-    except AdapterError as e:
+    except (AdapterError, KubeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     stop = threading.Event()
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _build(settings: Settings) -> Sidecar:
     sinks: list[Callable[[ApplyEvent], None]] = []
     if settings.pod_name and settings.pod_namespace and api_credentials_present(settings):
-        # Imported only here: the kubernetes client costs ~20 MiB of RSS in file mode.
+        # Imported only where used: file mode without pod identity never needs the API client.
         from sidecar.events import kubernetes_event_sink
         sink = kubernetes_event_sink(settings)
         if sink is not None:

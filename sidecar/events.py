@@ -7,15 +7,15 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
+from sidecar.kube_errors import KubeError
+from sidecar.kube_http import JsonObject, KubeClient
 from sidecar.settings import Settings, api_credentials_present
 from sidecar.state import ApplyEvent, EventKind
 
 log = logging.getLogger("plugforge.sidecar")
 
 _WARNING = (EventKind.REJECTED, EventKind.ROLLED_BACK, EventKind.FAILED)
+COMPONENT = "plugforge-sidecar"
 
 
 def kubernetes_event_sink(settings: Settings) -> Callable[[ApplyEvent], None] | None:
@@ -24,25 +24,33 @@ def kubernetes_event_sink(settings: Settings) -> Callable[[ApplyEvent], None] | 
             settings):
         return None
     from sidecar.watch_api import api_client
-    api = client.CoreV1Api(api_client(settings.kubeconfig))
+    api = api_client(settings.kubeconfig)
     return lambda event: post_event(api, settings.pod_namespace, settings.pod_name, event)
 
 
-def post_event(api: client.CoreV1Api, namespace: str, pod: str, event: ApplyEvent) -> None:
-    now = datetime.datetime.now(datetime.UTC)
-    body = client.CoreV1Event(
-        metadata=client.V1ObjectMeta(name=f"{pod}.plugforge.{uuid.uuid4().hex[:10]}",
-                                     namespace=namespace),
-        involved_object=client.V1ObjectReference(kind="Pod", name=pod, namespace=namespace,
-                                                 api_version="v1"),
-        reason=event.kind.value,
-        message=event.message[:1000],
-        type="Warning" if event.kind in _WARNING else "Normal",
-        source=client.V1EventSource(component="plugforge-sidecar"),
-        first_timestamp=now, last_timestamp=now, count=1,
-        reporting_component="plugforge-sidecar", reporting_instance=pod)
+def event_body(namespace: str, pod: str, event: ApplyEvent,
+               now: datetime.datetime) -> JsonObject:
+    """A core/v1 Event on the pod (what ``kubectl describe pod`` shows)."""
+    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{pod}.plugforge.{uuid.uuid4().hex[:10]}",
+                     "namespace": namespace},
+        "involvedObject": {"kind": "Pod", "name": pod, "namespace": namespace,
+                           "apiVersion": "v1"},
+        "reason": event.kind.value,
+        "message": event.message[:1000],
+        "type": "Warning" if event.kind in _WARNING else "Normal",
+        "source": {"component": COMPONENT},
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        "reportingComponent": COMPONENT, "reportingInstance": pod,
+    }
+
+
+def post_event(api: KubeClient, namespace: str, pod: str, event: ApplyEvent) -> None:
+    body = event_body(namespace, pod, event, datetime.datetime.now(datetime.UTC))
     try:
-        api.create_namespaced_event(namespace, body)
-    except ApiException as e:
+        api.create(f"/api/v1/namespaces/{namespace}/events", body)
+    except KubeError as e:
         # Events are best effort: never let them fail an apply.
-        log.warning("event not posted: %s %s", e.status, e.reason)
+        log.warning("event not posted: %s", e)

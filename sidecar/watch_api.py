@@ -13,14 +13,12 @@ import logging
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError as Urllib3Error
 
 from plugforge.contract import Document
 from sidecar.desired import SourceError
+from sidecar.kube_config import load_config
+from sidecar.kube_errors import KubeApiError, KubeConnectionError, KubeError, KubeGone
+from sidecar.kube_http import KubeClient
 from sidecar.trigger import Trigger
 
 log = logging.getLogger("plugforge.sidecar")
@@ -28,12 +26,9 @@ log = logging.getLogger("plugforge.sidecar")
 SERVER_TIMEOUT = 300  # seconds the apiserver keeps one watch open before ending it cleanly
 
 
-def api_client(kubeconfig: Path | None) -> client.ApiClient:
-    if kubeconfig is not None:
-        made: client.ApiClient = config.new_client_from_config(config_file=str(kubeconfig))
-        return made
-    config.load_incluster_config()
-    return client.ApiClient()
+def api_client(kubeconfig: Path | None) -> KubeClient:
+    """The kubeconfig file when given, else the pod's service account (in-cluster)."""
+    return KubeClient(load_config(kubeconfig))
 
 
 class ConfigMapWatcher:
@@ -43,7 +38,8 @@ class ConfigMapWatcher:
         self.namespace = namespace
         self.names = tuple(names)
         self._trigger = trigger
-        self._api = client.CoreV1Api(api_client(kubeconfig))
+        self._api = api_client(kubeconfig)
+        self._path = f"/api/v1/namespaces/{namespace}/configmaps"
         self._idle = idle_timeout
         self._lock = threading.Lock()
         self._data: dict[str, dict[str, str] | None] = {}
@@ -91,54 +87,48 @@ class ConfigMapWatcher:
                     rv = self._list(name)
                 rv = self._watch(name, rv)
                 backoff = 1.0
-            except ApiException as e:
-                if e.status == 410:
-                    self.relists += 1
-                    log.info("decision=relist configmap=%s reason=%r", name,
-                             f"410 Gone: {e.reason}")
-                    rv = None
-                    continue
-                log.warning("decision=watch-retry configmap=%s status=%s reason=%r", name,
-                            e.status, e.reason)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-            except (Urllib3Error, OSError) as e:
+            except KubeGone as e:
+                self.relists += 1
+                log.info("decision=relist configmap=%s reason=%r", name, str(e))
+                rv = None
+            except KubeConnectionError as e:
                 # Includes the read timeout: nothing, not even a bookmark, for idle_timeout.
                 self.restarts += 1
-                log.warning("decision=watch-restart configmap=%s reason=%r", name,
-                            f"{type(e).__name__}: {e}")
+                log.warning("decision=watch-restart configmap=%s reason=%r", name, str(e))
                 self._stop.wait(min(backoff, 1.0))
+                backoff = min(backoff * 2, 30.0)
+            except KubeError as e:
+                status = e.status if isinstance(e, KubeApiError) else "-"
+                log.warning("decision=watch-retry configmap=%s status=%s reason=%r", name,
+                            status, str(e))
+                self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
     def _list(self, name: str) -> str:
-        result = self._api.list_namespaced_config_map(
-            self.namespace, field_selector=f"metadata.name={name}")
-        items = result.items or []
-        self._store(name, dict(items[0].data or {}) if items else None)
-        if result.metadata is None or not result.metadata.resource_version:
-            raise ApiException(status=500, reason="list returned no resourceVersion")
-        return str(result.metadata.resource_version)
+        result = self._api.get(self._path, {"fieldSelector": f"metadata.name={name}"})
+        items = result.get("items") or []
+        self._store(name, _data(items[0]) if items else None)
+        rv = (result.get("metadata") or {}).get("resourceVersion")
+        if not rv:
+            raise KubeApiError(f"list configmaps {name}: the answer has no resourceVersion",
+                               status=500)
+        return str(rv)
 
     def _watch(self, name: str, rv: str) -> str:
-        w = watch.Watch()
-        stream = w.stream(self._api.list_namespaced_config_map, self.namespace,
-                          field_selector=f"metadata.name={name}", resource_version=rv,
-                          allow_watch_bookmarks=True, timeout_seconds=SERVER_TIMEOUT,
-                          _request_timeout=(10, self._idle))
+        events = self._api.watch(self._path, {
+            "fieldSelector": f"metadata.name={name}", "resourceVersion": rv,
+            "allowWatchBookmarks": "true", "timeoutSeconds": str(SERVER_TIMEOUT)},
+            idle_timeout=self._idle)
         try:
-            for event in stream:
+            for event in events:
                 if self._stop.is_set():
                     break
                 self.events += 1
-                kind = event["type"]
-                obj: Any = event["object"]
-                if kind == "BOOKMARK":
-                    rv = str(event["raw_object"]["metadata"]["resourceVersion"])
-                    continue
-                rv = str(obj.metadata.resource_version)
-                self._store(name, None if kind == "DELETED" else dict(obj.data or {}))
+                rv = event.resource_version or rv
+                if event.type != "BOOKMARK":
+                    self._store(name, None if event.type == "DELETED" else _data(event.object))
         finally:
-            w.stop()
+            events.close()
         return rv
 
     def _store(self, name: str, data: dict[str, str] | None) -> None:
@@ -147,3 +137,8 @@ class ConfigMapWatcher:
             self._data[name] = data
         if changed:
             self._trigger.notify(f"configmap {self.namespace}/{name} changed")
+
+
+def _data(configmap: dict[str, object]) -> dict[str, str]:
+    data = configmap.get("data") or {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
