@@ -26,7 +26,7 @@ class Builder:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.kube = Kube.from_kubeconfig(settings.kubeconfig)
+        self.kube = Kube.from_kubeconfig(settings.kubeconfig, settings.watch_namespace)
         sources = SourceCache(settings.git_dir)
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,

@@ -77,15 +77,29 @@ def api_client_from_kubeconfig(path: Path | None) -> client.ApiClient:
 class Kube:
     """The calls the builder makes, nothing more (which keeps the RBAC easy to audit)."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, watch_namespace: str | None = None) -> None:
         # The generated clients' annotations do not describe the dicts we pass: keep them Any.
         self.api: Any = api
         self.custom: Any = client.CustomObjectsApi(api)
         self.core: Any = client.CoreV1Api(api)
+        self.watch_namespace = watch_namespace
+        """List and watch only this namespace's BrokerPlugins and PluginBuilds (None: all)."""
 
     @classmethod
-    def from_kubeconfig(cls, path: Path | None) -> Kube:
-        return cls(api_client_from_kubeconfig(path))
+    def from_kubeconfig(cls, path: Path | None, watch_namespace: str | None = None) -> Kube:
+        return cls(api_client_from_kubeconfig(path), watch_namespace)
+
+    def _list_all(self, plural: str, **params: Any) -> Any:
+        func, args = self._lister(plural)
+        return func(*args, **params)
+
+    def _lister(self, plural: str) -> tuple[Any, tuple[str, ...]]:
+        """The generated list function (``watch.Watch`` reads its docstring) and its
+        positional arguments for every object of ``plural`` the builder is scoped to."""
+        if self.watch_namespace is None:
+            return self.custom.list_cluster_custom_object, (GROUP, VERSION, plural)
+        return (self.custom.list_namespaced_custom_object,
+                (GROUP, VERSION, self.watch_namespace, plural))
 
     def close(self) -> None:
         self.api.close()
@@ -102,9 +116,9 @@ class Kube:
             return None
 
     def list_plugins(self) -> tuple[list[Obj], str]:
-        """All BrokerPlugins and the list's resourceVersion (to watch from)."""
-        result = _call("list brokerplugins", lambda: self.custom.list_cluster_custom_object(
-            GROUP, VERSION, PLUGINS))
+        """All BrokerPlugins (of ``watch_namespace``, if set) and the list's resourceVersion
+        (to watch from)."""
+        result = _call("list brokerplugins", lambda: self._list_all(PLUGINS))
         return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
 
     def patch_plugin_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> Obj:
@@ -129,8 +143,7 @@ class Kube:
         return [b for b in items if (b.get("spec") or {}).get("plugin") == plugin]
 
     def list_builds_rv(self) -> tuple[list[Obj], str]:
-        result = _call("list pluginbuilds", lambda: self.custom.list_cluster_custom_object(
-            GROUP, VERSION, BUILDS))
+        result = _call("list pluginbuilds", lambda: self._list_all(BUILDS))
         return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
 
     def get_build(self, namespace: str, name: str) -> Obj | None:
@@ -168,9 +181,9 @@ class Kube:
         Raises ``Gone`` when the version is too old: the caller relists.
         """
         w = watch.Watch()
-        stream = w.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, plural,
-                          resource_version=resource_version, timeout_seconds=timeout_seconds,
-                          allow_watch_bookmarks=True)
+        func, args = self._lister(plural)
+        stream = w.stream(func, *args, resource_version=resource_version,
+                          timeout_seconds=timeout_seconds, allow_watch_bookmarks=True)
         try:
             while True:
                 try:

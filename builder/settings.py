@@ -51,6 +51,8 @@ class Settings:
     docker_url: str | None = None
     """Push through this Docker-API engine (e.g. ``unix:///run/podman/podman.sock``) instead of
     the daemonless registry client (the default, and the only byte-reproducible one)."""
+    watch_namespace: str | None = None
+    """Only this namespace's BrokerPlugins (None: every namespace the RBAC allows)."""
     webhook_address: tuple[str, int] | None = None
     """Serve push webhooks on this host and port (plain HTTP; terminate TLS at the Ingress).
     Every replica serves them, leader or not: a webhook only records a build request."""
@@ -93,6 +95,7 @@ _HELP = {
     "namespace": "namespace of the leader-election Lease (default %(default)s)",
     "lease_name": "name of the Lease replicas compete for (default %(default)s)",
     "identity": "this replica's name in the Lease and on the builds it runs",
+    "watch_namespace": "only build BrokerPlugins of this namespace (default: all namespaces)",
     "state_dir": "git mirrors, work dirs and build logs (default %(default)s)",
     "registry_ca": "CA bundle for registries with a private CA",
     "docker_url": "push through this Docker-API engine instead of the registry client",
@@ -128,6 +131,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                     "set as PLUGFORGE_BUILDER_<FLAG_NAME> (e.g. PLUGFORGE_BUILDER_WORKERS).")
     p.add_argument("--kubeconfig", type=Path, default=env.get(ENV_KUBECONFIG),
                    help=_HELP["kubeconfig"])
+    p.add_argument("--watch-namespace", default=env.get(ENV_PREFIX + "WATCH_NAMESPACE"),
+                   help=_HELP["watch_namespace"])
     for name in ("namespace", "lease_name", "identity"):
         p.add_argument("--" + name.replace("_", "-"),
                        default=env.get(ENV_PREFIX + name.upper(), getattr(d, name)),

@@ -60,8 +60,10 @@ def source_url(cluster: Cluster, git_server: GitServer,
 
 
 def _settings(cp: ControlPlane, registry: Registry, lease: str, identity: str,
-              state: Path) -> Settings:
+              state: Path, namespace: str) -> Settings:
+    # Scoped to this module's namespace: other modules' leftover plugins are not ours to count.
     return Settings(kubeconfig=cp.kubeconfig("builder"), lease_name=lease, identity=identity,
+                    watch_namespace=namespace,
                     state_dir=state, resync_seconds=2.0, lease_duration_seconds=4,
                     lease_renew_seconds=1, backoff_base_seconds=0.5, max_attempts=2,
                     registry_ca=registry.ca.cert)
@@ -70,8 +72,10 @@ def _settings(cp: ControlPlane, registry: Registry, lease: str, identity: str,
 def test_two_replicas_only_the_leader_builds(control_plane: ControlPlane, registry: Registry,
                                              cluster: Cluster, source_url: str,
                                              templates: Path, tmp_path: Path) -> None:
-    a = Builder(_settings(control_plane, registry, "ha-leader", "replica-a", tmp_path / "a"))
-    b = Builder(_settings(control_plane, registry, "ha-leader", "replica-b", tmp_path / "b"))
+    a = Builder(_settings(control_plane, registry, "ha-leader", "replica-a", tmp_path / "a",
+                          cluster.ns))
+    b = Builder(_settings(control_plane, registry, "ha-leader", "replica-b", tmp_path / "b",
+                          cluster.ns))
     a.start()
     b.start()
     try:
@@ -162,7 +166,8 @@ def test_leadership_lost_and_regained_builds_again(control_plane: ControlPlane,
     from builder.leader import micro_time
 
     lease_path = "/apis/coordination.k8s.io/v1/namespaces/plugforge-system/leases/ha-regain"
-    b = Builder(_settings(control_plane, registry, "ha-regain", "regainer", tmp_path / "r"))
+    b = Builder(_settings(control_plane, registry, "ha-regain", "regainer", tmp_path / "r",
+                          cluster.ns))
     b.start()
     try:
         wait_for(lambda: b.leading, "leadership")
