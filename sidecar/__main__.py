@@ -33,13 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     sidecar.start()
     grpc_server = None
-    if settings.grpc_address:
-        from sidecar.grpc_service import serve
-        token = settings.grpc_token_file.read_text().strip() if settings.grpc_token_file \
-            else None
-        tls = (settings.grpc_tls_cert, settings.grpc_tls_key) \
-            if settings.grpc_tls_cert and settings.grpc_tls_key else None
-        grpc_server = serve(sidecar, settings.grpc_address, token=token, tls=tls)
+    if settings.grpc_address:  # imported only then: grpc costs memory
+        from sidecar.grpc_service import serve_configured
+        grpc_server = serve_configured(sidecar, settings)
     stop.wait()
     if grpc_server is not None:
         grpc_server.stop(grace=2)

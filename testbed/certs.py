@@ -1,10 +1,12 @@
-"""A throwaway certificate authority for the embedded servers, made with the openssl CLI."""
+"""A throwaway certificate authority for the embedded servers (``plugforge.pki`` on files)."""
 
 from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from plugforge import pki
 
 
 @dataclass(frozen=True)
@@ -18,23 +20,14 @@ class CertificateAuthority:
     cert: Path
     key: Path
 
-    def issue(self, name: str, *, sans: tuple[str, ...] = ("IP:127.0.0.1", "DNS:localhost"),
+    def issue(self, name: str, *, sans: tuple[str, ...] = ("127.0.0.1", "localhost"),
               client: bool = False) -> KeyPair:
-        """A leaf certificate for ``name`` signed by this CA, valid for loopback."""
-        directory = self.cert.parent
-        key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-        ext_file = directory / f"{name}.ext"
-        usage = "serverAuth,clientAuth" if client else "serverAuth"
-        ext_file.write_text(
-            f"subjectAltName={','.join(sans)}\n"
-            f"extendedKeyUsage={usage}\n"
-            "keyUsage=critical,digitalSignature,keyEncipherment\n"
-            "basicConstraints=critical,CA:FALSE\n"
-        )
-        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                 "-nodes", "-keyout", key, "-subj", f"/CN={name}", "-out", csr)
-        _openssl("x509", "-req", "-in", csr, "-CA", self.cert, "-CAkey", self.key,
-                 "-CAcreateserial", "-days", "825", "-sha256", "-extfile", ext_file, "-out", cert)
+        """A leaf certificate for ``name`` signed by this CA, valid for ``sans``."""
+        leaf = pki.issue(pki.Pem(self.cert.read_bytes(), self.key.read_bytes()), name, sans,
+                         client=client)
+        cert, key = (self.cert.parent / f"{name}.{ext}" for ext in ("crt", "key"))
+        key.write_bytes(leaf.key)
+        cert.write_bytes(leaf.cert)
         return KeyPair(cert=cert, key=key)
 
 
@@ -42,11 +35,9 @@ def make_ca(directory: Path, name: str = "plugforge-testbed-ca") -> CertificateA
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "ca.crt", directory / "ca.key"
     if not cert.exists():
-        _openssl("req", "-x509", "-new", "-newkey", "ec", "-pkeyopt",
-                 "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                 "-days", "3650", "-subj", f"/CN={name}",
-                 "-addext", "basicConstraints=critical,CA:TRUE",
-                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        ca = pki.new_ca(name)
+        key.write_bytes(ca.key)
+        cert.write_bytes(ca.cert)
     return CertificateAuthority(cert=cert, key=key)
 
 

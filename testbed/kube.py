@@ -125,7 +125,7 @@ def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = 
     workdir.mkdir(parents=True, exist_ok=True)
     ca = make_ca(workdir / "pki")
     serving = ca.issue("kube-apiserver", sans=(
-        "IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes.default.svc"))
+        "127.0.0.1", "localhost", "kubernetes.default.svc"))
     sa_keys = make_rsa_keypair(workdir / "pki", "service-accounts")
 
     identities = {i.name: i for i in (

@@ -14,9 +14,10 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from plugforge.cli import build, builds, logs, new, rollout, status, trigger
+from plugforge.cli import api_secrets, build, builds, logs, new, rollout, status, trigger
 
-SUBCOMMANDS: tuple[ModuleType, ...] = (new, build, trigger, builds, logs, rollout, status)
+SUBCOMMANDS: tuple[ModuleType, ...] = (new, build, trigger, builds, logs, rollout, status,
+                                       api_secrets)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
