@@ -6,6 +6,12 @@ acknowledged count, p50/p99 acknowledgement latency, and how many builds were qu
 coalescing (ideally P: one per plugin, for its newest commit). Baseline, same concurrency and
 server: ``GET /healthz`` (HTTP plumbing with no verification, parsing or matching).
 
+The burst is sent by ``bench/webhook_load`` (Go, built once into ``$PLUGFORGE_CACHE/go-bin``):
+one goroutine and one connection per request, all parked on a barrier and released together;
+latency runs from before the dial to the last byte of the response. Python prepares the exact
+request bytes. (A burst of 200 Python threads measured mostly itself: GIL and thread starts
+put its ``/healthz`` p99 at 100-600 ms on 2 cores.)
+
 Targets:
   --url URL --secret S --repo-prefix URL   a running endpoint (e.g. ``python -m builder.webhooks``)
                                            whose plugins follow ``<repo-prefix><i>`` at main;
@@ -23,20 +29,24 @@ Repetitions: one burst after one warm-up delivery. Goal: p99 well under GitHub's
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import http.client
 import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+LOAD_SOURCE = ROOT / "bench" / "webhook_load"
 sys.path.insert(0, str(ROOT / "tests"))  # realistic payloads shared with the tests
 
 from webhooks_support import Commit, Push, encode, github_headers, github_push  # noqa: E402
@@ -46,6 +56,7 @@ GOAL_P99_SECONDS = 10.0  # GitHub's delivery timeout
 
 def _post(host: str, port: int, path: str, body: bytes, headers: dict[str, str],
           method: str = "POST") -> tuple[int, float]:
+    """One request from Python: the warm-up delivery (the burst goes through the Go client)."""
     start = time.perf_counter()
     conn = http.client.HTTPConnection(host, port, timeout=30)
     try:
@@ -59,15 +70,55 @@ def _post(host: str, port: int, path: str, body: bytes, headers: dict[str, str],
         conn.close()
 
 
-def _burst(calls: Sequence[Callable[[], tuple[int, float]]]) -> list[tuple[int, float]]:
-    barrier = threading.Barrier(len(calls))
+def raw_request(host: str, port: int, method: str, path: str, body: bytes = b"",
+                headers: Mapping[str, str] | None = None) -> bytes:
+    """The HTTP/1.1 request bytes ``http.client`` would send (one request per connection)."""
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}:{port}"]
+    if method == "POST":
+        lines.append(f"Content-Length: {len(body)}")
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items() if k.lower() != "content-length"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
-    def run(call: Callable[[], tuple[int, float]]) -> tuple[int, float]:
-        barrier.wait()
-        return call()
 
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
-        return list(pool.map(run, calls))
+def load_generator() -> Path:
+    """bench/webhook_load built once per source version into ``$PLUGFORGE_CACHE/go-bin``."""
+    sources = sorted(LOAD_SOURCE.iterdir())
+    key = hashlib.sha256(b"".join(f.read_bytes() for f in sources if f.is_file())).hexdigest()
+    cache = Path(os.environ.get("PLUGFORGE_CACHE") or Path.home() / ".cache" / "plugforge")
+    binary = cache / "go-bin" / f"webhook-load-{key[:12]}"
+    if binary.is_file():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        raise RuntimeError("the webhook benchmark's load generator (bench/webhook_load) is a Go "
+                           "program: expected `go` (>= 1.24) on PATH, found none; install Go")
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(".tmp")
+    built = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=LOAD_SOURCE,
+                           capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"})
+    if built.returncode != 0:
+        raise RuntimeError(f"building bench/webhook_load failed (go build exit "
+                           f"{built.returncode}):\n{built.stderr.strip()}")
+    tmp.replace(binary)
+    return binary
+
+
+def burst(host: str, port: int, requests: Sequence[bytes],
+          timeout: float = 30.0) -> list[tuple[int, float]]:
+    """Send every request on its own connection, all released at once; (status, seconds) each,
+    status 0 when no response came."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as plan:
+        json.dump({"address": f"{host}:{port}", "timeout": timeout,
+                   "requests": [base64.b64encode(r).decode() for r in requests]}, plan)
+        plan.flush()
+        out = subprocess.run([str(load_generator()), plan.name], capture_output=True,
+                             text=True, timeout=timeout + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench/webhook_load failed (exit {out.returncode}): "
+                           f"{out.stderr.strip()}")
+    results: list[dict[str, Any]] = json.loads(out.stdout)["results"]
+    return [(int(r["status"]), float(r["seconds"])) for r in results]
 
 
 def _deliveries(n: int, repo_urls: Sequence[str], secret: bytes
@@ -101,9 +152,9 @@ def measure(host: str, port: int, n: int, repo_urls: Sequence[str], secret: byte
     _post(host, port, "/webhooks/github", *warm)
     time.sleep(settle)
     before = queued_builds()
-    baseline = _burst([lambda: _post(host, port, "/healthz", b"", {}, "GET")] * n)
-    results = _burst([lambda d=d: _post(host, port, "/webhooks/github", *d)  # type: ignore[misc]
-                      for d in deliveries])
+    baseline = burst(host, port, [raw_request(host, port, "GET", "/healthz")] * n)
+    results = burst(host, port, [raw_request(host, port, "POST", "/webhooks/github", *d)
+                                 for d in deliveries])
     time.sleep(settle)
     acked = [t for code, t in results if 200 <= code < 300]
     base = [t for code, t in baseline if code == 200]

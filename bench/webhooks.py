@@ -1,6 +1,9 @@
 """Webhook acknowledgement: 200 concurrent signed GitHub push deliveries (``--quick``: 50)
 against the webhook endpoint running in its own process (``bench/webhooks_support.py``: the
-builder's endpoint over 10 fixed plugins), sent by ``bench/webhook_ack.py``'s burst.
+builder's endpoint over 10 fixed plugins), sent by ``bench/webhook_ack.py``'s burst through
+its Go load generator (``bench/webhook_load``, built on first use into ``$PLUGFORGE_CACHE``;
+needs ``go`` >= 1.24): one connection per request, all released at once, so the figures are
+the server's and not a Python client's thread starts.
 
 Repetitions: one burst after one warm-up delivery, with a same-size burst of ``GET /healthz``
 on the same server just before it as the baseline (HTTP plumbing without verification, parsing

@@ -1,0 +1,3 @@
+module plugforge.dev/bench/webhook_load
+
+go 1.24
