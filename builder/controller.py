@@ -116,10 +116,15 @@ class Controller:
             self._threads.append(thread)
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop and wait (up to ``timeout`` in all) for workers to finish. Watch threads are
+        not waited for: they block in a read until the next event, check the stop event
+        before acting on it, and are daemons."""
         self._stop.set()
         self.queue.shutdown()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            if "-watch-" not in thread.name:
+                thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     # --- event sources: they only enqueue keys ------------------------------------------------
@@ -145,6 +150,8 @@ class Controller:
             except Gone:
                 resource_version = None  # too old: relist
             except BuilderError as e:
+                if stop.is_set():
+                    return  # the client was closed under us at shutdown
                 log.warning("watch %s: %s; retrying", plural, e)
                 stop.wait(1.0)
 
