@@ -41,6 +41,6 @@ def measure(workdir: Path, quick: bool) -> list[Metric]:
         Metric("api mode", "ConfigMap write -> applied: p99", "ms", s.p99 * 1e3,
                max_value=1000),
         Metric("memory", "sidecar idle RSS, API mode", "MB", (rss or 0) * 1024 / 1e6,
-               max_value=60, note="VmRSS 3 s after the last apply; includes the kubernetes "
-               "client (file mode never imports it)"),
+               max_value=60, note="VmRSS 3 s after the last apply; the sidecar's own "
+               "urllib3 watch (sidecar/kube_http.py), not the kubernetes package"),
     ]

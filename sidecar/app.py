@@ -46,7 +46,7 @@ class Sidecar:
         self.api_source = None
         self.mode = self._pick_mode()
         if self.mode == "api":
-            from sidecar.watch_api import ConfigMapWatcher  # only API mode needs kubernetes
+            from sidecar.watch_api import ConfigMapWatcher  # only API mode talks to the API
             self.api_source = ConfigMapWatcher(
                 settings.namespace, settings.configmaps, self.trigger,
                 kubeconfig=settings.kubeconfig, idle_timeout=settings.watch_idle_timeout)
