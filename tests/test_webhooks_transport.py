@@ -188,6 +188,35 @@ def test_a_failing_handler_is_a_500_and_the_server_stays_up() -> None:
         running.stop()
 
 
+class SlowPlugins(StaticPlugins):
+    """A plugin list that takes a while, like a refresh from a slow apiserver."""
+
+    def plugins(self) -> Sequence[PluginSource]:
+        time.sleep(1.5)
+        return super().plugins()
+
+
+def test_a_slow_plugin_list_does_not_stall_other_connections() -> None:
+    running = service.start(SlowPlugins(PLUGINS, {"acme-hook": SECRET}), Collector(),
+                            service.WebhookSettings())
+    try:
+        body = encode(github_push(a_push()))
+        head = "".join(f"{k}: {v}\r\n" for k, v in github_headers(body, SECRET).items())
+        waiting = socket.create_connection(("127.0.0.1", running.server.port), timeout=5)
+        waiting.sendall(b"POST /webhooks/github HTTP/1.1\r\nConnection: close\r\n"
+                        + head.encode() + b"Content-Length: " + str(len(body)).encode()
+                        + b"\r\n\r\n" + body)
+        time.sleep(0.2)  # the delivery is in the handler now
+        start = time.monotonic()
+        assert raw(running, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n").startswith(
+            b"HTTP/1.1 200")
+        assert time.monotonic() - start < 0.5, "the health check waited for the handler"
+        with waiting:
+            assert Responses(waiting).next()[0].startswith(b"HTTP/1.1 202")
+    finally:
+        running.stop()
+
+
 def test_stop_ends_open_connections_promptly() -> None:
     running = service.start(StaticPlugins(PLUGINS, {}), Collector(), service.WebhookSettings())
     s = socket.create_connection(("127.0.0.1", running.server.port), timeout=5)
