@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from builder.app import Builder
 from builder.kube import Kube, apply_documents, load_documents
+from builder.settings import Settings
 from testbed.kube import ControlPlane
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +92,46 @@ def make_templates_root(dest: Path, slow_seconds: int = 30) -> Path:
     recipe["build"] = [{"argv": ["sleep", str(slow_seconds)]}, *recipe["build"]]
     (slow / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     return dest
+
+
+@contextmanager
+def templates_in_use(dest: Path, slow_seconds: int = 30) -> Iterator[Path]:
+    """``make_templates_root(dest)`` as the builder's ``$PLUGFORGE_TEMPLATES`` while in use."""
+    root = make_templates_root(dest, slow_seconds)
+    before = os.environ.get("PLUGFORGE_TEMPLATES")
+    os.environ["PLUGFORGE_TEMPLATES"] = str(root)
+    try:
+        yield root
+    finally:
+        if before is None:
+            os.environ.pop("PLUGFORGE_TEMPLATES", None)
+        else:
+            os.environ["PLUGFORGE_TEMPLATES"] = before
+
+
+def fast_settings(cp: ControlPlane, registry_ca: Path, lease: str, identity: str,
+                  state_dir: Path, *, watch_namespace: str, **overrides: Any) -> Settings:
+    """Builder settings as the builder identity, with timings short enough for tests, scoped
+    to the test module's namespace (other modules' plugins outlive their builders)."""
+    settings = Settings(
+        kubeconfig=cp.kubeconfig("builder"), lease_name=lease, identity=identity,
+        watch_namespace=watch_namespace,
+        state_dir=state_dir, workers=2, resync_seconds=2.0, lease_duration_seconds=4,
+        lease_renew_seconds=1, backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
+        registry_ca=registry_ca)
+    return settings.with_(**overrides) if overrides else settings
+
+
+@contextmanager
+def running_builder(settings: Settings) -> Iterator[Builder]:
+    """A started builder that holds its Lease; stopped on exit."""
+    b = Builder(settings)
+    b.start()
+    try:
+        wait_for(lambda: b.leading, "the builder to take the lease")
+        yield b
+    finally:
+        b.stop()
 
 
 def scaffold_repo(dest: Path, template: str, broker: str, name: str, push_url: str) -> Path:

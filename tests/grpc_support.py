@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder_support import wait_for
+from builder_support import fast_settings, wait_for
 
 from builder.app import Builder
-from builder.settings import Settings
 from plugforge.grpc_auth import secure_channel
 from plugforge.v1 import build_pb2_grpc
 from testbed.certs import CertificateAuthority
@@ -34,7 +33,7 @@ class Api:
 
 
 def start_builder_api(cp: ControlPlane, ca: CertificateAuthority, state: Path, name: str,
-                      registry_ca: Path, **overrides: object) -> Api:
+                      registry_ca: Path, *, watch_namespace: str, **overrides: object) -> Api:
     """The builder as the ``builder`` identity, its BuildService on 127.0.0.1:<free> (TLS)."""
     state.mkdir(parents=True, exist_ok=True)
     tokens = state / "api-tokens"
@@ -47,14 +46,11 @@ def start_builder_api(cp: ControlPlane, ca: CertificateAuthority, state: Path, n
     token_files["wrong"] = state / "wrong.token"
     (state / "sidecar.token").write_text(SIDECAR_TOKEN + "\n")
     pair = ca.issue(f"{name}-grpc")
-    settings = Settings(
-        kubeconfig=cp.kubeconfig("builder"), lease_name=name, identity=f"{name}-1",
-        state_dir=state, workers=2, resync_seconds=2.0, lease_duration_seconds=4,
-        lease_renew_seconds=1, backoff_base_seconds=0.5, backoff_max_seconds=2,
-        max_attempts=2, registry_ca=registry_ca, grpc_address=("127.0.0.1", 0),
+    settings = fast_settings(
+        cp, registry_ca, name, f"{name}-1", state, watch_namespace=watch_namespace,
+        grpc_address=("127.0.0.1", 0),
         grpc_token_file=tokens, grpc_tls_cert=pair.cert, grpc_tls_key=pair.key,
-        sidecar_token_file=state / "sidecar.token", sidecar_ca=ca.cert)
-    settings = settings.with_(**overrides) if overrides else settings
+        sidecar_token_file=state / "sidecar.token", sidecar_ca=ca.cert, **overrides)
     b = Builder(settings)
     b.start()
     wait_for(lambda: b.serving.is_set() and b.leading, "the builder to serve and lead")

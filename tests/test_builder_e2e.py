@@ -18,16 +18,17 @@ import pytest
 from builder_support import (
     Cluster,
     broker_plugin,
+    fast_settings,
     install,
-    make_templates_root,
+    running_builder,
     scaffold_repo,
+    templates_in_use,
     tenant_namespace,
     wait_for,
 )
 from conftest import REGISTRY_CREDENTIALS
 
 from builder.app import Builder
-from builder.settings import Settings
 from plugforge.contract import Document, parse_desired_state, plugin_key
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
@@ -37,11 +38,8 @@ from testbed.registry import Registry
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=5)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
-    yield root
-    mp.undo()
+    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=5) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +51,11 @@ def cluster(control_plane: ControlPlane) -> Cluster:
 @pytest.fixture(scope="module")
 def builder(control_plane: ControlPlane, registry: Registry, templates: Path,
             tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> Iterator[Builder]:
-    settings = Settings(
-        kubeconfig=control_plane.kubeconfig("builder"), lease_name="builder-e2e",
-        identity="builder-e2e-1", state_dir=tmp_path_factory.mktemp("builder-state"),
-        workers=2, resync_seconds=2.0, lease_duration_seconds=4, lease_renew_seconds=1,
-        backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
-        registry_ca=registry.ca.cert)
-    b = Builder(settings)
-    b.start()
-    wait_for(lambda: b.leading, "the builder to take the lease")
-    yield b
-    b.stop()
+    with running_builder(fast_settings(control_plane, registry.ca.cert, "builder-e2e",
+                                       "builder-e2e-1",
+                                       tmp_path_factory.mktemp("builder-state"),
+                                       watch_namespace=cluster.ns)) as b:
+        yield b
 
 
 def _skopeo_inspect(registry: Registry, image: str, tmp: Path) -> dict[str, Any]:
@@ -464,7 +456,7 @@ def test_template_for_another_broker_fails_the_build_as_invalid_spec(
 
 
 def test_namespace_without_tenant_binding_builds_but_cannot_roll_out(
-        builder: Builder, cluster: Cluster, registry: Registry,
+        templates: Path, cluster: Cluster, registry: Registry, tmp_path: Path,
         mosquitto_plugin: dict[str, Any]) -> None:
     """Least privilege: no RoleBinding in a namespace means no ConfigMap writes there."""
     ns = f"{cluster.ns}-unbound"
@@ -475,9 +467,11 @@ def test_namespace_without_tenant_binding_builds_but_cannot_roll_out(
     unbound.create("brokerplugins", broker_plugin(
         "unbound", url=mosquitto_plugin["url"], configmap="plugins",
         repository=f"{registry.host}/plugins/unbound"))
-    assert unbound.wait_build("unbound")["status"]["phase"] == "Succeeded"
-    ready = wait_for(lambda: ((c := unbound.condition("unbound", "Ready")).get("reason") ==
-                     "RolloutFailed" and c) or None, "Ready=False RolloutFailed")
+    with running_builder(fast_settings(cluster.cp, registry.ca.cert, "builder-e2e-unbound",
+                                       "builder-unbound-1", tmp_path, watch_namespace=ns)):
+        assert unbound.wait_build("unbound")["status"]["phase"] == "Succeeded"
+        ready = wait_for(lambda: ((c := unbound.condition("unbound", "Ready")).get("reason")
+                                  == "RolloutFailed" and c) or None, "Ready=False RolloutFailed")
     assert ready["status"] == "False"
     assert "forbidden" in ready["message"]
     assert "currentImage" not in unbound.plugin("unbound")["status"]

@@ -20,8 +20,8 @@ from builder_support import (
     Cluster,
     broker_plugin,
     install,
-    make_templates_root,
     scaffold_repo,
+    templates_in_use,
     tenant_namespace,
     wait_for,
 )
@@ -37,11 +37,9 @@ SLOW_SECONDS = 6
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=SLOW_SECONDS)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
-    yield root
-    mp.undo()
+    with templates_in_use(tmp_path_factory.mktemp("templates"),
+                          slow_seconds=SLOW_SECONDS) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")

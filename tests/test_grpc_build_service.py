@@ -17,8 +17,8 @@ from builder_support import (
     Cluster,
     broker_plugin,
     install,
-    make_templates_root,
     scaffold_repo,
+    templates_in_use,
     tenant_namespace,
 )
 from grpc_support import Api, start_builder_api
@@ -35,11 +35,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=2)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
-    yield root
-    mp.undo()
+    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=2) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +50,7 @@ def api(control_plane: ControlPlane, testbed_ca: CertificateAuthority, registry:
         templates: Path, cluster: Cluster,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     a = start_builder_api(control_plane, testbed_ca, tmp_path_factory.mktemp("builder"),
-                          "builder-grpc", registry.ca.cert)
+                          "builder-grpc", registry.ca.cert, watch_namespace=cluster.ns)
     yield a
     a.builder.stop()
 

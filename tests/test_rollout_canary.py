@@ -26,8 +26,8 @@ from builder_support import (
     Cluster,
     broker_plugin,
     install,
-    make_templates_root,
     scaffold_repo,
+    templates_in_use,
     tenant_namespace,
     wait_for,
 )
@@ -135,14 +135,11 @@ def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateA
 @pytest.fixture(scope="module")
 def api(control_plane: ControlPlane, testbed_ca: CertificateAuthority, registry: Registry,
         cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    root = make_templates_root(tmp_path_factory.mktemp("templates"), slow_seconds=1)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
-    a = start_builder_api(control_plane, testbed_ca, tmp_path_factory.mktemp("builder"),
-                          "builder-canary", registry.ca.cert)
-    yield a
-    a.builder.stop()
-    mp.undo()
+    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=1):
+        a = start_builder_api(control_plane, testbed_ca, tmp_path_factory.mktemp("builder"),
+                              "builder-canary", registry.ca.cert, watch_namespace=cluster.ns)
+        yield a
+        a.builder.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,11 @@ import pytest
 from builder_support import (
     Cluster,
     broker_plugin,
+    fast_settings,
     install,
-    make_templates_root,
+    running_builder,
     scaffold_repo,
+    templates_in_use,
     tenant_namespace,
     wait_for,
 )
@@ -28,7 +30,6 @@ from webhooks_support import Commit, Push, encode, github_headers, github_push
 
 from builder.app import Builder
 from builder.kube import Kube
-from builder.settings import Settings
 from builder.webhooks import service
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
@@ -40,11 +41,8 @@ PLUGIN = "hook-acl"
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    root = make_templates_root(tmp_path_factory.mktemp("templates"))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("PLUGFORGE_TEMPLATES", str(root))
-    yield root
-    mp.undo()
+    with templates_in_use(tmp_path_factory.mktemp("templates")) as root:
+        yield root
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +56,10 @@ def builder(control_plane: ControlPlane, registry: Registry, templates: Path,
             tmp_path_factory: pytest.TempPathFactory, cluster: Cluster) -> Iterator[Builder]:
     # A long resync: the controller does not poll the ref, so new commits get built only
     # because a webhook asked.
-    settings = Settings(
-        kubeconfig=control_plane.kubeconfig("builder"), lease_name="builder-webhooks",
-        identity="builder-wh-1", state_dir=tmp_path_factory.mktemp("builder-state"),
-        workers=2, resync_seconds=600.0, lease_duration_seconds=4, lease_renew_seconds=1,
-        backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
-        registry_ca=registry.ca.cert)
-    b = Builder(settings)
-    b.start()
-    wait_for(lambda: b.leading, "the builder to take the lease")
-    yield b
-    b.stop()
+    with running_builder(fast_settings(control_plane, registry.ca.cert, "builder-webhooks",
+                                       "builder-wh-1", tmp_path_factory.mktemp("builder-state"),
+                                       resync_seconds=600.0, watch_namespace=cluster.ns)) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
