@@ -10,6 +10,7 @@ a forge is never its web port, and the push event lists its web and ssh URLs sid
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -33,10 +34,12 @@ class RepoId:
         return f"{self.host}/{self.path}"
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_url(url: str) -> RepoId | None:
     """The identity of the repository at ``url``, or None if it is not a repository URL.
 
-    Credentials embedded in the URL are dropped, so a RepoId is safe to log.
+    Credentials embedded in the URL are dropped, so a RepoId is safe to log. Cached: every
+    delivery compares its URLs with every plugin's, and a burst repeats the same few URLs.
     """
     url = url.strip()
     if not url or any(c.isspace() for c in url):
@@ -131,8 +134,13 @@ class Decision:
 
 def decide(event: PushEvent, plugin: PluginSource) -> Decision | None:
     """Whether ``event`` should rebuild ``plugin``; None when the push is about something else."""
+    return _decide(event, repo_ids(event.repository_urls), plugin)
+
+
+def _decide(event: PushEvent, pushed: frozenset[RepoId], plugin: PluginSource
+            ) -> Decision | None:
     wanted = normalize_url(plugin.url)
-    if wanted is None or wanted not in repo_ids(event.repository_urls):
+    if wanted is None or wanted not in pushed:
         return None
     if not ref_matches(plugin.ref, event.ref):
         return None
@@ -149,4 +157,5 @@ def decide(event: PushEvent, plugin: PluginSource) -> Decision | None:
 
 def plan(event: PushEvent, plugins: Sequence[PluginSource]) -> list[Decision]:
     """A decision for every plugin that follows the pushed repository and ref."""
-    return [d for d in (decide(event, p) for p in plugins) if d is not None]
+    pushed = repo_ids(event.repository_urls)
+    return [d for d in (_decide(event, pushed, p) for p in plugins) if d is not None]
