@@ -106,8 +106,14 @@ def parse_args(argv: Sequence[str] | None = None,
         if not sep or not key:
             raise SettingsError(f"--adapter-opt: expected KEY=VALUE, found {item!r}")
         options[key] = value
-    if (a.grpc_tls_cert is None) != (a.grpc_tls_key is None):
-        raise SettingsError("--grpc-tls-cert and --grpc-tls-key go together")
+    if a.grpc_address:
+        missing = [flag for flag, value in (("--grpc-token-file", a.grpc_token_file),
+                                            ("--grpc-tls-cert", a.grpc_tls_cert),
+                                            ("--grpc-tls-key", a.grpc_tls_key)) if value is None]
+        if missing:
+            # Reconcile is a write, and a bearer token in clear text is anyone's on the path.
+            raise SettingsError(f"--grpc-address needs {', '.join(missing)}: the API is only "
+                                "served over TLS to callers with a token")
     if a.source == "api" and not a.configmap:
         raise SettingsError("--source api needs at least one --configmap NAME")
     if a.source == "files" and not a.config_dir:

@@ -27,6 +27,7 @@ from sidecar.grpc_service import serve
 from sidecar.state import Phase
 from sidecar.trigger import Trigger
 from sidecar.watch_api import ConfigMapWatcher
+from testbed.certs import CertificateAuthority
 from testbed.kube import ControlPlane
 from testbed.mosquitto import Mosquitto
 
@@ -183,8 +184,8 @@ def test_grpc_state_plan_reconcile_and_events(broker: Mosquitto, tmp_path: Path)
         sidecar.stop()
 
 
-def test_cli_process_serves_grpc_with_token_and_stops_on_sigterm(broker: Mosquitto,
-                                                                  tmp_path: Path) -> None:
+def test_cli_process_serves_grpc_with_token_and_stops_on_sigterm(
+        broker: Mosquitto, tmp_path: Path, testbed_ca: CertificateAuthority) -> None:
     import signal
     import subprocess
     import sys
@@ -198,6 +199,7 @@ def test_cli_process_serves_grpc_with_token_and_stops_on_sigterm(broker: Mosquit
     (tmp_path / "token").write_text("cli-token\n")
     (tmp_path / "dynsec").write_text(ADMIN[1])
     port = free_port()
+    pair = testbed_ca.issue("cli-sidecar")
     argv = [sys.executable, "-m", "sidecar", "--broker", "mosquitto", "--source", "files",
             "--config-dir", str(cm.path), "--adapter-opt", f"port={broker.port}",
             "--adapter-opt", f"conf_dir={broker.include_dir}",
@@ -206,11 +208,13 @@ def test_cli_process_serves_grpc_with_token_and_stops_on_sigterm(broker: Mosquit
             "--adapter-opt", f"dynsec_password_file={tmp_path / 'dynsec'}",
             "--plugin-dir", str(tmp_path / "plugins"), "--cache-dir", str(tmp_path / "cache"),
             "--http-address", "127.0.0.1:0", "--grpc-address", f"127.0.0.1:{port}",
-            "--grpc-token-file", str(tmp_path / "token")]
+            "--grpc-token-file", str(tmp_path / "token"),
+            "--grpc-tls-cert", str(pair.cert), "--grpc-tls-key", str(pair.key)]
     log = tmp_path / "sidecar.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    channel = grpc.secure_channel(f"127.0.0.1:{port}",
+                                  grpc.ssl_channel_credentials(testbed_ca.cert.read_bytes()))
     stub = pb_grpc.SidecarServiceStub(channel)
 
     def ready() -> bool:

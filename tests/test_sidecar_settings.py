@@ -33,6 +33,10 @@ def test_flags_and_environment() -> None:
     (["--source", "api"], "needs at least one --configmap"),
     (["--source", "files"], "needs at least one --config-dir"),
     (["--config-dir", "/a", "--debounce", "-1"], "--debounce: expected >= 0"),
+    (["--config-dir", "/a", "--grpc-address", "0.0.0.0:9443", "--grpc-token-file", "/t"],
+     "--grpc-address needs --grpc-tls-cert, --grpc-tls-key: the API is only served over TLS"),
+    (["--config-dir", "/a", "--grpc-address", "0.0.0.0:9443", "--grpc-tls-cert", "/c",
+      "--grpc-tls-key", "/k"], "--grpc-address needs --grpc-token-file"),
 ])
 def test_bad_flags_explain(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
