@@ -1,0 +1,137 @@
+"""The inotify watcher: which events wake the reconcile loop, on real directories and the real
+kernel interface (the event filter is also checked as a pure function)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.desired import SourceError, read_documents
+from sidecar.trigger import Trigger
+from sidecar.watch_files import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_Q_OVERFLOW,
+    DirectoryWatcher,
+    is_change,
+    parse_events,
+)
+from testbed.configmap_dir import ConfigMapDir
+
+IN_OPEN, IN_CLOSE_NOWRITE, IN_ISDIR = 0x20, 0x10, 0x4000_0000
+QUIET = 0.5  # the resync interval: what wait() returns when no change woke it
+
+
+@pytest.mark.parametrize(("mask", "name", "expected"), [
+    (IN_MOVED_TO, "..data", True),                       # the kubelet's swap
+    (IN_CREATE, "..data", True),
+    (IN_MOVED_FROM, "..data", True),
+    (IN_CREATE | IN_ISDIR, "..2026_01_01_00_00_00.1", False),  # a version being written
+    (IN_DELETE | IN_ISDIR, "..2026_01_01_00_00_00.1", False),  # the old one removed
+    (IN_CREATE, "..data_tmp", False),
+    (IN_MOVED_FROM, "..data_tmp", False),
+    (IN_CREATE, "broker.yaml", True),                    # key symlink, or a plain file
+    (IN_CLOSE_WRITE, "broker.yaml", True),
+    (IN_DELETE, "broker.yaml", True),
+    (IN_MOVED_TO, "broker.yaml", True),
+    (IN_OPEN | IN_ISDIR, "..2026_01_01_00_00_00.1", False),  # reads are never changes
+    (IN_CLOSE_NOWRITE, "broker.yaml", False),
+    (IN_DELETE_SELF, "", True),                          # the directory itself went away
+    (IN_IGNORED, "", True),
+    (IN_Q_OVERFLOW, "", True),                           # events were lost: re-read
+    (IN_OPEN | IN_ISDIR, "", False),
+])
+def test_which_events_are_changes(mask: int, name: str, expected: bool) -> None:
+    assert is_change(mask, name) is expected
+
+
+def test_parse_events_reads_padded_names() -> None:
+    def event(wd: int, mask: int, name: bytes) -> bytes:
+        padded = name + b"\0" * (16 - len(name)) if name else b""
+        return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+    buffer = event(1, IN_MOVED_TO, b"..data") + event(2, IN_DELETE_SELF, b"") + \
+        event(1, IN_CREATE, b"k\xffey")
+    assert list(parse_events(buffer)) == [(1, IN_MOVED_TO, "..data"), (2, IN_DELETE_SELF, ""),
+                                          (1, IN_CREATE, os.fsdecode(b"k\xffey"))]
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Iterator[tuple[ConfigMapDir, Trigger]]:
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": "0"})
+    trigger = Trigger(debounce=0, resync_interval=QUIET)
+    watcher = DirectoryWatcher([cm.path], trigger)
+    watcher.start()
+    try:
+        yield cm, trigger
+    finally:
+        trigger.close()
+        watcher.stop()
+
+
+def test_a_swap_wakes_the_loop_at_once(watched: tuple[ConfigMapDir, Trigger]) -> None:
+    cm, trigger = watched
+    started = time.monotonic()
+    cm.update({"broker.yaml": "1"})
+    assert trigger.wait() == f"{cm.path} changed"
+    assert time.monotonic() - started < QUIET
+
+
+def test_version_dirs_and_reads_do_not_wake_the_loop(
+        watched: tuple[ConfigMapDir, Trigger]) -> None:
+    cm, trigger = watched
+    (cm.path / "..2099_01_01_00_00_00.1").mkdir()  # a version not swapped in (yet)
+    (cm.path / "..2099_01_01_00_00_00.1" / "broker.yaml").write_text("half")
+    assert read_documents([cm.path])[0].text == "0"
+    assert trigger.wait() == "periodic resync"
+
+
+def test_plain_directory_file_written(tmp_path: Path) -> None:
+    trigger = Trigger(debounce=0, resync_interval=QUIET)
+    watcher = DirectoryWatcher([tmp_path], trigger)
+    watcher.start()
+    try:
+        (tmp_path / "broker.yaml").write_text("x")
+        assert trigger.wait() == f"{tmp_path} changed"
+    finally:
+        trigger.close()
+        watcher.stop()
+
+
+def test_removed_directory_wakes_the_loop_and_is_explained(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": "0"})
+    trigger = Trigger(debounce=0, resync_interval=3600)
+    watcher = DirectoryWatcher([cm.path], trigger)
+    watcher.start()
+    try:
+        shutil.rmtree(cm.path)
+        reason = trigger.wait()
+        assert reason is not None and reason.startswith(f"{cm.path} changed")
+        with pytest.raises(SourceError, match="expected a mounted ConfigMap directory"):
+            read_documents([cm.path])
+    finally:
+        trigger.close()
+        watcher.stop()
+    assert "only the periodic resync reads it now" in caplog.text
+
+
+def test_missing_directory_is_refused_at_start(tmp_path: Path) -> None:
+    watcher = DirectoryWatcher([tmp_path, tmp_path / "nope"], Trigger(0, 3600))
+    with pytest.raises(SourceError, match=r"nope: cannot watch it \(No such file or directory\);"
+                                          " expected a mounted ConfigMap directory"):
+        watcher.start()
+    watcher.stop()  # nothing started: a no-op
