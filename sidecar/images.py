@@ -1,6 +1,9 @@
 """Plugin images: pull by digest, verify every blob, extract safely, cache by digest.
 
-All of that is ``plugforge.oci``; this module only picks credentials and TLS per registry.
+All of that is ``plugforge.oci``; this module picks credentials and TLS per registry and keeps
+the cache bounded: after every pull that fetched something, only the ``keep_images`` most
+recently used images stay (the adapters have copied what runs; a rollback further back pulls
+again).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from plugforge.oci import (
     RegistryClient,
     credentials_from_dockerconfigjson,
     parse_reference,
+    prune_least_recent,
     pull_image,
     require_digest,
 )
@@ -22,8 +26,9 @@ class ImagePuller:
 
     def __init__(self, cache_dir: Path, *, ca_bundle: Path | None = None,
                  docker_config: Path | None = None,
-                 insecure_http_registries: tuple[str, ...] = ()) -> None:
+                 insecure_http_registries: tuple[str, ...] = (), keep_images: int = 16) -> None:
         self.cache_dir = cache_dir
+        self._keep = keep_images
         self._ca = ca_bundle
         self._docker_config = docker_config
         self._insecure = insecure_http_registries
@@ -43,4 +48,5 @@ class ImagePuller:
             tree = pull_image(client, ref, self.cache_dir)
             if set(self.cache_dir.glob("images/*")) != before:
                 self.pulls += 1
+                prune_least_recent(self.cache_dir, self._keep)
             return tree

@@ -29,6 +29,7 @@ from plugforge.oci import (
     credentials_from_dockerconfigjson,
     pack_image,
     parse_reference,
+    prune_least_recent,
     pull_image,
 )
 from plugforge.oci.cache import STALE_AFTER_SECONDS, prune_partial
@@ -267,3 +268,22 @@ def test_leftovers_of_a_crashed_pull_are_never_used(registry: Registry, tmp_path
 
     prune_partial(cache, now=crashed.stat().st_mtime + STALE_AFTER_SECONDS + 1)
     assert not crashed.exists()
+
+
+def test_cache_keeps_the_most_recently_used_images(registry: Registry, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    pinned = []
+    with client_for(registry) as client:
+        for marker in ("one", "two", "three"):
+            image = pack_image(artifact(tmp_path / marker, marker), metadata())
+            pinned.append(client.push_image(
+                parse_reference(f"{registry.host}/team/lru:{marker}"), image))
+        trees = [pull_image(client, p, cache) for p in pinned]
+        pull_image(client, pinned[0], cache)  # a hit makes "one" the most recent again
+        removed = prune_least_recent(cache, keep=2)
+    assert removed == [trees[1].parent]
+    assert cached_image(cache, str(pinned[1].digest)) is None
+    assert cached_image(cache, str(pinned[0].digest)) == trees[0]
+    assert cached_image(cache, str(pinned[2].digest)) == trees[2]
+    assert list((cache / "tmp").iterdir()) == []
+    assert prune_least_recent(tmp_path / "empty", keep=2) == []

@@ -27,7 +27,7 @@ from plugforge.oci.auth import (
     credentials_from_dockerconfigjson,
     parse_www_authenticate,
 )
-from plugforge.oci.cache import cached_image, cached_manifest, pull_image
+from plugforge.oci.cache import cached_image, cached_manifest, prune_least_recent, pull_image
 from plugforge.oci.errors import (
     DigestMismatch,
     InvalidReference,
@@ -90,6 +90,7 @@ __all__ = [
     "parse_manifest",
     "parse_reference",
     "parse_www_authenticate",
+    "prune_least_recent",
     "pull_image",
     "require_digest",
     "sha256_digest",

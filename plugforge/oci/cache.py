@@ -3,13 +3,15 @@
 An entry directory appears only by an atomic rename after every blob was verified and the
 layers were safely extracted, so its presence means "complete and verified"; a digest that
 is present is never fetched again. Work in progress lives in ``<cache>/tmp/`` and is never
-read; leftovers of crashed pulls older than ``STALE_AFTER_SECONDS`` are removed.
+read; leftovers of crashed pulls older than ``STALE_AFTER_SECONDS`` are removed. An entry's
+mtime is refreshed on every use, so ``prune_least_recent`` can bound the cache by recency.
 
 Entry layout: ``rootfs/`` (the extracted image tree), ``manifest.json``, ``config.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -40,6 +42,7 @@ def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
     digest = str(pinned.digest)
     present = cached_image(cache_dir, digest)
     if present is not None:
+        _touch(present.parent)
         return present
     tmp_root = cache_dir / "tmp"
     tmp_root.mkdir(parents=True, exist_ok=True)
@@ -68,9 +71,42 @@ def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
             if cached_image(cache_dir, digest) is None:
                 raise
             # A concurrent pull of the same digest finished first; its entry is equivalent.
+        _touch(entry)
     finally:
         remove_tree(work)
     return entry / "rootfs"
+
+
+def prune_least_recent(cache_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently used entries; returns what was removed.
+
+    Safe while a caller holds an older tree only if it copied what it needed (the sidecar's
+    adapters copy plugins into their own version directories before the next pull).
+    """
+    images = cache_dir / "images"
+    if keep < 1:
+        raise ValueError("keep at least one cache entry")
+    try:
+        entries = sorted(((e.stat().st_mtime_ns, e) for e in images.iterdir()), reverse=True)
+    except FileNotFoundError:
+        return []
+    removed = []
+    for _, entry in entries[keep:]:
+        # Renamed out of images/ first: a concurrent reader never sees a half-removed tree.
+        doomed = cache_dir / "tmp" / f"prune-{entry.name}-{os.getpid()}"
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(entry, doomed)
+        except OSError:
+            continue  # gone already, or in use by another process's rename
+        remove_tree(doomed)
+        removed.append(entry)
+    return removed
+
+
+def _touch(entry: Path) -> None:
+    with contextlib.suppress(OSError):  # recency is a hint; a read-only cache still serves
+        os.utime(entry)
 
 
 def cached_manifest(tree: Path) -> ImageManifest:
