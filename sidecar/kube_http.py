@@ -107,6 +107,9 @@ class KubeClient:
     def create(self, path: str, body: JsonObject) -> JsonObject:
         return self.request("POST", path, body=body)
 
+    def merge_patch(self, path: str, body: JsonObject) -> JsonObject:
+        return self.request("PATCH", path, body=body)
+
     def request(self, method: str, path: str, *, query: Mapping[str, str] | None = None,
                 body: JsonObject | None = None) -> JsonObject:
         """One JSON call; a 2xx answer's object, else ``KubeApiError``."""
@@ -153,7 +156,9 @@ class KubeClient:
         for attempt in (1, 2):
             headers = {"Accept": "application/json", "User-Agent": "plugforge-sidecar"}
             if payload is not None:
-                headers["Content-Type"] = "application/json"
+                # PATCH bodies here are JSON merge patches (RFC 7386).
+                headers["Content-Type"] = ("application/merge-patch+json" if method == "PATCH"
+                                           else "application/json")
             if self.config.token is not None:
                 headers["Authorization"] = f"Bearer {self.config.token.get()}"
             log.debug("%s %s", method, url)

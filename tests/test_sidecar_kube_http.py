@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from builder.kube import api_client_from_kubeconfig, apply_documents, load_documents
-from sidecar.events import post_event
+from sidecar.events import SERIES_WINDOW, EventRecorder, post_event
 from sidecar.kube_config import ClusterConfig, TokenSource, load_config, load_incluster
 from sidecar.kube_errors import KubeApiError, KubeConfigError, KubeConnectionError, KubeGone
 from sidecar.kube_http import KubeClient, rbac_request
@@ -152,6 +152,43 @@ def test_list_and_create_with_the_sidecar_kubeconfig(cp: ControlPlane) -> None:
     items: list[dict[str, Any]] = events["items"]  # type: ignore[assignment]
     assert [(e["reason"], e["type"], e["message"], e["source"]["component"])
             for e in items] == [("Rejected", "Warning", "max_qos: bad", "plugforge-sidecar")]
+
+
+def _events_of(cp: ControlPlane, pod: str) -> list[tuple[str, str, int]]:
+    code, events = cp.request(
+        "GET", f"/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3D{pod}")
+    assert code == 200
+    items: list[dict[str, Any]] = events["items"]  # type: ignore[assignment]
+    return sorted((e["reason"], e["message"], e["count"]) for e in items)
+
+
+def test_repeated_events_are_counted_on_one_event(cp: ControlPlane) -> None:
+    """A retry loop's identical outcomes bump one Event's count (as the sidecar identity,
+    with exactly manifests/sidecar/rbac.yaml: create and patch on events)."""
+    now = [1000.0]
+    record = EventRecorder(client_for(cp), "default", "kh-pod-series", clock=lambda: now[0])
+
+    def failed(message: str) -> ApplyEvent:
+        return ApplyEvent(EventKind.FAILED, "retry", message, "sha256:1", 0.1, 0.0)
+
+    for _ in range(3):
+        record(failed("broker unreachable"))
+    record(failed("broker unreachable: connection refused"))  # another message: another Event
+    assert _events_of(cp, "kh-pod-series") == [
+        ("Failed", "broker unreachable", 3),
+        ("Failed", "broker unreachable: connection refused", 1)]
+
+    now[0] += SERIES_WINDOW + 1  # a new series after the window
+    record(failed("broker unreachable"))
+    assert _events_of(cp, "kh-pod-series").count(("Failed", "broker unreachable", 1)) == 1
+
+    # The Event expired (deleted) under us: a new one, not an error.
+    _, events = cp.request("GET", "/api/v1/namespaces/default/events?fieldSelector="
+                           "involvedObject.name%3Dkh-pod-series")
+    for item in events["items"]:  # type: ignore[union-attr]
+        cp.request("DELETE", f"/api/v1/namespaces/default/events/{item['metadata']['name']}")
+    record(failed("broker unreachable"))
+    assert _events_of(cp, "kh-pod-series") == [("Failed", "broker unreachable", 1)]
 
 
 def test_403_names_the_missing_rbac_verb_and_resource(cp: ControlPlane) -> None:
