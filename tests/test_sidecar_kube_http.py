@@ -185,7 +185,7 @@ def test_repeated_events_are_counted_on_one_event(cp: ControlPlane) -> None:
     # The Event expired (deleted) under us: a new one, not an error.
     _, events = cp.request("GET", "/api/v1/namespaces/default/events?fieldSelector="
                            "involvedObject.name%3Dkh-pod-series")
-    for item in events["items"]:  # type: ignore[union-attr]
+    for item in events["items"]:  # type: ignore[attr-defined]
         cp.request("DELETE", f"/api/v1/namespaces/default/events/{item['metadata']['name']}")
     record(failed("broker unreachable"))
     assert _events_of(cp, "kh-pod-series") == [("Failed", "broker unreachable", 1)]
