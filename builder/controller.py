@@ -56,6 +56,9 @@ from builder.sidecars import SidecarClient
 from builder.source import validate_source
 
 log = logging.getLogger(__name__)
+
+MIRROR_PRUNE_SECONDS = 3600.0
+MIRROR_IDLE_SECONDS = 24 * 3600.0
 Obj = dict[str, Any]
 
 
@@ -156,6 +159,7 @@ class Controller:
                 stop.wait(1.0)
 
     def _resync_loop(self, stop: threading.Event, queue: WorkQueue) -> None:
+        next_prune = time.monotonic() + MIRROR_PRUNE_SECONDS
         while not stop.wait(self.settings.resync_seconds):
             try:
                 items, _ = self.kube.list_plugins()
@@ -164,6 +168,21 @@ class Controller:
                 continue
             for obj in items:
                 _enqueue_for(queue, PLUGINS, obj)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + MIRROR_PRUNE_SECONDS
+                self._prune_mirrors(items)
+
+    def _prune_mirrors(self, plugins: list[dict[str, Any]]) -> None:
+        """Git mirrors of repositories no plugin names any more, idle a day, are removed."""
+        urls = [str(((o.get("spec") or {}).get("source") or {}).get("git", {}).get("url", ""))
+                for o in plugins]
+        try:
+            removed = self.pipeline.sources.prune(urls, MIRROR_IDLE_SECONDS)
+        except OSError as e:
+            log.warning("pruning git mirrors: %s", e)
+            return
+        for mirror in removed:
+            log.info("removed git mirror %s: no plugin uses its repository", mirror.name)
 
     def _worker(self, stop: threading.Event, queue: WorkQueue) -> None:
         while not stop.is_set():

@@ -15,7 +15,8 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -186,6 +187,24 @@ class SourceCache:
     def mirror_dir(self, url: str) -> Path:
         key = hashlib.sha256(normalize_url(url).encode()).hexdigest()[:24]
         return self.root / key
+
+    def prune(self, in_use: Iterable[str], idle_seconds: float,
+              now: float | None = None) -> list[Path]:
+        """Remove the mirrors of repositories no plugin names any more (``in_use``: the URLs
+        plugins name) once they have been idle ``idle_seconds``; returns what was removed."""
+        keep = {self.mirror_dir(url).name for url in in_use}
+        cutoff = (time.time() if now is None else now) - idle_seconds
+        removed = []
+        for mirror in sorted(self.root.iterdir()):
+            if mirror.name in keep or not mirror.is_dir():
+                continue
+            # A fetch rewrites FETCH_HEAD; a mirror made by init alone has only its own mtime.
+            used = max((p.stat().st_mtime for p in (mirror, mirror / "FETCH_HEAD")
+                        if p.exists()), default=0.0)
+            if used < cutoff:
+                remove_tree(mirror)
+                removed.append(mirror)
+        return removed
 
     def resolve(self, source: GitSource, creds: GitCredentials | None) -> str:
         """The commit ``source`` points at now: ``revision`` if pinned, else the ref's tip."""
