@@ -135,7 +135,8 @@ def validate_source(source: GitSource) -> GitSource:
 
 @dataclass(frozen=True)
 class GitCredentials:
-    """From a Secret: ``token``, or ``username`` + ``password``, or ``ssh-privatekey``."""
+    """From a Secret: ``token``, or ``username`` + ``password``, or ``ssh-privatekey`` with
+    ``known_hosts``."""
 
     username: str = ""
     password: str = field(default="", repr=False)
@@ -151,8 +152,14 @@ def credentials_from_secret(data: Mapping[str, bytes], where: str) -> GitCredent
             raise SecretInvalid(f"{where}: key {key!r} is not UTF-8 text") from None
 
     if "ssh-privatekey" in data:
-        return GitCredentials(ssh_key=data["ssh-privatekey"],
-                              known_hosts=data.get("known_hosts", b""))
+        known_hosts = data.get("known_hosts", b"")
+        if not known_hosts.strip():
+            # Without it every build would trust whatever answers: a fresh, empty
+            # known_hosts per build makes "accept new" accept anyone.
+            raise SecretInvalid(
+                f"{where}: 'ssh-privatekey' needs 'known_hosts' beside it (the Git host's key, "
+                "e.g. the output of `ssh-keyscan HOST`), so the host can be verified")
+        return GitCredentials(ssh_key=data["ssh-privatekey"], known_hosts=known_hosts)
     if "token" in data:
         return GitCredentials(username=text("username") if "username" in data
                               else "x-access-token", password=text("token"))
@@ -301,10 +308,9 @@ class SourceCache:
                 key.chmod(0o600)
                 known = Path(home) / "known_hosts"
                 known.write_bytes(creds.known_hosts)
-                checking = "yes" if creds.known_hosts else "accept-new"
                 env["GIT_SSH_COMMAND"] = (
                     f"ssh -i {key} -o IdentitiesOnly=yes -o BatchMode=yes "
-                    f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking={checking}")
+                    f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes")
             env["GIT_CONFIG_COUNT"] = str(len(config))
             for i, (k, v) in enumerate(config):
                 env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = k, v
@@ -349,6 +355,10 @@ def _classify(e: git.GitCommandError, what: str, ref: str) -> Exception:
             "no such remote ref" in low or "unadvertised object" in low:
         return UnknownRef(f"{what}: {ref!r} does not exist in the repository ({err}); check "
                           "source.git.ref / revision")
+    if "host key verification failed" in low or "remote host identification has changed" in low:
+        return SourceAuthFailed(f"{what}: the Git host's SSH key is not the one in the Secret's "
+                                f"known_hosts ({err}); if the host's key really changed, update "
+                                "known_hosts (ssh-keyscan HOST), else someone is in between")
     if "authentication failed" in low or "could not read username" in low or \
             "permission denied (publickey" in low or " 401" in low or " 403" in low or \
             "terminal prompts disabled" in low:

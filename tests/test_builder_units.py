@@ -185,8 +185,11 @@ def test_git_credentials_from_secret_and_no_leak_in_repr() -> None:
     assert (token.username, token.password) == ("x-access-token", "s3cret")
     basic = credentials_from_secret({"username": b"bob", "password": b"pw"}, "Secret ns/x")
     assert (basic.username, basic.password) == ("bob", "pw")
-    ssh = credentials_from_secret({"ssh-privatekey": b"KEY"}, "Secret ns/x")
+    ssh = credentials_from_secret({"ssh-privatekey": b"KEY", "known_hosts": b"h ssh-ed25519 A"},
+                                  "Secret ns/x")
     assert ssh.ssh_key == b"KEY"
+    with pytest.raises(SecretInvalid, match="'ssh-privatekey' needs 'known_hosts'"):
+        credentials_from_secret({"ssh-privatekey": b"KEY"}, "Secret ns/x")
     assert "s3cret" not in repr(token) and "KEY" not in repr(ssh)
     with pytest.raises(SecretInvalid, match="expected key 'token'"):
         credentials_from_secret({"nothing": b""}, "Secret ns/x")
