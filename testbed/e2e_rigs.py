@@ -53,21 +53,24 @@ class BrokerRig:
     def adapter_options(self) -> dict[str, str]:
         raise NotImplementedError
 
+    # The running broker, as start_broker() left it: port, pid, server, restart(), stop().
+    handle: Any
+
     @property
     def port(self) -> int:
-        raise NotImplementedError
+        return int(self.handle.port)
 
     def pid(self) -> int:
-        raise NotImplementedError
+        return int(self.handle.pid)
 
     def _broker_exited(self) -> bool:
-        raise NotImplementedError
+        return self.handle.server.proc.poll() is not None
 
     def _restart_broker(self) -> None:
-        raise NotImplementedError
+        self.handle.restart()
 
     def stop_broker(self) -> None:
-        raise NotImplementedError
+        self.handle.stop()
 
     def change_policy(self, repo: Path) -> list[str]:
         """Edit the scaffolded source so the plugin also refuses ``eve``; the changed files."""
@@ -167,27 +170,12 @@ class MosquittoRig(BrokerRig):
     def start_broker(self) -> None:
         self.mosquitto: Mosquitto = start_mosquitto(self.workdir / "broker",
                                                     MosquittoConfig(allow_anonymous=False))
+        self.handle = self.mosquitto
 
     def adapter_options(self) -> dict[str, str]:
         m = self.mosquitto
         return {"host": m.host, "port": str(m.port), "conf_dir": str(m.include_dir),
                 "config_path": str(m.conf_path), "restart_timeout": "30"}
-
-    @property
-    def port(self) -> int:
-        return self.mosquitto.port
-
-    def pid(self) -> int:
-        return self.mosquitto.pid
-
-    def _broker_exited(self) -> bool:
-        return self.mosquitto.server.proc.poll() is not None
-
-    def _restart_broker(self) -> None:
-        self.mosquitto.restart()
-
-    def stop_broker(self) -> None:
-        self.mosquitto.stop()
 
     def change_policy(self, repo: Path) -> list[str]:
         source = next((repo / "src").glob("*.c"))
@@ -221,26 +209,11 @@ class HiveMQRig(BrokerRig):
         home = self.workdir / "broker"
         install_loader(home / "extensions", self.plugin_dir)
         self.hivemq: HiveMQ = start_hivemq(home)
+        self.handle = self.hivemq
 
     def adapter_options(self) -> dict[str, str]:
         return {"mode": "loader", "host": self.hivemq.host, "port": str(self.hivemq.port),
                 "loader_timeout": "30", "restart_timeout": "90"}
-
-    @property
-    def port(self) -> int:
-        return self.hivemq.port
-
-    def pid(self) -> int:
-        return self.hivemq.pid
-
-    def _broker_exited(self) -> bool:
-        return self.hivemq.server.proc.poll() is not None
-
-    def _restart_broker(self) -> None:
-        self.hivemq.restart()
-
-    def stop_broker(self) -> None:
-        self.hivemq.stop()
 
     def change_policy(self, repo: Path) -> list[str]:
         changed = []
@@ -280,6 +253,7 @@ class RabbitMQRig(BrokerRig):
 
     def start_broker(self) -> None:
         self.node: RabbitMQ = start_rabbitmq(self.workdir / "broker", self.plugin_dir)
+        self.handle = self.node
 
     def adapter_options(self) -> dict[str, str]:
         return {"node": self.node.nodename, "home": str(self.node.workdir),
@@ -292,14 +266,8 @@ class RabbitMQRig(BrokerRig):
     def pid(self) -> int:
         return self.node.os_pid()
 
-    def _broker_exited(self) -> bool:
-        return self.node.server.proc.poll() is not None
-
     def _restart_broker(self) -> None:
         self.node.start_node()
-
-    def stop_broker(self) -> None:
-        self.node.stop()
 
     def change_policy(self, repo: Path) -> list[str]:
         changed = []

@@ -1,4 +1,5 @@
-"""Run a real server as a child process: start it, wait until it answers, keep its log, stop it."""
+"""Run a real server as a child process: start it, wait until it answers, keep its log, stop it
+(and, like a kubelet, start it again when it exits: ``Supervisor``)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 
 class ServerFailed(RuntimeError):
@@ -120,3 +123,35 @@ def _lost_port_race(message: str) -> bool:
     # (HiveMQ), eaddrinuse (Erlang).
     text = message.lower()
     return "already in use" in text or "eaddrinuse" in text
+
+
+class Restartable(Protocol):
+    server: ServerProcess
+
+    def restart(self) -> None: ...
+
+
+class Supervisor:
+    """Plays the kubelet for one broker: when its process exits, start it again (unless
+    ``paused`` is set: a test that stops the broker on purpose)."""
+
+    def __init__(self, broker: Restartable, poll: float = 0.1) -> None:
+        self.broker = broker
+        self.restarts = 0
+        self.paused = threading.Event()
+        self._poll = poll
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            if not self.paused.is_set() and self.broker.server.proc.poll() is not None:
+                # Counted before the (slow) start: whoever waits for the new process may see
+                # it up before restart() returns.
+                self.restarts += 1
+                self.broker.restart()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from plugforge.oci import ImageMetadata, RegistryClient, parse_reference
 from plugforge.oci.pack import assemble_image, pack_image
 from sidecar.adapters.base import BrokerAdapter
 from sidecar.adapters.registry import create_adapter
-from testbed.mosquitto import Mosquitto
+from testbed.procs import Supervisor
 from testbed.rabbitmq import RabbitMQ
 from testbed.registry import Registry
 
@@ -148,26 +147,6 @@ class RabbitMQHarness:
 # --- Mosquitto: plugins need a restart (opt-in), config hot (dynsec) ---------------------------
 
 
-class _Supervisor:
-    """Plays the kubelet: restarts the broker when it exits, unless paused."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.broker = broker
-        self.paused = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            if not self.paused.is_set() and self.broker.server.proc.poll() is not None:
-                self.broker.restart()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 class MosquittoHarness:
     broker = "mosquitto"
     plugin = MOSQUITTO_PLUGIN
@@ -176,7 +155,7 @@ class MosquittoHarness:
     def __init__(self, registry: Registry, root: Path) -> None:
         self.mosquitto = start_dynsec_broker(root / "broker")
         self.plugin_dir = root / "plugins"
-        self.supervisor = _Supervisor(self.mosquitto)
+        self.supervisor = Supervisor(self.mosquitto)
         built = build_plugin_images(root / "build", registry.host, registry.ca.cert)
         self.images = Images(built.v1, built.v2, self._broken(registry))
 

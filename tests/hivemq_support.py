@@ -5,7 +5,6 @@ a supervisor that plays the kubelet for the restart path."""
 from __future__ import annotations
 
 import shutil
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,26 +91,3 @@ def accepted(broker: HiveMQ, user: str) -> bool:
     client = Client(broker.port, user)
     client.close()
     return client.accepted
-
-
-class Supervisor:
-    """Plays the kubelet: when the broker process exits, start it again (same port)."""
-
-    def __init__(self, broker: HiveMQ) -> None:
-        self.broker = broker
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            if self.broker.server.proc.poll() is not None:
-                # Counted before the (slow) start: the adapter may see the new process up
-                # before restart() returns.
-                self.restarts += 1
-                self.broker.restart()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)

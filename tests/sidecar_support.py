@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,27 +108,6 @@ class CountingAdapter:
 
     def close(self) -> None:
         self.real.close()
-
-
-class Supervisor:
-    """Plays the kubelet: when the broker process exits, start it again (same port)."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.broker = broker
-        self.restarts = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            if self.broker.server.proc.poll() is not None:
-                self.broker.restart()
-                self.restarts += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from conftest import _track
 from hivemq_support import (
     PLUGIN,
     HiveMQImages,
-    Supervisor,
     accepted,
     adapter_options,
     build_hivemq_images,
@@ -49,6 +48,7 @@ from sidecar.settings import Settings
 from sidecar.state import Phase
 from testbed.configmap_dir import ConfigMapDir
 from testbed.hivemq import HiveMQ, start_hivemq
+from testbed.procs import Supervisor
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -33,7 +33,7 @@ from builder_support import (
 )
 from grpc_support import SIDECAR_TOKEN, Api, start_builder_api
 from mqtt_support import Client
-from sidecar_support import Supervisor, broker_yaml, make_sidecar, start_dynsec_broker
+from sidecar_support import broker_yaml, make_sidecar, start_dynsec_broker
 
 from builder.kube import Kube, apply_documents, load_documents
 from plugforge.cli import main as plugforge
@@ -44,6 +44,7 @@ from testbed.certs import CertificateAuthority
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
 from testbed.mosquitto import Mosquitto
+from testbed.procs import Supervisor
 from testbed.registry import Registry
 
 pytestmark = pytest.mark.timeout(600)

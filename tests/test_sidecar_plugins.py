@@ -15,7 +15,6 @@ from mqtt_support import Client
 from sidecar_support import (
     PLUGIN,
     PluginImages,
-    Supervisor,
     broker_yaml,
     build_plugin_images,
     make_sidecar,
@@ -31,6 +30,7 @@ from sidecar.adapters.mosquitto import PLUGINS_FILE
 from sidecar.state import Phase
 from testbed.configmap_dir import ConfigMapDir
 from testbed.mosquitto import Mosquitto
+from testbed.procs import Supervisor
 from testbed.registry import Registry
 
 pytestmark = pytest.mark.timeout(240)
