@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,6 +167,14 @@ class Outcome:
     burst_applies: int
 
 
+@dataclass(frozen=True)
+class Contender:
+    """One consumer under test: how to give it update ``i``, and where its reactions arrive."""
+
+    update: Callable[[int], None]
+    arrivals: Arrivals
+
+
 def attribute(starts: list[float], arrivals: list[float], end: float
               ) -> tuple[list[float], int]:
     """Update i owns the arrivals in [starts[i], starts[i+1]) (the last one, up to ``end``); its
@@ -181,29 +189,42 @@ def attribute(starts: list[float], arrivals: list[float], end: float
     return latencies, duplicates
 
 
-def drive(update: Callable[[int], None], arrivals: Arrivals, schedule: Schedule,
-          first: int = 0) -> Outcome:
-    """Run the schedule (``update(i)`` at fixed times, whatever the consumer does), then
-    attribute the arrivals to updates; then the burst, counted as one."""
-    starts: list[float] = []
+def drive(contenders: Sequence[Contender], schedule: Schedule, first: int = 0
+          ) -> list[Outcome]:
+    """Run the schedule for every contender at once, interleaved: update i of contender k at
+    ``i * period + k * period / len(contenders)``, at fixed times whatever the consumers do.
+    Each reacts in a few ms, so they never overlap, yet all share the same stretch of time and
+    so the same background load (run one after the other, a busy minute on this shared
+    machine landed on one contender only). Then each contender's burst, one at a time, counted
+    as one. Outcomes in the order of ``contenders``."""
+    starts: list[list[float]] = [[] for _ in contenders]
+    offset = schedule.period / len(contenders)
     began = time.monotonic()
     for i in range(schedule.updates):
-        _sleep_until(began + i * schedule.period)
-        starts.append(time.monotonic())
-        update(first + i)
-    end = starts[-1] + schedule.drain
+        for k, contender in enumerate(contenders):
+            _sleep_until(began + i * schedule.period + k * offset)
+            starts[k].append(time.monotonic())
+            contender.update(first + i)
+    end = max(s[-1] for s in starts) + schedule.drain
     _sleep_until(end)
-    latencies, duplicates = attribute(starts, arrivals.between(starts[0], end), end)
+    outcomes = []
+    for contender, own in zip(contenders, starts, strict=True):
+        # Up to the next contender's first update would do; the drain is simpler and as right.
+        latencies, duplicates = attribute(own, contender.arrivals.between(own[0], end), end)
+        applies = _burst(contender, schedule, first + schedule.updates)
+        outcomes.append(Outcome(latencies, len(latencies), schedule.updates - len(latencies),
+                                duplicates, applies))
+    return outcomes
 
+
+def _burst(contender: Contender, schedule: Schedule, first: int) -> int:
     burst_start = time.monotonic()
     for i in range(schedule.burst):
         _sleep_until(burst_start + i * schedule.burst_gap)
-        update(first + schedule.updates + i)
+        contender.update(first + i)
     burst_end = time.monotonic()
     _sleep_until(burst_end + schedule.drain)
-    applies = len(arrivals.between(burst_start, burst_end + schedule.drain))
-    return Outcome(latencies, len(latencies), schedule.updates - len(latencies), duplicates,
-                   applies)
+    return len(contender.arrivals.between(burst_start, burst_end + schedule.drain))
 
 
 def _sleep_until(deadline: float) -> None:
