@@ -1,6 +1,7 @@
-"""The webhook endpoint's HTTP/1.1 transport over raw sockets: keep-alive, HEAD, strict heads,
-timeouts, the connection cap, handler failures, shutdown. (Deliveries and body limits are in
-test_webhooks_server.py; the head parser's pure cases are at the end of this module.)"""
+"""The webhook endpoint's HTTP/1.1 transport over raw sockets: keep-alive, pipelining, HEAD,
+strict heads, timeouts, the connection cap, the memory budget, handler failures, shutdown.
+(Deliveries and body limits are in test_webhooks_server.py; the pure cases of the head parser
+and the chunked decoder are at the end of this module.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from test_webhooks_server import PLUGINS, SECRET, Collector, StaticPlugins, a_pu
 from webhooks_support import encode, github_headers, github_push
 
 from builder.webhooks import service
-from builder.webhooks.http11 import HeadError, parse_head
+from builder.webhooks.http11 import ChunkedBody, HeadError, HttpError, parse_head
 from builder.webhooks.matching import PluginSource, SecretRef
 from builder.webhooks.server import ServerSettings
 
@@ -233,6 +234,86 @@ def test_stop_ends_open_connections_promptly() -> None:
         socket.create_connection(("127.0.0.1", running.server.port), timeout=1).close()
 
 
+def signed_post(connection: str = "keep-alive") -> bytes:
+    body = encode(github_push(a_push()))
+    return (b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\nConnection: " + connection.encode()
+            + b"\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in github_headers(body, SECRET).items()).encode()
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def test_requests_pipelined_behind_a_delivery_wait_and_are_answered_in_order(
+        hooks: service.Webhooks) -> None:
+    # ~90 KB of requests arrive while the delivery is in the handler: more than the connection
+    # buffers before it pauses reading; all are answered once it resumes.
+    gets = 2000
+    with socket.create_connection(("127.0.0.1", hooks.server.port), timeout=5) as s:
+        s.sendall(signed_post() + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * gets
+                  + b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+        responses = Responses(s)
+        assert responses.next()[0].startswith(b"HTTP/1.1 202")
+        for _ in range(gets + 1):
+            head, out = responses.next()
+            assert head.startswith(b"HTTP/1.1 200") and json.loads(out) == {"status": "ok"}
+        assert responses.data == b"" and closed(s)
+
+
+def test_a_body_trickled_steadily_is_read_but_a_stalled_one_is_cut(
+        hooks: service.Webhooks) -> None:
+    timeout = hooks.server.settings.read_timeout
+    with socket.create_connection(("127.0.0.1", hooks.server.port), timeout=5) as s:
+        s.sendall(b"POST /webhooks/github HTTP/1.1\r\nContent-Length: 6\r\n\r\n")
+        for byte in b"{}    ":  # longer than the timeout in all, each gap well within it
+            time.sleep(timeout / 2.5)
+            s.sendall(bytes([byte]))
+        assert Responses(s).next()[0].startswith(b"HTTP/1.1 401")  # read whole, then judged
+    with socket.create_connection(("127.0.0.1", hooks.server.port), timeout=5) as s:
+        s.sendall(b"POST /webhooks/github HTTP/1.1\r\nContent-Length: 6\r\n\r\n{")
+        start = time.monotonic()
+        assert closed(s)
+        assert timeout * 0.8 < time.monotonic() - start < 3
+
+
+def test_a_client_that_does_not_read_its_answers_is_dropped(hooks: service.Webhooks) -> None:
+    # Pipelined requests whose answers fill the socket buffers: the server stops reading while
+    # its answers wait, and gives up after the read timeout.
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(0.5)
+    s.connect(("127.0.0.1", hooks.server.port))
+    deadline = time.monotonic() + 5
+    with s:
+        while True:
+            try:
+                s.sendall(b"GET /healthz HTTP/1.1\r\n\r\n" * 2000)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            except TimeoutError:
+                pass  # every buffer is full: the server stopped reading
+            assert time.monotonic() < deadline, "the server still holds the connection"
+
+
+def test_a_delivery_waiting_for_memory_is_admitted_once_memory_frees() -> None:
+    running = service.start(StaticPlugins(PLUGINS, {"acme-hook": SECRET}), Collector(),
+                            service.WebhookSettings(server=ServerSettings(
+                                max_body=64 * 1024, memory_budget=64 * 1024,
+                                admission_timeout=5)))
+    try:
+        hog = socket.create_connection(("127.0.0.1", running.server.port), timeout=5)
+        # Announces a body as large as the whole budget and never sends it.
+        hog.sendall(b"POST /webhooks/github HTTP/1.1\r\nContent-Length: 65536\r\n\r\n")
+        time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", running.server.port), timeout=5) as s:
+            s.sendall(signed_post("close"))
+            time.sleep(0.3)
+            start = time.monotonic()
+            hog.close()  # its reservation is returned, and the waiting delivery admitted
+            assert Responses(s).next()[0].startswith(b"HTTP/1.1 202")
+            assert time.monotonic() - start < 2
+    finally:
+        running.stop()
+
+
 def test_parse_head_keeps_the_first_value_per_name_and_latin1_values() -> None:
     head = parse_head(b"POST /webhooks/github?x=1 HTTP/1.1\r\nX-Sig: a\r\nx-sig: b\r\n"
                       b"X-Sig: c\r\nX-Name:  caf\xe9 \r\n\r\n")
@@ -243,3 +324,29 @@ def test_parse_head_keeps_the_first_value_per_name_and_latin1_values() -> None:
     with pytest.raises(HeadError) as e:
         parse_head(b"POST / HTTP/1.1\r\nX-A: \x00\r\n\r\n")
     assert e.value.status == 400
+
+
+def test_chunked_body_decodes_byte_by_byte_with_extensions_and_trailers() -> None:
+    wire = b"4;name=x\r\nWiki\r\n5\r\npedia\r\nE\r\n in\r\n\r\nchunks.\r\n0\r\nX-T: 1\r\n\r\nNEXT"
+    decoder, buf, fed = ChunkedBody(limit=100), bytearray(), 0
+    body = None
+    while body is None:
+        buf.append(wire[fed])
+        fed += 1
+        body = decoder.feed(buf)
+    assert body == b"Wikipedia in\r\n\r\nchunks." and wire[fed:] == b"NEXT" and not buf
+    whole = bytearray(wire)
+    assert ChunkedBody(limit=100).feed(whole) == body and whole == b"NEXT"
+
+
+@pytest.mark.parametrize(("wire", "status", "complaint"), [
+    (b"5\r\nhello\r\n5\r\nworld\r\n", 413, "body too large"),
+    (b"zz\r\n", 400, "bad chunk size line"),
+    (b"1" * 300, 400, "bad chunk size line"),
+    (b"2\r\nhiX\r\n", 400, "not followed by CRLF"),
+    (b"0\r\n" + b"X-T: 1\r\n" * 64, 400, "trailer lines"),
+])
+def test_chunked_body_limits(wire: bytes, status: int, complaint: str) -> None:
+    with pytest.raises(HttpError) as e:
+        ChunkedBody(limit=8).feed(bytearray(wire))
+    assert e.value.status == status and complaint in str(e.value)

@@ -190,8 +190,9 @@ class Connection(asyncio.Protocol):
 
     def _advance(self) -> None:
         """Consume the buffer as far as the current phase allows."""
+        closing = self._transport.is_closing  # e.g. a write found the client gone
         try:
-            while self._phase <= _BODY and not self._write_paused:
+            while self._phase <= _BODY and not self._write_paused and not closing():
                 if self._phase == _HEAD:
                     if not self._read_head():
                         break
