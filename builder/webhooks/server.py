@@ -3,7 +3,10 @@
 One asyncio event loop (stdlib, in a thread of its own) holds every connection
 (``transport.py``: an ``asyncio.Protocol`` per connection); the handler (verification,
 parsing, matching, offer: short CPU work, but a plugin-list refresh may wait on the apiserver)
-runs in a small pre-started thread pool, so a slow apiserver never stalls the loop.
+runs in a small pre-started thread pool, so a slow apiserver never stalls the loop. Measured
+under a burst of 200 deliveries (bench/webhooks.py, 5 interleaved runs): running it inline on
+the loop would answer sooner (ack p99 36 ms instead of 42, p50 26 instead of 34: no thread
+handoff), but only a provider that can tell its plugin list is cached could allow that.
 
 Limits: a cap on open connections (over it, a new connection is closed at once), a budget of
 body bytes held in memory at once (a delivery waits for it, then gets 429), and timeouts

@@ -2,10 +2,12 @@
 
 A small state machine over a receive buffer, driven by the event loop's callbacks: bytes are
 appended in ``data_received`` and consumed by ``_advance`` as far as they go (head, then the
-body by Content-Length or chunked, then the next pipelined request). Measured against the
-earlier asyncio streams version (a task, a StreamReader and an ``asyncio.timeout`` per read):
-under a burst of 200 deliveries those cost more per request than the webhook handler itself,
-and a burst is answered only as fast as the loop gets through all of it.
+body by Content-Length or chunked, then the next pipelined request). Why not asyncio streams
+(a task, a StreamReader and an ``asyncio.timeout`` per read, as before): a burst is answered
+only as fast as the one loop gets through all of it, and those cost more per request than the
+webhook handler itself. Measured (bench/webhooks.py, 200 concurrent deliveries): ack p99
+113 ms with streams, about 40 ms with this; this code now costs about 40 us per delivery and
+20 us per ``GET /healthz``, the handler about 100 us.
 
 Timeouts are one timer handle per connection, armed only while the connection waits for bytes:
 a head must be complete within ``read_timeout`` of the wait starting (so a trickled head is
