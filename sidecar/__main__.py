@@ -8,8 +8,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from plugforge.grpc_auth import TokenFileError
 from sidecar.adapters.base import AdapterError
 from sidecar.app import Sidecar
+from sidecar.desired import SourceError
 from sidecar.kube_errors import KubeError
 from sidecar.settings import Settings, SettingsError, api_credentials_present, parse_args
 from sidecar.state import ApplyEvent
@@ -23,19 +25,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
-    try:
-        sidecar = _build(settings)
-    except (AdapterError, KubeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sidecar.start()
-    grpc_server = None
-    if settings.grpc_address:  # imported only then: grpc costs memory
-        from sidecar.grpc_service import serve_configured
-        grpc_server = serve_configured(sidecar, settings)
+    try:
+        sidecar = _build(settings)
+        sidecar.start()
+        grpc_server = None
+        if settings.grpc_address:  # imported only then: grpc costs memory
+            from sidecar.grpc_service import serve_configured
+            grpc_server = serve_configured(sidecar, settings)
+    except (AdapterError, KubeError, SourceError, TokenFileError) as e:
+        # A setup problem (missing mount, bad kubeconfig, unreadable token): say which, exit 2.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     stop.wait()
     if grpc_server is not None:
         grpc_server.stop(grace=2)

@@ -43,7 +43,7 @@ def test_bad_flags_explain(argv: list[str], message: str) -> None:
         parse_args(["--broker", "mosquitto", *argv], {})
 
 
-def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--broker", "mosquitto", "--source", "api"]) == 2
     assert "--configmap" in capsys.readouterr().err
     assert main(["--broker", "mosquitto", "--config-dir", "/nonexistent"]) == 2
@@ -51,6 +51,13 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--broker", "nosuchbroker", "--config-dir", "/x"]) == 2
     err = capsys.readouterr().err
     assert "no adapter for broker 'nosuchbroker'" in err and "mosquitto" in err
+    (tmp_path / "m.conf").touch()
+    assert main(["--broker", "mosquitto", "--config-dir", str(tmp_path / "not-mounted"),
+                 "--plugin-dir", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "c"),
+                 "--adapter-opt", f"conf_dir={tmp_path}",
+                 "--adapter-opt", f"config_path={tmp_path / 'm.conf'}"]) == 2
+    assert "not-mounted: cannot watch it (No such file or directory); expected a mounted " \
+        "ConfigMap directory" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
