@@ -8,7 +8,6 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
-from plugforge.grpc_auth import TokenFileError
 from sidecar.adapters.base import AdapterError
 from sidecar.app import Sidecar
 from sidecar.desired import SourceError
@@ -35,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if settings.grpc_address:  # imported only then: grpc costs memory
             from sidecar.grpc_service import serve_configured
             grpc_server = serve_configured(sidecar, settings)
-    except (AdapterError, KubeError, SourceError, TokenFileError) as e:
+    except (AdapterError, KubeError, SourceError, SettingsError) as e:
         # A setup problem (missing mount, bad kubeconfig, unreadable token): say which, exit 2.
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,14 +15,14 @@ from typing import Any
 import grpc
 
 from plugforge.contract import ContractError, Document
-from plugforge.grpc_auth import Authenticator, TokenAuth, read_client_token
+from plugforge.grpc_auth import Authenticator, TokenAuth, TokenFileError, read_client_token
 from plugforge.v1 import sidecar_pb2 as pb
 from plugforge.v1 import sidecar_pb2_grpc as pb_grpc
 from sidecar.adapters.base import AdapterError, BrokerUnavailable, ChangeClass
 from sidecar.app import Sidecar
 from sidecar.desired import SourceError
 from sidecar.plan import Action, is_secret, max_change
-from sidecar.settings import Settings
+from sidecar.settings import Settings, SettingsError
 from sidecar.state import ApplyEvent
 
 _PHASES = {"Pending": pb.PHASE_PENDING, "Applied": pb.PHASE_APPLIED,
@@ -152,7 +152,11 @@ def serve(sidecar: Sidecar, address: str, *, token: str | None = None,
 def serve_configured(sidecar: Sidecar, settings: Settings) -> grpc.Server:
     """The service as ``settings.grpc_*`` ask (``--grpc-address`` set). The token file holds
     one token, bare or ``NAME:TOKEN``."""
-    token = read_client_token(settings.grpc_token_file) if settings.grpc_token_file else None
+    try:
+        token = read_client_token(settings.grpc_token_file) if settings.grpc_token_file \
+            else None
+    except TokenFileError as e:
+        raise SettingsError(f"--grpc-token-file: {e}") from e
     tls = (settings.grpc_tls_cert, settings.grpc_tls_key) \
         if settings.grpc_tls_cert and settings.grpc_tls_key else None
     return serve(sidecar, settings.grpc_address, token=token, tls=tls)
