@@ -7,6 +7,7 @@ git server's root, so ``GitServer.create_repo`` and pushes over HTTP feed both t
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import shutil
 import socket
@@ -50,8 +51,10 @@ def start_ssh_git_server(workdir: Path) -> SshGitServer:
     (workdir / "authorized_keys").write_text(
         f'restrict,command="{git_shell} -c \\"$SSH_ORIGINAL_COMMAND\\"" '
         f"{(workdir / 'client_key.pub').read_text().strip()}\n")
-    # sshd refuses to start without its privilege separation directory.
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    # sshd refuses to start without its privilege separation directory (root can make it;
+    # otherwise sshd's own message in its log says what is missing).
+    with contextlib.suppress(PermissionError):
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     user = getpass.getuser()
 
     def start(port: int) -> ServerProcess:
