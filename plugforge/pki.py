@@ -7,6 +7,7 @@ Keys are EC P-256; leaves carry the names (DNS or IP) clients dial, as subjectAl
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -69,7 +70,7 @@ def issue(ca: Pem, common_name: str, names: Sequence[str], *, client: bool = Fal
     sans = subject_alt_names(names)
     with tempfile.TemporaryDirectory(prefix="plugforge-pki-") as tmp:
         d = Path(tmp)
-        _write_private(d / "ca.key", ca.key)
+        write_private(d / "ca.key", ca.key)
         (d / "ca.crt").write_bytes(ca.cert)
         usage = "serverAuth,clientAuth" if client else "serverAuth"
         (d / "leaf.ext").write_text(
@@ -87,8 +88,12 @@ def issue(ca: Pem, common_name: str, names: Sequence[str], *, client: bool = Fal
         return Pem((d / "leaf.crt").read_bytes(), (d / "leaf.key").read_bytes())
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def write_private(path: Path, data: bytes) -> None:
+    """``data`` in a new file only its owner can read (keys, tokens). Whatever was at ``path``
+    is replaced, a symlink included, never written through."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 

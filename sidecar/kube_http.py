@@ -1,6 +1,6 @@
 """A small HTTP client for the Kubernetes API: JSON requests and streaming watches over urllib3.
 
-The sidecar needs four calls (list, watch, get ConfigMaps; create Events). The official
+The sidecar needs a few calls (list and watch ConfigMaps; create and patch Events). The official
 ``kubernetes`` package costs ~33 MB of RSS just to import, more than half the sidecar's memory
 budget in API mode, so the sidecar speaks the API's plain JSON here instead. Failures become the
 typed errors of ``sidecar.kube_errors``; a 403 names the RBAC verb and resource that is missing.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import ssl
 import tempfile
 from collections.abc import Generator, Iterator, Mapping
@@ -21,6 +20,7 @@ from urllib.parse import urlencode, urlsplit
 
 import urllib3
 
+from plugforge.pki import write_private
 from sidecar.kube_config import ClusterConfig
 from sidecar.kube_errors import (
     KubeApiError,
@@ -199,9 +199,7 @@ def _ssl_context(config: ClusterConfig) -> ssl.SSLContext:
         with tempfile.TemporaryDirectory(prefix="plugforge-kube-") as tmp:
             cert, key = Path(tmp) / "client.crt", Path(tmp) / "client.key"
             for path, data in ((cert, config.client_cert), (key, config.client_key)):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
+                write_private(path, data)
             try:
                 context.load_cert_chain(str(cert), str(key))
             except ssl.SSLError as e:

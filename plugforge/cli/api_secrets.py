@@ -116,8 +116,8 @@ def _ensure(args: argparse.Namespace) -> int:
     if admin is None:
         raise c.CliError(f"secret {system}/{BUILDER_SECRET} has no admin: line in api-tokens")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    _write_private(args.out_dir / "token", admin.encode() + b"\n")
-    _write_private(args.out_dir / "ca.crt", builder["ca.crt"])
+    pki.write_private(args.out_dir / "token", admin.encode() + b"\n")
+    pki.write_private(args.out_dir / "ca.crt", builder["ca.crt"])
     print(f"wrote   {args.out_dir}/token and {args.out_dir}/ca.crt; use them with:\n"
           f"  export PLUGFORGE_TOKEN_FILE={args.out_dir.resolve()}/token "
           f"PLUGFORGE_CA_FILE={args.out_dir.resolve()}/ca.crt "
@@ -128,13 +128,6 @@ def _ensure(args: argparse.Namespace) -> int:
 
 def _token() -> str:
     return secrets.token_urlsafe(32)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 class _SecretStore:
