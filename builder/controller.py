@@ -106,28 +106,33 @@ class Controller:
         # term that is still finishing a build cannot pick up work of the new one.
         stop = self._stop = threading.Event()
         queue = self.queue = WorkQueue()
-        targets: list[tuple[str, Callable[[], None]]] = [
+        # Watch threads are not joined at stop: they block in a read until the next event,
+        # check the stop event before acting on it, and are daemons.
+        watches: list[tuple[str, Callable[[], None]]] = [
             ("watch-plugins", lambda: self._watch_loop(PLUGINS, stop, queue)),
             ("watch-builds", lambda: self._watch_loop(BUILDS, stop, queue)),
-            ("resync", lambda: self._resync_loop(stop, queue)),
         ]
-        targets += [(f"worker-{i}", lambda: self._worker(stop, queue))
-                    for i in range(self.settings.workers)]
-        for name, target in targets:
+        joined: list[tuple[str, Callable[[], None]]] = [
+            ("resync", lambda: self._resync_loop(stop, queue))]
+        joined += [(f"worker-{i}", lambda: self._worker(stop, queue))
+                   for i in range(self.settings.workers)]
+
+        def spawn(name: str, target: Callable[[], None]) -> threading.Thread:
             thread = threading.Thread(target=target, name=f"{self.identity}-{name}", daemon=True)
             thread.start()
-            self._threads.append(thread)
+            return thread
+
+        for name, target in watches:
+            spawn(name, target)
+        self._threads += [spawn(name, target) for name, target in joined]
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop and wait (up to ``timeout`` in all) for workers to finish. Watch threads are
-        not waited for: they block in a read until the next event, check the stop event
-        before acting on it, and are daemons."""
+        """Stop and wait (up to ``timeout`` in all) for the resync and worker threads."""
         self._stop.set()
         self.queue.shutdown()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
-            if "-watch-" not in thread.name:
-                thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
 
     # --- event sources: they only enqueue keys ------------------------------------------------
@@ -174,7 +179,7 @@ class Controller:
 
     def _prune_mirrors(self, plugins: list[dict[str, Any]]) -> None:
         """Git mirrors of repositories no plugin names any more, idle a day, are removed."""
-        urls = [str(((o.get("spec") or {}).get("source") or {}).get("git", {}).get("url", ""))
+        urls = [str((((o.get("spec") or {}).get("source") or {}).get("git") or {}).get("url", ""))
                 for o in plugins]
         try:
             removed = self.pipeline.sources.prune(urls, MIRROR_IDLE_SECONDS)
