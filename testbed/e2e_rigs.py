@@ -3,8 +3,6 @@ for the builder's per-pod status), and what the flows need to know about each br
 
 from __future__ import annotations
 
-import threading
-import time
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +18,7 @@ from testbed.e2e_cluster import NAMESPACE, Projection, Stage, check
 from testbed.e2e_mqtt import outcome
 from testbed.hivemq import HiveMQ, install_loader, start_hivemq
 from testbed.mosquitto import Mosquitto, MosquittoConfig, start_mosquitto
+from testbed.procs import Supervisor
 from testbed.rabbitmq import RabbitMQ, start_rabbitmq
 
 
@@ -41,8 +40,7 @@ class BrokerRig:
         self.configmap = f"flows-{self.broker}"
         self.pod = f"{self.broker}-0"
         self.plugin_dir = workdir / "plugins"
-        self.restarts = 0
-        self._supervising = threading.Event()
+        self._supervisor: Supervisor | None = None
         self._projection: Projection | None = None
         self.sidecar: Sidecar
 
@@ -62,12 +60,6 @@ class BrokerRig:
 
     def pid(self) -> int:
         return int(self.handle.pid)
-
-    def _broker_exited(self) -> bool:
-        return self.handle.server.proc.poll() is not None
-
-    def _restart_broker(self) -> None:
-        self.handle.restart()
 
     def stop_broker(self) -> None:
         self.handle.stop()
@@ -98,7 +90,7 @@ class BrokerRig:
         elif code != 201:
             raise AssertionError(f"creating ConfigMap {self.configmap}: {code} {out}")
         self.start_broker()
-        threading.Thread(target=self._supervise, name=f"kubelet-{self.pod}", daemon=True).start()
+        self._supervisor = Supervisor(self.handle)  # the kubelet's restart policy
         cp = self.stage.cp
         dirs: tuple[Path, ...] = ()
         if self.mode == "files":
@@ -124,17 +116,9 @@ class BrokerRig:
         self.grpc_address = f"127.0.0.1:{self.grpc.bound_port}"
         return self
 
-    def _supervise(self) -> None:
-        """Plays the kubelet's restart policy: a broker that exits is started again."""
-        self._supervising.set()
-        while self._supervising.is_set():
-            time.sleep(0.1)
-            if self._supervising.is_set() and self._broker_exited():
-                self._restart_broker()
-                self.restarts += 1
-
     def stop(self) -> None:
-        self._supervising.clear()
+        if self._supervisor is not None:
+            self._supervisor.stop()
         self.grpc.stop(grace=1)
         self.sidecar.stop()
         if self._projection is not None:
@@ -265,9 +249,6 @@ class RabbitMQRig(BrokerRig):
 
     def pid(self) -> int:
         return self.node.os_pid()
-
-    def _restart_broker(self) -> None:
-        self.node.start_node()
 
     def change_policy(self, repo: Path) -> list[str]:
         changed = []

@@ -131,6 +131,11 @@ class RabbitMQ:
         ``start_node`` brings the same node back (as a container restart in a pod does)."""
         self.server.stop(grace=30)
 
+    def restart(self) -> None:
+        """The node's process again, as the kubelet restarts a container (epmd stays)."""
+        self.stop_node()
+        self.start_node()
+
     def start_node(self, timeout: float = 120.0) -> None:
         log = self.server.log_path
         offset = log.stat().st_size if log.exists() else 0
