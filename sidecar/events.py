@@ -89,9 +89,8 @@ class EventRecorder:
         with self._lock:  # one sink call at a time keeps counts exact
             try:
                 series = self._series.get(key)
-                recent = series is not None and \
-                    self._clock() - series.last_posted < SERIES_WINDOW
-                if recent and series is not None and self._bump(series, now):
+                if series is not None and self._clock() - series.last_posted < SERIES_WINDOW \
+                        and self._bump(series, now):
                     return  # counted on the Event already posted
                 body = event_body(self._namespace, self._pod, event, now)
                 self._api.create(f"/api/v1/namespaces/{self._namespace}/events", body)
