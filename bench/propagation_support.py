@@ -26,6 +26,8 @@ import hivemq_support  # noqa: E402
 import rabbitmq_adapter_support  # noqa: E402
 import sidecar_support  # noqa: E402
 
+from bench.go_programs import go_program  # noqa: E402
+
 ADMIN = sidecar_support.ADMIN
 broker_yaml = sidecar_support.broker_yaml
 plugin_yaml = sidecar_support.plugin_yaml
@@ -48,16 +50,12 @@ class Peer:
 
 
 def peer() -> Peer:
-    """configmap-reload when ``go install`` got it, else the fallback built from bench/reload_peer
-    (both located by scripts/ensure.d/configmap-reload.sh, which bench/run sources)."""
+    """configmap-reload when ``go install`` got it (scripts/ensure.d/configmap-reload.sh, which
+    bench/run sources), else the stand-in built from bench/reload_peer."""
     real = os.environ.get("PLUGFORGE_CONFIGMAP_RELOAD", "")
     if real and Path(real).is_file():
         return Peer(Path(real), f"configmap-reload {CONFIGMAP_RELOAD_VERSION}")
-    fallback = os.environ.get("PLUGFORGE_RELOAD_PEER", "")
-    if fallback and Path(fallback).is_file():
-        return Peer(Path(fallback), "reload_peer (stand-in)")
-    raise RuntimeError("neither configmap-reload nor bench/reload_peer is built: run bench/run "
-                       "(scripts/ensure.d/configmap-reload.sh installs them), not python -m bench")
+    return Peer(go_program("reload_peer"), "reload_peer (stand-in)")
 
 
 def rss_kib(pid: int) -> int:

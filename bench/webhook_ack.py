@@ -30,11 +30,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import http.client
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -46,10 +43,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-LOAD_SOURCE = ROOT / "bench" / "webhook_load"
 sys.path.insert(0, str(ROOT / "tests"))  # realistic payloads shared with the tests
 
 from webhooks_support import Commit, Push, encode, github_headers, github_push  # noqa: E402
+
+from bench.go_programs import go_program  # noqa: E402
 
 GOAL_P99_SECONDS = 10.0  # GitHub's delivery timeout
 
@@ -80,30 +78,6 @@ def raw_request(host: str, port: int, method: str, path: str, body: bytes = b"",
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def load_generator() -> Path:
-    """bench/webhook_load built once per source version into ``$PLUGFORGE_CACHE/go-bin``."""
-    sources = sorted(LOAD_SOURCE.iterdir())
-    key = hashlib.sha256(b"".join(f.read_bytes() for f in sources if f.is_file())).hexdigest()
-    cache = Path(os.environ.get("PLUGFORGE_CACHE") or Path.home() / ".cache" / "plugforge")
-    binary = cache / "go-bin" / f"webhook-load-{key[:12]}"
-    if binary.is_file():
-        return binary
-    go = shutil.which("go")
-    if go is None:
-        raise RuntimeError("the webhook benchmark's load generator (bench/webhook_load) is a Go "
-                           "program: expected `go` (>= 1.24) on PATH, found none; install Go")
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_suffix(".tmp")
-    built = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=LOAD_SOURCE,
-                           capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"})
-    if built.returncode != 0:
-        raise RuntimeError(f"building bench/webhook_load failed (go build exit "
-                           f"{built.returncode}):\n{built.stderr.strip()}")
-    tmp.replace(binary)
-    return binary
-
-
 def burst(host: str, port: int, requests: Sequence[bytes],
           timeout: float = 30.0) -> list[tuple[int, float]]:
     """Send every request on its own connection, all released at once; (status, seconds) each,
@@ -112,7 +86,7 @@ def burst(host: str, port: int, requests: Sequence[bytes],
         json.dump({"address": f"{host}:{port}", "timeout": timeout,
                    "requests": [base64.b64encode(r).decode() for r in requests]}, plan)
         plan.flush()
-        out = subprocess.run([str(load_generator()), plan.name], capture_output=True,
+        out = subprocess.run([str(go_program("webhook_load")), plan.name], capture_output=True,
                              text=True, timeout=timeout + 60)
     if out.returncode != 0:
         raise RuntimeError(f"bench/webhook_load failed (exit {out.returncode}): "

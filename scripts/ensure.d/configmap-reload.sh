@@ -2,16 +2,14 @@
 # measure plugforge's sidecar against, installed once into $PLUGFORGE_CACHE.
 # configmap-reload is installed with `go install` through the Go module proxy at a pinned tag.
 # Where the proxy refuses that module (this workplace's proxy answers 403 for it), the
-# benchmarks fall back to bench/reload_peer: the same documented behaviour (fsnotify on the
-# directory, webhook on the ..data swap, Prometheus metrics) built from modules the proxy serves;
-# the table then names the fallback, never the peer.
+# benchmarks fall back to bench/reload_peer (built by bench/go_programs.py): the same documented
+# behaviour (fsnotify on the directory, webhook on the ..data swap, Prometheus metrics) built
+# from modules the proxy serves; the table then names the fallback, never the peer.
 
 CONFIGMAP_RELOAD_VERSION=v0.15.0
 
 ensure_configmap_reload() {
     local bin="$CACHE_DIR/go-bin/configmap-reload-$CONFIGMAP_RELOAD_VERSION"
-    local peer="$CACHE_DIR/go-bin/reload-peer"
-    local src="$ROOT/bench/reload_peer" key
     export PLUGFORGE_CONFIGMAP_RELOAD="$bin/configmap-reload"
     if [ -x "$bin/configmap-reload" ]; then
         info "configmap-reload $CONFIGMAP_RELOAD_VERSION cached ($bin)"
@@ -27,21 +25,6 @@ ensure_configmap_reload() {
             touch "$bin.refused"
             info "go install failed (see above); the benchmarks use bench/reload_peer instead"
         fi
-    fi
-    key=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)
-    export PLUGFORGE_RELOAD_PEER="$peer-$key"
-    if [ ! -x "$PLUGFORGE_RELOAD_PEER" ]; then
-        step "Building bench/reload_peer (configmap-reload's documented behaviour, the fallback peer)"
-        mkdir -p "$(dirname "$peer")"
-        # Not fatal: only bench/run needs it (scripts/test and scripts/demo source this too).
-        if (cd "$src" && GOFLAGS=-mod=mod go build -trimpath -o "$PLUGFORGE_RELOAD_PEER.tmp" .); then
-            mv "$PLUGFORGE_RELOAD_PEER.tmp" "$PLUGFORGE_RELOAD_PEER"
-            info "built: $PLUGFORGE_RELOAD_PEER"
-        else
-            info "building bench/reload_peer failed (see above): the propagation and memory benchmarks cannot run"
-        fi
-    else
-        info "reload peer cached: $PLUGFORGE_RELOAD_PEER"
     fi
 }
 
