@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
@@ -84,6 +85,9 @@ class Settings:
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 class SettingsError(ValueError):
@@ -192,6 +196,12 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         if values[name] < 1:
             raise SettingsError(f"--{name.replace('_', '-')}: expected at least 1, "
                                 f"found {values[name]}")
+    for name in ("namespace", "watch_namespace"):
+        # They end up in API paths: a namespace is a DNS-1123 label.
+        if values[name] is not None and not _NAMESPACE.fullmatch(values[name]):
+            raise SettingsError(f"--{name.replace('_', '-')}: expected a namespace name (lower "
+                                f"case letters, digits and '-', at most 63), found "
+                                f"{values[name]!r}")
     if values["lease_renew_seconds"] >= values["lease_duration_seconds"]:
         raise SettingsError("--lease-renew-seconds must be shorter than --lease-duration-seconds")
     return Settings(**values)

@@ -247,6 +247,12 @@ def test_settings_flags_over_env_over_defaults() -> None:
         parse_settings(["--workers", "0"], {})
     with pytest.raises(SettingsError, match="lease-renew"):
         parse_settings(["--lease-renew-seconds", "20"], {})
+    assert parse_settings(["--watch-namespace", "team-a"], {}).watch_namespace == "team-a"
+    for bad in ("Team-A", "a/b", "-x", "x" * 64, ""):
+        with pytest.raises(SettingsError, match="--watch-namespace: expected a namespace name"):
+            parse_settings([f"--watch-namespace={bad}"], {})
+    with pytest.raises(SettingsError, match="--namespace: expected a namespace name"):
+        parse_settings([], {"PLUGFORGE_BUILDER_NAMESPACE": "../kube-system"})
 
 
 # --- controller planning -----------------------------------------------------------------------
