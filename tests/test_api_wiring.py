@@ -143,6 +143,16 @@ def test_api_secrets_refuses_bad_names_before_creating_anything(
         "items", []) == []
 
 
+def test_api_secrets_explains_a_bad_kubeconfig(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "kubeconfig").write_text("clusters: [\n")
+    code = cli(["api-secrets", "--kubeconfig", str(tmp_path / "kubeconfig"),
+                "--out-dir", str(tmp_path / "out")])
+    assert code == 2
+    assert "plugforge api-secrets: kubeconfig:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_api_secrets_explains_a_missing_namespace(control_plane: ControlPlane, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     code = cli(["api-secrets", "--kubeconfig", str(control_plane.kubeconfig("admin")),

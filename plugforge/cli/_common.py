@@ -62,6 +62,19 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     add_namespace_flag(p)
 
 
+def kube_api_client(kubeconfig: Path | None, context: str | None) -> Any:
+    """A kubernetes ApiClient from ``--kubeconfig``/``--context`` (as kubectl finds them); a bad
+    or unreadable kubeconfig is a usage error saying so."""
+    from kubernetes import config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        return config.new_client_from_config(
+            config_file=str(kubeconfig) if kubeconfig else None, context=context)
+    except (ConfigException, OSError, yaml.YAMLError) as e:
+        raise CliError(f"kubeconfig: {e}", EXIT_USAGE) from e
+
+
 def add_namespace_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--namespace", default=os.environ.get(ENV_NAMESPACE, "default"),
                    help=f"namespace of the plugins (default ${ENV_NAMESPACE} or 'default')")

@@ -134,15 +134,9 @@ class _SecretStore:
     """Get and create Secrets; every API failure becomes a one-line CliError."""
 
     def __init__(self, kubeconfig: Path | None, context: str | None) -> None:
-        from kubernetes import client, config
-        from kubernetes.config.config_exception import ConfigException
+        from kubernetes import client
 
-        try:
-            api = config.new_client_from_config(
-                config_file=str(kubeconfig) if kubeconfig else None, context=context)
-        except (ConfigException, OSError) as e:
-            raise c.CliError(f"kubeconfig: {e}", c.EXIT_USAGE) from e
-        self._core = client.CoreV1Api(api)
+        self._core = client.CoreV1Api(c.kube_api_client(kubeconfig, context))
 
     def get(self, namespace: str, name: str) -> dict[str, bytes] | None:
         from kubernetes.client.exceptions import ApiException

@@ -39,15 +39,10 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def list_plugins(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from kubernetes import client, config
+    from kubernetes import client
     from kubernetes.client.exceptions import ApiException
-    from kubernetes.config.config_exception import ConfigException
 
-    try:
-        api = config.new_client_from_config(
-            config_file=str(args.kubeconfig) if args.kubeconfig else None, context=args.context)
-    except (ConfigException, OSError) as e:
-        raise c.CliError(f"kubeconfig: {e}", c.EXIT_USAGE) from e
+    api = c.kube_api_client(args.kubeconfig, args.context)
     custom = client.CustomObjectsApi(api)
     try:
         if args.all_namespaces:
