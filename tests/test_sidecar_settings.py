@@ -58,6 +58,16 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
                  "--adapter-opt", f"config_path={tmp_path / 'm.conf'}"]) == 2
     assert "not-mounted: cannot watch it (No such file or directory); expected a mounted " \
         "ConfigMap directory" in capsys.readouterr().err
+    (tmp_path / "cm").mkdir()
+    (tmp_path / "empty-token").write_text("\n")
+    assert main(["--broker", "mosquitto", "--config-dir", str(tmp_path / "cm"),
+                 "--plugin-dir", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "c"),
+                 "--adapter-opt", f"conf_dir={tmp_path}",
+                 "--adapter-opt", f"config_path={tmp_path / 'm.conf'}",
+                 "--grpc-address", "127.0.0.1:0", "--grpc-tls-cert", str(tmp_path / "c.pem"),
+                 "--grpc-tls-key", str(tmp_path / "k.pem"),
+                 "--grpc-token-file", str(tmp_path / "empty-token")]) == 2
+    assert "--grpc-token-file: token file" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
