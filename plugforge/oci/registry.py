@@ -169,6 +169,51 @@ class RegistryClient:
         finally:
             release(response)
 
+    def get_manifest(self, repository: str, reference: str,
+                     max_bytes: int = MAX_MANIFEST_BYTES) -> tuple[bytes, str] | None:
+        """Raw manifest bytes and digest by tag or digest; None when the registry has none.
+
+        By tag there is no digest to check against beforehand: the registry's
+        ``Docker-Content-Digest``, when sent, must match the bytes (signature tags use this).
+        """
+        validate_repository(repository)
+        if reference.startswith("sha256:"):
+            validate_digest(reference)
+        else:
+            validate_tag(reference)
+        what = f"pull manifest {repository}:{reference}"
+        response = self._http.request(
+            "GET", f"/v2/{repository}/manifests/{reference}", scope=_scope(repository, "pull"),
+            what=what, headers={"Accept": ", ".join(MANIFEST_TYPES)}, not_found_ok=True)
+        if response.status == 404:
+            release(response)
+            return None
+        data = read_limited(response, max_bytes, what)
+        digest = sha256_digest(data)
+        expected = reference if reference.startswith("sha256:") else \
+            response.headers.get("Docker-Content-Digest")
+        if expected is not None and expected != digest:
+            raise DigestMismatch(f"{what}: registry says {expected}, but the content it sent "
+                                 f"has digest {digest}; nothing was used")
+        return data, digest
+
+    def read_blob(self, repository: str, descriptor: Descriptor, max_bytes: int) -> bytes:
+        """A small blob in memory, checked against the descriptor's size and digest."""
+        validate_repository(repository)
+        digest = validate_digest(descriptor.digest)
+        what = f"fetch blob {repository}@{digest}"
+        if descriptor.size > max_bytes:
+            raise PermanentRegistryError(f"{what}: declared {descriptor.size} bytes, over the "
+                                         f"{max_bytes} byte limit; not fetched")
+        response = self._http.request("GET", f"/v2/{repository}/blobs/{digest}",
+                                      scope=_scope(repository, "pull"), what=what)
+        data = read_limited(response, descriptor.size, what)
+        if len(data) != descriptor.size or sha256_digest(data) != digest:
+            raise DigestMismatch(f"{what}: received {len(data)} bytes with digest "
+                                 f"{sha256_digest(data)}, expected {descriptor.size} bytes with "
+                                 f"{digest}; nothing was used")
+        return data
+
     def _check_registry(self, ref: ImageRef) -> None:
         if ref.registry != self.registry:
             raise PermanentRegistryError(
