@@ -11,6 +11,7 @@ from types import FrameType
 from builder.app import Builder
 from builder.settings import SettingsError, parse_settings
 from plugforge.grpc_auth import TokenFileError
+from plugforge.signing import KeyFileError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         builder = Builder(settings)
-    except TokenFileError as e:
+    except (TokenFileError, KeyFileError, OSError) as e:
         print(f"builder: {e}", file=sys.stderr)
         return 2
 

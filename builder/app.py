@@ -12,6 +12,7 @@ from builder.metrics import serve_metrics
 from builder.pipeline import Pipeline
 from builder.settings import Settings
 from builder.sidecars import SidecarClient
+from builder.signing import BuildSigner, load_signing_key
 from builder.source import SourceCache
 from builder.webhooks.server import ServerSettings
 from builder.webhooks.service import WebhookSettings
@@ -28,9 +29,17 @@ class Builder:
         self.settings = settings
         self.kube = Kube.from_kubeconfig(settings.kubeconfig, settings.watch_namespace)
         sources = SourceCache(settings.git_dir)
+        # The key is read now, so a bad one (or password) stops the start with its reason.
+        signer = BuildSigner(load_signing_key(settings.signing_key)) \
+            if settings.signing_key else None
+        if signer is None:
+            log.warning("decision=unsigned: no --signing-key; images are pushed without "
+                        "signature or provenance, and verifying sidecars will refuse them")
+        else:
+            log.info("signing images with key %s", signer.key.public.key_id)
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,
-                                 settings.docker_url)
+                                 settings.docker_url, signer)
         # Token files are read now, so a bad one stops the start with its reason.
         self.api_tokens = read_tokens(settings.grpc_token_file) \
             if settings.grpc_token_file and settings.grpc_address else {}

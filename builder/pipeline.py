@@ -19,6 +19,7 @@ from builder import recipe as recipes
 from builder.errors import BuildStepFailed, InvalidSpec
 from builder.registry import Publisher, RegistryAccess, parse_repository
 from builder.resources import PluginSpec
+from builder.signing import BuildFacts, BuildSigner
 from builder.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
 from plugforge.oci import (
     ANNOTATION_PLUGIN_NAME,
@@ -29,8 +30,10 @@ from plugforge.oci import (
     pack_image,
 )
 
-BUILDER_VERSION = "0.1.0"
-"""Part of every content key: bump it when building or packing changes its output."""
+BUILDER_VERSION = "0.2.0"
+"""Part of every content key: bump it when building or packing changes its output.
+0.2.0: images no longer carry the commit (it is in the signed provenance), so the same artifact
+built from two commits is one digest."""
 CONTENT_TAG_PREFIX = "ck-"
 
 T = TypeVar("T")
@@ -64,13 +67,15 @@ def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, u
 class Pipeline:
     def __init__(self, sources: SourceCache, read_secret: SecretReader, work_root: Path,
                  max_build_seconds: float, registry_ca: Path | None = None,
-                 docker_url: str | None = None) -> None:
+                 docker_url: str | None = None, signer: BuildSigner | None = None) -> None:
         self.sources = sources
         self.read_secret = read_secret
         self.work_root = work_root
         self.max_build_seconds = max_build_seconds
         self.registry_ca = registry_ca
         self.docker_url = docker_url
+        self.signer = signer
+        """Signs and attests every image pushed; None: unsigned images (logged at start)."""
 
     def git_credentials(self, spec: PluginSpec) -> GitCredentials | None:
         if spec.source.secret is None:
@@ -100,7 +105,7 @@ class Pipeline:
                               plain_http=spec.plain_http)
 
     def run(self, spec: PluginSpec, commit: str | None, build_name: str, log: TextIO) -> Outcome:
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         template = spec.template or _call_recipe(lambda: recipes.default_template(spec.broker))
         tdir = _call_recipe(lambda: recipes.template_dir(template))
         recipe = _call_recipe(lambda: recipes.load_recipe(tdir))
@@ -121,10 +126,20 @@ class Pipeline:
                               template=template, broker=spec.broker, url=spec.source.url)
             tag = CONTENT_TAG_PREFIX + key
             log.write(f"==> commit {commit}, tree {checkout.tree}, content key {key}\n")
+            facts = BuildFacts(
+                spec.source.url, commit, spec.source.ref, checkout.tree, spec.source.path,
+                template, (tdir / "recipe.yaml").read_bytes(), spec.broker,
+                f"{spec.namespace}/{build_name}", BUILDER_VERSION, recipe.toolchain_image,
+                recipe.tools, started_wall)
             digest = publisher.lookup_tag(repo, tag)
+            if digest is not None and self.signer is not None and not self.signer.follow_cache(
+                    publisher, repo, digest, checkout.tree, log):
+                digest = None
             if digest is not None:
                 notes = publisher.annotations(repo, digest)
                 log.write(f"==> cache hit: {repo.name}:{tag} is {digest}; nothing to build\n")
+                if self.signer is not None:
+                    self.signer.sign(publisher, repo, digest, facts, log)
                 return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
                                notes.get(ANNOTATION_PLUGIN_NAME, ""),
                                notes.get(ANNOTATION_PLUGIN_VERSION, ""), True,
@@ -135,8 +150,9 @@ class Pipeline:
             log.flush()
             result = _call_recipe(lambda: recipes.run_recipe(
                 recipe, checkout.directory, work / "build", log=log, timeout=limit))
+            # No revision: the commit is in the provenance, the digest names the artifact.
             metadata = ImageMetadata(
-                source=spec.source.url, revision=commit, broker=spec.broker,
+                source=spec.source.url, revision="", broker=spec.broker,
                 plugin_name=result.name, plugin_version=result.version)
             if self.docker_url:
                 log.write(f"==> pushing through the Docker-API engine at {self.docker_url}\n")
@@ -152,6 +168,8 @@ class Pipeline:
                           "pushing\n")
                 digest = publisher.push(repo, image, tag)
             log.write(f"==> pushed {repo.name}@{digest}\n")
+            if self.signer is not None:
+                self.signer.sign(publisher, repo, digest, facts, log)
             return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
                            result.name, result.version, False, time.monotonic() - started)
         finally:

@@ -70,7 +70,8 @@ class Publisher:
         self.access = access
 
     @contextmanager
-    def _client(self) -> Iterator[RegistryClient]:
+    def client(self) -> Iterator[RegistryClient]:
+        """A registry client with this publisher's credentials (signatures use it too)."""
         client = RegistryClient(self.registry, credentials=self.access.credentials,
                                 ca_bundle=self.access.ca_bundle,
                                 insecure_http=self.access.plain_http, timeout=self.access.timeout)
@@ -100,7 +101,7 @@ class Publisher:
 
     def annotations(self, repo: ImageRef, digest: str) -> dict[str, str]:
         def pull() -> dict[str, str]:
-            with self._client() as client:
+            with self.client() as client:
                 _, manifest = client.pull_manifest(repo.with_digest(digest))
                 return dict(manifest.annotations)
         return _wrap(f"read manifest {repo.name}@{digest}", pull)
@@ -127,7 +128,7 @@ class Publisher:
     def push(self, repo: ImageRef, image: PackedImage, tag: str) -> str:
         """Push blobs, then the manifest under ``tag``; return the manifest digest."""
         def push() -> str:
-            with self._client() as client:
+            with self.client() as client:
                 pinned = client.push_image(ImageRef(repo.registry, repo.repository, tag), image)
                 return str(pinned.digest)
         return _wrap(f"push {repo.name}:{tag}", push)

@@ -70,6 +70,9 @@ class Settings:
     """The token the builder presents to the sidecars' gRPC service."""
     sidecar_ca: Path | None = None
     """CA bundle that signed the sidecars' gRPC certificates."""
+    signing_key: Path | None = None
+    """A mounted cosign key pair Secret (``cosign.key``, ``cosign.password``): every image
+    pushed is signed and gets a SLSA provenance attestation. None: unsigned, logged at start."""
 
     @property
     def git_dir(self) -> Path:
@@ -113,6 +116,8 @@ _HELP = {
     "grpc_tls_key": "TLS private key of the gRPC API (PEM)",
     "sidecar_token_file": "the token presented to the sidecars' gRPC service",
     "sidecar_ca": "CA bundle of the sidecars' gRPC certificates",
+    "signing_key": "directory of the cosign key pair Secret (cosign.key, cosign.password): "
+                   "sign every image and attest its provenance (default: unsigned)",
     "workers": "builds running at once, one per plugin at most (default %(default)s)",
     "max_build_seconds": "wall-clock cap for any build (default %(default)s)",
     "resync_seconds": "reconcile every plugin at least this often (default %(default)s)",
@@ -154,7 +159,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     p.add_argument("--grpc-address", metavar="HOST:PORT",
                    default=env.get(ENV_PREFIX + "GRPC_ADDRESS"), help=_HELP["grpc_address"])
     for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
-                 "sidecar_ca"):
+                 "sidecar_ca", "signing_key"):
         p.add_argument("--" + name.replace("_", "-"), type=Path,
                        default=env.get(ENV_PREFIX + name.upper()), help=_HELP[name])
     numbers: dict[str, type[int] | type[float]] = {
@@ -189,7 +194,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             raise SettingsError(f"--grpc-address needs {', '.join(missing)}: the API is only "
                                 "served over TLS to callers with a token")
     for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
-                 "sidecar_ca"):
+                 "sidecar_ca", "signing_key"):
         if values[name] is not None:
             values[name] = Path(values[name])
     for name in ("workers", "max_attempts"):

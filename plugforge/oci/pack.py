@@ -56,13 +56,16 @@ class ImageMetadata:
     plugin_version: str
 
     def annotations(self) -> dict[str, str]:
-        return {
+        """The builder leaves ``revision`` empty (then absent): the commit lives in the signed
+        provenance, so an image's digest depends on its artifact and plugin metadata only."""
+        notes = {
             ANNOTATION_SOURCE: self.source,
             ANNOTATION_REVISION: self.revision,
             ANNOTATION_BROKER: self.broker,
             ANNOTATION_PLUGIN_NAME: self.plugin_name,
             ANNOTATION_PLUGIN_VERSION: self.plugin_version,
         }
+        return {key: value for key, value in notes.items() if value}
 
 
 @dataclass(frozen=True)
