@@ -65,28 +65,31 @@ ensure_go() {
 }
 
 ensure_venv() {
-    local py=${PYTHON:-python3}
+    local py=${PYTHON:-python3} lock="$ROOT/requirements.lock"
     "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "plugforge needs Python >= 3.11; $py is $("$py" --version 2>&1)"
-    if [ ! -x "$VENV/bin/python" ]; then
-        step "Creating virtualenv $VENV"
-        "$py" -m venv "$VENV" 2>/dev/null || {
-            rm -rf "$VENV"
-            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q python3-venv
-            "$py" -m venv "$VENV"
-        }
-    fi
-    # Reinstall only when the project's metadata changed.
+    [ -f "$lock" ] || die "requirements.lock is missing: run scripts/lock"
+    # The virtualenv is exactly the lock: when a pin or hash (or the project's metadata) changes
+    # it is made anew, so a package dropped from the lock does not linger.
     local stamp="$VENV/.plugforge-installed" want
-    want=$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)
-    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        step "Installing plugforge and its dev tools into the virtualenv"
-        "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-        "$VENV/bin/pip" install --disable-pip-version-check --progress-bar on -e "$ROOT[dev]"
-        echo "$want" >"$stamp"
-    else
-        info "virtualenv up to date ($VENV)"
+    want=$(grep -hv '^\s*#' "$lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)
+    if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        info "virtualenv matches requirements.lock ($want): $VENV"
+        export PATH="$VENV/bin:$PATH"
+        return
     fi
+    step "Installing requirements.lock ($want, $(grep -cE '^[A-Za-z0-9]' "$lock") pins, hash-checked) into $VENV"
+    rm -rf "$VENV"
+    "$py" -m venv "$VENV" 2>/dev/null || {
+        rm -rf "$VENV"
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q python3-venv
+        "$py" -m venv "$VENV"
+    }
+    # The venv's own pip (not upgraded: that would float) installs only what the lock names,
+    # each file checked against its hash; then the project itself, without dependencies.
+    "$VENV/bin/pip" install --disable-pip-version-check --progress-bar on --require-hashes -r "$lock"
+    "$VENV/bin/pip" install --disable-pip-version-check -q --no-deps --no-build-isolation -e "$ROOT"
+    echo "$want" >"$stamp"
     export PATH="$VENV/bin:$PATH"
 }
 
