@@ -69,7 +69,16 @@ class _DirectoryCallback:
         self.trigger.notify(f"{self.directory} changed")
 
     def on_queue_overflow(self) -> None:
-        self.trigger.notify("file events were lost (inotify queue overflow)")
+        # The kernel dropped events but kept the watches: nothing to repair. The re-read waits
+        # for on_events_lost, which watchdog calls once every callback has heard of this.
+        pass
+
+    def on_events_lost(self) -> None:
+        # Which entries changed is unknown now: re-read every directory (the loop always reads
+        # the whole desired state, so one notification is the whole rescan).
+        log.warning("decision=rescan dir=%s detail=%r", self.directory,
+                    "file events were lost (inotify queue overflow); re-reading everything")
+        self.trigger.notify("file events were lost (inotify queue overflow)", urgent=True)
 
 
 class DirectoryWatcher:

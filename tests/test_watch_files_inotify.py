@@ -116,3 +116,38 @@ def test_missing_directory_is_refused_at_start(tmp_path: Path) -> None:
                                           " expected a mounted ConfigMap directory"):
         watcher.start()
     watcher.stop()  # nothing started: a no-op
+
+
+
+MAX_QUEUED = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def test_a_queue_overflow_rereads_every_directory(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A real overflow: the kernel reads max_queued_events when an inotify instance is created,
+    # so this watcher gets a 16-event queue (the limit is restored at once; other instances keep
+    # theirs) and a burst of writes outruns its reader thread.
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": "0"})
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    trigger = Trigger(debounce=0, resync_interval=3600)
+    watcher = DirectoryWatcher([cm.path, plain], trigger)
+    limit = MAX_QUEUED.read_text()
+    MAX_QUEUED.write_text("16")
+    try:
+        watcher.start()
+    finally:
+        MAX_QUEUED.write_text(limit)
+    try:
+        for i in range(2000):
+            (plain / f"key-{i}").write_text(str(i))
+        deadline = time.monotonic() + 10
+        while "events were lost" not in caplog.text and time.monotonic() < deadline:
+            assert trigger.wait() is not None
+        assert "decision=rescan" in caplog.text, "no overflow seen"
+        # The rescan reads the whole current state, the events the kernel dropped included.
+        assert len(read_documents([cm.path, plain])) == 2001
+    finally:
+        trigger.close()
+        watcher.stop()
