@@ -102,7 +102,7 @@ ensure_kube_harness() {
         step "Building kube-apiserver + etcd harness (first run only; about 10 minutes on 2 cores)"
         mkdir -p "$(dirname "$out")"
         local started=$SECONDS
-        (cd "$src" && GOFLAGS=-mod=mod go build -trimpath -ldflags=-s -o "$out.tmp" .) \
+        (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath -ldflags=-s -o "$out.tmp" .) \
             || die "building the kube-apiserver harness failed (see the Go output above)"
         mv "$out.tmp" "$out"
         info "built in $((SECONDS - started))s: $out"
