@@ -50,7 +50,8 @@ def start_plugin_sidecar(broker: str, options: Mapping[str, str], config_dir: Pa
             *[a for k, v in options.items() for a in ("--adapter-opt", f"{k}={v}")],
             "--plugin-dir", str(plugin_dir), "--cache-dir", str(work / "cache"),
             "--registry-ca", str(ca_cert), "--http-address", "127.0.0.1:0",
-            "--debounce", "0.2", "--resync-interval", "3600", "--log-level", "INFO"]
+            "--debounce", "0.2", "--resync-interval", "3600", "--log-level", "INFO",
+            "--allow-unsigned-images"]
     log = open(work / "sidecar.log", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 

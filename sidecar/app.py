@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from plugforge.contract import Document, select_for_pod
+from plugforge.signing import VerificationFailed
 from sidecar.adapters.base import BrokerAdapter
 from sidecar.adapters.registry import create_adapter
 from sidecar.desired import NotSynced, read_documents
@@ -22,6 +23,7 @@ from sidecar.server import HttpServer
 from sidecar.settings import Settings, api_credentials_present
 from sidecar.state import ApplyEvent, SidecarState
 from sidecar.trigger import Trigger
+from sidecar.trust import ImageVerifier
 from sidecar.watch_files import DirectoryWatcher
 
 log = logging.getLogger("plugforge.sidecar")
@@ -34,10 +36,12 @@ class Sidecar:
         self.settings = settings
         self.adapter = adapter or create_adapter(settings.broker, settings.adapter_options,
                                                  settings.plugin_dir)
+        self.verifier = ImageVerifier(settings.trust_policy) \
+            if settings.trust_policy is not None else None
         self.puller = pull_image or ImagePuller(
             settings.cache_dir, ca_bundle=settings.registry_ca,
             docker_config=settings.docker_config,
-            insecure_http_registries=settings.insecure_http_registries)
+            insecure_http_registries=settings.insecure_http_registries, verify=self.verifier)
         self.metrics = Metrics()
         self.trigger = Trigger(settings.debounce, settings.resync_interval)
         self._sinks = list(event_sinks)
@@ -57,6 +61,9 @@ class Sidecar:
             allow_broker_restart=settings.allow_broker_restart, on_event=self._on_event)
         self._file_watcher = DirectoryWatcher(settings.config_dirs, self.trigger) \
             if settings.config_dirs else None
+        # A trust policy edit (a key rotation) retries a refused image at once.
+        self._policy_watcher = DirectoryWatcher((settings.trust_policy.parent,), self.trigger) \
+            if settings.trust_policy is not None else None
         self._http: HttpServer | None = None
         self._loop = threading.Thread(target=self._run, name="reconcile", daemon=True)
         self._timers: list[threading.Timer] = []
@@ -68,10 +75,22 @@ class Sidecar:
         log.info("decision=start mode=%s broker=%s dirs=%s configmaps=%s", self.mode,
                  self.settings.broker, [str(d) for d in self.settings.config_dirs],
                  list(self.settings.configmaps))
+        if self.verifier is None:
+            log.warning("decision=verification-off images are loaded without checking "
+                        "signature or provenance (%s)", "--allow-unsigned-images"
+                        if self.settings.allow_unsigned_images else "no --trust-policy")
+        else:
+            log.info("decision=verification-on trust_policy=%s", self.settings.trust_policy)
+            try:
+                self.verifier.policy()
+            except VerificationFailed as e:  # kept running: every image is refused until fixed
+                log.error("decision=trust-policy-invalid detail=%r", e.detail)
         if self.api_source is not None:
             self.api_source.start()
         if self._file_watcher is not None:
             self._file_watcher.start()
+        if self._policy_watcher is not None:
+            self._policy_watcher.start()
         if self.settings.http_address:
             self._http = HttpServer(self.settings.http_address, {
                 "/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics})
@@ -83,8 +102,9 @@ class Sidecar:
         self.trigger.close()
         for timer in self._timers:
             timer.cancel()
-        if self._file_watcher is not None:
-            self._file_watcher.stop()
+        for watcher in (self._file_watcher, self._policy_watcher):
+            if watcher is not None:
+                watcher.stop()
         if self.api_source is not None:
             self.api_source.stop()
         if self._http is not None:
@@ -154,12 +174,17 @@ class Sidecar:
             except Exception:  # the loop must survive anything; the error is in the log
                 log.exception("decision=error reason=%r", reason)
                 outcome = Outcome(self.reconciler.state.phase, retry_after=5.0)
+            # One retry timer, for the state just reconciled: an older state's timer would
+            # run its backoff chain beside the new one (and re-apply what failed).
+            for timer in self._timers:
+                timer.cancel()
+            self._timers = []
             if outcome.retry_after is not None and not self.trigger.closed:
                 timer = threading.Timer(outcome.retry_after, self.trigger.notify,
                                         args=(f"retry after {outcome.retry_after:g}s",),
                                         kwargs={"urgent": True})
                 timer.daemon = True
-                self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+                self._timers = [timer]
                 timer.start()
 
     def _on_event(self, event: ApplyEvent) -> None:
@@ -187,6 +212,9 @@ class Sidecar:
 
     def _metrics(self) -> tuple[int, str, str]:
         state = self.state
-        return 200, "text/plain; version=0.0.4", self.metrics.render(state.ready, state.plugins)
+        body = self.metrics.render(state.ready, state.plugins)
+        if self.verifier is not None:
+            body += "\n".join(self.verifier.render()) + "\n"
+        return 200, "text/plain; version=0.0.4", body
 
 

@@ -1,5 +1,7 @@
 """Plugin images: pull by digest, verify every blob, extract safely, cache by digest.
 
+With a verifier (``sidecar.trust``), an image is pulled only after its signature and provenance
+verified: a refused image is never downloaded past its manifest's signatures, never extracted.
 All of that is ``plugforge.oci``; this module picks credentials and TLS per registry and keeps
 the cache bounded: after every pull that fetched something, only the ``keep_images`` most
 recently used images stay (the adapters have copied what runs; a rollback further back pulls
@@ -9,9 +11,11 @@ again).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from plugforge.oci import (
+    ImageRef,
     RegistryClient,
     credentials_from_dockerconfigjson,
     parse_reference,
@@ -26,8 +30,10 @@ class ImagePuller:
 
     def __init__(self, cache_dir: Path, *, ca_bundle: Path | None = None,
                  docker_config: Path | None = None,
-                 insecure_http_registries: tuple[str, ...] = (), keep_images: int = 16) -> None:
+                 insecure_http_registries: tuple[str, ...] = (), keep_images: int = 16,
+                 verify: Callable[[RegistryClient, ImageRef], object] | None = None) -> None:
         self.cache_dir = cache_dir
+        self._verify = verify
         self._keep = keep_images
         self._ca = ca_bundle
         self._docker_config = docker_config
@@ -44,6 +50,8 @@ class ImagePuller:
         with self._lock, RegistryClient(ref.registry, credentials=credentials,
                                         ca_bundle=self._ca,
                                         insecure_http=ref.registry in self._insecure) as client:
+            if self._verify is not None:
+                self._verify(client, ref)  # raises VerificationFailed: nothing is pulled
             before = set(self.cache_dir.glob("images/*"))
             tree = pull_image(client, ref, self.cache_dir)
             if set(self.cache_dir.glob("images/*")) != before:

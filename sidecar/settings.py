@@ -15,6 +15,7 @@ ENV_POD_NAME = "POD_NAME"
 ENV_POD_NAMESPACE = "POD_NAMESPACE"
 ENV_KUBECONFIG = "KUBECONFIG"
 ENV_SERVICE_HOST = "KUBERNETES_SERVICE_HOST"
+ENV_TRUST_POLICY = "PLUGFORGE_TRUST_POLICY"
 
 
 class SettingsError(ValueError):
@@ -58,6 +59,10 @@ class Settings:
     """A mounted dockerconfigjson Secret (``.dockerconfigjson``) with registry credentials."""
     insecure_http_registries: tuple[str, ...] = ()
     """Registries (host:port) reached over plain HTTP; explicit opt-in only."""
+    trust_policy: Path | None = None
+    """Verify every image against this trust policy (a mounted ConfigMap) before pulling it."""
+    allow_unsigned_images: bool = False
+    """Verification off, chosen explicitly (``--allow-unsigned-images``); logged at every start."""
     probe_host: str = "127.0.0.1"
     probe_port: int = 1883
     probe_mqtt_version: str = "5"
@@ -94,6 +99,11 @@ def parse_args(argv: Sequence[str] | None = None,
     p.add_argument("--registry-ca", type=Path)
     p.add_argument("--docker-config", type=Path)
     p.add_argument("--insecure-http-registry", action="append", default=[])
+    p.add_argument("--trust-policy", type=Path, default=environ.get(ENV_TRUST_POLICY) or None,
+                   help="trust policy file (YAML, mounted from a ConfigMap): images are "
+                        "verified against it before anything is pulled")
+    p.add_argument("--allow-unsigned-images", action="store_true",
+                   help="turn image verification off (logged at every start)")
     p.add_argument("--probe-host", default=None)
     p.add_argument("--probe-port", type=int, default=None)
     p.add_argument("--probe-mqtt-version", choices=("5", "3.1.1"), default=None,
@@ -121,6 +131,12 @@ def parse_args(argv: Sequence[str] | None = None,
     for name in ("debounce", "resync_interval", "watch_idle_timeout"):
         if getattr(a, name) < 0:
             raise SettingsError(f"--{name.replace('_', '-')}: expected >= 0 seconds")
+    if (a.trust_policy is None) == (not a.allow_unsigned_images):
+        raise SettingsError(
+            "image verification: pass --trust-policy FILE (the trust ConfigMap, see "
+            "manifests/README.md), or --allow-unsigned-images to load images nobody signed"
+            if a.trust_policy is None else
+            "--trust-policy and --allow-unsigned-images contradict each other; pick one")
     return Settings(
         broker=a.broker, config_dirs=tuple(a.config_dir), source=a.source,
         configmaps=tuple(a.configmap), namespace=a.namespace, kubeconfig=a.kubeconfig,
@@ -131,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None,
         grpc_token_file=a.grpc_token_file, grpc_tls_cert=a.grpc_tls_cert,
         grpc_tls_key=a.grpc_tls_key, registry_ca=a.registry_ca,
         docker_config=a.docker_config, insecure_http_registries=tuple(a.insecure_http_registry),
+        trust_policy=a.trust_policy, allow_unsigned_images=a.allow_unsigned_images,
         probe_host=a.probe_host or options.get("host", "127.0.0.1"),
         probe_port=a.probe_port or int(options.get("port", "1883")),
         probe_mqtt_version=a.probe_mqtt_version or probe_mqtt_version(a.broker),

@@ -209,7 +209,8 @@ def test_cli_process_serves_grpc_with_token_and_stops_on_sigterm(
             "--plugin-dir", str(tmp_path / "plugins"), "--cache-dir", str(tmp_path / "cache"),
             "--http-address", "127.0.0.1:0", "--grpc-address", f"127.0.0.1:{port}",
             "--grpc-token-file", str(tmp_path / "token"),
-            "--grpc-tls-cert", str(pair.cert), "--grpc-tls-key", str(pair.key)]
+            "--grpc-tls-cert", str(pair.cert), "--grpc-tls-key", str(pair.key),
+            "--allow-unsigned-images"]
     log = tmp_path / "sidecar.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)

@@ -65,7 +65,8 @@ def offline_mosquitto_args(tmp_path: Path) -> list[str]:
     """Enough for the adapter to construct; no broker is contacted before the first apply."""
     return ["--adapter-opt", f"conf_dir={tmp_path / 'conf.d'}",
             "--adapter-opt", f"config_path={tmp_path / 'mosquitto.conf'}",
-            "--plugin-dir", str(tmp_path / "plugins"), "--cache-dir", str(tmp_path / "cache")]
+            "--plugin-dir", str(tmp_path / "plugins"), "--cache-dir", str(tmp_path / "cache"),
+            "--allow-unsigned-images"]
 
 
 # --- pure ------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def test_unknown_probe_version_is_a_usage_error(capsys: pytest.CaptureFixture[st
 
 
 def test_probe_version_defaults_to_the_brokers() -> None:
-    assert parse_args(["--broker", "rabbitmq", "--config-dir", "/x"]).probe_mqtt_version == "3.1.1"
-    assert parse_args(["--broker", "mosquitto", "--config-dir", "/x"]).probe_mqtt_version == "5"
-    assert parse_args(["--broker", "rabbitmq", "--config-dir", "/x",
+    common = ["--config-dir", "/x", "--allow-unsigned-images"]
+    assert parse_args(["--broker", "rabbitmq", *common]).probe_mqtt_version == "3.1.1"
+    assert parse_args(["--broker", "mosquitto", *common]).probe_mqtt_version == "5"
+    assert parse_args(["--broker", "rabbitmq", *common,
                        "--probe-mqtt-version", "5"]).probe_mqtt_version == "5"

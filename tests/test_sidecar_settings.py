@@ -19,7 +19,7 @@ from testbed.registry import Registry
 def test_flags_and_environment() -> None:
     s = parse_args(["--broker", "mosquitto", "--config-dir", "/a", "--config-dir", "/b",
                     "--adapter-opt", "port=1884", "--adapter-opt", "conf_dir=/c",
-                    "--debounce", "0", "--allow-broker-restart"],
+                    "--debounce", "0", "--allow-broker-restart", "--allow-unsigned-images"],
                    {"POD_NAME": "mq-0", "POD_NAMESPACE": "brokers"})
     assert s.config_dirs == (Path("/a"), Path("/b"))
     assert s.adapter_options == {"port": "1884", "conf_dir": "/c"}
@@ -46,16 +46,18 @@ def test_bad_flags_explain(argv: list[str], message: str) -> None:
 def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["--broker", "mosquitto", "--source", "api"]) == 2
     assert "--configmap" in capsys.readouterr().err
-    assert main(["--broker", "mosquitto", "--config-dir", "/nonexistent"]) == 2
+    assert main(["--broker", "mosquitto", "--config-dir", "/nonexistent",
+                 "--allow-unsigned-images"]) == 2
     assert "conf_dir" in capsys.readouterr().err  # the adapter says which options it needs
-    assert main(["--broker", "nosuchbroker", "--config-dir", "/x"]) == 2
+    assert main(["--broker", "nosuchbroker", "--config-dir", "/x", "--allow-unsigned-images"]) == 2
     err = capsys.readouterr().err
     assert "no adapter for broker 'nosuchbroker'" in err and "mosquitto" in err
     (tmp_path / "m.conf").touch()
     assert main(["--broker", "mosquitto", "--config-dir", str(tmp_path / "not-mounted"),
                  "--plugin-dir", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "c"),
                  "--adapter-opt", f"conf_dir={tmp_path}",
-                 "--adapter-opt", f"config_path={tmp_path / 'm.conf'}"]) == 2
+                 "--adapter-opt", f"config_path={tmp_path / 'm.conf'}",
+                 "--allow-unsigned-images"]) == 2
     assert "not-mounted: cannot watch it (No such file or directory); expected a mounted " \
         "ConfigMap directory" in capsys.readouterr().err
     (tmp_path / "cm").mkdir()
@@ -66,7 +68,8 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
                  "--adapter-opt", f"config_path={tmp_path / 'm.conf'}",
                  "--grpc-address", "127.0.0.1:0", "--grpc-tls-cert", str(tmp_path / "c.pem"),
                  "--grpc-tls-key", str(tmp_path / "k.pem"),
-                 "--grpc-token-file", str(tmp_path / "empty-token")]) == 2
+                 "--grpc-token-file", str(tmp_path / "empty-token"),
+                 "--allow-unsigned-images"]) == 2
     assert "--grpc-token-file: token file" in capsys.readouterr().err
 
 
