@@ -79,6 +79,12 @@ class KubeError(TransientError):
 class NotFound(PermanentError):
     reason = "NotFound"
 
+class SecretRefused(PermanentError):
+    """A referenced Secret was not made for the builder's use (its type says so)."""
+
+    reason = "SecretRefused"
+
+
 
 class Conflict(TransientError):
     """Optimistic concurrency lost (HTTP 409): re-read and retry."""

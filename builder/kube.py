@@ -19,6 +19,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from builder.errors import Conflict, Forbidden, Gone, Invalid, KubeError, NotFound
+from builder.secrets import Secret
 
 GROUP = "plugforge.dev"
 VERSION = "v1alpha1"
@@ -223,11 +224,13 @@ class Kube:
                        meta["name"], meta["namespace"], configmap))
         return dict(self.api.sanitize_for_serialization(cm))
 
-    def read_secret(self, namespace: str, name: str) -> dict[str, bytes]:
-        """The Secret's data, base64-decoded. Never logged by any caller."""
+    def read_secret(self, namespace: str, name: str) -> Secret:
+        """The Secret's type and data, base64-decoded. Never logged by any caller; use it
+        through ``builder.secrets.check_use``."""
         secret = _call(f"get secret {namespace}/{name}",
                        lambda: self.core.read_namespaced_secret(name, namespace))
-        return {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
+        return Secret(namespace, name, str(secret.type or "Opaque"),
+                      {k: base64.b64decode(v) for k, v in (secret.data or {}).items()})
 
     # --- Events -------------------------------------------------------------------------------
 

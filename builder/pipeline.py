@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -19,6 +19,7 @@ from builder import recipe as recipes
 from builder.errors import BuildStepFailed, InvalidSpec
 from builder.registry import Publisher, RegistryAccess, parse_repository
 from builder.resources import PluginSpec
+from builder.secrets import Secret, Use, check_use
 from builder.signing import BuildFacts, BuildSigner
 from builder.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
 from plugforge.oci import (
@@ -37,7 +38,7 @@ built from two commits is one digest."""
 CONTENT_TAG_PREFIX = "ck-"
 
 T = TypeVar("T")
-SecretReader = Callable[[str, str], Mapping[str, bytes]]
+SecretReader = Callable[[str, str], Secret]
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Pipeline:
         if spec.source.secret is None:
             return None
         where = f"Secret {spec.namespace}/{spec.source.secret} (source.git.secretRef)"
-        return credentials_from_secret(self.read_secret(spec.namespace, spec.source.secret), where)
+        data = check_use(self.read_secret(spec.namespace, spec.source.secret), Use.GIT)
+        return credentials_from_secret(data, where)
 
     def resolve(self, spec: PluginSpec) -> str:
         """The commit the plugin's ref (or pinned revision) points at now."""
@@ -90,7 +92,7 @@ class Pipeline:
     def registry_access(self, spec: PluginSpec, registry: str) -> RegistryAccess:
         creds = None
         if spec.push_secret:
-            data = self.read_secret(spec.namespace, spec.push_secret)
+            data = check_use(self.read_secret(spec.namespace, spec.push_secret), Use.PUSH)
             raw = data.get(".dockerconfigjson")
             if raw is None:
                 raise InvalidSpec(

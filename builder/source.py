@@ -163,8 +163,9 @@ def credentials_from_secret(data: Mapping[str, bytes], where: str) -> GitCredent
     if "token" in data:
         return GitCredentials(username=text("username") if "username" in data
                               else "x-access-token", password=text("token"))
-    if "username" in data and "password" in data:
-        return GitCredentials(username=text("username"), password=text("password"))
+    if "password" in data:  # a kubernetes.io/basic-auth Secret; a token needs no username
+        return GitCredentials(username=text("username") if "username" in data
+                              else "x-access-token", password=text("password"))
     raise SecretInvalid(
         f"{where}: expected key 'token' (HTTPS token), 'username' and 'password' (HTTPS basic) "
         f"or 'ssh-privatekey' (SSH); found keys {sorted(data)}")

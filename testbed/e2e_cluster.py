@@ -27,7 +27,7 @@ from testbed.registry import Registry
 
 T = TypeVar("T")
 NAMESPACE = "default"  # where manifests/ bind the builder's tenant role and the sidecar's role
-WEBHOOK_SECRET_NAME = "flows-webhook"  # noqa: S105 - a Secret's name, not its value
+WEBHOOK_SECRET_NAME = "github-webhook"  # noqa: S105 - a Secret's name, not its value
 Say = Callable[[str], None]
 
 

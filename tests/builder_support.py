@@ -41,15 +41,24 @@ def install(cp: ControlPlane) -> None:
     _installed.add(cp.url)
 
 
-def tenant_namespace(cp: ControlPlane, prefix: str = "t") -> str:
-    """A fresh namespace bound to the builder's tenant role, as an operator would set it up."""
+# The Secrets the test modules' BrokerPlugins reference: what an operator lists in the tenant
+# Role's resourceNames (manifests/builder/30-tenant-rbac.yaml).
+TEST_SECRETS = ("git-creds", "push-creds", "github-hook", "hook", "nope")
+
+
+def tenant_namespace(cp: ControlPlane, prefix: str = "t",
+                     secrets: tuple[str, ...] = TEST_SECRETS) -> str:
+    """A fresh namespace bound to the builder's tenant roles, as an operator would set it up:
+    the builder may ``get`` the Secrets named ``secrets`` there, and no other."""
     name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     admin = Kube.from_kubeconfig(cp.kubeconfig("admin"))
     try:
         docs: list[dict[str, Any]] = [{"apiVersion": "v1", "kind": "Namespace",
                                        "metadata": {"name": name}}]
         for doc in load_documents([TENANT_RBAC]):
-            if doc["kind"] == "RoleBinding":
+            if doc["kind"] == "Role":
+                doc["rules"][0]["resourceNames"] = list(secrets)
+            if doc["kind"] in ("Role", "RoleBinding"):
                 doc["metadata"]["namespace"] = name
                 docs.append(doc)
         apply_documents(admin.api, docs)

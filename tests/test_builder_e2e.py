@@ -316,7 +316,8 @@ def test_private_git_repo_with_secret(builder: Builder, cluster: Cluster,
                   git_server_auth.authed_url(url))
     assert git_server_auth.credentials is not None
     user, token = git_server_auth.credentials
-    cluster.create_secret("git-creds", {"username": user, "password": token})
+    cluster.create_secret("git-creds", {"username": user, "password": token},
+                          "kubernetes.io/basic-auth")
     body = broker_plugin("private-acl", url=url, repository=f"{registry.host}/plugins/private",
                          configmap="private")
     body["spec"]["source"]["git"]["secretRef"] = {"name": "git-creds"}

@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from builder.errors import BuilderError
+from builder.errors import BuilderError, SecretRefused
 from builder.kube import Kube
+from builder.secrets import Use, check_use
 from builder.webhooks.matching import PluginSource, SecretRef
 
 log = logging.getLogger("plugforge.webhooks")
@@ -104,10 +105,15 @@ class KubePlugins:
     def _read(self, ref: SecretRef) -> bytes | None:
         where = f"webhook Secret {ref.namespace}/{ref.name}"
         try:
-            data = self._kube.read_secret(ref.namespace, ref.name)
+            secret = self._kube.read_secret(ref.namespace, ref.name)
         except BuilderError as e:
             log.warning("%s unreadable (%s); deliveries for plugins using it are refused",
                         where, e.reason)
+            return None
+        try:
+            data = check_use(secret, Use.WEBHOOK)
+        except SecretRefused as e:
+            log.warning("%s refused: %s; deliveries for plugins using it are refused", where, e)
             return None
         value = data.get(ref.key)
         if not value:
