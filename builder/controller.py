@@ -387,6 +387,7 @@ class Controller:
                      message=("content key already built; reused" if outcome.cache_hit
                               else "built and pushed"),
                      extra={"commit": outcome.commit, "shortCommit": outcome.commit[:12],
+                            **({"ref": outcome.ref} if outcome.ref else {}),
                             "contentKey": outcome.content_key, "cacheHit": outcome.cache_hit,
                             "image": outcome.image, "digest": outcome.digest,
                             "shortDigest": outcome.digest.removeprefix("sha256:")[:12],
@@ -395,6 +396,7 @@ class Controller:
                             "durationSeconds": round((finished - started).total_seconds(), 3),
                             "logTail": _tail(log_path, self.settings.log_tail_lines)})
         latest = {"name": name, "phase": "Succeeded", "commit": outcome.commit,
+                  "ref": outcome.ref or None,
                   "shortCommit": outcome.commit[:12], "image": outcome.image,
                   "digest": outcome.digest,
                   "shortDigest": outcome.digest.removeprefix("sha256:")[:12],
@@ -578,7 +580,8 @@ def _latest(name: str, phase: str, commit: str | None, **fields: str) -> Obj:
     """``status.latestBuild`` for a build without an image (yet): the status is merge-patched,
     so fields of an earlier build are nulled rather than left behind under this name."""
     return {"name": name, "phase": phase, "commit": commit,
-            "shortCommit": commit[:12] if commit else None, "image": None, "digest": None,
+            "shortCommit": commit[:12] if commit else None, "ref": None, "image": None,
+            "digest": None,
             "shortDigest": None, "startedAt": None, "finishedAt": None, "reason": None,
             **fields}
 

@@ -49,6 +49,12 @@ class UnknownRef(PermanentError):
     reason = "UnknownRef"
 
 
+class AmbiguousRef(PermanentError):
+    """A short ref names both a branch and a tag: the spec must say which."""
+
+    reason = "AmbiguousRef"
+
+
 class SourcePathMissing(PermanentError):
     reason = "SourcePathMissing"
 
@@ -67,6 +73,12 @@ class SecretInvalid(PermanentError):
     reason = "SecretInvalid"
 
 
+class SecretRefused(PermanentError):
+    """A referenced Secret was not made for the builder's use (its type says so)."""
+
+    reason = "SecretRefused"
+
+
 # --- apiserver errors (raised by builder.kube only) -------------------------------------------
 
 
@@ -78,12 +90,6 @@ class KubeError(TransientError):
 
 class NotFound(PermanentError):
     reason = "NotFound"
-
-class SecretRefused(PermanentError):
-    """A referenced Secret was not made for the builder's use (its type says so)."""
-
-    reason = "SecretRefused"
-
 
 
 class Conflict(TransientError):

@@ -53,6 +53,8 @@ class Outcome:
     plugin_version: str
     cache_hit: bool
     duration: float
+    ref: str = ""
+    """The full ref the plugin follows (``refs/heads/main``); empty for a pinned revision."""
 
 
 def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, url: str) -> str:
@@ -87,7 +89,8 @@ class Pipeline:
 
     def resolve(self, spec: PluginSpec) -> str:
         """The commit the plugin's ref (or pinned revision) points at now."""
-        return self.sources.fetch(spec.source, self.git_credentials(spec))
+        return self.sources.fetch(spec.source, self.git_credentials(spec),
+                                  namespace=spec.namespace)
 
     def registry_access(self, spec: PluginSpec, registry: str) -> RegistryAccess:
         creds = None
@@ -119,17 +122,26 @@ class Pipeline:
 
         log.write(f"==> fetching {spec.source.url} {spec.source.ref} "
                   f"{commit or spec.source.revision or ''}\n")
-        commit = self.sources.fetch(spec.source, self.git_credentials(spec), commit)
+        creds = self.git_credentials(spec)
+        ref = ""
+        if spec.source.revision is None:
+            # Every build knows the full ref it follows (status.ref), and one that names no
+            # commit (a webhook's poke) builds that ref's tip, resolved here.
+            ref, tip = self.sources.fetch_ref(spec.source, creds, namespace=spec.namespace)
+            log.write(f"==> {spec.source.ref!r} is {ref} at {tip}\n")
+            commit = commit or tip
+        commit = self.sources.fetch(spec.source, creds, commit, namespace=spec.namespace)
         work = self.work_root / spec.namespace / build_name
         shutil.rmtree(work, ignore_errors=True)
         try:
-            checkout = self.sources.checkout(spec.source, commit, work / "source")
+            checkout = self.sources.checkout(spec.source, commit, work / "source",
+                                             namespace=spec.namespace, creds=creds)
             key = content_key(tree=checkout.tree, recipe_bytes=(tdir / "recipe.yaml").read_bytes(),
                               template=template, broker=spec.broker, url=spec.source.url)
             tag = CONTENT_TAG_PREFIX + key
             log.write(f"==> commit {commit}, tree {checkout.tree}, content key {key}\n")
             facts = BuildFacts(
-                spec.source.url, commit, spec.source.ref, checkout.tree, spec.source.path,
+                spec.source.url, commit, ref or spec.source.ref, checkout.tree, spec.source.path,
                 template, (tdir / "recipe.yaml").read_bytes(), spec.broker,
                 f"{spec.namespace}/{build_name}", BUILDER_VERSION, recipe.toolchain_image,
                 recipe.tools, started_wall)
@@ -145,7 +157,7 @@ class Pipeline:
                 return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
                                notes.get(ANNOTATION_PLUGIN_NAME, ""),
                                notes.get(ANNOTATION_PLUGIN_VERSION, ""), True,
-                               time.monotonic() - started)
+                               time.monotonic() - started, ref)
             limit = min(float(spec.timeout_seconds or recipe.timeout_seconds),
                         self.max_build_seconds)
             log.write(f"==> building with template {template} (limit {limit:g}s)\n")
@@ -173,7 +185,8 @@ class Pipeline:
             if self.signer is not None:
                 self.signer.sign(publisher, repo, digest, facts, log)
             return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
-                           result.name, result.version, False, time.monotonic() - started)
+                           result.name, result.version, False, time.monotonic() - started,
+                           ref)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

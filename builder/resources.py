@@ -170,7 +170,8 @@ def parse_build(obj: Obj) -> BuildView:
         plugin=str(spec.get("plugin", "")),
         phase=str(status.get("phase") or "Pending"),
         created=str(meta.get("creationTimestamp", "")),
-        commit=spec.get("commit") or None,
+        # A request without a commit (a webhook's poke) is known by what it built.
+        commit=spec.get("commit") or status.get("commit") or None,
         generation=int(generation) if generation is not None else None,
         trigger=str((spec.get("trigger") or {}).get("type", "Manual")),
         holder=status.get("holder") or None,

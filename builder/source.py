@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import git
 
+from builder import refs
 from builder.errors import (
     InvalidSpec,
     SecretInvalid,
@@ -183,56 +184,77 @@ class Checkout:
 
 
 class SourceCache:
-    """Bare mirrors under ``root``, one per normalized URL; safe to share between threads."""
+    """Bare mirrors under ``root``: per repository (normalized URL), one per tenant — the
+    BrokerPlugin's namespace and the credential it fetches with. A commit one tenant fetched
+    with its own credential is never in another tenant's mirror, so pinning a revision (or a
+    short SHA) can only build what that tenant's own fetch can reach. Safe to share between
+    threads."""
 
     def __init__(self, root: Path, timeout: float = GIT_TIMEOUT) -> None:
         self.root = root
         self.timeout = timeout
-        self._locks: dict[str, threading.Lock] = {}
+        self._locks: dict[Path, threading.Lock] = {}
         self._guard = threading.Lock()
         root.mkdir(parents=True, exist_ok=True)
 
     def mirror_dir(self, url: str) -> Path:
-        key = hashlib.sha256(normalize_url(url).encode()).hexdigest()[:24]
+        """The directory holding every tenant's mirror of the repository at ``url``."""
+        # Salted apart from the single shared mirrors of earlier versions, which prune
+        # removes once idle: they are never read again.
+        key = hashlib.sha256(b"per-tenant/" + normalize_url(url).encode()).hexdigest()[:24]
         return self.root / key
+
+    def tenant_mirror(self, url: str, namespace: str, creds: GitCredentials | None) -> Path:
+        return self.mirror_dir(url) / _tenant_key(namespace, creds)
 
     def prune(self, in_use: Iterable[str], idle_seconds: float,
               now: float | None = None) -> list[Path]:
         """Remove the mirrors of repositories no plugin names any more (``in_use``: the URLs
-        plugins name) once they have been idle ``idle_seconds``; returns what was removed."""
+        plugins name) once every tenant's mirror of it has been idle ``idle_seconds``; returns
+        what was removed. (A rotated credential's mirror goes with its repository's.)"""
         keep = {self.mirror_dir(url).name for url in in_use}
         cutoff = (time.time() if now is None else now) - idle_seconds
         removed = []
-        for mirror in sorted(self.root.iterdir()):
-            if mirror.name in keep or not mirror.is_dir():
+        for repo in sorted(self.root.iterdir()):
+            if repo.name in keep or not repo.is_dir():
                 continue
-            # A fetch rewrites FETCH_HEAD; a mirror made by init alone has only its own mtime.
-            used = max((p.stat().st_mtime for p in (mirror, mirror / "FETCH_HEAD")
-                        if p.exists()), default=0.0)
-            if used < cutoff:
-                remove_tree(mirror)
-                removed.append(mirror)
+            tenants = [t for t in repo.iterdir() if t.is_dir()]
+            if max((_last_used(t) for t in tenants), default=_last_used(repo)) < cutoff:
+                remove_tree(repo)
+                removed.append(repo)
         return removed
 
-    def resolve(self, source: GitSource, creds: GitCredentials | None) -> str:
+    def resolve(self, source: GitSource, creds: GitCredentials | None, *,
+                namespace: str) -> str:
         """The commit ``source`` points at now: ``revision`` if pinned, else the ref's tip."""
-        return self.fetch(source, creds)
+        return self.fetch(source, creds, namespace=namespace)
+
+    def fetch_ref(self, source: GitSource, creds: GitCredentials | None, *,
+                  namespace: str) -> tuple[str, str]:
+        """The full ref ``source.git.ref`` names (``builder.refs``) and its tip, fetched into
+        the tenant's mirror."""
+        validate_source(source)
+        path = self.tenant_mirror(source.url, namespace, creds)
+        with self._lock(path), self._git_env(source.url, creds) as env:
+            repo = self._mirror(path)
+            full = self._full_ref(repo, env, source)
+            self._run(repo, env, "fetch", "--no-tags", "--prune", "--depth=1",
+                      "--", source.url, f"+{full}:{_local(full)}",
+                      what=f"fetch {full} from {source.url}", ref=source.ref)
+            return full, str(repo.git.rev_parse(f"{_local(full)}^{{commit}}"))
 
     def fetch(self, source: GitSource, creds: GitCredentials | None,
-              commit: str | None = None) -> str:
-        """Bring ``commit`` (or the ref's tip, or the pinned revision) into the mirror."""
+              commit: str | None = None, *, namespace: str) -> str:
+        """Bring ``commit`` (or the ref's tip, or the pinned revision) into the tenant's mirror
+        (``namespace`` with ``creds``)."""
         validate_source(source)
         wanted = commit or source.revision
-        if wanted:
-            validate_revision(wanted)
-        with self._lock(source.url), self._git_env(source.url, creds) as env:
-            repo = self._mirror(source.url)
-            remote_ref = _qualify(source.ref)
-            if wanted is None:
-                self._run(repo, env, "fetch", "--no-tags", "--prune", "--depth=1",
-                          "--", source.url, f"+{remote_ref}:{_local(remote_ref)}",
-                          what=f"fetch {source.ref!r} from {source.url}", ref=source.ref)
-                return str(repo.git.rev_parse(f"{_local(remote_ref)}^{{commit}}"))
+        if not wanted:
+            return self.fetch_ref(source, creds, namespace=namespace)[1]
+        validate_revision(wanted)
+        path = self.tenant_mirror(source.url, namespace, creds)
+        with self._lock(path), self._git_env(source.url, creds) as env:
+            repo = self._mirror(path)
             if not _has_commit(repo, wanted):
                 # Servers speaking protocol v2 serve any reachable commit by id; older ones
                 # only serve ref tips, so fall back to fetching the ref's full history.
@@ -241,21 +263,25 @@ class SourceCache:
                               source.url, wanted, what=f"fetch commit {wanted} from "
                               f"{source.url}", ref=wanted)
                 except (UnknownRef, SourceUnavailable):
+                    full = self._full_ref(repo, env, source)
                     self._run(repo, env, "fetch", "--no-tags", "--", source.url,
-                              f"+{remote_ref}:{_local(remote_ref)}",
-                              what=f"fetch {source.ref!r} from {source.url}", ref=source.ref)
+                              f"+{full}:{_local(full)}",
+                              what=f"fetch {full} from {source.url}", ref=source.ref)
             found = _has_commit(repo, wanted)
             if not found:
                 raise UnknownRef(f"commit {wanted} is not in {source.url} (fetched "
                                  f"{source.ref!r}); check source.git.revision")
             return found
 
-    def checkout(self, source: GitSource, commit: str, dest: Path) -> Checkout:
-        """Write ``source.path`` at ``commit`` into ``dest`` (fresh); nothing else of the repo."""
+    def checkout(self, source: GitSource, commit: str, dest: Path, *, namespace: str,
+                 creds: GitCredentials | None) -> Checkout:
+        """Write ``source.path`` at ``commit`` into ``dest`` (fresh); nothing else of the repo.
+        Only from the tenant's own mirror (what ``fetch`` brought in for the same tenant)."""
         validate_path(source.path)
         validate_revision(commit)
-        with self._lock(source.url):
-            repo = self._mirror(source.url)
+        path = self.tenant_mirror(source.url, namespace, creds)
+        with self._lock(path):
+            repo = self._mirror(path)
             spec = f"{commit}:{'' if source.path == '.' else source.path.strip('/')}"
             try:
                 tree = str(repo.git.rev_parse("--verify", "--end-of-options", spec))
@@ -277,13 +303,11 @@ class SourceCache:
 
     # --- internals ----------------------------------------------------------------------------
 
-    def _lock(self, url: str) -> threading.Lock:
-        key = normalize_url(url)
+    def _lock(self, path: Path) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault(key, threading.Lock())
+            return self._locks.setdefault(path, threading.Lock())
 
-    def _mirror(self, url: str) -> git.Repo:
-        path = self.mirror_dir(url)
+    def _mirror(self, path: Path) -> git.Repo:
         if not (path / "HEAD").exists():
             path.mkdir(parents=True, exist_ok=True)
             git.Repo.init(path, bare=True)
@@ -317,17 +341,40 @@ class SourceCache:
                 env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = k, v
             yield env
 
+    def _full_ref(self, repo: git.Repo, env: dict[str, str], source: GitSource) -> str:
+        """``source.ref`` as a full ref, by the one rule of ``builder.refs`` (a short name:
+        ask the server which of its candidates exist)."""
+        if source.ref.startswith("refs/"):
+            return source.ref
+        listed = self._run(repo, env, "ls-remote", "--refs", "--", source.url,
+                           *refs.candidates(source.ref),
+                           what=f"list the refs of {source.url}", ref=source.ref)
+        advertised = [line.split("\t", 1)[1] for line in listed.splitlines() if "\t" in line]
+        return refs.qualify(source.ref, advertised, source.url)
+
     def _run(self, repo: git.Repo, env: dict[str, str], *args: str, what: str,
-             ref: str) -> None:
+             ref: str) -> str:
         try:
-            repo.git.execute(["git", *args], env=env, kill_after_timeout=self.timeout,
-                             with_extended_output=False)
+            return str(repo.git.execute(["git", *args], env=env,
+                                        kill_after_timeout=self.timeout,
+                                        with_extended_output=False))
         except git.GitCommandError as e:
             raise _classify(e, what, ref) from None
 
 
-def _qualify(ref: str) -> str:
-    return ref if ref.startswith("refs/") else f"refs/heads/{ref}"
+def _tenant_key(namespace: str, creds: GitCredentials | None) -> str:
+    """Names a tenant's mirror: the namespace and the credential (hashed, never stored)."""
+    h = hashlib.sha256(b"plugforge-mirror/1\0" + namespace.encode() + b"\0")
+    if creds is not None:
+        for part in (creds.username.encode(), creds.password.encode(), creds.ssh_key):
+            h.update(len(part).to_bytes(8, "big") + part)
+    return h.hexdigest()[:24]
+
+
+def _last_used(mirror: Path) -> float:
+    """A fetch rewrites FETCH_HEAD; a mirror made by init alone has only its own mtime."""
+    return max((p.stat().st_mtime for p in (mirror, mirror / "FETCH_HEAD") if p.exists()),
+               default=0.0)
 
 
 def _local(remote_ref: str) -> str:

@@ -326,7 +326,7 @@ def test_private_git_repo_with_secret(builder: Builder, cluster: Cluster,
     assert build["status"]["phase"] == "Succeeded", build["status"]
     # the secret never lands in the mirror's config, the status or the log
     mirrors = builder.settings.git_dir
-    for config in mirrors.glob("*/config"):
+    for config in mirrors.glob("**/config"):
         assert token not in config.read_text()
     assert token not in json.dumps(build)
     assert token not in _build_log(builder, build)

@@ -55,8 +55,8 @@ def test_fetch_and_checkout_over_ssh(ssh_git: SshGitServer, pushed: tuple[Path, 
                                      "known_hosts": ssh_git.known_hosts}, "Secret ns/git-ssh")
     cache = SourceCache(tmp_path / "mirrors", timeout=30)
     source = GitSource(ssh_git.url(path), "main")
-    assert cache.fetch(source, creds) == commit
-    out = cache.checkout(source, commit, tmp_path / "checkout")
+    assert cache.fetch(source, creds, namespace="ns") == commit
+    out = cache.checkout(source, commit, tmp_path / "checkout", namespace="ns", creds=creds)
     assert (out.directory / "src" / "plugin.c").read_text() == "int plugin;\n"
 
 
@@ -73,7 +73,7 @@ def test_an_unknown_host_key_is_refused(ssh_git: SshGitServer, pushed: tuple[Pat
     with pytest.raises(SourceAuthFailed, match="SSH key is not the one in the Secret's "
                                                "known_hosts"):
         SourceCache(tmp_path / "mirrors", timeout=30).fetch(
-            GitSource(ssh_git.url(path), "main"), creds)
+            GitSource(ssh_git.url(path), "main"), creds, namespace="ns")
 
 
 def test_a_key_the_server_refuses(ssh_git: SshGitServer, pushed: tuple[Path, str],
@@ -83,4 +83,4 @@ def test_a_key_the_server_refuses(ssh_git: SshGitServer, pushed: tuple[Path, str
                                      "known_hosts": ssh_git.known_hosts}, "Secret ns/git-ssh")
     with pytest.raises(SourceAuthFailed, match="the server refused our credentials"):
         SourceCache(tmp_path / "mirrors", timeout=30).fetch(
-            GitSource(ssh_git.url(path), "main"), creds)
+            GitSource(ssh_git.url(path), "main"), creds, namespace="ns")

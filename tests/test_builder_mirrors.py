@@ -27,7 +27,7 @@ def test_unused_idle_mirrors_are_pruned(git_server: GitServer, tmp_path: Path) -
     gone_url = _repo_with_a_commit(git_server, tmp_path / "gone", "gone")
     cache = SourceCache(tmp_path / "mirrors")
     for url in (kept_url, gone_url):
-        cache.fetch(GitSource(url, "main"), None)
+        cache.fetch(GitSource(url, "main"), None, namespace="ns")
     kept, gone = cache.mirror_dir(kept_url), cache.mirror_dir(gone_url)
 
     # Unused but fetched just now: kept (a deleted plugin's build may still be running).
@@ -37,5 +37,5 @@ def test_unused_idle_mirrors_are_pruned(git_server: GitServer, tmp_path: Path) -
     assert cache.prune([kept_url.removesuffix(".git") + "/"], 3600, now=later) == [gone]
     assert kept.is_dir() and not gone.exists()
     # The removed mirror comes back on the next fetch.
-    cache.fetch(GitSource(gone_url, "main"), None)
-    assert (gone / "HEAD").exists()
+    cache.fetch(GitSource(gone_url, "main"), None, namespace="ns")
+    assert [p.parent.parent for p in gone.glob("*/HEAD")] == [gone]

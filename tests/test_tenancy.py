@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import base64
 import http.server
+import subprocess
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import yaml
 from builder_support import (
     Cluster,
     broker_plugin,
     fast_settings,
     install,
     running_builder,
+    scaffold_repo,
     templates_in_use,
     tenant_namespace,
+    wait_for,
 )
+from conftest import GIT_CREDENTIALS
+from test_webhooks_server import post
+from webhooks_support import Commit, Push, encode, github_headers, github_push
 
 from builder.app import Builder
+from builder.kube import Kube
+from builder.webhooks import service
+from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane, Identity, start_control_plane
 from testbed.registry import Registry
 
@@ -176,3 +187,169 @@ def test_1_secret_refs_to_secrets_not_made_for_the_builder_are_refused(
     # Not one request reached the attacker's host, let alone one with credentials.
     assert seen == []
 
+
+# --- 2. a mirror holds one tenant's fetches only -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alice_private(builder: Builder, alice: Cluster, git_server_auth: GitServer,
+                  registry: Registry, tmp_path_factory: pytest.TempPathFactory
+                  ) -> dict[str, Any]:
+    """Alice's private repository, built once with her credentials (so the builder's mirror
+    of that URL holds her commits)."""
+    url = git_server_auth.create_repo(f"{alice.ns}/private.git")
+    repo = scaffold_repo(tmp_path_factory.mktemp("alice") / "private", "mosquitto-c",
+                         "mosquitto", "alice-acl", git_server_auth.authed_url(url))
+    user, token = GIT_CREDENTIALS
+    alice.create_secret("git-creds", {"username": user, "password": token},
+                        "kubernetes.io/basic-auth")
+    body = broker_plugin("alice-acl", url=url, repository=f"{registry.host}/plugins/alice",
+                         configmap="alice-plugins")
+    body["spec"]["source"]["git"]["secretRef"] = {"name": "git-creds"}
+    alice.create("brokerplugins", body)
+    build = alice.wait_build("alice-acl")
+    assert build["status"]["phase"] == "Succeeded", build["status"]
+    return {"url": url, "repo": repo, "commit": build["status"]["commit"]}
+
+
+def test_2_a_commit_in_another_tenants_mirror_is_not_built(
+        builder: Builder, alice_private: dict[str, Any], mallory: Cluster,
+        registry: Registry) -> None:
+    commit = alice_private["commit"]
+    for name, revision in (("pin-full", commit), ("pin-short", commit[:8])):
+        body = broker_plugin(name, url=alice_private["url"], configmap=None,
+                             repository=f"{registry.host}/plugins/{name}")
+        body["spec"]["source"]["git"]["revision"] = revision
+        as_mallory(mallory, "brokerplugins", body)
+    for name in ("pin-full", "pin-short"):
+        status = mallory.wait_build(name)["status"]
+        assert (status["phase"], status["reason"]) == ("Failed", "SourceAuthFailed"), status
+        assert "refused our credentials" in status["message"]
+        assert not status.get("image") and not status.get("digest"), status
+    # Alice's mirror is the only one that has her commit; mallory's has nothing.
+    mirrors = builder.settings.git_dir
+    holders = [p.parent for p in mirrors.glob("*/*/HEAD")
+               if subprocess.run(["git", "-C", str(p.parent), "cat-file", "-e", commit],
+                                 capture_output=True).returncode == 0]
+    assert len(holders) == 1, holders
+
+
+# --- 4. a webhook is a poke: the builder resolves the ref itself -------------------------------
+
+HOOK_SECRET = "tenancy-webhook-secret-9d1e"
+
+
+@pytest.fixture(scope="module")
+def hooks(plane: ControlPlane, builder: Builder) -> Iterator[service.Webhooks]:
+    kube = Kube.from_kubeconfig(plane.kubeconfig("builder"))
+    endpoint = service.start_with_kube(kube)
+    try:
+        yield endpoint
+    finally:
+        endpoint.stop()
+        kube.close()
+
+
+@pytest.fixture(scope="module")
+def hooked(builder: Builder, alice: Cluster, git_server: GitServer, registry: Registry,
+           tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Alice's plugin following ``main``, built at two commits (c1 then c2, the tip)."""
+    url = git_server.create_repo(f"{alice.ns}/hooked.git")
+    repo = scaffold_repo(tmp_path_factory.mktemp("hooked") / "hooked", "mosquitto-c",
+                         "mosquitto", "hooked", url)
+    alice.create_secret("github-hook", {"secret": HOOK_SECRET})
+    alice.create("brokerplugins", broker_plugin(
+        "hooked", url=url, repository=f"{registry.host}/plugins/hooked", configmap="hooked",
+        webhook={"secretRef": {"name": "github-hook"}}))
+    first = alice.wait_build("hooked")
+    assert first["status"]["phase"] == "Succeeded", first["status"]
+    c1 = first["status"]["commit"]
+    c2 = _commit(repo, url, "second version")
+    wait_for(lambda: alice.plugin("hooked")["status"].get("currentCommit") == c2,
+             "the plugin to roll out c2 (resync)")
+    return {"url": url, "repo": repo, "c1": c1, "c2": c2}
+
+
+def _commit(repo: Path, url: str, note: str, ref: str = "HEAD:main") -> str:
+    file = repo / "src" / "hooked.c"
+    file.write_text(file.read_text() + f"/* {note} */\n")
+    run_git(repo, "commit", "-qam", note)
+    run_git(repo, "push", "-q", url, ref)
+    return run_git(repo, "rev-parse", "HEAD")
+
+
+def _push_event(git_server: GitServer, alice: Cluster, ref: str, before: str, after: str,
+                delivery: str) -> tuple[bytes, dict[str, str]]:
+    push = Push(host=f"127.0.0.1:{git_server.port}", owner=alice.ns, repo="hooked", ref=ref,
+                before=before, after=after, scheme="http", pusher="mallory",
+                commits=[Commit(after, modified=["src/hooked.c"])])
+    body = encode(github_push(push))
+    return body, github_headers(body, HOOK_SECRET.encode(), delivery=delivery)
+
+
+def _rolled_out(alice: Cluster) -> tuple[str, str]:
+    """The image and commit of the release in the ConfigMap (its provenance names the last
+    build, which a rebuild of the same commit changes)."""
+    release = yaml.safe_load(alice.configmap("hooked")["plugin.hooked.yaml"])
+    return release["image"], release["source"]["commit"]
+
+
+def _webhook_build(alice: Cluster, delivery: str) -> dict[str, Any] | None:
+    for b in alice.builds("hooked"):
+        if b["spec"]["trigger"].get("delivery") == delivery and \
+                (b.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            return b
+    return None
+
+
+def test_4_a_replayed_push_does_not_roll_a_plugin_back(
+        hooked: dict[str, Any], hooks: service.Webhooks, alice: Cluster,
+        git_server: GitServer) -> None:
+    rolled_out = _rolled_out(alice)
+    assert rolled_out[1] == hooked["c2"]
+    # The push that once brought c1, signed, replayed with a fresh delivery id.
+    body, headers = _push_event(git_server, alice, "refs/heads/main", "0" * 40, hooked["c1"],
+                                "replay-of-c1")
+    code, out = post(hooks, "/webhooks/github", body, headers)
+    assert code == 202, out
+    build = wait_for(lambda: _webhook_build(alice, "replay-of-c1"), "the replay's build")
+    assert "commit" not in build["spec"], build["spec"]
+    assert build["spec"]["trigger"]["commit"] == hooked["c1"]  # recorded, not obeyed
+    assert (build["status"]["phase"], build["status"]["commit"], build["status"]["ref"]) == \
+        ("Succeeded", hooked["c2"], "refs/heads/main"), build["status"]
+    assert alice.plugin("hooked")["status"]["currentCommit"] == hooked["c2"]
+    assert _rolled_out(alice) == rolled_out
+
+
+def test_4_a_tag_named_like_the_branch_is_ambiguous_not_rolled_out(
+        hooked: dict[str, Any], hooks: service.Webhooks, alice: Cluster,
+        git_server: GitServer) -> None:
+    rolled_out = _rolled_out(alice)
+    repo, url = hooked["repo"], hooked["url"]
+    run_git(repo, "checkout", "-q", "-b", "side")
+    side = _commit(repo, url, "not on main", "HEAD:refs/tags/main")
+    run_git(repo, "checkout", "-q", "-")
+    body, headers = _push_event(git_server, alice, "refs/tags/main", "0" * 40, side,
+                                "tag-main")
+    code, out = post(hooks, "/webhooks/github", body, headers)
+    assert code == 202, out
+    build = wait_for(lambda: _webhook_build(alice, "tag-main"), "the tag push's build")
+    status = build["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "AmbiguousRef"), status
+    assert "both refs/heads/main and refs/tags/main exist" in status["message"]
+    plugin = alice.plugin("hooked")["status"]
+    assert plugin["currentCommit"] == hooked["c2"]
+    assert _rolled_out(alice) == rolled_out
+    run_git(repo, "push", "-q", url, ":refs/tags/main")  # leave the repository unambiguous
+
+
+def test_4_a_short_ref_naming_only_a_tag_builds_that_tag(
+        hooked: dict[str, Any], alice: Cluster, registry: Registry) -> None:
+    run_git(hooked["repo"], "tag", "v1.2", hooked["c2"])
+    run_git(hooked["repo"], "push", "-q", hooked["url"], "refs/tags/v1.2")
+    alice.create("brokerplugins", broker_plugin(
+        "tagged", url=hooked["url"], ref="v1.2", configmap=None,
+        repository=f"{registry.host}/plugins/hooked"))
+    status = alice.wait_build("tagged")["status"]
+    assert (status["phase"], status["commit"], status["ref"]) == \
+        ("Succeeded", hooked["c2"], "refs/tags/v1.2"), status

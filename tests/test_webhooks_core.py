@@ -486,9 +486,9 @@ def test_plugin_build_records_the_trigger() -> None:
     request = BuildRequest("ns/acl", B, A, Trigger("push", "d-1", "octo\x00cat", B,
                                                    "https://h/compare/a...b", "github"))
     body = plugin_build(source, request)
-    assert body["spec"] == {"plugin": "acl", "commit": B, "pluginGeneration": 4, "trigger": {
+    assert body["spec"] == {"plugin": "acl", "pluginGeneration": 4, "trigger": {
         "type": "Webhook", "event": "github:push", "delivery": "d-1", "user": "octo?cat",
-        "compareURL": "https://h/compare/a...b"}}
+        "compareURL": "https://h/compare/a...b", "commit": B}}
     meta = body["metadata"]
     assert meta["name"] == build_name("acl", B, "github/d-1")  # same delivery, same name
     assert meta["name"].startswith(f"acl-{B[:7]}-")

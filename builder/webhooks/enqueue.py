@@ -2,12 +2,13 @@
 
 A PluginBuild without a status is a Pending build request to the builder's controller (see
 builder/controller.py and manifests/crds/), so a request survives a builder restart and records
-its trigger: event, delivery, pusher, commit, compare URL. The controller runs the newest
-Pending build of a plugin (creation time, then name) and marks older ones Superseded; the
-coalescer in front of this sink requests at most one build per plugin per quiet period (at
-least a second), so two requests of one replica never share a creation second. The name is
-derived from the delivery, so when a forge redelivers to another builder replica the create
-conflicts instead of queueing the build twice.
+its trigger: event, delivery, pusher, commit, compare URL. The request names no commit: it
+asks for "the plugin's ref, now" (``builder.refs``), whatever commit the push claimed. The
+controller runs the newest Pending build of a plugin (creation time, then name) and marks
+older ones Superseded; the coalescer in front of this sink requests at most one build per
+plugin per quiet period (at least a second), so two requests of one replica never share a
+creation second. The name is derived from the delivery, so when a forge redelivers to another
+builder replica the create conflicts instead of queueing the build twice.
 """
 
 from __future__ import annotations
@@ -63,7 +64,11 @@ def plugin_build(plugin: PluginSource, request: BuildRequest) -> dict[str, Any]:
         metadata["ownerReferences"] = [{"apiVersion": API_VERSION, "kind": "BrokerPlugin",
                                         "name": plugin.name, "uid": plugin.uid,
                                         "blockOwnerDeletion": False}]
-    spec: dict[str, Any] = {"plugin": plugin.name, "commit": request.commit, "trigger": trigger}
+    # A poke, not an order: no spec.commit, so the build resolves the plugin's ref itself
+    # when it starts. A replayed or forged push cannot move a plugin backwards or off its
+    # branch; the commit it named is kept as a record only.
+    trigger["commit"] = request.commit
+    spec: dict[str, Any] = {"plugin": plugin.name, "trigger": trigger}
     if plugin.generation is not None:
         # Lets the controller see that this (generation, commit) was requested already.
         spec["pluginGeneration"] = plugin.generation

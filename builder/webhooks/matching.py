@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from builder import refs
 from builder.webhooks.events import PushEvent
 
 _SCP = re.compile(r"^(?:[^@/:\s]+@)?(?P<host>[^@:/\s]+):(?P<path>(?!/)[^\s]+)$")
@@ -76,15 +77,10 @@ def repo_ids(urls: Iterable[str]) -> frozenset[RepoId]:
 
 
 def ref_matches(followed: str, pushed: str) -> bool:
-    """Does a push to ``pushed`` (a full ref) move the ref a plugin follows?
-
-    A full ref (``refs/heads/main``, ``refs/tags/v1``) matches only itself. A short name
-    (``main``, ``v1.2``) may name a branch or a tag, so a push to either can change what it
-    resolves to, and both match.
-    """
-    if followed.startswith("refs/"):
-        return followed == pushed
-    return pushed in (f"refs/heads/{followed}", f"refs/tags/{followed}")
+    """Does a push to ``pushed`` (a full ref) move the ref a plugin follows? The rule of
+    ``builder.refs``: a full ref matches itself; a short name its branch and its tag (a new
+    tag of the same name makes the ref ambiguous, which the build then reports)."""
+    return refs.moves(followed, pushed)
 
 
 def path_touched(plugin_path: str, changed: frozenset[str] | None) -> bool:
