@@ -14,10 +14,21 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from plugforge.cli import api_secrets, build, builds, logs, new, rollout, status, trigger
+from plugforge.cli import (
+    api_secrets,
+    build,
+    builds,
+    logs,
+    new,
+    rollout,
+    signing_keys,
+    status,
+    trigger,
+    verify,
+)
 
 SUBCOMMANDS: tuple[ModuleType, ...] = (new, build, trigger, builds, logs, rollout, status,
-                                       api_secrets)
+                                       api_secrets, signing_keys, verify)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

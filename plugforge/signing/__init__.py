@@ -32,7 +32,12 @@ from plugforge.signing.keys import (
 from plugforge.signing.policy import TrustPolicy, parse_policy, policy_for_keys, render_policy
 from plugforge.signing.provenance import Provenance
 from plugforge.signing.sign import attest_provenance, sign_image, trusted_build_of_tree
-from plugforge.signing.verify import Verified, attested_provenance, verify_image
+from plugforge.signing.verify import (
+    Verified,
+    attested_provenance,
+    listed_provenance,
+    verify_image,
+)
 
 __all__ = [
     "KeyFileError",
@@ -48,6 +53,7 @@ __all__ = [
     "attested_provenance",
     "encrypt_private_key",
     "generate",
+    "listed_provenance",
     "load_private_key",
     "load_public_keys",
     "parse_policy",

@@ -158,3 +158,21 @@ def attested_provenance(client: RegistryClient, image: ImageRef, keys: list[Publ
         else "AttestationInvalid"
     raise VerificationFailed(reason, f"no acceptable provenance for {image.name}@{digest}: "
                              f"found {'; '.join(refused) or 'no SLSA v1 provenance'}{allowed}")
+
+
+def listed_provenance(client: RegistryClient, image: ImageRef,
+                      keys: list[PublicKey]) -> list[tuple[Provenance, bool]]:
+    """Every plugforge provenance attached to ``image``, each with whether a key in ``keys``
+    signed it (for ``plugforge provenance`` without a key: shown, marked unverified)."""
+    digest = str(image.digest)
+    listed = []
+    for layer in _fetch(client, image, attestation_tag(digest), DSSE_MEDIA_TYPE,
+                        MAX_ENVELOPE_BYTES):
+        envelope = parse_envelope(layer.data)
+        statement = parse_statement(envelope.payload)
+        if statement.predicate_type != SLSA_PROVENANCE_V1 or not statement.names_digest(digest):
+            continue
+        signed = envelope.signed_bytes()
+        trusted = any(k.verify(s, signed) for s in envelope.signatures for k in keys)
+        listed.append((from_predicate(statement.predicate), trusted))
+    return sorted(listed, key=lambda item: item[0].finished)
