@@ -1,45 +1,44 @@
-"""EMQX 5 adapter: plugin packages uploaded, started, stopped and uninstalled through the REST
-API v5, and the reloadable config roots updated through ``/configs``; no broker restart.
+"""EMQX 5 adapter: plugin packages placed in EMQX's plugins dir and started, stopped and
+uninstalled through the REST API v5, and the reloadable config roots updated through
+``/configs``; no broker restart. Proven on a live EMQX 5.8.9 node (tests/test_adapter_emqx.py).
 
 Adapter options (``--adapter-opt key=value``):
 
+* ``install_dir``: EMQX's ``plugins.install_dir`` as the sidecar sees it (a volume shared with
+  the EMQX container, mounted at EMQX's ``plugins`` dir). Required.
 * ``api_url``: the dashboard listener serving ``/api/v5`` (default ``http://127.0.0.1:18083``).
 * ``api_key_file``, ``api_secret_file``: files holding an EMQX API key and its secret (a mounted
   Secret); sent as basic auth, never logged. Both required.
 * ``ca_file``: CA bundle for an https ``api_url``.
 * ``timeout``: seconds per API call (default 30).
 
-Plugins (endpoints from EMQX's emqx_mgmt_api_plugins OpenAPI): the image holds the package
-``plugin/<name>/<name>-<vsn>.tar.gz`` (the emqx-erlang template's artifact); ``install_plugin``
-checks its ``release.json`` and keeps it in ``<plugin_dir>/<name>/<digest hex>/``. ``enable``
-uploads it (``POST /plugins/install``, multipart field ``plugin``), starts it (``PUT
-/plugins/<name-vsn>/start``) and checks ``GET /plugins`` reports it running: the start endpoint
-answers 204 whatever happened (emqx_mgmt_api_plugins:ensure_action ignores the result).
-EMQX refuses to install a second version of an installed plugin (``ALREADY_INSTALLED``), so an
-upgrade is stop old, uninstall old (``DELETE /plugins/<name-vsn>``), install new, start new;
-when any step fails, the new one is removed and the old package (kept on the volume) is
-installed and started again. ``disable`` stops and uninstalls: EMQX keeps one version per name
-and the sidecar keeps the package. ``GET /plugins`` names packages by name-vsn, not content, so
-the adapter records the digest it installed (``<plugin_dir>/.plugforge-emqx.json``).
+Plugins: the image holds the package ``plugin/<name>/<name>-<vsn>.tar.gz`` (the emqx-erlang
+template's artifact); ``install_plugin`` checks its ``release.json`` and keeps it in
+``<plugin_dir>/<name>/<digest hex>/``. ``enable`` writes it into ``install_dir`` (tmp +
+rename) and calls ``PUT /plugins/<name-vsn>/start``: EMQX 5.8.9 extracts a package it finds
+there, loads and starts it, and records it as enabled (so it comes back after a node restart).
+The upload endpoint (``POST /plugins/install``) is not used: EMQX 5.8.9 answers it 403 until
+``emqx ctl plugins allow NAME-VSN`` ran on the node, an in-memory permission a sidecar cannot
+grant and a node restart forgets. ``start`` answers 204 whatever happened, so the adapter checks
+``GET /plugins`` reports it running. EMQX keeps one version per name, so an upgrade is stop old,
+``DELETE /plugins/<name-vsn>`` (removes its package and files), place + start new; when any step
+fails, the new one is removed and the old package (kept on the sidecar's volume) is placed and
+started again. ``disable`` stops and deletes. ``GET /plugins`` names packages by name-vsn, not
+content, so the adapter records the digest it installed (``<plugin_dir>/.plugforge-emqx.json``).
 
-Newer EMQX releases refuse uploads that were not allowed first on every node (``403 FORBIDDEN``,
-"emqx ctl plugins allow NAME-VSN", with a ``sha256:<hex>`` of the package in the strictest
-mode); the adapter reports that with the exact command, it cannot run ``emqx ctl`` itself.
+Plugin settings go to ``PUT /plugins/<name-vsn>/config`` (EMQX 5.7+). EMQX validates them
+against the package's Avro schema (``priv/config_schema.avsc``) when it has one and stores them
+as given when it has none; the plugin reads them with ``emqx_plugins:get_config/1``. Settings
+belong to a name-vsn, so they are put again after every upgrade.
 
-Plugin settings go to ``PUT /plugins/<name-vsn>/config`` (EMQX 5.7+, validated by the plugin's
-Avro schema ``priv/config_schema.avsc``); a package without a schema cannot take settings and is
-refused before any call. The REST API acts on the whole cluster: run one sidecar per cluster
-(or accept that every pod's sidecar converges the same cluster-wide state).
-
-Fresh code: EMQX stops the application and unloads the plugin's modules when a plugin is stopped
-and uninstalled (emqx_plugins), and the new version lives in a new ``name-vsn`` directory; this
-is EMQX's documented lifecycle, not observed here (EMQX cannot run on these machines), and the
-release's probes are what checks the new behaviour.
+The REST API acts on the whole cluster: start, stop and delete run on every node, and a node
+without the package copies it from one that has it. Run one sidecar per EMQX cluster (manifests/
+brokers/emqx), next to one node, not one per pod: sidecars on several pods would each drive the
+same cluster-wide plugin state.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -80,6 +79,7 @@ _MAX_RELEASE_JSON = 1 << 20
 @dataclass(frozen=True)
 class EmqxSettings:
     plugin_dir: Path
+    install_dir: Path
     api_url: str
     api_key_file: str
     api_secret_file: str
@@ -88,7 +88,8 @@ class EmqxSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> EmqxSettings:
-        known = {"api_url", "api_key_file", "api_secret_file", "ca_file", "timeout"}
+        known = {"install_dir", "api_url", "api_key_file", "api_secret_file", "ca_file",
+                 "timeout"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise AdapterError(f"emqx adapter: unknown option(s) {', '.join(unknown)}; "
@@ -96,6 +97,9 @@ class EmqxSettings:
         if not options.get("api_key_file") or not options.get("api_secret_file"):
             raise AdapterError("emqx adapter: needs api_key_file and api_secret_file (a mounted "
                                "Secret with an EMQX API key and its secret)")
+        if not options.get("install_dir"):
+            raise AdapterError("emqx adapter: needs install_dir, EMQX's plugins.install_dir as "
+                               "mounted in the sidecar (a volume shared with the EMQX container)")
         api_url = options.get("api_url", "http://127.0.0.1:18083")
         if not re.match(r"^https?://[^/\s]+/?$", api_url):
             raise AdapterError(f"emqx adapter: api_url must be http(s)://host:port, found "
@@ -105,7 +109,8 @@ class EmqxSettings:
         except ValueError as e:
             raise AdapterError(f"emqx adapter: timeout must be seconds, found "
                                f"{options['timeout']!r}") from e
-        return cls(plugin_dir, api_url, options["api_key_file"], options["api_secret_file"],
+        return cls(plugin_dir, Path(options["install_dir"]), api_url, options["api_key_file"],
+                   options["api_secret_file"],
                    options.get("ca_file", ""), timeout)
 
 
@@ -114,7 +119,6 @@ class Package:
     name: str
     vsn: str
     path: Path
-    has_schema: bool
 
     @property
     def name_vsn(self) -> str:
@@ -202,11 +206,6 @@ class EmqxAdapter:
 
     def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
         package = self._package(name, digest)
-        if settings and not package.has_schema:
-            raise AdapterError(
-                f"plugin {name!r}: settings {sorted(settings)} need a config schema in the "
-                "package (priv/config_schema.avsc, EMQX 5.7+ plugin config); this package has "
-                "none. Drop the settings (the plugin's defaults apply) or add a schema")
         state = self._state()
         record = state["plugins"].get(name) or {}
         current = [p for p in self._list() if p.name == name]
@@ -231,7 +230,7 @@ class EmqxAdapter:
             state["plugins"][name] = {"digest": digest, "name_vsn": package.name_vsn,
                                       "settings": {}}
             self._save(state)
-        if settings:
+        if settings or record.get("settings"):  # {} clears what an earlier release set
             self.api.put(f"/plugins/{package.name_vsn}/config", dict(settings))
         state["plugins"][name] = {"digest": digest, "name_vsn": package.name_vsn,
                                   "settings": dict(settings)}
@@ -261,7 +260,11 @@ class EmqxAdapter:
         new = cfg.updated(current, changes, state["originals"])
         zone = {r: new[r] for r in cfg.roots(changes) if r in cfg.ZONE_ROOTS}
         if zone:
-            self.api.put("/configs/global_zone", zone)
+            # EMQX 5.8.9 wants every zone root in the body (400 required_field otherwise).
+            whole = self.api.get("/configs/global_zone")
+            if not isinstance(whole, dict):
+                raise AdapterError("EMQX GET /configs/global_zone: expected a JSON object")
+            self.api.put("/configs/global_zone", {**whole, **zone})
         for root in sorted(cfg.roots(changes) - set(cfg.ZONE_ROOTS)):
             self.api.put(f"/configs/{root}", new[root])
         seen = cfg.flatten(self._read_tree(cfg.roots(changes)))
@@ -331,17 +334,16 @@ class EmqxAdapter:
         return {k: cfg.to_text(data[k]) for k in applied if k in data}
 
     def _install(self, package: Package) -> None:
+        """Place the package where EMQX's start finds it (``install_dir/NAME-VSN.tar.gz``)."""
+        target = self.settings.install_dir / package.path.name
+        staging = self.settings.install_dir / f".{package.path.name}.tmp"
         try:
-            self.api.upload("/plugins/install", "plugin", package.path.name,
-                            package.path.read_bytes())
-        except ApiError as e:
-            if e.status == 403:
-                sha = hashlib.sha256(package.path.read_bytes()).hexdigest()
-                raise AdapterError(
-                    f"{e}; allow the upload on every EMQX node first: `emqx ctl plugins allow "
-                    f"{package.name_vsn}` (or `... allow {package.name_vsn} sha256:{sha}` "
-                    "where EMQX asks for the package digest)") from e
-            raise
+            shutil.copyfile(package.path, staging)
+            staging.replace(target)
+        except OSError as e:
+            raise AdapterError(f"cannot place {package.path.name} in EMQX's plugins dir "
+                               f"{self.settings.install_dir}: {e}; expected the volume EMQX "
+                               "mounts as plugins.install_dir, writable by the sidecar") from e
 
     def _start(self, name_vsn: str) -> None:
         self.api.put(f"/plugins/{name_vsn}/start")
@@ -438,8 +440,6 @@ def read_package(path: Path, name: str) -> Package:
                 raise AdapterError(f"{path.name}: {name_vsn}/release.json is not a small file")
             handle = tar.extractfile(member)
             release = json.loads(handle.read() if handle else b"")
-            has_schema = any(m.name.endswith("/priv/config_schema.avsc")
-                             for m in tar.getmembers())
     except KeyError as e:
         raise AdapterError(f"EMQX plugin package {path.name}: no {name_vsn}/release.json "
                            "(EMQX needs it to install the package)") from e
@@ -453,4 +453,4 @@ def read_package(path: Path, name: str) -> Package:
     if f"{release['name']}-{release['rel_vsn']}" != name_vsn:
         raise AdapterError(f"{path.name}: release.json says {release['name']}-"
                            f"{release['rel_vsn']}, expected {name_vsn} (EMQX refuses it)")
-    return Package(name, vsn, path, has_schema)
+    return Package(name, vsn, path)

@@ -48,11 +48,6 @@ class EmqxApi:
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
 
-    def upload(self, path: str, field: str, filename: str, data: bytes) -> Any:
-        body, content_type = urllib3.encode_multipart_formdata(
-            {field: (filename, data, "application/gzip")})
-        return self._send("POST", path, body, content_type)
-
     def request(self, method: str, path: str, body: Any = None) -> Any:
         payload = None if body is None else json.dumps(body).encode()
         return self._send(method, path, payload, "application/json" if payload else None)

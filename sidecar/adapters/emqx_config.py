@@ -4,7 +4,8 @@
 ``log.console.level``). EMQX's REST API updates config per root, at runtime (emqx_conf:update):
 
 * ``GET/PUT /configs/global_zone`` for the zone roots (``mqtt``, ``force_gc``,
-  ``force_shutdown``, ``flapping_detect``): the body maps each root to its whole object;
+  ``force_shutdown``, ``flapping_detect``): the body maps each root to its whole object, and
+  EMQX 5.8.9 requires all four roots in a PUT (``required_field`` otherwise);
 * ``GET/PUT /configs/<root>`` for ``alarm``, ``sys_topics``, ``sysmon``, ``log`` (the whole
   root object; "deep config get is not supported").
 

@@ -1,10 +1,11 @@
 %% plugforge_starter: EMQX 5 auth plugin.
 %%
-%% Policy: CONNECT is refused for usernames in the `deny_users` application env
-%% (default "mallory"); PUBLISH to topics under forbidden/ is refused; everything
-%% else is allowed. Both callbacks decide (`{stop, ...}`) so EMQX's own
-%% authenticators/authorizers are not consulted; `ignore` lets them decide
-%% (as done for clients without a username).
+%% Policy: CONNECT is refused for usernames in `deny_users` (default "mallory");
+%% PUBLISH to topics under forbidden/ is refused. The plugin only refuses: for
+%% everything else it answers `ignore`, so EMQX's own authentication (e.g. its
+%% password database: unknown users and wrong passwords are refused there) and
+%% authorization sources decide. The hooks run at priority 1000, before EMQX's
+%% authentication (970) and authorization (960), so a refusal here is final.
 -module(plugforge_starter).
 
 -export([hooks/0, register_hooks/0, unregister_hooks/0]).
@@ -30,7 +31,7 @@ unregister_hooks() ->
     lists:foreach(fun({Point, {M, F, _}, _}) -> emqx_hooks:del(Point, {M, F}) end, hooks()).
 
 %% 'client.authenticate' (fold hook): ClientInfo map, accumulated result.
--spec on_client_authenticate(map(), term()) -> ignore | {stop, ok | {error, not_authorized}}.
+-spec on_client_authenticate(map(), term()) -> ignore | {stop, {error, not_authorized}}.
 on_client_authenticate(ClientInfo, _Acc) ->
     case maps:get(username, ClientInfo, undefined) of
         Username when is_binary(Username) -> authenticate(Username);
@@ -43,20 +44,20 @@ authenticate(Username) ->
             logger:notice("~s: refusing CONNECT of user ~s", [?APP, Username]),
             {stop, {error, not_authorized}};
         false ->
-            {stop, ok}
+            ignore
     end.
 
 %% 'client.authorize' (fold hook): ClientInfo, action, topic, accumulated result.
 %% The action is a map with action_type (EMQX >= 5.1) or the atom publish/subscribe (5.0).
 -spec on_client_authorize(map(), map() | atom(), binary(), term()) ->
-    {stop, #{result := allow | deny, from := atom()}}.
+    ignore | {stop, #{result := deny, from := atom()}}.
 on_client_authorize(_ClientInfo, Action, Topic, _Acc) ->
     case is_publish(Action) andalso is_forbidden_topic(Topic) of
         true ->
             logger:notice("~s: refusing PUBLISH to ~s", [?APP, Topic]),
             {stop, #{result => deny, from => ?MODULE}};
         false ->
-            {stop, #{result => allow, from => ?MODULE}}
+            ignore
     end.
 
 is_publish(#{action_type := publish}) -> true;
@@ -73,10 +74,31 @@ is_denied_user(Username) when is_binary(Username) ->
 is_denied_user(_) ->
     false.
 
-%% The `deny_users` env as binaries; accepts "a,b", <<"a,b">> or ["a", <<"b">>].
+%% `deny_users` as binaries: from the plugin's config in EMQX (PUT
+%% /api/v5/plugins/NAME-VSN/config {"deny_users": "a,b"}, EMQX 5.7+) when set,
+%% else the application env. Accepts "a,b", <<"a,b">> or ["a", <<"b">>].
 -spec deny_users() -> [binary()].
 deny_users() ->
-    normalize(application:get_env(?APP, deny_users, "mallory")).
+    case plugin_config() of
+        #{<<"deny_users">> := Users} -> normalize(Users);
+        _ -> normalize(application:get_env(?APP, deny_users, "mallory"))
+    end.
+
+%% EMQX keeps each plugin's config in a persistent_term (a cheap read on every
+%% CONNECT); emqx_plugins is resolved at runtime, so outside EMQX (eunit) it is
+%% absent and the application env applies.
+plugin_config() ->
+    case application:get_key(?APP, vsn) of
+        {ok, Vsn} ->
+            try emqx_plugins:get_config(atom_to_list(?APP) ++ "-" ++ Vsn) of
+                {ok, Config} when is_map(Config) -> Config;
+                _ -> #{}
+            catch
+                error:undef -> #{}
+            end;
+        undefined ->
+            #{}
+    end.
 
 normalize(Value) when is_binary(Value) ->
     normalize(binary_to_list(Value));
