@@ -1,5 +1,5 @@
 """Resident memory: the sidecar (``python -m sidecar --source files``, its own process) beside
-configmap-reload (or its stand-in, see ``bench/propagation.py``), both watching the same
+the real configmap-reload (built from ``shared/peers/``), both watching the same
 atomic-writer directory against a real mosquitto 2.0 with dynamic security.
 
 - idle RSS: VmRSS 3 s after the initial apply (goal < 40 MB for file mode);

@@ -3,9 +3,9 @@
 One schedule, written with the kubelet's atomic-writer layout (``testbed/configmap_dir.py``:
 new timestamped directory, ``..data`` swapped by rename): 200 updates 300 ms apart, then a
 burst of 20 updates 5 ms apart (``--quick``: 40 and 10). Each update changes one dynsec role ACL.
-- Peer: configmap-reload (``go install``, pinned; where the module proxy refuses it, the
-  fallback ``bench/reload_peer`` with its documented behaviour, named as such in the table)
-  watching the directory; latency = update -> its webhook received by an HTTP receiver here.
+- Peer: the real configmap-reload, built from its unmodified source in
+  ``shared/peers/configmap-reload`` (commit 0ec4d67, after v0.15.0), watching the directory;
+  latency = update -> its webhook received by an HTTP receiver here.
 - plugforge: ``python -m sidecar --source files`` against a real mosquitto 2.0 with dynamic
   security; latency = update -> the broker's answer to the sidecar's admin call (observed on
   ``$CONTROL/dynamic-security/v1/response``): read, hash, validate, observe, plan, apply.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import sys
 import threading
 import time
@@ -26,7 +25,7 @@ import hivemq_support  # noqa: E402
 import rabbitmq_adapter_support  # noqa: E402
 import sidecar_support  # noqa: E402
 
-from bench.go_programs import go_program  # noqa: E402
+from bench.go_programs import peer_program  # noqa: E402
 
 ADMIN = sidecar_support.ADMIN
 broker_yaml = sidecar_support.broker_yaml
@@ -40,7 +39,7 @@ build_hivemq_images = hivemq_support.build_hivemq_images
 start_loader_broker = hivemq_support.start_loader_broker
 hivemq_adapter_options = hivemq_support.adapter_options
 
-CONFIGMAP_RELOAD_VERSION = "v0.15.0"  # keep in step with scripts/ensure.d/configmap-reload.sh
+PEER_LABEL = "configmap-reload 0ec4d67"  # shared/peers/configmap-reload (after v0.15.0)
 
 
 @dataclass(frozen=True)
@@ -50,12 +49,8 @@ class Peer:
 
 
 def peer() -> Peer:
-    """configmap-reload when ``go install`` got it (scripts/ensure.d/configmap-reload.sh, which
-    bench/run sources), else the stand-in built from bench/reload_peer."""
-    real = os.environ.get("PLUGFORGE_CONFIGMAP_RELOAD", "")
-    if real and Path(real).is_file():
-        return Peer(Path(real), f"configmap-reload {CONFIGMAP_RELOAD_VERSION}")
-    return Peer(go_program("reload_peer"), "reload_peer (stand-in)")
+    """The real configmap-reload, built from its unmodified source in shared/peers/."""
+    return Peer(peer_program("configmap-reload"), PEER_LABEL)
 
 
 def rss_kib(pid: int) -> int:
