@@ -12,6 +12,7 @@ from typing import Protocol
 import pytest
 
 from testbed.certs import CertificateAuthority, make_ca
+from testbed.emqx import Emqx, start_emqx
 from testbed.gitserver import GitServer, start_git_server
 from testbed.kube import ControlPlane, start_control_plane
 from testbed.podman import PodmanService, start_podman_service
@@ -122,6 +123,16 @@ def rabbitmq(testbed_dir: Path) -> Iterator[RabbitMQ]:
     node (plugins, ``auth_backends``, users) put it back as they found it.
     """
     node = start_rabbitmq(testbed_dir / "rabbitmq")
+    _track(node)
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def emqx(testbed_dir: Path) -> Iterator[Emqx]:
+    """A real EMQX 5.8.9 node (built once per machine into the plugforge cache: 4-5 minutes
+    cold) on free ports, with its bootstrap API key. Tests remove the plugins they install."""
+    node = start_emqx(testbed_dir / "emqx")
     _track(node)
     yield node
     node.stop()
