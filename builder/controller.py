@@ -34,6 +34,7 @@ from builder.errors import (
     Gone,
     InternalError,
     InvalidSpec,
+    KeyConflict,
     KubeError,
     NotFound,
 )
@@ -414,9 +415,7 @@ class Controller:
             try:
                 rollout.start_canary(self.kube, spec, pods, release)
             except BuilderError as e:
-                conditions = set_condition(conditions, "Ready", "False", "RolloutFailed",
-                                           f"writing {spec.configmap}: {e}", stamp,
-                                           spec.generation)
+                conditions = self._rollout_failed(obj, conditions, spec, e, stamp)
             else:
                 current = (obj.get("status") or {}).get("currentImage") or "nothing"
                 patch["rollout"] = {
@@ -432,9 +431,7 @@ class Controller:
             try:
                 rollout.write_release(self.kube, spec, outcome, name)
             except BuilderError as e:
-                conditions = set_condition(conditions, "Ready", "False", "RolloutFailed",
-                                           f"writing {spec.configmap}: {e}", stamp,
-                                           spec.generation)
+                conditions = self._rollout_failed(obj, conditions, spec, e, stamp)
             else:
                 patch.update(currentImage=outcome.image, currentCommit=outcome.commit,
                              currentBuild=name,
@@ -450,6 +447,18 @@ class Controller:
         self._patch_status(spec, patch)
         self._event(obj, "Normal", "BuildSucceeded",
                     f"{name}: {outcome.image}" + (" (cache hit)" if outcome.cache_hit else ""))
+
+    def _rollout_failed(self, obj: Obj, conditions: list[Obj], spec: PluginSpec,
+                        error: BuilderError, stamp: str) -> list[Obj]:
+        """``Ready=False``: ``Conflict`` when another BrokerPlugin owns the key (with a Warning
+        Event), else ``RolloutFailed``."""
+        reason = error.reason if isinstance(error, KeyConflict) else "RolloutFailed"
+        message = str(error) if isinstance(error, KeyConflict) else \
+            f"writing {spec.configmap}: {error}"
+        if isinstance(error, KeyConflict):
+            self._event(obj, "Warning", reason, message)
+        return set_condition(conditions, "Ready", "False", reason, message, stamp,
+                             spec.generation)
 
     def _failed(self, obj: Obj, spec: PluginSpec, build: Obj, error: BuilderError,
                 started: datetime, log_path: Path) -> None:

@@ -69,6 +69,12 @@ class RegistryRefused(PermanentError):
     reason = "RegistryRefused"
 
 
+class KeyConflict(PermanentError):
+    """Another BrokerPlugin owns the ConfigMap key this one would write."""
+
+    reason = "Conflict"
+
+
 class SecretInvalid(PermanentError):
     reason = "SecretInvalid"
 

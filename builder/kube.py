@@ -122,6 +122,11 @@ class Kube:
         result = _call("list brokerplugins", lambda: self._list_all(PLUGINS))
         return list(result.get("items", [])), str(result["metadata"]["resourceVersion"])
 
+    def list_plugins_in(self, namespace: str) -> list[Obj]:
+        result = _call(f"list brokerplugins in {namespace}", lambda: self.custom.
+                       list_namespaced_custom_object(GROUP, VERSION, namespace, PLUGINS))
+        return list(result.get("items", []))
+
     def patch_plugin_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> Obj:
         body = {"status": dict(status)}
         return _call(f"patch brokerplugin {namespace}/{name} status", lambda: self.custom.
@@ -209,9 +214,11 @@ class Kube:
             return None
         return dict(self.api.sanitize_for_serialization(cm))
 
-    def create_configmap(self, namespace: str, name: str, data: Mapping[str, str]) -> Obj:
+    def create_configmap(self, namespace: str, name: str, data: Mapping[str, str],
+                         annotations: Mapping[str, str] | None = None) -> Obj:
         body = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": name, "namespace": namespace}, "data": dict(data)}
+                "metadata": {"name": name, "namespace": namespace,
+                             "annotations": dict(annotations or {})}, "data": dict(data)}
         cm = _call(f"create configmap {namespace}/{name}",
                    lambda: self.core.create_namespaced_config_map(namespace, body))
         return dict(self.api.sanitize_for_serialization(cm))

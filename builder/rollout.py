@@ -2,13 +2,16 @@
 
 The document is ``plugforge.contract.render_plugin_release`` — the one contract with the
 sidecars. The write uses optimistic concurrency (the resourceVersion read) and retries on 409,
-so concurrent writers of other keys (other plugins, operators) are never overwritten.
+so concurrent writers of other keys (other plugins, operators) are never overwritten. A
+BrokerPlugin writes only the keys of a plugin name it owns in that ConfigMap
+(``builder.ownership``): a repository cannot pick another plugin's key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from builder import ownership
 from builder.errors import Conflict, KubeError
 from builder.kube import Kube
 from builder.pipeline import Outcome
@@ -49,54 +52,65 @@ def write_release(kube: Kube, spec: PluginSpec, outcome: Outcome, build: str) ->
 
 def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> str:
     """Write ``release`` as its key of ``spec.configmap`` (no-op if already equal)."""
-    if spec.configmap is None:
-        raise ValueError(f"{spec.key} has no target.configMap to roll out to")
     key = plugin_key(release.name)
     text = render_plugin_release(release)
-    for _ in range(MAX_CONFLICTS):
-        cm = kube.get_configmap(spec.namespace, spec.configmap)
-        try:
-            if cm is None:
-                kube.create_configmap(spec.namespace, spec.configmap, {key: text})
-                return key
-            data = dict(cm.get("data") or {})
-            if data.get(key) == text:
-                return key
-            data[key] = text
-            cm["data"] = data
-            kube.replace_configmap(cm)
-            return key
-        except Conflict:
-            continue
-    raise KubeError(f"ConfigMap {spec.namespace}/{spec.configmap} kept changing under us "
-                    f"({MAX_CONFLICTS} conflicts); will retry")
+
+    def change(data: dict[str, str]) -> dict[str, str]:
+        data[key] = text
+        return data
+
+    update_data(kube, spec, release.name, change)
+    return key
 
 
-# --- canary (spec.target.strategy.canary with spec.target.sidecars) ---------------------------
-
-
-def update_data(kube: Kube, spec: PluginSpec,
+def update_data(kube: Kube, spec: PluginSpec, name: str,
                 change: Callable[[dict[str, str]], dict[str, str]]) -> None:
-    """Apply ``change`` to the target ConfigMap's data in one optimistic write."""
+    """Apply ``change`` (to plugin ``name``'s keys) to the target ConfigMap's data in one
+    optimistic write, once ``spec``'s BrokerPlugin owns plugin ``name`` there."""
     if spec.configmap is None:
         raise ValueError(f"{spec.key} has no target.configMap to roll out to")
     for _ in range(MAX_CONFLICTS):
         cm = kube.get_configmap(spec.namespace, spec.configmap)
+        data = dict((cm or {}).get("data") or {})
+        annotations = dict(((cm or {}).get("metadata") or {}).get("annotations") or {})
+        owners = ownership.owners(annotations)
+        claimed = ownership.claim(
+            owners, plugin_key(name), spec.name, plugin_key(name) in data,
+            alive=lambda holder: kube.get_plugin(spec.namespace, holder) is not None,
+            legacy=lambda: _owner_by_status(kube, spec, name),
+            where=f"ConfigMap {spec.namespace}/{spec.configmap}")
+        new = change(dict(data))
         try:
             if cm is None:
-                kube.create_configmap(spec.namespace, spec.configmap, change({}))
+                kube.create_configmap(spec.namespace, spec.configmap, new,
+                                      ownership.annotate({}, claimed))
                 return
-            data = dict(cm.get("data") or {})
-            new = change(dict(data))
-            if new == data:
+            if new == data and claimed == owners:
                 return
             cm["data"] = new
+            cm.setdefault("metadata", {})["annotations"] = ownership.annotate(annotations,
+                                                                               claimed)
             kube.replace_configmap(cm)
             return
         except Conflict:
             continue
     raise KubeError(f"ConfigMap {spec.namespace}/{spec.configmap} kept changing under us "
                     f"({MAX_CONFLICTS} conflicts); will retry")
+
+
+def _owner_by_status(kube: Kube, spec: PluginSpec, name: str) -> str | None:
+    """Who rolled plugin ``name`` out to this ConfigMap before owners were recorded: another
+    BrokerPlugin of the namespace whose status says so (None: nobody)."""
+    for obj in kube.list_plugins_in(spec.namespace):
+        meta, status = obj.get("metadata") or {}, obj.get("status") or {}
+        target = ((obj.get("spec") or {}).get("target") or {}).get("configMap")
+        if meta.get("name") != spec.name and target == spec.configmap and \
+                status.get("currentPluginName") == name and status.get("currentImage"):
+            return str(meta["name"])
+    return None
+
+
+# --- canary (spec.target.strategy.canary with spec.target.sidecars) ---------------------------
 
 
 def _without_canaries(data: dict[str, str], name: str) -> dict[str, str]:
@@ -115,7 +129,7 @@ def start_canary(kube: Kube, spec: PluginSpec, pods: Sequence[str],
         data.update({canary_key(pod, release.name): text for pod in pods})
         return data
 
-    update_data(kube, spec, change)
+    update_data(kube, spec, release.name, change)
 
 
 def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> None:
@@ -128,12 +142,12 @@ def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> None:
         data[plugin_key(release.name)] = text
         return data
 
-    update_data(kube, spec, change)
+    update_data(kube, spec, release.name, change)
 
 
 def abort_canary(kube: Kube, spec: PluginSpec, name: str) -> None:
     """Remove plugin ``name``'s canary keys: the canary pods return to the plugin key."""
-    update_data(kube, spec, lambda data: _without_canaries(data, name))
+    update_data(kube, spec, name, lambda data: _without_canaries(data, name))
 
 
 def expected_hashes(kube: Kube, spec: PluginSpec, pods: Sequence[str]) -> dict[str, str]:

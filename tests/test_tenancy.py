@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import json
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -353,3 +354,52 @@ def test_4_a_short_ref_naming_only_a_tag_builds_that_tag(
     status = alice.wait_build("tagged")["status"]
     assert (status["phase"], status["commit"], status["ref"]) == \
         ("Succeeded", hooked["c2"], "refs/tags/v1.2"), status
+
+
+# --- 5. a BrokerPlugin owns its ConfigMap key --------------------------------------------------
+
+
+def test_5_a_second_plugin_of_the_same_name_gets_conflict_and_writes_nothing(
+        builder: Builder, alice: Cluster, git_server: GitServer, registry: Registry,
+        tmp_path: Path) -> None:
+    urls = {}
+    for owner in ("first", "second"):
+        urls[owner] = git_server.create_repo(f"{alice.ns}/{owner}.git")
+        # Both repositories name their plugin "gate": the name picks the ConfigMap key.
+        repo = scaffold_repo(tmp_path / owner, "mosquitto-c", "mosquitto", "gate", urls[owner])
+        if owner == "second":
+            (repo / "src" / "gate.c").write_text((repo / "src" / "gate.c").read_text() +
+                                                 "/* a different plugin */\n")
+            run_git(repo, "commit", "-qam", "different")
+            run_git(repo, "push", "-q", urls[owner], "HEAD:main")
+    alice.create("brokerplugins", broker_plugin(
+        "first", url=urls["first"], repository=f"{registry.host}/plugins/first",
+        configmap="shared"))
+    wait_for(lambda: alice.condition("first", "Ready").get("reason") == "RolledOut",
+             "the first plugin to roll out")
+    before = alice.configmap("shared")
+    shared = _get(alice, f"/api/v1/namespaces/{alice.ns}/configmaps/shared")
+    assert json.loads(shared["metadata"]["annotations"]["plugforge.dev/owners"]) == \
+        {"plugin.gate.yaml": "first"}
+
+    alice.create("brokerplugins", broker_plugin(
+        "second", url=urls["second"], repository=f"{registry.host}/plugins/second",
+        configmap="shared"))
+    build = alice.wait_build("second")
+    assert build["status"]["phase"] == "Succeeded", build["status"]  # built, not rolled out
+    ready = wait_for(lambda: (c := alice.condition("second", "Ready")).get("reason") ==
+                     "Conflict" and c, "the second plugin's Conflict condition")
+    assert ready["status"] == "False"
+    assert "key 'plugin.gate.yaml' belongs to BrokerPlugin 'first'" in ready["message"]
+    assert alice.configmap("shared") == before
+    assert alice.condition("first", "Ready")["reason"] == "RolledOut"
+    assert not alice.plugin("second")["status"].get("currentImage")
+    events = _get(alice, f"/apis/events.k8s.io/v1/namespaces/{alice.ns}/events")["items"]
+    assert any(e["reason"] == "Conflict" and e["regarding"]["name"] == "second"
+               for e in events), events
+
+
+def _get(cluster: Cluster, path: str) -> Any:
+    code, out = cluster.cp.request("GET", path)
+    assert code == 200, out
+    return out
