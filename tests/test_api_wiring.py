@@ -29,6 +29,7 @@ from builder.resources import SidecarTarget
 from builder.settings import parse_settings
 from plugforge.cli import main as cli
 from plugforge.cli.api_secrets import BUILDER_SECRET, CA_SECRET, SIDECAR_SECRET
+from plugforge.cli.signing_keys import KEY_SECRET
 from sidecar.grpc_service import serve_configured
 from sidecar.settings import parse_args as parse_sidecar_args
 from testbed.kube import ControlPlane
@@ -67,7 +68,8 @@ def _mount_secrets(cp: ControlPlane, container: dict[str, Any], namespace: str,
     moved = {}
     for mount in container["volumeMounts"]:
         volume = volumes[mount["name"]]
-        if volume.get("secret", {}).get("secretName") not in (BUILDER_SECRET, SIDECAR_SECRET):
+        if volume.get("secret", {}).get("secretName") not in (BUILDER_SECRET, SIDECAR_SECRET,
+                                                              KEY_SECRET):
             continue
         local = root / mount["mountPath"].strip("/")
         local.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,8 @@ def _moved_args(args: list[str], moved: dict[str, str]) -> list[str]:
     for arg in args:
         for mount, local in moved.items():
             arg = arg.replace(f"={mount}/", f"={local}/")
+            if arg.endswith(f"={mount}"):
+                arg = arg.removesuffix(mount) + local
         out.append(arg.replace("=0.0.0.0:", "=127.0.0.1:").rsplit(":", 1)[0] + ":0"
                    if "=0.0.0.0:" in arg else arg)
     return out
@@ -99,6 +103,10 @@ def installed(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFact
                     "--broker-namespace", namespace, "--sidecar-host", "localhost",
                     "--out-dir", str(out_dir)])
     assert code == 0, buf.getvalue()
+    with contextlib.redirect_stdout(io.StringIO()):  # the builder mounts the signing key
+        assert cli(["signing-keys", "--kubeconfig", str(control_plane.kubeconfig("admin")),
+                    "--broker-namespace", namespace,
+                    "--out-dir", str(out_dir.parent / "signing")]) == 0
     return Installed(namespace, out_dir, buf.getvalue())
 
 
@@ -204,7 +212,8 @@ def test_builder_reaches_a_sidecar_wired_like_the_broker_example(
     moved = _mount_secrets(control_plane, container, installed.namespace, tmp_path / "pod")
     grpc_args = _moved_args([a for a in container["args"] if a.startswith("--grpc-")], moved)
     example = parse_sidecar_args(["--broker=mosquitto", "--source=files",
-                                  f"--config-dir={tmp_path}", *grpc_args])
+                                  f"--config-dir={tmp_path}", *grpc_args,
+                                  "--allow-unsigned-images"])  # verification: test_signing_*
     broker = start_dynsec_broker(tmp_path / "broker")
     sidecar, _ = make_sidecar(broker, [], tmp_path / "sc", None)
     server = serve_configured(sidecar, example)
