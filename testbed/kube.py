@@ -48,16 +48,17 @@ class ControlPlane:
     """A running kube-apiserver; ``kubeconfig(identity)`` gives a file the clients can load."""
 
     def __init__(self, workdir: Path, server: ServerProcess, port: int, ca: CertificateAuthority,
-                 identities: dict[str, Identity]) -> None:
+                 identities: dict[str, Identity], host: str = "127.0.0.1") -> None:
         self.workdir = workdir
         self.server = server
         self.port = port
         self.ca = ca
         self.identities = identities
+        self.host = host
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     def kubeconfig(self, identity: str = "admin") -> Path:
         ident = self.identities[identity]
@@ -123,11 +124,15 @@ def _cached_harness() -> Path:
     return cache / "kube-harness" / digest[:12] / "kube-harness"
 
 
-def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = ()) -> ControlPlane:
+def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = (),
+                        host: str = "127.0.0.1", authorization: str = "RBAC",
+                        extra_args: tuple[str, ...] = ()) -> ControlPlane:
+    """``host``: the address it binds and advertises (the real node's pods need one that is
+    not loopback); ``extra_args`` go to kube-apiserver as they are."""
     workdir.mkdir(parents=True, exist_ok=True)
     ca = make_ca(workdir / "pki")
-    serving = ca.issue("kube-apiserver", sans=(
-        "127.0.0.1", "localhost", "kubernetes.default.svc"))
+    serving = ca.issue("kube-apiserver", sans=tuple(dict.fromkeys((
+        host, "127.0.0.1", "localhost", "kubernetes.default.svc"))))
     sa_keys = make_rsa_keypair(workdir / "pki", "service-accounts")
 
     identities = {i.name: i for i in (
@@ -146,12 +151,12 @@ def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = 
         etcd_dir = workdir / f"etcd-{port}"
         return ServerProcess("kube-apiserver", [
             str(binary), f"-etcd-dir={etcd_dir}", "--",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={host}", f"--advertise-address={host}",
             f"--secure-port={port}",
             f"--tls-cert-file={serving.cert}", f"--tls-private-key-file={serving.key}",
             f"--client-ca-file={ca.cert}",
             f"--token-auth-file={tokens}",
-            "--authorization-mode=RBAC",
+            f"--authorization-mode={authorization}",
             "--anonymous-auth=false",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={sa_keys.cert}",
@@ -161,6 +166,7 @@ def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = 
             "--enable-priority-and-fairness=false",
             "--profiling=false",
             f"--cert-dir={workdir / 'pki'}",
+            *extra_args,
         ], workdir / "kube-apiserver.log")
 
     def ready(server: ServerProcess, port: int) -> None:
@@ -168,7 +174,7 @@ def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = 
         ctx = ssl.create_default_context(cafile=str(ca.cert))
 
         def probe() -> bool:
-            req = urllib.request.Request(f"https://127.0.0.1:{port}/readyz",
+            req = urllib.request.Request(f"https://{host}:{port}/readyz",
                                          headers={"Authorization": f"Bearer {admin.token}"})
             try:
                 with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
@@ -179,4 +185,4 @@ def start_control_plane(workdir: Path, extra_identities: tuple[Identity, ...] = 
         server.wait_ready(probe, timeout=120)
 
     server, port = start_with_port(start, ready)
-    return ControlPlane(workdir, server, port, ca, identities)
+    return ControlPlane(workdir, server, port, ca, identities, host)

@@ -26,11 +26,12 @@ class Registry:
     ca: CertificateAuthority
     storage: Path
     credentials: tuple[str, str] | None = None
+    address: str = "127.0.0.1"
 
     @property
     def host(self) -> str:
         """``host:port`` as it appears in image references."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.address}:{self.port}"
 
     @property
     def url(self) -> str:
@@ -42,7 +43,8 @@ class Registry:
 
 def start_registry(workdir: Path, ca: CertificateAuthority,
                    credentials: tuple[str, str] | None = None,
-                   auth: Mapping[str, object] | None = None) -> Registry:
+                   auth: Mapping[str, object] | None = None,
+                   address: str = "127.0.0.1") -> Registry:
     """Start a registry over TLS.
 
     With ``credentials`` it demands HTTP basic auth (htpasswd, bcrypt); ``auth`` is any other
@@ -54,7 +56,8 @@ def start_registry(workdir: Path, ca: CertificateAuthority,
                            "scripts/test installs it")
     workdir.mkdir(parents=True, exist_ok=True)
     storage = workdir / "storage"
-    tls = ca.issue(f"registry-{workdir.name}")
+    tls = ca.issue(f"registry-{workdir.name}",
+                   sans=tuple(dict.fromkeys((address, "127.0.0.1", "localhost"))))
     auth = dict(auth or {})
     if credentials is not None:
         htpasswd = workdir / "htpasswd"
@@ -69,7 +72,7 @@ def start_registry(workdir: Path, ca: CertificateAuthority,
             "version": 0.1,
             "log": {"level": "info", "accesslog": {"disabled": False}},
             "storage": {"filesystem": {"rootdirectory": str(storage)}, "delete": {"enabled": True}},
-            "http": {"addr": f"127.0.0.1:{port}",
+            "http": {"addr": f"{address}:{port}",
                      "tls": {"certificate": str(tls.cert), "key": str(tls.key)}},
             **({"auth": auth} if auth else {}),
         }
@@ -83,7 +86,7 @@ def start_registry(workdir: Path, ca: CertificateAuthority,
 
         def probe() -> bool:
             try:
-                with urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", context=ctx,
+                with urllib.request.urlopen(f"https://{address}:{port}/v2/", context=ctx,
                                             timeout=2):
                     return True
             except urllib.error.HTTPError as e:
@@ -92,4 +95,4 @@ def start_registry(workdir: Path, ca: CertificateAuthority,
         server.wait_ready(probe, timeout=30)
 
     server, port = start_with_port(start, ready)
-    return Registry(server, port, ca, storage, credentials)
+    return Registry(server, port, ca, storage, credentials, address)

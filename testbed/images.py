@@ -1,0 +1,233 @@
+"""Container images made on this machine, the way a user makes them, cached by their inputs.
+
+- a Debian base image straight from Debian's archive (mmdebstrap through apt's mirror; no other
+  image registry is reachable here), imported into a podman store in the plugforge cache;
+- the project's Containerfiles built with their ``RUN`` steps by podman on that base;
+- ``FROM scratch`` images of static programs (the node's pause image).
+
+podman runs containers here only with runc, cgroupfs, the host's cgroup namespace and no
+default ulimits (../shared/notes/real-kubernetes-node.md); builds use the host's network, so
+they add no firewall rules. Behind a TLS-intercepting proxy the ``RUN`` steps need the host's
+CA bundle: it is bind-mounted for the build only (pip.conf and mavenrc point at it) and ends up
+in no image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.certs import CertificateAuthority
+
+ROOT = Path(__file__).resolve().parent.parent
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+BASE_REPOSITORY = "localhost/plugforge/debian"
+RUNC = "/usr/sbin/runc"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_JAVA_CA = Path("/etc/ssl/certs/java/cacerts")
+
+
+class ImageBuildFailed(RuntimeError):
+    """A build step failed; the message carries the command and the tail of its output."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PLUGFORGE_CACHE")
+                or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "plugforge")
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def _run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 3600,
+         log: Path | None = None) -> str:
+    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
+                            check=False)
+    if log is not None:
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}\n")
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        raise ImageBuildFailed(f"{' '.join(argv[:8])} ... exited {result.returncode}:\n{tail}")
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class Podman:
+    """podman on a private store (overlay, in the cache, so images survive the session)."""
+
+    home: Path
+
+    @classmethod
+    def in_cache(cls) -> Podman:
+        home = cache_dir() / "images" / "podman"
+        home.mkdir(parents=True, exist_ok=True)
+        conf = home / "containers.conf"
+        conf.write_text('[containers]\ndefault_ulimits = []\ncgroupns = "host"\n'
+                        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n')
+        return cls(home)
+
+    @property
+    def env(self) -> dict[str, str]:
+        # The runroot path must stay short (podman limits it to ~50 characters).
+        tag = hashlib.sha256(bytes(self.home)).hexdigest()[:8]
+        run = Path(tempfile.gettempdir()) / f"pf-images-{tag}"
+        run.mkdir(exist_ok=True)
+        return {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+                "HOME": str(self.home), "CONTAINERS_CONF": str(self.home / "containers.conf"),
+                "XDG_RUNTIME_DIR": str(run), "TMPDIR": str(self.home / "tmp")}
+
+    def __call__(self, *args: str, timeout: float = 3600, log: Path | None = None) -> str:
+        (self.home / "tmp").mkdir(exist_ok=True)
+        argv = ["podman", "--root", str(self.home / "storage"),
+                "--runroot", self.env["XDG_RUNTIME_DIR"], "--storage-driver", "overlay",
+                "--runtime", RUNC, "--cgroup-manager", "cgroupfs", *args]
+        return _run(argv, env=self.env, timeout=timeout, log=log)
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self("image", "exists", ref, timeout=60)
+            return True
+        except ImageBuildFailed:
+            return False
+
+
+@dataclass(frozen=True)
+class Built:
+    ref: str  # in the cache's podman store
+    seconds: float  # 0 when it came from the cache
+    size: int  # bytes, uncompressed, as podman reports it
+
+
+def debian_base(podman: Podman, log: Path | None = None) -> Built:
+    """Debian ``SUITE`` minbase + ca-certificates from the archive, as a podman image."""
+    argv = ["mmdebstrap", "--variant=minbase", "--include=ca-certificates", "--format=tar",
+            "--customize-hook=rm -rf \"$1\"/var/cache/apt/* \"$1\"/var/lib/apt/lists/*"]
+    key = _digest(json.dumps([argv, SUITE, MIRROR]).encode())
+    ref = f"{BASE_REPOSITORY}:{SUITE}-{key}"
+    if podman.exists(ref):
+        return Built(ref, 0.0, _size(podman, ref))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pf-base-") as tmp:
+        tar = Path(tmp) / "rootfs.tar"
+        _run([*argv, SUITE, str(tar), MIRROR], timeout=1800, log=log)
+        podman("import", "--change", 'CMD ["/bin/bash"]', str(tar), ref, log=log)
+    return Built(ref, time.monotonic() - started, _size(podman, ref))
+
+
+def _size(podman: Podman, ref: str) -> int:
+    return int(podman("image", "inspect", "--format", "{{.Size}}", ref, timeout=60).strip())
+
+
+def context_files(containerfile: Path) -> list[Path]:
+    """The build-context files a Containerfile's ``COPY`` instructions read."""
+    text = re.sub(r"\\\n", " ", containerfile.read_text())
+    files: list[Path] = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0].upper() != "COPY" or words[1].startswith("--from="):
+            continue
+        for source in words[1:-1]:
+            path = ROOT / source
+            if path.is_dir():
+                files += sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p))
+            else:
+                files.append(path)
+    return files
+
+
+def _ignored(path: Path) -> bool:
+    return any(part in ("__pycache__", "target", ".pytest_cache", ".mypy_cache")
+               for part in path.parts) or path.suffix == ".pyc"
+
+
+def build(podman: Podman, containerfile: Path, name: str, base: Built,
+          log: Path | None = None) -> Built:
+    """``podman build`` of a Containerfile FROM ``base``; skipped when its inputs are cached."""
+    inputs = [containerfile, *context_files(containerfile)]
+    key = _digest(base.ref.encode(), *(str(p.relative_to(ROOT)).encode() + p.read_bytes()
+                                       for p in inputs))
+    ref = f"localhost/plugforge/{name}:{key}"
+    if podman.exists(ref):
+        return Built(ref, 0.0, _size(podman, ref))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pf-build-") as tmp:
+        podman("build", "--layers", "--network=host", "--cgroupns=host",
+               "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+               *_proxy_trust(Path(tmp)),
+               "--build-arg", f"BASE_IMAGE={base.ref}",
+               "-f", str(containerfile), "-t", ref, str(ROOT), log=log)
+    return Built(ref, time.monotonic() - started, _size(podman, ref))
+
+
+def _proxy_trust(tmp: Path) -> list[str]:
+    """Mounts that make pip and Maven in ``RUN`` steps trust what the host trusts."""
+    pip_conf = tmp / "pip.conf"
+    pip_conf.write_text("[global]\ncert = /run/host-trust/ca-certificates.crt\n")
+    mavenrc = tmp / "mavenrc"
+    mavenrc.write_text('MAVEN_OPTS="$MAVEN_OPTS '
+                       '-Djavax.net.ssl.trustStore=/run/host-trust/java-cacerts"\n')
+    mounts = ["-v", f"{HOST_CA}:/run/host-trust/ca-certificates.crt:ro",
+              "-v", f"{pip_conf}:/etc/pip.conf:ro"]
+    if HOST_JAVA_CA.exists():
+        mounts += ["-v", f"{HOST_JAVA_CA}:/run/host-trust/java-cacerts:ro",
+                   "-v", f"{mavenrc}:/etc/mavenrc:ro"]
+    return mounts
+
+
+def static_image(podman: Podman, name: str, files: dict[str, Path], entrypoint: list[str],
+                 log: Path | None = None) -> Built:
+    """A ``FROM scratch`` image holding ``files`` (path in image -> file here)."""
+    key = _digest(json.dumps(entrypoint).encode(),
+                  *(dest.encode() + src.read_bytes() for dest, src in sorted(files.items())))
+    ref = f"localhost/plugforge/{name}:{key}"
+    if podman.exists(ref):
+        return Built(ref, 0.0, _size(podman, ref))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="pf-static-") as tmp:
+        lines = ["FROM scratch"]
+        for i, (dest, src) in enumerate(sorted(files.items())):
+            shutil.copy2(src, Path(tmp) / f"f{i}")
+            lines.append(f"COPY f{i} {dest}")
+        lines += [f"ENTRYPOINT {json.dumps(entrypoint)}", "USER 65535:65535"]
+        (Path(tmp) / "Containerfile").write_text("\n".join(lines) + "\n")
+        podman("build", "-f", str(Path(tmp) / "Containerfile"), "-t", ref, tmp, log=log)
+    return Built(ref, time.monotonic() - started, _size(podman, ref))
+
+
+def pause_binary(log: Path | None = None) -> Path:
+    """The pod sandbox's process, compiled statically from testbed/pause.c (cached)."""
+    source = Path(__file__).with_name("pause.c")
+    out = cache_dir() / "images" / f"pause-{_digest(source.read_bytes())}"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _run(["gcc", "-Os", "-static", "-o", f"{out}.tmp", str(source)], timeout=300, log=log)
+        os.replace(f"{out}.tmp", out)
+    return out
+
+
+def push(podman: Podman, ref: str, registry_host: str, ca: CertificateAuthority,
+         repository: str, log: Path | None = None) -> str:
+    """Push ``ref`` to ``registry_host/repository``; returns ``host/repository@digest``."""
+    certs = podman.home / "certs.d" / registry_host
+    certs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ca.cert, certs / "ca.crt")
+    with tempfile.TemporaryDirectory(prefix="pf-push-") as tmp:
+        digest_file = Path(tmp) / "digest"
+        target = f"{registry_host}/{repository}"
+        podman("push", "--cert-dir", str(certs), "--digestfile", str(digest_file),
+               ref, f"docker://{target}:latest", log=log)
+        return f"{target}@{digest_file.read_text().strip()}"
