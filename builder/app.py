@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from builder.api_scopes import parse_caller
 from builder.controller import Controller
 from builder.kube import Kube
 from builder.leader import LeaderElector
@@ -17,7 +18,7 @@ from builder.source import SourceCache
 from builder.webhooks.server import ServerSettings
 from builder.webhooks.service import WebhookSettings
 from builder.webhooks.service import start_with_kube as start_webhooks
-from plugforge.grpc_auth import read_client_token, read_tokens
+from plugforge.grpc_auth import TokenFileError, read_client_token, read_tokens
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,13 @@ class Builder:
         # Token files are read now, so a bad one stops the start with its reason.
         self.api_tokens = read_tokens(settings.grpc_token_file) \
             if settings.grpc_token_file and settings.grpc_address else {}
+        for name in self.api_tokens:
+            try:
+                if not parse_caller(name).namespaces:
+                    log.warning("API token %r has no scope (NAME@NS,...:TOKEN or NAME@*:TOKEN) "
+                                "in --grpc-token-file: it may act in no namespace", name)
+            except ValueError as e:
+                raise TokenFileError(f"token file {settings.grpc_token_file}: {e}") from None
         self.sidecars = SidecarClient(
             settings.sidecar_ca, read_client_token(settings.sidecar_token_file)
             if settings.sidecar_token_file else None)

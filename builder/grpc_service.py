@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from builder import build_api
+from builder.api_scopes import parse_caller
 from builder.errors import BuilderError, Forbidden, InvalidSpec, NotFound
 from builder.kube import Kube
 from builder.resources import parse_plugin
@@ -82,21 +83,30 @@ class BuildServicer(pb_grpc.BuildServiceServicer):
         self._sidecars = sidecars
         self._stop = stop
 
+    def _caller(self, context: grpc.ServicerContext, namespace: str) -> str:
+        """The caller's user name, once its token is scoped to ``namespace`` (else the call
+        ends with PERMISSION_DENIED naming the namespace)."""
+        name = self._auth.caller(context.invocation_metadata()) or ""
+        _call(context, lambda: parse_caller(name).check(namespace))
+        return parse_caller(name).user
+
     def TriggerBuild(self, request: pb.TriggerBuildRequest,
                      context: grpc.ServicerContext) -> pb.TriggerBuildResponse:
-        user = self._auth.caller(context.invocation_metadata()) or "unknown"
+        user = self._caller(context, request.namespace or "default")
         obj = _call(context, lambda: build_api.trigger(
             self._kube, request.namespace or "default", request.plugin, request.commit, user))
         return pb.TriggerBuildResponse(build=build_message(obj))
 
     def GetBuild(self, request: pb.GetBuildRequest,
                  context: grpc.ServicerContext) -> pb.GetBuildResponse:
+        self._caller(context, request.namespace or "default")
         obj = _call(context, lambda: build_api.get(self._kube, request.namespace or "default",
                                                    request.name))
         return pb.GetBuildResponse(build=build_message(obj))
 
     def ListBuilds(self, request: pb.ListBuildsRequest,
                    context: grpc.ServicerContext) -> pb.ListBuildsResponse:
+        self._caller(context, request.namespace or "default")
         items, token = _call(context, lambda: build_api.list_page(
             self._kube, request.namespace or "default", request.plugin,
             _PHASE_NAMES.get(request.phase, ""), request.page_size, request.page_token))
@@ -106,6 +116,7 @@ class BuildServicer(pb_grpc.BuildServiceServicer):
     def StreamBuildLogs(self, request: pb.StreamBuildLogsRequest,
                         context: grpc.ServicerContext) -> Iterator[pb.StreamBuildLogsResponse]:
         namespace = request.namespace or "default"
+        self._caller(context, namespace)
 
         def fetch() -> Obj:
             return build_api.get(self._kube, namespace, request.name)
@@ -125,6 +136,7 @@ class BuildServicer(pb_grpc.BuildServiceServicer):
 
     def GetRollout(self, request: pb.GetRolloutRequest,
                    context: grpc.ServicerContext) -> pb.GetRolloutResponse:
+        self._caller(context, request.namespace or "default")
         view = _call(context, lambda: rollout(self._kube, self._sidecars,
                                               request.namespace or "default", request.plugin))
         return pb.GetRolloutResponse(rollout=rollout_message(view))
@@ -159,8 +171,11 @@ def serve(kube: Kube, log_dir: Path, address: str, *, tokens: dict[str, str],
           tls: tuple[Path, Path], sidecars: SidecarClient) -> tuple[grpc.Server, int]:
     """Start the BuildService on ``address`` (port 0: pick one); returns (server, port).
 
-    TLS and tokens are not optional: the API creates builds and reads logs.
+    TLS and tokens are not optional: the API creates builds and reads logs. Each token's
+    name carries the namespaces it may act in (``builder.api_scopes``).
     """
+    for name in tokens:
+        parse_caller(name)  # a malformed scope stops the start, with its reason
     authenticator = Authenticator(tokens)
     stop = threading.Event()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),

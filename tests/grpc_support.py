@@ -37,7 +37,7 @@ def start_builder_api(cp: ControlPlane, ca: CertificateAuthority, state: Path, n
     """The builder as the ``builder`` identity, its BuildService on 127.0.0.1:<free> (TLS)."""
     state.mkdir(parents=True, exist_ok=True)
     tokens = state / "api-tokens"
-    tokens.write_text("".join(f"{user}:{token}\n" for user, token in TOKENS.items()))
+    tokens.write_text("".join(f"{user}@*:{token}\n" for user, token in TOKENS.items()))
     token_files = {}
     for user, token in TOKENS.items():
         token_files[user] = state / f"{user}.token"

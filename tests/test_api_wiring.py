@@ -124,7 +124,7 @@ def test_api_secrets_creates_once_then_keeps(installed: Installed, control_plane
     assert sidecar["ca.crt"] == builder["ca.crt"] == _secret(control_plane, SYSTEM,
                                                              CA_SECRET)["ca.crt"]
     token = (installed.out_dir / "token").read_bytes()
-    assert token.startswith(b"admin:") and token in builder["api-tokens"]
+    assert token.startswith(b"admin@*:") and token in builder["api-tokens"]
     assert stat.S_IMODE((installed.out_dir / "token").stat().st_mode) == 0o600
     assert token.split(b":", 1)[1].strip().decode() not in installed.first_output
 

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import grpc
 import pytest
 import yaml
 from builder_support import (
@@ -36,9 +37,16 @@ from conftest import GIT_CREDENTIALS
 from test_webhooks_server import post
 from webhooks_support import Commit, Push, encode, github_headers, github_push
 
+from builder import grpc_service
 from builder.app import Builder
 from builder.kube import Kube
+from builder.sidecars import SidecarClient
 from builder.webhooks import service
+from plugforge.cli import main as plugforge
+from plugforge.grpc_auth import secure_channel
+from plugforge.v1 import build_pb2 as pb
+from plugforge.v1 import build_pb2_grpc
+from testbed.certs import CertificateAuthority
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane, Identity, start_control_plane
 from testbed.registry import Registry
@@ -403,3 +411,68 @@ def _get(cluster: Cluster, path: str) -> Any:
     code, out = cluster.cp.request("GET", path)
     assert code == 200, out
     return out
+
+
+# --- 3. an API token acts only in the namespaces it names --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api(plane: ControlPlane, testbed_ca: CertificateAuthority, builder: Builder,
+        alice: Cluster, mallory: Cluster, tmp_path_factory: pytest.TempPathFactory
+        ) -> Iterator[dict[str, Any]]:
+    """The BuildService as the builder serves it (TLS, the builder's identity), with one token
+    per tenant, each scoped to its own namespace."""
+    state = tmp_path_factory.mktemp("api")
+    tokens = {f"alice@{alice.ns}": "alice-api-token-0123", f"mallory@{mallory.ns}":
+              "mallory-api-token-4567"}
+    files = {}
+    for name, token in tokens.items():
+        files[name.partition("@")[0]] = state / f"{name.partition('@')[0]}.token"
+        files[name.partition("@")[0]].write_text(f"{name}:{token}\n")
+    pair = testbed_ca.issue("tenancy-grpc")
+    kube = Kube.from_kubeconfig(plane.kubeconfig("builder"))
+    server, port = grpc_service.serve(kube, builder.settings.log_dir, "127.0.0.1:0",
+                                      tokens=tokens, tls=(pair.cert, pair.key),
+                                      sidecars=SidecarClient(None, None))
+    try:
+        yield {"address": f"127.0.0.1:{port}", "ca": testbed_ca.cert, "files": files,
+               "tokens": tokens}
+    finally:
+        server.stop(0)
+        kube.close()
+
+
+def test_3_a_token_cannot_act_in_another_tenants_namespace(
+        api: dict[str, Any], alice: Cluster, mallory: Cluster, hooked: dict[str, Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    token = api["tokens"][f"mallory@{mallory.ns}"]
+    stub = build_pb2_grpc.BuildServiceStub(secure_channel(api["address"], api["ca"], token))
+    before = len(alice.builds("hooked"))
+    a_build = alice.builds("hooked")[0]["metadata"]["name"]
+    calls = {
+        "TriggerBuild": lambda: stub.TriggerBuild(
+            pb.TriggerBuildRequest(namespace=alice.ns, plugin="hooked"), timeout=10),
+        "ListBuilds": lambda: stub.ListBuilds(pb.ListBuildsRequest(namespace=alice.ns),
+                                              timeout=10),
+        "GetBuild": lambda: stub.GetBuild(pb.GetBuildRequest(namespace=alice.ns,
+                                                             name=a_build), timeout=10),
+        "StreamBuildLogs": lambda: list(stub.StreamBuildLogs(pb.StreamBuildLogsRequest(
+            namespace=alice.ns, name=a_build), timeout=10)),
+        "GetRollout": lambda: stub.GetRollout(pb.GetRolloutRequest(namespace=alice.ns,
+                                                                   plugin="hooked"), timeout=10),
+    }
+    for method, call in calls.items():
+        with pytest.raises(grpc.RpcError) as refused:
+            call()
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+        assert f"may not act in namespace {alice.ns!r}" in str(refused.value.details()), method
+    assert len(alice.builds("hooked")) == before  # nothing was requested
+    # Her own namespace is fine.
+    stub.ListBuilds(pb.ListBuildsRequest(namespace=mallory.ns), timeout=10)
+    # The CLI says so in one line, exit 1.
+    argv = ["--builder", api["address"], "--ca-file", str(api["ca"]), "--token-file",
+            str(api["files"]["mallory"]), "-n", alice.ns]
+    assert plugforge(["trigger", "hooked", *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "PERMISSION_DENIED" in err and f"namespace {alice.ns!r}" in err and token not in err

@@ -115,6 +115,8 @@ def rpc_message(e: grpc.RpcError, what: str) -> str:
     details = e.details() if hasattr(e, "details") else str(e)
     hint = {
         grpc.StatusCode.UNAUTHENTICATED: " (check --token-file)",
+        grpc.StatusCode.PERMISSION_DENIED: " (use -n with a namespace your token is scoped to, "
+                                           "or ask for a token scoped to this one)",
         grpc.StatusCode.UNAVAILABLE: " (is --builder right, and does --ca-file match its "
                                      "certificate?)",
     }.get(code, "") if code is not None else ""

@@ -98,7 +98,9 @@ def _ensure(args: argparse.Namespace) -> int:
     if builder is None:
         leaf = pki.issue(ca, BUILDER_SERVICE, builder_names(system, args.builder_host))
         builder = {"tls.crt": leaf.cert, "tls.key": leaf.key, "ca.crt": ca.cert,
-                   "api-tokens": f"admin:{_token()}\n".encode(),
+                   # admin may act in every namespace (builder/api_scopes.py); add
+                   # NAME@NS1,NS2:TOKEN lines for callers that may act in some only.
+                   "api-tokens": f"admin@*:{_token()}\n".encode(),
                    "sidecar-token": _token().encode()}
         store.create(system, BUILDER_SECRET, builder)
     else:
@@ -112,7 +114,7 @@ def _ensure(args: argparse.Namespace) -> int:
             "tls.crt": leaf.cert, "tls.key": leaf.key, "ca.crt": ca.cert,
             "tokens": b"builder:" + builder["sidecar-token"].strip() + b"\n"})
     admin = next((line for line in builder["api-tokens"].decode().splitlines()
-                  if line.startswith("admin:")), None)
+                  if line.startswith(("admin@", "admin:"))), None)
     if admin is None:
         raise c.CliError(f"secret {system}/{BUILDER_SECRET} has no admin: line in api-tokens")
     args.out_dir.mkdir(parents=True, exist_ok=True)
