@@ -19,6 +19,7 @@ from testbed.podman import PodmanService, start_podman_service
 from testbed.procs import ServerProcess
 from testbed.rabbitmq import RabbitMQ, start_rabbitmq
 from testbed.registry import Registry, start_registry
+from testbed.vernemq import VerneMQ, start_vernemq
 
 REGISTRY_CREDENTIALS = ("pusher", "correct-horse-battery")
 GIT_CREDENTIALS = ("git-reader", "s3cret-git-token")
@@ -133,6 +134,17 @@ def emqx(testbed_dir: Path) -> Iterator[Emqx]:
     """A real EMQX 5.8.9 node (built once per machine into the plugforge cache: 4-5 minutes
     cold) on free ports, with its bootstrap API key. Tests remove the plugins they install."""
     node = start_emqx(testbed_dir / "emqx")
+    _track(node)
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def vernemq(testbed_dir: Path) -> Iterator[VerneMQ]:
+    """A real VerneMQ 2.0.1 node (built once per machine into the cache), set up as a user
+    would: ``allow_anonymous = off``, the stock vmq_passwd (users in ``.passwords``) and vmq_acl
+    (``topic #``). Tests leave it with only those two plugins (``vernemq_support.reset``)."""
+    node = start_vernemq(testbed_dir / "vernemq")
     _track(node)
     yield node
     node.stop()

@@ -1,424 +1,381 @@
-"""VerneMQ adapter against a replayed VerneMQ 2.0.1 node.
+"""VerneMQ adapter against a live VerneMQ 2.0.1 node (``testbed.vernemq``, the ``vernemq``
+fixture), set up as a user would: ``allow_anonymous = off``, the stock vmq_passwd with alice,
+mallory and eve in its password file, vmq_acl with ``topic #``.
 
-VerneMQ cannot run on these machines (no package reachable from the allowed registries). These
-tests run the adapter against responses RECORDED from a real VerneMQ 2.0.1 node
-(``../shared/fixtures/vernemq/``, see its README and COMMANDS.log), served by our own test
-infrastructure: a real HTTP server on 127.0.0.1 (``testbed.replay_http`` +
-``testbed.vernemq_replay``) and a real executable ``vmq-admin`` on disk that prints the recorded
-stdout/stderr and exits with the recorded code. A small model of the node picks which recording
-applies (plugin loaded or not, ``allow_anonymous`` on or off, plugin manager crashed).
-
-Proven here: parsing of both front ends (JSON from the HTTP API, ANSI tables from the CLI),
-error handling (failures with exit code 0 / HTTP 200, HTTP 400/401, refused values, unknown
-keys, a crashed plugin manager, connection refused), and the call sequences (enable, upgrade =
-disable + enable, rollback to the previous path, nothing sent for a mismatched app name).
-NOT proven: live hot-loading in a running VerneMQ, that an upgrade really runs the new beams
-(see the adapter's docstring for why it should), and MQTT behaviour after a change.
-
-Not recorded, so these tests rely on an inferred answer (``testbed.vernemq_replay.INFERRED``):
-the HTTP API's answer to a *successful* ``plugin enable``/``plugin disable`` (assumed to be the
-recorded text-JSON shape with "Done", as the CLI printed) and the CLI's text when the node does
-not answer (relx's "not responding to pings"); tests that depend on them say so.
+The plugin is the vernemq-erlang template built with the real CLI (``vernemq_support``). Its
+policy holds on MQTT 3.1.1 and 5 with real passwords because the adapter puts it first in the
+hook chain (see ``VerneMQAdapter._first_in_chain``). The adapter is wired as the manifest
+(``manifests/brokers/vernemq``) wires it, through the HTTP API with an API key, plus the node's
+``vmq-admin`` for config keys and clean-up.
 """
 
 from __future__ import annotations
 
-import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from paho.mqtt.enums import MQTTProtocolVersion
+from vernemq_support import (
+    PLUGIN,
+    V5,
+    V311,
+    Versions,
+    accepted,
+    app_plugins,
+    build_versions,
+    connect,
+    plugin_paths,
+    publish_outcome,
+    reset,
+)
 
-from plugforge.contract import Document
-from sidecar.adapters.base import AdapterError, BrokerUnavailable, ChangeClass
+from plugforge.contract import Document, PluginRelease, render_plugin_release
+from sidecar.adapters.base import AdapterError, ChangeClass
 from sidecar.adapters.registry import create_adapter
-from sidecar.adapters.vernemq import STATE_FILE, VerneMQAdapter, create
+from sidecar.adapters.vernemq import VerneMQAdapter, create
 from sidecar.adapters.vernemq_admin import CliAdmin, parse_json, parse_table
+from sidecar.adapters.vernemq_config import LIVE
+from sidecar.app import Sidecar
 from sidecar.probes import ProbeResult
 from sidecar.reconcile import Reconciler
+from sidecar.settings import Settings
 from sidecar.state import Phase
+from testbed.configmap_dir import ConfigMapDir
 from testbed.procs import free_port
-from testbed.replay_http import ReplayServer
-from testbed.vernemq_replay import FIXTURES, RECORDED_KEY, VerneMQReplay, install_vmq_admin
+from testbed.vernemq import VerneMQ
 
-NAME = "deny_mallory"  # the plugin the recordings loaded: its `plugin show` rows are recorded
-
-
-def digest(label: str) -> str:
-    return "sha256:" + hashlib.sha256(label.encode()).hexdigest()
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-A, B = digest("version A"), digest("version B")
-
-
-def image_tree(root: Path, label: str, app: str = NAME) -> Path:
-    """An extracted plugin image as the vernemq-erlang template produces it."""
-    ebin = root / label / "plugin" / NAME / "ebin"
-    ebin.mkdir(parents=True)
-    (ebin / f"{app}.app").write_text(
-        f'%% built by a test\n{{application, {app}, [{{vsn, "{label}"}}, {{modules, '
-        f"[{NAME}]}}, {{env, [{{vmq_plugin_hooks, []}}]}}]}}.\n")
-    (ebin / f"{NAME}.beam").write_bytes(f"beam of {label}".encode())
-    return root / label
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
+    return build_versions(tmp_path_factory.mktemp("vernemq-versions"))
 
 
 @pytest.fixture
-def node(tmp_path: Path) -> VerneMQReplay:
-    return VerneMQReplay(tmp_path / "node")
+def node(vernemq: VerneMQ) -> Iterator[VerneMQ]:
+    reset(vernemq)
+    yield vernemq
+    reset(vernemq)
+
+
+def options(node: VerneMQ, tmp_path: Path, **extra: str) -> dict[str, str]:
+    key = tmp_path / "api-key"
+    key.write_text(node.api_key + "\n")
+    return {"api_url": node.api_url, "api_key_file": str(key),
+            "vmq_admin": str(node.vmq_admin), **extra}
 
 
 @pytest.fixture
-def api(node: VerneMQReplay) -> Iterator[ReplayServer]:
-    with ReplayServer(node.http) as server:
-        yield server
+def adapter(node: VerneMQ, tmp_path: Path) -> VerneMQAdapter:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    return create(options(node, tmp_path), plugins)
 
 
-@pytest.fixture
-def vmq_admin(tmp_path: Path, node: VerneMQReplay) -> Path:
-    return install_vmq_admin(tmp_path / "bin", node.state_dir)
+# --- the two front ends on the live node -------------------------------------------------------
 
-
-@pytest.fixture
-def key_file(tmp_path: Path) -> Path:
-    path = tmp_path / "secret" / "api-key"
-    path.parent.mkdir()
-    path.write_text(RECORDED_KEY + "\n")
-    return path
-
-
-@pytest.fixture
-def plugin_dir(tmp_path: Path) -> Path:
-    path = tmp_path / "plugins"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def http_adapter(api: ReplayServer, key_file: Path, vmq_admin: Path,
-                 plugin_dir: Path) -> VerneMQAdapter:
-    return create({"api_url": api.url, "api_key_file": str(key_file),
-                   "vmq_admin": str(vmq_admin)}, plugin_dir)
-
-
-@pytest.fixture
-def cli_adapter(vmq_admin: Path, plugin_dir: Path) -> VerneMQAdapter:
-    return create({"vmq_admin": str(vmq_admin)}, plugin_dir)
-
-
-def commands(api: ReplayServer) -> list[str]:
-    return [t.removeprefix("GET /api/v1/") for t in api.targets()]
-
-
-# --- parsing -------------------------------------------------------------------------------
-
-def test_ansi_table_and_json_parse_to_the_same_plugins() -> None:
-    table = parse_table((FIXTURES / "plugin_show_after_enable.stdout").read_text())
-    as_json = parse_json((FIXTURES / "http_plugin_show_with_deny_mallory.body").read_text()).rows
-    assert "\x1b" in (FIXTURES / "plugin_show_after_enable.stdout").read_text()
-    assert [r["Plugin"] for r in table] == ["vmq_acl", "vmq_passwd", NAME]
+def test_cli_table_and_http_json_read_the_same_plugins(node: VerneMQ) -> None:
+    table = parse_table(node.admin("plugin", "show"))
+    import urllib3
+    body = urllib3.request("GET", f"{node.api_url}/api/v1/plugin/show",
+                           headers=urllib3.make_headers(basic_auth=f"{node.api_key}:")).data
+    assert [r["Plugin"] for r in table] == ["vmq_passwd", "vmq_acl"] or \
+        [r["Plugin"] for r in table] == ["vmq_acl", "vmq_passwd"]
+    as_json = parse_json(body.decode()).rows
     assert [{k: v.strip() for k, v in r.items()} for r in as_json] == [dict(r) for r in table]
-    assert table[2]["Hook(s)"].splitlines() == ["auth_on_register", "auth_on_publish",
-                                                "auth_on_subscribe"]
 
 
-def test_recorded_alert_json_and_exit_zero_failure_text_are_errors() -> None:
-    reply = parse_json((FIXTURES / "plugin_enable_nonexistent_json.stdout").read_text())
-    assert reply.alerts == ("Can't enable plugin: no_such_plugin due to plugin_not_found",)
-    assert reply.texts == ()
+def test_failures_come_with_exit_code_zero_and_are_errors(node: VerneMQ) -> None:
+    reply = CliAdmin(str(node.vmq_admin)).run(["plugin", "enable"],
+                                              {"--name": "no_such_plugin", "--path": "/"})
+    assert reply.alerts and "plugin_not_found" in reply.message()
 
 
-def test_registry_creates_the_vernemq_adapter(vmq_admin: Path, plugin_dir: Path) -> None:
-    adapter = create_adapter("vernemq", {"vmq_admin": str(vmq_admin)}, plugin_dir)
+def test_registry_and_options(node: VerneMQ, tmp_path: Path) -> None:
+    adapter = create_adapter("vernemq", options(node, tmp_path), tmp_path)
     assert adapter.name == "vernemq"
     assert adapter.plugin_change_class() is ChangeClass.PLUGIN_RELOAD
-
-
-def test_options_are_checked(plugin_dir: Path, key_file: Path) -> None:
     with pytest.raises(AdapterError, match="api_key_file"):
-        create({"api_url": "http://127.0.0.1:8888"}, plugin_dir)
+        create({"api_url": node.api_url}, tmp_path)
     with pytest.raises(AdapterError, match="unknown option"):
-        create({"vmq_admin": "vmq-admin", "api_secret": "x"}, plugin_dir)
-    with pytest.raises(AdapterError, match="api_url"):
-        create({"api_url": "127.0.0.1:8888", "api_key_file": str(key_file)}, plugin_dir)
+        create({"vmq_admin": "vmq-admin", "api_secret": "x"}, tmp_path)
 
 
-# --- observe -------------------------------------------------------------------------------
-
-def test_observe_fresh_node_over_http(http_adapter: VerneMQAdapter, api: ReplayServer) -> None:
-    seen = http_adapter.observe()
+def test_observe_fresh_node(adapter: VerneMQAdapter, node: VerneMQ) -> None:
+    seen = adapter.observe()
     assert seen.reachable, seen.detail
     assert seen.plugins == {}  # vmq_acl / vmq_passwd are the broker's, not ours
-    assert seen.instance == "VerneMQ@127.0.0.1"
-    assert commands(api) == ["plugin/show", "cluster/show"]
-    assert http_adapter.health()
+    assert seen.instance == node.nodename
+    assert adapter.health()
 
 
-def test_observe_reports_config_read_back_through_the_cli(
-        cli_adapter: VerneMQAdapter) -> None:
-    assert cli_adapter.validate_config({"allow_anonymous": "off"}) == []
-    seen = cli_adapter.observe()
-    assert seen.reachable, seen.detail
-    assert seen.config == {"allow_anonymous": "off"}  # recorded `show allow_anonymous` table
+def test_bad_api_key_gives_a_clear_error_without_the_key(node: VerneMQ, tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong-key"
+    wrong.write_text("wrongkey-7f3a9c\n")
+    adapter = create({"api_url": node.api_url, "api_key_file": str(wrong), "vmq_admin": "none"},
+                     tmp_path)
+    seen = adapter.observe()
+    assert not seen.reachable and "HTTP 401" in seen.detail and str(wrong) in seen.detail
+    assert "wrongkey-7f3a9c" not in seen.detail
 
 
-def test_crashed_plugin_manager_is_reported_unreachable(cli_adapter: VerneMQAdapter,
-                                                        node: VerneMQReplay) -> None:
-    with node.state() as state:
-        state["crashed"] = True  # recorded: `plugin show` and `--internal` print nothing
-    seen = cli_adapter.observe()
-    assert not seen.reachable
-    assert "crashed" in seen.detail and "restart the VerneMQ pod" in seen.detail
+def test_connection_refused_is_broker_unavailable(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_text("k\n")
+    adapter = create({"api_url": f"http://127.0.0.1:{free_port()}", "api_key_file": str(key),
+                      "vmq_admin": "none"}, tmp_path)
+    seen = adapter.observe()
+    assert not seen.reachable and "did not answer" in seen.detail
+    assert not adapter.health()
 
 
-# --- plugins -------------------------------------------------------------------------------
+# --- the policy: the plugin is asked first ------------------------------------------------------
 
-def test_install_enable_observe_over_http(http_adapter: VerneMQAdapter, api: ReplayServer,
-                                          node: VerneMQReplay, plugin_dir: Path,
-                                          tmp_path: Path) -> None:
-    # Relies on the inferred HTTP answer to a successful enable (see module docstring).
-    path = http_adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    assert path == plugin_dir / NAME / A[7:]
-    assert (path / "ebin" / f"{NAME}.app").is_file()
-    api.clear()
-    http_adapter.enable(NAME, A, {})
-    assert commands(api) == ["plugin/show", f"plugin/enable?--name={NAME}&--path={path}"]
-    assert node.snapshot()["loaded"] == {NAME: str(path)}
-    seen = http_adapter.observe()
-    assert seen.plugins[NAME].digest == A and seen.plugins[NAME].enabled
-    assert seen.plugins[NAME].path == str(path)
+def test_without_a_plugin_the_stock_plugins_decide(node: VerneMQ) -> None:
+    assert accepted(node, "alice") and accepted(node, "mallory")
+    assert not accepted(node, "alice", "wrong") and not accepted(node, "nosuchuser", "x")
 
 
-def test_upgrade_disables_old_then_enables_new(http_adapter: VerneMQAdapter, api: ReplayServer,
-                                               node: VerneMQReplay, tmp_path: Path) -> None:
-    http_adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    new = http_adapter.install_plugin(NAME, B, image_tree(tmp_path / "img", "B"))
-    http_adapter.enable(NAME, A, {})
-    api.clear()
-    http_adapter.enable(NAME, B, {})
-    assert commands(api) == ["plugin/show", f"plugin/disable?--name={NAME}",
-                             f"plugin/enable?--name={NAME}&--path={new}"]
-    assert node.snapshot()["loaded"] == {NAME: str(new)}
-    assert http_adapter.observe().plugins[NAME].digest == B
+@pytest.mark.parametrize("protocol", [V311, V5], ids=["mqtt3.1.1", "mqtt5"])
+def test_policy_holds_with_passwords(adapter: VerneMQAdapter, node: VerneMQ,
+                                     versions: Versions,
+                                     protocol: MQTTProtocolVersion) -> None:
+    v1 = versions.v1
+    adapter.install_plugin(PLUGIN, v1.digest, v1.tree)
+    adapter.enable(PLUGIN, v1.digest, {})
+    assert app_plugins(node)[0] == PLUGIN  # asked before vmq_passwd and vmq_acl
+    assert adapter.observe().plugins[PLUGIN].enabled
+    mallory = connect(node, "mallory", protocol=protocol)  # her right password
+    mallory.close()
+    assert not mallory.accepted
+    # 3.1.1: CONNACK return code 4, bad user name or password (paho reports it as the MQTT 5
+    # code 134); 5: CONNACK 135, not authorized.
+    assert mallory.connect_rc is not None
+    assert mallory.connect_rc.value == (134 if protocol == V311 else 135)
+    assert not accepted(node, "nosuchuser", "x", protocol=protocol)
+    assert not accepted(node, "alice", "", protocol=protocol)  # no password: nobody admits
+    assert not accepted(node, "alice", "wrong", protocol=protocol)
+    assert accepted(node, "alice", protocol=protocol)
+    # A refused QoS 1 publish: 3.1.1 has no code for it, the broker closes the connection;
+    # 5 answers PUBACK 135.
+    refused = publish_outcome(node, "alice", "forbidden/x", protocol=protocol)
+    assert refused == ("closed" if protocol == V311 else "puback 135")
+    assert publish_outcome(node, "alice", "ok/x", protocol=protocol) == "puback 0"
 
 
-def test_failed_enable_rolls_back_to_the_previous_path(
-        api: ReplayServer, key_file: Path, vmq_admin: Path, plugin_dir: Path,
-        node: VerneMQReplay, tmp_path: Path) -> None:
-    # The broker sees the volume at another path, where only version A exists: enabling B is
-    # refused with the recorded HTTP 400 for a --path that does not exist.
-    broker_view = tmp_path / "broker-view"
-    adapter = create({"api_url": api.url, "api_key_file": str(key_file),
-                      "vmq_admin": str(vmq_admin), "broker_plugin_dir": str(broker_view)},
-                     plugin_dir)
-    adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    adapter.install_plugin(NAME, B, image_tree(tmp_path / "img", "B"))
-    (broker_view / NAME).mkdir(parents=True)
-    (broker_view / NAME / A[7:]).symlink_to(plugin_dir / NAME / A[7:])
-    adapter.enable(NAME, A, {})
-    api.clear()
-    with pytest.raises(AdapterError, match="HTTP 400") as refused:
-        adapter.enable(NAME, B, {})
-    assert "--path that does not exist" in str(refused.value)
-    old, new = broker_view / NAME / A[7:], broker_view / NAME / B[7:]
-    assert commands(api) == ["plugin/show", f"plugin/disable?--name={NAME}",
-                             f"plugin/enable?--name={NAME}&--path={new}",
-                             f"plugin/enable?--name={NAME}&--path={old}"]
-    assert node.snapshot()["loaded"] == {NAME: str(old)}
-    assert adapter.observe().plugins[NAME].digest == A
+def test_http_only_wiring_of_the_manifest_gives_the_same_result(
+        node: VerneMQ, versions: Versions, tmp_path: Path) -> None:
+    # manifests/brokers/vernemq: HTTP API + key, vmq_admin=none.
+    plugins = tmp_path / "plugins"
+    adapter = create(options(node, tmp_path, vmq_admin="none"), plugins)
+    adapter.install_plugin(PLUGIN, versions.v1.digest, versions.v1.tree)
+    adapter.enable(PLUGIN, versions.v1.digest, {})
+    assert app_plugins(node)[0] == PLUGIN
+    assert not accepted(node, "mallory") and accepted(node, "alice")
+    assert not accepted(node, "nosuchuser", "x")
+    assert publish_outcome(node, "alice", "forbidden/x") == "puback 135"
 
 
-def test_exit_code_zero_failure_is_an_error(tmp_path: Path, vmq_admin: Path, plugin_dir: Path,
-                                            node: VerneMQReplay) -> None:
-    # Recorded: a --path without ebin/ gives "Can't enable plugin: ... plugin_not_found", rc 0.
-    broker_view = tmp_path / "broker-view"
-    (broker_view / NAME / A[7:]).mkdir(parents=True)
-    adapter = create({"vmq_admin": str(vmq_admin), "broker_plugin_dir": str(broker_view)},
-                     plugin_dir)
-    adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    with pytest.raises(AdapterError, match="due to plugin_not_found"):
-        adapter.enable(NAME, A, {})
-    assert node.snapshot()["loaded"] == {}
-    assert adapter.observe().plugins[NAME].enabled is False
+def test_a_stock_plugin_re_enabled_by_hand_is_put_behind_again(
+        adapter: VerneMQAdapter, node: VerneMQ, versions: Versions) -> None:
+    v1 = versions.v1
+    adapter.install_plugin(PLUGIN, v1.digest, v1.tree)
+    adapter.enable(PLUGIN, v1.digest, {})
+    node.admin("plugin", "disable", "--name=vmq_passwd")
+    node.admin("plugin", "enable", "--name=vmq_passwd")
+    node.admin("plugin", "disable", "--name=vmq_passwd")
+    node.admin("plugin", "enable", "--name=vmq_passwd")
+    assert app_plugins(node)[0] == PLUGIN  # vmq_passwd now last, behind us: still in effect
+    node.admin("plugin", "disable", f"--name={PLUGIN}")
+    node.admin("plugin", "enable", f"--name={PLUGIN}",
+               f"--path={adapter.settings.broker_plugin_dir / PLUGIN / v1.digest[7:]}")
+    assert app_plugins(node)[-1] == PLUGIN and accepted(node, "mallory")  # behind: open
+    assert adapter.observe().plugins[PLUGIN].enabled is False  # reported as not in effect
+    adapter.enable(PLUGIN, v1.digest, {})
+    assert app_plugins(node)[0] == PLUGIN and not accepted(node, "mallory")
 
 
-def test_cli_enable_disable_and_disable_of_an_unloaded_plugin(
-        cli_adapter: VerneMQAdapter, node: VerneMQReplay, vmq_admin: Path,
-        tmp_path: Path) -> None:
-    path = cli_adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    cli_adapter.enable(NAME, A, {})
-    assert node.snapshot()["loaded"] == {NAME: str(path)}
-    seen = cli_adapter.observe()  # parsed from the recorded ANSI table with deny_mallory
-    assert seen.plugins[NAME].digest == A
-    cli_adapter.disable(NAME)
-    assert node.snapshot()["loaded"] == {}
-    cli_adapter.disable(NAME)  # idempotent: nothing loaded, nothing sent but `plugin show`
-    reply = CliAdmin(str(vmq_admin)).run(["plugin", "disable"], {"--name": NAME})
-    assert reply.alerts == (f"Can't disable plugin: {NAME} due to plugin_not_found",)
-    seen = cli_adapter.observe()
-    assert seen.plugins[NAME].enabled is False and seen.plugins[NAME].digest is None
+# --- upgrade, failures, the code path ---------------------------------------------------------
+
+def test_upgrade_keeps_the_node_and_clients_and_one_version_on_the_code_path(
+        adapter: VerneMQAdapter, node: VerneMQ, versions: Versions) -> None:
+    v1, v2 = versions.v1, versions.v2
+    adapter.install_plugin(PLUGIN, v1.digest, v1.tree)
+    adapter.install_plugin(PLUGIN, v2.digest, v2.tree)
+    adapter.enable(PLUGIN, v1.digest, {})
+    pid = node.pid
+    keeper = connect(node, "alice")
+    keeper.subscribe("ok/#")
+    try:
+        assert accepted(node, "eve")
+        adapter.enable(PLUGIN, v2.digest, {})  # changed code: denies eve too
+        assert not accepted(node, "eve") and accepted(node, "alice")
+        assert adapter.observe().plugins[PLUGIN].digest == v2.digest
+        assert node.pid == pid
+        assert keeper.connected and not keeper.disconnected
+        assert plugin_paths(node) == [f"{adapter.settings.plugin_dir}/{PLUGIN}/"
+                                      f"{v2.digest[7:]}/ebin"]
+    finally:
+        keeper.close()
+    adapter.disable(PLUGIN)
+    assert plugin_paths(node) == [] and accepted(node, "mallory")
 
 
-def test_node_restart_loses_plugins_and_observe_says_so(
-        http_adapter: VerneMQAdapter, node: VerneMQReplay, tmp_path: Path) -> None:
-    http_adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    http_adapter.enable(NAME, A, {})
-    with node.state() as state:
-        state["loaded"] = {}  # recorded: plugin_show_after_restart has no deny_mallory
-    seen = http_adapter.observe().plugins[NAME]
-    assert (seen.enabled, seen.digest) == (False, None)
+def test_app_listing_a_missing_module_is_refused_before_any_call(
+        adapter: VerneMQAdapter, versions: Versions) -> None:
+    bad = versions.missing_module
+    before = adapter.admin_calls
+    with pytest.raises(AdapterError, match=r"deny_test_gone without a \.beam"):
+        adapter.install_plugin(PLUGIN, bad.digest, bad.tree)
+    assert adapter.admin_calls == before
+
+
+def test_failed_enable_leaves_no_half_loaded_app(adapter: VerneMQAdapter, node: VerneMQ,
+                                                 versions: Versions) -> None:
+    v1, bad = versions.v1, versions.bad_hook
+    adapter.install_plugin(PLUGIN, v1.digest, v1.tree)
+    adapter.install_plugin(PLUGIN, bad.digest, bad.tree)
+    adapter.enable(PLUGIN, v1.digest, {})
+    with pytest.raises(AdapterError, match="unknown_module"):
+        adapter.enable(PLUGIN, bad.digest, {})
+    # Restored and in effect (by behaviour), first in the chain, one version on the path.
+    assert adapter.observe().plugins[PLUGIN].digest == v1.digest
+    assert app_plugins(node)[0] == PLUGIN
+    assert not accepted(node, "mallory") and accepted(node, "alice") and accepted(node, "eve")
+    assert plugin_paths(node) == [f"{adapter.settings.plugin_dir}/{PLUGIN}/{v1.digest[7:]}/ebin"]
+    # And the failure repeats as itself (no "already loaded" leftovers), then v2 loads.
+    with pytest.raises(AdapterError, match="unknown_module"):
+        adapter.enable(PLUGIN, bad.digest, {})
+    adapter.install_plugin(PLUGIN, versions.v2.digest, versions.v2.tree)
+    adapter.enable(PLUGIN, versions.v2.digest, {})
+    assert not accepted(node, "eve")
 
 
 def test_mismatched_app_name_is_refused_before_any_call(
-        http_adapter: VerneMQAdapter, api: ReplayServer, node: VerneMQReplay,
-        plugin_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(AdapterError, match="'other_name'"):
-        http_adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A", app="other_name"))
-    # Also for a version directory that was put in place by other means.
-    ebin = plugin_dir / NAME / A[7:] / "ebin"
+        adapter: VerneMQAdapter, versions: Versions, tmp_path: Path) -> None:
+    ebin = adapter.settings.plugin_dir / "other_name" / versions.v1.digest[7:] / "ebin"
     ebin.mkdir(parents=True)
-    (ebin / "other_name.app").write_text("{application, other_name, []}.\n")
-    api.clear()
+    for f in (versions.v1.artifact_dir / "ebin").iterdir():
+        (ebin / f.name).write_bytes(f.read_bytes())
+    before = adapter.admin_calls
     with pytest.raises(AdapterError, match="crashes its plugin manager"):
-        http_adapter.enable(NAME, A, {})
-    assert api.targets() == []
-    assert http_adapter.cli is not None and http_adapter.cli.calls == 0
-    assert node.snapshot()["crashed"] is False
+        adapter.enable("other_name", versions.v1.digest, {})
+    assert adapter.admin_calls == before
 
 
 def test_settings_without_a_schema_are_refused_before_any_call(
-        http_adapter: VerneMQAdapter, api: ReplayServer, tmp_path: Path) -> None:
-    http_adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    api.clear()
+        adapter: VerneMQAdapter, versions: Versions) -> None:
+    adapter.install_plugin(PLUGIN, versions.v1.digest, versions.v1.tree)
+    before = adapter.admin_calls
     with pytest.raises(AdapterError, match=r"priv/\*\.schema"):
-        http_adapter.enable(NAME, A, {"deny_users": "mallory,eve"})
-    assert api.targets() == []
+        adapter.enable(PLUGIN, versions.v1.digest, {"deny_users": "mallory,eve"})
+    assert adapter.admin_calls == before
 
 
-def test_bad_api_key_gives_a_clear_error_without_the_key(
-        api: ReplayServer, vmq_admin: Path, plugin_dir: Path, tmp_path: Path) -> None:
-    wrong = tmp_path / "wrong-key"
-    wrong.write_text("wrongkey-7f3a9c\n")
-    adapter = create({"api_url": api.url, "api_key_file": str(wrong),
-                      "vmq_admin": str(vmq_admin)}, plugin_dir)
-    seen = adapter.observe()
-    assert not seen.reachable
-    assert "HTTP 401" in seen.detail and str(wrong) in seen.detail
-    assert "wrongkey-7f3a9c" not in seen.detail
-    adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    with pytest.raises(AdapterError, match="api-key") as refused:
-        adapter.enable(NAME, A, {})
-    assert "wrongkey-7f3a9c" not in str(refused.value)
-    assert not adapter.health()
+# --- config -------------------------------------------------------------------------------------
+
+def test_every_live_key_is_one_the_node_takes(node: VerneMQ) -> None:
+    cli = CliAdmin(str(node.vmq_admin))
+    for key in LIVE:
+        shown = cli.run(["show", key]).rows
+        assert shown and key in shown[0], f"{key}: {shown}"
+        value = shown[0][key].strip()
+        out = cli.run_raw(["set"], {key: value})
+        assert f'{key} set to "{value}"' in out, f"{key}={value}: {out}"
 
 
-def test_connection_refused_is_broker_unavailable(key_file: Path, plugin_dir: Path,
-                                                  tmp_path: Path) -> None:
-    adapter = create({"api_url": f"http://127.0.0.1:{free_port()}",
-                      "api_key_file": str(key_file), "vmq_admin": "none"}, plugin_dir)
-    seen = adapter.observe()
-    assert not seen.reachable and "did not answer" in seen.detail
-    adapter.install_plugin(NAME, A, image_tree(tmp_path / "img", "A"))
-    with pytest.raises(BrokerUnavailable):
-        adapter.enable(NAME, A, {})
-    assert not adapter.health()
+def test_config_set_live_read_back_and_restore(adapter: VerneMQAdapter, node: VerneMQ) -> None:
+    assert adapter.validate_config({"max_inflight_messages": "40",
+                                    "max_message_size": "4096"}) == []
+    for gone in ("allow_multiple_sessions", "message_size_limit"):
+        problems = adapter.validate_config({gone: "1"})
+        assert problems and "restart the pod" in problems[0].message
+    pid = node.pid
+    adapter.apply_config({"max_inflight_messages": "40", "max_message_size": "4096"})
+    assert adapter.observe().config == {"max_inflight_messages": "40",
+                                        "max_message_size": "4096"}
+    client = connect(node, "alice")
+    try:
+        client.c.publish("ok/big", b"x" * 5000, qos=1)
+        client.wait_disconnected()  # over max_message_size: the node closes the connection
+    finally:
+        client.close()
+    adapter.apply_config({"max_inflight_messages": None, "max_message_size": None})
+    shown = CliAdmin(str(node.vmq_admin)).run(["show", "max_inflight_messages",
+                                               "max_message_size"]).rows[0]
+    assert (shown["max_inflight_messages"].strip(), shown["max_message_size"].strip()) == \
+        ("20", "0")  # the node's own values again
+    assert node.pid == pid
 
 
-def test_cli_node_down_is_broker_unavailable(cli_adapter: VerneMQAdapter,
-                                             node: VerneMQReplay) -> None:
-    # Relies on relx's documented "not responding to pings" text (not recorded).
-    with node.state() as state:
-        state["down"] = True
-    seen = cli_adapter.observe()
-    assert not seen.reachable and "not running" in seen.detail
-
-
-# --- config --------------------------------------------------------------------------------
-
-def test_config_validation_and_classes(cli_adapter: VerneMQAdapter) -> None:
-    problems = cli_adapter.validate_config({"allow_anonymous": "maybe",
-                                            "listener.max_connections": "5",
-                                            "max_inflight_messages": "20"})
-    assert [p.key for p in problems] == ["allow_anonymous", "listener.max_connections"]
-    assert "expected on or off" in problems[0].message
-    assert "restart the pod" in problems[1].message
-    assert cli_adapter.classify("allow_anonymous") is ChangeClass.HOT
-    assert cli_adapter.classify("listener.max_connections") is ChangeClass.BROKER_RESTART
-
-
-def test_config_set_read_back_and_restore(cli_adapter: VerneMQAdapter, node: VerneMQReplay,
-                                          plugin_dir: Path) -> None:
-    cli_adapter.validate_config({"allow_anonymous": "on"})
-    cli_adapter.apply_config({"allow_anonymous": "on"})
-    assert node.snapshot()["allow_anonymous"] == "on"
-    assert cli_adapter.observe().config == {"allow_anonymous": "on"}
-    assert '"allow_anonymous": "off"' in (plugin_dir / STATE_FILE).read_text()  # the original
-    cli_adapter.apply_config({"allow_anonymous": None})  # back to the node's own value
-    assert node.snapshot()["allow_anonymous"] == "off"
-
-
-def test_config_bad_value_carries_the_brokers_message(cli_adapter: VerneMQAdapter,
-                                                      node: VerneMQReplay) -> None:
+def test_config_bad_value_carries_the_brokers_message(adapter: VerneMQAdapter) -> None:
     with pytest.raises(AdapterError) as refused:
-        cli_adapter.apply_config({"allow_anonymous": "maybe"})
-    message = str(refused.value)
-    assert "Error transforming datatype for: allow_anonymous" in message
-    assert "acceptable values are: on, off" in message
-    assert node.snapshot()["allow_anonymous"] == "off"
+        adapter.apply_config({"allow_anonymous": "maybe"})
+    assert "acceptable values are: on, off" in str(refused.value)
 
 
-def test_config_unknown_key_is_refused(vmq_admin: Path, plugin_dir: Path) -> None:
-    # An operator-declared live key the broker does not know: `show` refuses it first.
-    adapter = create({"vmq_admin": str(vmq_admin), "extra_live_keys": "no_such_key"},
-                     plugin_dir)
-    with pytest.raises(AdapterError, match="Invalid config keys: no_such_key"):
-        adapter.apply_config({"no_such_key": "1"})
-    with pytest.raises(AdapterError) as unknown:
-        CliAdmin(str(vmq_admin)).run_raw(["set"], {"no_such_key": "1"})
-    assert "Unknown variable: no_such_key" in str(unknown.value)
-    assert "=ERROR REPORT" not in str(unknown.value)
-    with pytest.raises(AdapterError, match="restart the pod"):
-        adapter.apply_config({"listener.max_connections": "5"})
+# --- through the reconciler and the sidecar -----------------------------------------------------
 
+def release_doc(image_digest: str) -> Document:
+    return Document("test", f"plugin.{PLUGIN}.yaml", render_plugin_release(
+        PluginRelease(PLUGIN, f"registry.test:5000/plugins/deny@{image_digest}", True)))
 
-# --- through the reconciler ----------------------------------------------------------------
 
 def test_reconciler_converges_and_recovers_after_node_restart(
-        http_adapter: VerneMQAdapter, api: ReplayServer, node: VerneMQReplay,
-        tmp_path: Path) -> None:
-    tree = image_tree(tmp_path / "img", "A")
-    documents = [
-        Document("test", "broker.yaml", "apiVersion: plugforge.dev/v1alpha1\n"
-                 "kind: BrokerConfig\nbroker: vernemq\nconfig:\n  allow_anonymous: 'off'\n"),
-        Document("test", f"plugin.{NAME}.yaml", "apiVersion: plugforge.dev/v1alpha1\n"
-                 f"kind: PluginRelease\nname: {NAME}\n"
-                 f"image: registry.test:5000/plugins/deny@{A}\n"),
-    ]
-    reconciler = Reconciler(http_adapter, lambda: documents, lambda _image: tree,
+        adapter: VerneMQAdapter, node: VerneMQ, versions: Versions) -> None:
+    v1 = versions.v1
+    documents = [release_doc(v1.digest)]
+    reconciler = Reconciler(adapter, lambda: documents, lambda _image: v1.tree,
                             lambda p: ProbeResult(p.name, True, "accepted", "not run"))
     assert reconciler.reconcile("start").phase is Phase.APPLIED, reconciler.state.last_error
-    assert NAME in node.snapshot()["loaded"]
-    api.clear()
+    before = adapter.admin_calls
     assert reconciler.reconcile("resync").phase is Phase.APPLIED
-    assert not [c for c in commands(api) if "enable" in c or "disable" in c]
-    with node.state() as state:
-        state["loaded"] = {}  # the node restarted: runtime-enabled plugins are gone
+    assert adapter.admin_calls - before <= 3  # observe only: plugin show, cluster show
+    node.stop_node()
+    try:
+        assert reconciler.reconcile("retry").phase is Phase.UNAVAILABLE
+    finally:
+        node.start_node()
+    assert PLUGIN not in app_plugins(node)  # runtime-enabled plugins are not persisted
     assert reconciler.reconcile("resync").phase is Phase.APPLIED, reconciler.state.last_error
-    assert NAME in node.snapshot()["loaded"]
+    assert app_plugins(node)[0] == PLUGIN and not accepted(node, "mallory")
 
 
-def test_settings_with_a_schema_go_through_vmq_admin_set(
-        http_adapter: VerneMQAdapter, node: VerneMQReplay, tmp_path: Path) -> None:
-    # No recording has a plugin schema key, so the replay answers "no recording for <argv>":
-    # this proves the argv the adapter sends (documented `vmq-admin set <app>.<key>=<value>`),
-    # not VerneMQ's answer to it.
-    tree = image_tree(tmp_path / "img", "A")
-    priv = tree / "plugin" / NAME / "priv"
-    priv.mkdir()
-    (priv / f"{NAME}.schema").write_text(
-        f'{{mapping, "{NAME}.deny_users", "{NAME}.deny_users", [{{datatype, string}}]}}.\n')
-    http_adapter.install_plugin(NAME, A, tree)
-    with pytest.raises(AdapterError, match=f"no recording for vmq-admin set "
-                                           f"{NAME}.deny_users=mallory,eve"):
-        http_adapter.enable(NAME, A, {"deny_users": "mallory,eve"})
-    with pytest.raises(AdapterError, match="not in its schema"):
-        http_adapter.enable(NAME, A, {"allow_users": "x"})
+def applied(sidecar: Sidecar) -> bool:
+    return sidecar.state.phase is Phase.APPLIED and sidecar.state.ready
+
+
+def test_retry_timers_of_a_failed_state_stop_when_a_good_one_applies(
+        node: VerneMQ, versions: Versions, tmp_path: Path) -> None:
+    trees = {versions.missing_module.digest: versions.missing_module.tree,
+             versions.v1.digest: versions.v1.tree}
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({f"plugin.{PLUGIN}.yaml": render_plugin_release(PluginRelease(
+        PLUGIN, f"registry.test:5000/p@{versions.missing_module.digest}", True))})
+    sidecar = Sidecar(Settings(
+        broker="vernemq", config_dirs=(cm.path,), source="files",
+        adapter_options=options(node, tmp_path), plugin_dir=tmp_path / "plugins",
+        cache_dir=tmp_path / "cache", debounce=0.05, resync_interval=3600, http_address=""),
+        pull_image=lambda image: trees[image.rpartition("@")[2]])
+    sidecar.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sidecar.loops < 3:  # the failing state, retried after 1 s and 2 s
+            assert time.monotonic() < deadline, sidecar.state.last_error
+            time.sleep(0.1)
+        assert sidecar.state.phase is Phase.FAILED, sidecar.state.phase
+        good = PluginRelease(PLUGIN, f"registry.test:5000/p@{versions.v1.digest}", True)
+        cm.update({f"plugin.{PLUGIN}.yaml": render_plugin_release(good)})
+        while not applied(sidecar):
+            assert time.monotonic() < deadline, sidecar.state.last_error
+            time.sleep(0.1)
+        loops = sidecar.loops
+        threading.Event().wait(5.0)  # the failing state's next retry was due 4 s after its last
+        assert sidecar.loops == loops, "a retry of the failed state ran after the good one"
+        assert not accepted(node, "mallory")
+    finally:
+        sidecar.stop()

@@ -71,14 +71,24 @@ from sidecar.adapters.files import (
     load_record,
     save_record,
 )
-from sidecar.adapters.vernemq_admin import CliAdmin, HttpAdmin, Reply, VmqAdmin, read_secret
+from sidecar.adapters.vernemq_admin import (
+    CliAdmin,
+    HttpAdmin,
+    NodeTool,
+    Reply,
+    VmqAdmin,
+    erl_atom,
+    erl_string,
+    read_secret,
+)
+from sidecar.adapters.vernemq_app import check_plugin
 from sidecar.adapters.vernemq_config import LiveKeys
 
 log = logging.getLogger("plugforge.sidecar.vernemq")
 
 STATE_FILE = ".plugforge-vernemq.json"
 _APP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_APP_TERM = re.compile(r"^\s*\{\s*application\s*,\s*'?([A-Za-z0-9_@]+)'?\s*,", re.MULTILINE)
+_PRINTED_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _MAPPING = re.compile(r"\{\s*mapping\s*,\s*\"([^\"]+)\"")
 _SET_OK = re.compile(r"^(\S+) set to \"(.*)\"$")
 
@@ -135,22 +145,25 @@ class VerneMQAdapter:
                               key_source=settings.api_key_file, timeout=settings.timeout) \
             if settings.api_url else None
         self.admin: VmqAdmin = self.http if self.http is not None else _require(self.cli)
+        self.nodetool = NodeTool.beside(settings.vmq_admin, timeout=settings.timeout) \
+            if settings.vmq_admin else None
         self.live = LiveKeys(settings.extra_live_keys)
         self._watched: set[str] = set()
 
     @property
     def admin_calls(self) -> int:
-        return (self.http.calls if self.http else 0) + (self.cli.calls if self.cli else 0)
+        return ((self.http.calls if self.http else 0) + (self.cli.calls if self.cli else 0)
+                + (self.nodetool.calls if self.nodetool else 0))
 
     # --- reading ---------------------------------------------------------------------------
 
     def observe(self) -> Observed:
         try:
-            loaded = self._loaded()
+            chain = self._chain()
             state = self._state()
             config = self._show(sorted((self._watched | set(state["originals"])) & set(
                 self.live.checks)))
-            plugins = self._observed_plugins(loaded, state)
+            plugins = self._observed_plugins(chain, state)
         except (BrokerUnavailable, AdapterError) as e:
             return Observed(False, detail=str(e))
         return Observed(True, plugins, config, instance=self._node())
@@ -199,7 +212,7 @@ class VerneMQAdapter:
             raise AdapterError(f"image for VerneMQ plugin {name!r} has no plugin/{name}/ebin/ "
                                f"directory (the OTP app `plugin enable --path` loads); "
                                f"found {found}")
-        app_name(source, name)
+        check_plugin(source, name)
         return install_version_dir(
             self._version_dir(name, digest), digest,
             lambda staging: shutil.copytree(source, staging, symlinks=True, dirs_exist_ok=True))
@@ -209,20 +222,18 @@ class VerneMQAdapter:
         if not version_dir.is_dir():
             raise AdapterError(f"plugin {name!r} version {digest} is not installed in "
                                f"{version_dir}; install it first")
-        app_name(version_dir, name)  # before any call: a wrong --name crashes the plugin mgr
+        check_plugin(version_dir, name)  # before any call: see vernemq_app
         variables = self._setting_variables(name, version_dir, settings)
         state = self._state()
         record = state["plugins"].get(name)
-        loaded = name in self._loaded()
-        if not (loaded and record and record.get("digest") == digest):
+        chain = self._chain()
+        loaded = any(p.name == name for p in chain)
+        current = loaded and bool(record) and record.get("digest") == digest
+        ours = set(state["plugins"]) | {name}
+        if not current or _ahead(chain, name, ours):
             previous = record.get("digest") if (loaded and record) else None
-            if loaded:
-                self._disable_call(name)
-            try:
-                self._enable_call(name, self._broker_path(name, digest))
-            except (AdapterError, BrokerUnavailable) as e:
-                self._restore(name, previous, e)
-                raise
+            self._first_in_chain(name, None if current else digest, previous, loaded,
+                                 [p.name for p in chain if p.auth and p.name not in ours])
             state["plugins"][name] = {"digest": digest, "settings": {}}
             self._save(state)
         if variables:
@@ -231,11 +242,49 @@ class VerneMQAdapter:
         self._save(state)
 
     def disable(self, name: str) -> None:
-        if name in self._loaded():
+        if any(p.name == name for p in self._chain()):
             self._disable_call(name)
+        self._prune_code_path(name, None)
         state = self._state()
         if state["plugins"].pop(name, None) is not None:
             self._save(state)
+
+    def _first_in_chain(self, name: str, digest: str | None, previous: str | None,
+                        loaded: bool, others: list[str]) -> None:
+        """Enable ``name`` at ``digest`` (None: keep the loaded version) so it is asked before
+        the broker's other auth plugins (``others``, e.g. vmq_passwd, vmq_acl).
+
+        VerneMQ calls a hook's plugins in the order they were enabled, runtime enables last,
+        and has no priority for them; so the others are disabled first and enabled again after
+        ours. In between, no other auth plugin answers: a client that connects or publishes
+        then is refused (fail closed), never admitted by a plugin that should come second.
+        """
+        moved: list[str] = []
+        try:
+            for other in others:
+                self._disable_call(other)
+                moved.append(other)
+            if digest is not None:
+                if loaded:
+                    self._disable_call(name)
+                try:
+                    self._enable_call(name, self._broker_path(name, digest))
+                except (AdapterError, BrokerUnavailable) as e:
+                    self._clean_failed(name, digest)
+                    self._restore(name, previous, e)
+                    raise
+        finally:
+            failed = []
+            for other in moved:
+                try:
+                    self._enable_call(other, None)
+                except (AdapterError, BrokerUnavailable) as e:
+                    failed.append(f"{other}: {e}")
+            if failed:
+                raise AdapterError("re-enabling the broker's own auth plugins after "
+                                   f"{name} failed: {'; '.join(failed)}; until they are back "
+                                   "only plugforge plugins decide (fail closed)")
+        self._prune_code_path(name, digest or previous)
 
     # --- config ----------------------------------------------------------------------------
 
@@ -276,8 +325,9 @@ class VerneMQAdapter:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _loaded(self) -> set[str]:
-        """Application plugins the node runs; raises when its plugin manager is gone."""
+    def _chain(self) -> list[ChainEntry]:
+        """Application plugins in the order the node asks them; raises when its plugin
+        manager is gone."""
         rows = self.admin.run(["plugin", "show"]).rows
         # Empty without --internal is also a node without vmq_acl/vmq_passwd; the internal
         # plugins (vmq_swc, vmq_generic_msg_store, ...) are always there unless it crashed.
@@ -287,19 +337,26 @@ class VerneMQAdapter:
                 "ones: it has crashed (2.0.1 does after `plugin enable` with a --name that "
                 "does not match the app) and refuses every client until the node restarts; "
                 "restart the VerneMQ pod")
-        return {r.get("Plugin", "") for r in rows if r.get("Type") == "application"}
+        # `plugin show` lists them in the plugin manager's order, which is each hook's order.
+        return [ChainEntry(r.get("Plugin", ""), any(
+                    h.strip().startswith("auth_on_") for h in r.get("Hook(s)", "").splitlines()))
+                for r in rows if r.get("Type") == "application"]
 
-    def _observed_plugins(self, loaded: set[str], state: dict[str, Any]
+    def _observed_plugins(self, chain: list[ChainEntry], state: dict[str, Any]
                           ) -> dict[str, ObservedPlugin]:
         records: dict[str, dict[str, Any]] = state["plugins"]
         managed = set(records) | self._installed_names()
+        loaded = {p.name for p in chain}
         plugins = {}
         for name in sorted(managed):
             record = records.get(name) or {}
             running = name in loaded
             digest = record.get("digest") if running else None
+            # Loaded behind another auth plugin (one re-enabled by hand) is not in effect:
+            # reported as disabled, so the next pass puts it first again.
+            in_effect = running and not _ahead(chain, name, set(records))
             plugins[name] = ObservedPlugin(
-                name, digest, enabled=running,
+                name, digest, enabled=in_effect,
                 path=str(self._version_dir(name, digest)) if digest else None,
                 settings=self._read_settings(name, record) if running and digest else None)
         return plugins
@@ -325,13 +382,16 @@ class VerneMQAdapter:
         return {p.name for p in root.iterdir() if p.is_dir() and _APP_NAME.match(p.name)
                 and any(DIGEST_DIR.fullmatch(v.name) for v in p.iterdir())}
 
-    def _enable_call(self, name: str, path: str) -> None:
-        reply = self.admin.run(["plugin", "enable"], {"--name": name, "--path": path})
+    def _enable_call(self, name: str, path: str | None) -> None:
+        """``plugin enable``; without a path the node finds the app on its code path (the
+        broker's own plugins)."""
+        flags = {"--name": name} if path is None else {"--name": name, "--path": path}
+        reply = self.admin.run(["plugin", "enable"], flags)
         if reply.alerts and "already_enabled" in reply.message():
             # Loaded behind our back since we looked: replace it with the version we want.
             self._disable_call(name)
-            reply = self.admin.run(["plugin", "enable"], {"--name": name, "--path": path})
-        _expect_done(reply, f"plugin enable --name={name} --path={path}")
+            reply = self.admin.run(["plugin", "enable"], flags)
+        _expect_done(reply, f"plugin enable --name={name}" + (f" --path={path}" if path else ""))
 
     def _disable_call(self, name: str) -> None:
         reply = self.admin.run(["plugin", "disable"], {"--name": name})
@@ -344,11 +404,37 @@ class VerneMQAdapter:
             return
         try:
             self._enable_call(name, self._broker_path(name, previous))
+            self._prune_code_path(name, previous)
             log.warning("decision=vernemq-rollback plugin=%s restored=%s error=%r", name,
                         previous, str(error))
         except (AdapterError, BrokerUnavailable) as again:
             raise AdapterError(f"{error}; re-enabling the previous version {previous} also "
                                f"failed: {again}") from error
+
+    def _clean_failed(self, name: str, digest: str) -> None:
+        """Undo what a refused ``plugin enable`` left: VerneMQ 2.0.1 keeps the new app spec
+        loaded and its ebin first on the code path, so any later enable of the app (the old
+        version too) reads the refused spec and fails the same way."""
+        if self.nodetool is None:
+            log.warning("decision=vernemq-no-cleanup plugin=%s: without vmq_admin (and the "
+                        "node's lib/env.sh beside it) the refused app spec stays loaded; "
+                        "restart the node if enabling it again fails the same way", name)
+            return
+        self.nodetool.call("application", "unload", erl_atom(name))
+        ebin = f"{self._broker_path(name, digest)}/ebin"
+        self.nodetool.call("code", "del_path", erl_string(ebin))
+
+    def _prune_code_path(self, name: str, keep: str | None) -> None:
+        """Every ``plugin enable --path`` prepends that version's ebin and nothing removes
+        it: drop the plugin's other versions so the code path holds one (or none)."""
+        if self.nodetool is None:
+            return
+        prefix = f"{self.settings.broker_plugin_dir}/{name}/"
+        wanted = f"{self._broker_path(name, keep)}/ebin" if keep else None
+        printed = self.nodetool.call("code", "get_path")
+        for path in _PRINTED_STRING.findall(printed):
+            if path.startswith(prefix) and path != wanted:
+                self.nodetool.call("code", "del_path", erl_string(path))
 
     def _setting_variables(self, name: str, version_dir: Path,
                            settings: Mapping[str, str]) -> dict[str, str]:
@@ -427,25 +513,21 @@ def create(options: Mapping[str, str], plugin_dir: Path) -> VerneMQAdapter:
     return VerneMQAdapter(VerneMQSettings.from_options(options, plugin_dir))
 
 
-def app_name(plugin_path: Path, expected: str) -> str:
-    """The OTP application in ``plugin_path/ebin``; AdapterError unless it is ``expected``."""
-    apps = sorted((plugin_path / "ebin").glob("*.app"))
-    if len(apps) != 1:
-        raise AdapterError(f"plugin {expected!r}: expected exactly one OTP .app file in "
-                           f"{plugin_path / 'ebin'}, found {[p.name for p in apps]}")
-    text = "\n".join(line.split("%", 1)[0] for line in apps[0].read_text(
-        errors="replace").splitlines())
-    match = _APP_TERM.search(text)
-    if match is None:
-        raise AdapterError(f"plugin {expected!r}: {apps[0]} does not start with "
-                           "{application, Name, ...}")
-    found = match.group(1)
-    if found != expected or apps[0].stem != expected:
-        raise AdapterError(
-            f"plugin {expected!r}: the OTP application in {apps[0].name} is {found!r}; VerneMQ "
-            "needs --name to equal it (a mismatch crashes its plugin manager), so name the "
-            f"plugin {found!r} in the release, or rename the app")
-    return found
+@dataclass(frozen=True)
+class ChainEntry:
+    name: str
+    auth: bool  # has an auth_on_* hook
+
+
+def _ahead(chain: list[ChainEntry], name: str, ours: set[str]) -> list[str]:
+    """Auth plugins that are not ours and are asked before ``name``."""
+    ahead: list[str] = []
+    for entry in chain:
+        if entry.name == name:
+            return ahead
+        if entry.auth and entry.name not in ours:
+            ahead.append(entry.name)
+    return ahead
 
 
 def _expect_done(reply: Reply, what: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -255,3 +256,65 @@ def read_secret(path: str, what: str) -> str:
     if not value or "\n" in value:
         raise AdapterError(f"{what} file {path} must hold exactly one non-empty line")
     return value
+
+
+class NodeTool:
+    """Plain function calls on the node (``nodetool rpcterms``), for what no admin command
+    does: unloading a half-loaded plugin app and pruning the code path.
+
+    Uses the node's own tooling beside ``vmq-admin`` (``../lib/env.sh`` defines ``$NODETOOL``
+    with the node's name and cookie, as ``vmq-admin`` itself does). Arguments are validated
+    atoms and paths, passed as separate argv entries, never through a shell string.
+    """
+
+    _SCRIPT = '. "$(dirname "$0")/../lib/env.sh" && exec $NODETOOL rpcterms "$@"'
+
+    def __init__(self, vmq_admin: Path, *, timeout: float = 30.0) -> None:
+        self.vmq_admin = vmq_admin
+        self.timeout = timeout
+        self.calls = 0
+
+    @classmethod
+    def beside(cls, vmq_admin: str, *, timeout: float = 30.0) -> NodeTool | None:
+        """The node tool of the release ``vmq_admin`` belongs to; None without one."""
+        found = shutil.which(vmq_admin)
+        if found is None:
+            return None
+        path = Path(found).resolve()
+        return cls(path, timeout=timeout) if (path.parent.parent / "lib" / "env.sh").is_file() \
+            else None
+
+    def call(self, module: str, function: str, *args: str) -> str:
+        """``module:function(args)``; each arg an Erlang term (``erl_atom``, ``erl_string``).
+        Returns the result as the node prints it (``~p``)."""
+        terms = "".join(f"{a}." for a in args)
+        self.calls += 1
+        try:
+            done = subprocess.run(["sh", "-c", self._SCRIPT, str(self.vmq_admin), module,
+                                   function, terms], capture_output=True, text=True,
+                                  timeout=self.timeout, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired as e:
+            raise BrokerUnavailable(f"rpc {module}:{function} did not finish within "
+                                    f"{self.timeout:.0f}s") from e
+        output = (done.stdout + done.stderr).strip()
+        if any(marker in output for marker in _NODE_DOWN):
+            raise BrokerUnavailable(f"VerneMQ node is not running: {_first_line(output)}")
+        if done.returncode != 0:
+            raise AdapterError(f"rpc {module}:{function} failed (exit {done.returncode}): "
+                               f"{_summary(output)}")
+        return done.stdout.strip()
+
+
+_ERL_ATOM = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def erl_atom(value: str) -> str:
+    if not _ERL_ATOM.match(value):
+        raise AdapterError(f"{value!r} is not a plain Erlang atom")
+    return value
+
+
+def erl_string(value: str) -> str:
+    if any(c in value for c in '"\\\n\r\0'):
+        raise AdapterError(f"{value!r} cannot be passed as an Erlang string")
+    return f'"{value}"'

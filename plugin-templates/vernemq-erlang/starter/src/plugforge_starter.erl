@@ -1,10 +1,11 @@
 %% plugforge_starter: VerneMQ auth plugin.
 %%
 %% Policy: CONNECT is refused for usernames in the `deny_users` application env
-%% (default "mallory"); PUBLISH to topics under forbidden/ is refused; everything
-%% else is allowed. Hooks return `ok` to allow (no other plugin is asked) and
-%% `{error, _}` to refuse; return `next` instead of `ok` to let other plugins decide
-%% (as done for clients without a username).
+%% (default "mallory"); PUBLISH to topics under forbidden/ is refused. For everything
+%% else the hooks answer `next`: the other plugins (vmq_passwd, vmq_acl, ...) decide,
+%% and a client nobody admits is refused. `ok` would admit without asking them: a
+%% deny-list plugin that answered `ok` would let in every user it does not deny,
+%% with any password or none. Answer `ok` only where this plugin really authenticates.
 -module(plugforge_starter).
 
 -export([auth_on_register/5, auth_on_publish/6, auth_on_subscribe/3,
@@ -16,7 +17,7 @@
 %% MQTT 3.1.1 hooks ------------------------------------------------------------
 
 -spec auth_on_register(term(), term(), binary() | undefined, term(), term()) ->
-    ok | next | {error, invalid_credentials}.
+    next | {error, invalid_credentials}.
 auth_on_register(_Peer, _SubscriberId, undefined, _Password, _CleanSession) ->
     next;
 auth_on_register(_Peer, _SubscriberId, UserName, _Password, _CleanSession) ->
@@ -25,22 +26,22 @@ auth_on_register(_Peer, _SubscriberId, UserName, _Password, _CleanSession) ->
             logger:notice("~s: refusing CONNECT of user ~s", [?APP, UserName]),
             {error, invalid_credentials};
         false ->
-            ok
+            next
     end.
 
 -spec auth_on_publish(term(), term(), 0..2, [binary()], binary(), term()) ->
-    ok | {error, not_authorized}.
+    next | {error, not_authorized}.
 auth_on_publish(_UserName, _SubscriberId, _QoS, Topic, _Payload, _IsRetain) ->
     check_publish(Topic).
 
--spec auth_on_subscribe(term(), term(), [{[binary()], term()}]) -> ok.
+-spec auth_on_subscribe(term(), term(), [{[binary()], term()}]) -> next.
 auth_on_subscribe(_UserName, _SubscriberId, _Topics) ->
-    ok.
+    next.
 
 %% MQTT 5 hooks ---------------------------------------------------------------
 
 -spec auth_on_register_m5(term(), term(), binary() | undefined, term(), term(), map()) ->
-    ok | next | {error, #{reason_code := not_authorized}}.
+    next | {error, #{reason_code := not_authorized}}.
 auth_on_register_m5(Peer, SubscriberId, UserName, Password, CleanStart, _Properties) ->
     case auth_on_register(Peer, SubscriberId, UserName, Password, CleanStart) of
         {error, _} -> {error, #{reason_code => not_authorized}};
@@ -48,27 +49,27 @@ auth_on_register_m5(Peer, SubscriberId, UserName, Password, CleanStart, _Propert
     end.
 
 -spec auth_on_publish_m5(term(), term(), 0..2, [binary()], binary(), term(), map()) ->
-    ok | {error, #{reason_code := not_authorized}}.
+    next | {error, #{reason_code := not_authorized}}.
 auth_on_publish_m5(_UserName, _SubscriberId, _QoS, Topic, _Payload, _IsRetain, _Properties) ->
     case check_publish(Topic) of
-        ok -> ok;
+        next -> next;
         {error, Reason} -> {error, #{reason_code => Reason}}
     end.
 
--spec auth_on_subscribe_m5(term(), term(), [{[binary()], term()}], map()) -> ok.
+-spec auth_on_subscribe_m5(term(), term(), [{[binary()], term()}], map()) -> next.
 auth_on_subscribe_m5(_UserName, _SubscriberId, _Topics, _Properties) ->
-    ok.
+    next.
 
 %% Policy ----------------------------------------------------------------------
 
--spec check_publish([binary()]) -> ok | {error, not_authorized}.
+-spec check_publish([binary()]) -> next | {error, not_authorized}.
 check_publish(Topic) ->
     case is_forbidden_topic(Topic) of
         true ->
             logger:notice("~s: refusing PUBLISH to ~s", [?APP, join_topic(Topic)]),
             {error, not_authorized};
         false ->
-            ok
+            next
     end.
 
 %% VerneMQ passes topics as lists of levels: <<"forbidden/x">> is [<<"forbidden">>, <<"x">>].
