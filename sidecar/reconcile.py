@@ -147,6 +147,9 @@ class Reconciler:
                 self.state.failed_hash = ""
                 self._rejected_hash = self._failed_hash = ""
                 self._failures = 0
+                # e.g. back from Unavailable with nothing to do (EMQX restarts its plugins
+                # itself): readiness must not keep saying "not reachable".
+                self._update_readiness(desired, observed)
             return Outcome(self.state.phase)
         return self._apply(reason, desired, actions, started)
 

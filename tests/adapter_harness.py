@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+from emqx_support import PLUGIN as EMQX_PLUGIN
+from emqx_support import adapter_options as emqx_options
+from emqx_support import build_versions as build_emqx_versions
+from emqx_support import enable_password_database
+from emqx_support import publish_refused as emqx_publish_refused
+from emqx_support import remove_plugins as remove_emqx_plugins
 from hivemq_support import PLUGIN as HIVEMQ_PLUGIN
 from hivemq_support import adapter_options as hivemq_options
 from hivemq_support import build_hivemq_images, start_loader_broker
@@ -35,6 +41,7 @@ from plugforge.oci import ImageMetadata, RegistryClient, parse_reference
 from plugforge.oci.pack import assemble_image, pack_image
 from sidecar.adapters.base import BrokerAdapter
 from sidecar.adapters.registry import create_adapter
+from testbed.emqx import Emqx
 from testbed.procs import Supervisor
 from testbed.rabbitmq import RabbitMQ
 from testbed.registry import Registry
@@ -55,6 +62,7 @@ class Harness(Protocol):
     broker: str            # the adapter's name
     plugin: str            # the plugin's name as the broker knows it
     hot_plugins: bool      # plugin changes load without a broker restart
+    only_refuses: bool     # the plugin only refuses; the broker's own authentication admits
     images: Images
     plugin_dir: Path
 
@@ -100,6 +108,7 @@ class RabbitMQHarness:
     broker = "rabbitmq"
     plugin = RABBITMQ_PLUGIN
     hot_plugins = True
+    only_refuses = False
 
     def __init__(self, node: RabbitMQ, registry: Registry, root: Path) -> None:
         self.node = node
@@ -151,6 +160,7 @@ class MosquittoHarness:
     broker = "mosquitto"
     plugin = MOSQUITTO_PLUGIN
     hot_plugins = False
+    only_refuses = False
 
     def __init__(self, registry: Registry, root: Path) -> None:
         self.mosquitto = start_dynsec_broker(root / "broker")
@@ -212,6 +222,7 @@ class HiveMQHarness:
     broker = "hivemq"
     plugin = HIVEMQ_PLUGIN
     hot_plugins = True
+    only_refuses = False
 
     def __init__(self, registry: Registry, root: Path) -> None:
         self.plugin_dir = root / "plugins"
@@ -250,6 +261,59 @@ class HiveMQHarness:
         self.hivemq.stop()
 
 
+# --- EMQX 5.8.9: plugins hot (REST API), config hot, its password database admits ----------------
+
+
+class EmqxHarness:
+    broker = "emqx"
+    plugin = EMQX_PLUGIN
+    hot_plugins = True
+    only_refuses = True
+
+    def __init__(self, node: Emqx, registry: Registry, root: Path) -> None:
+        self.node = node
+        enable_password_database(node)
+        remove_emqx_plugins(node)
+        self.plugin_dir = root / "plugins"
+        self.plugin_dir.mkdir()
+        self._options = emqx_options(node, root / "secret")
+        versions = build_emqx_versions(root / "build")
+
+        def push(artifact_dir: Path, vsn: str, tag: str) -> str:
+            image = pack_image(artifact_dir, ImageMetadata(
+                "https://git.test/deny-test.git", f"rev-{tag}", "emqx", self.plugin, vsn))
+            return _push(registry, "contract-emqx", tag, image)
+
+        self.images = Images(*(push(v.artifact_dir, v.vsn, tag) for v, tag in (
+            (versions.v1, "v1"), (versions.v2, "v2"), (versions.broken, "broken"))))
+
+    def adapter(self) -> BrokerAdapter:
+        return create_adapter("emqx", self._options, self.plugin_dir)
+
+    def connect(self, user: str, password: str) -> Client:
+        return Client(self.node.mqtt_port, user, password=password)
+
+    def publish_refused(self, user: str, password: str, topic: str) -> bool:
+        return emqx_publish_refused(self.node, user, password, topic)
+
+    def login_config(self, user: str, password: str) -> dict[str, str] | None:
+        return None  # EMQX's users live in its authentication database, not in broker.yaml
+
+    def pid(self) -> int:
+        return self.node.server.pid  # bin/emqx foreground execs the VM
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.node.stop_node()
+        try:
+            yield
+        finally:
+            self.node.start_node()
+
+    def close(self) -> None:
+        remove_emqx_plugins(self.node, self.plugin_dir)
+
+
 # --- registration ------------------------------------------------------------------------------
 
 HarnessFactory = Callable[[pytest.FixtureRequest, Registry, Path], Harness]
@@ -267,7 +331,12 @@ def _hivemq(_request: pytest.FixtureRequest, registry: Registry, root: Path) -> 
     return HiveMQHarness(registry, root)
 
 
+def _emqx(request: pytest.FixtureRequest, registry: Registry, root: Path) -> Harness:
+    return EmqxHarness(request.getfixturevalue("emqx"), registry, root)
+
+
 HARNESSES: Mapping[str, HarnessFactory] = {
+    "emqx": _emqx,
     "hivemq": _hivemq,
     "mosquitto": _mosquitto,
     "rabbitmq": _rabbitmq,

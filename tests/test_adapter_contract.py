@@ -1,11 +1,10 @@
 """The adapter contract, one suite for every adapter whose real broker runs here.
 
-Parametrized over ``adapter_harness.HARNESSES`` (HiveMQ CE, mosquitto 2.0, RabbitMQ 3.10;
-VerneMQ and EMQX cannot run on these machines and are tested against recorded/documented
-responses in their own modules). Each broker starts once per module; every test drives the real
-sidecar reconciler (``sidecar.reconcile.Reconciler``) from a kubelet-style ConfigMap directory,
-with plugin images pulled by digest from the real registry, and checks the outcome with real
-MQTT clients.
+Parametrized over ``adapter_harness.HARNESSES`` (EMQX 5.8.9, HiveMQ CE, mosquitto 2.0,
+RabbitMQ 3.10; VerneMQ is tested against recorded responses in its own module). Each broker
+starts once per module; every test drives the real sidecar reconciler
+(``sidecar.reconcile.Reconciler``) from a kubelet-style ConfigMap directory, with plugin images
+pulled by digest from the real registry, and checks the outcome with real MQTT clients.
 
 The adapter is wrapped in a counter (the real adapter underneath, every call passed through) so
 "a converged broker needs no admin calls" is measured, not assumed.
@@ -228,6 +227,8 @@ def test_install_enable_upgrade_rollback_disable(run: Run) -> None:
         assert accepted(harness, "alice")
         assert harness.publish_refused("alice", "any-password", "forbidden/x")
         assert not harness.publish_refused("alice", "any-password", "ok/x")
+        if harness.only_refuses:  # unknown users: the broker's own authentication refuses
+            assert not accepted(harness, "nobody")
         if early is None:
             early = harness.connect(*EARLY)
         same_process_and_clients()
@@ -253,8 +254,11 @@ def test_install_enable_upgrade_rollback_disable(run: Run) -> None:
         # Disable: the broker's own user database decides again.
         run.applied(run.set(imgs.v2, enabled=False))
         assert run.running() is None
-        assert accepted(harness, *EARLY) is own_users  # own database, or fail closed
-        assert not accepted(harness, "alice")  # no longer admitted by the plugin
+        if harness.only_refuses:  # nobody refuses mallory any more; strangers stay out
+            assert accepted(harness, "mallory") and not accepted(harness, "nobody")
+        else:
+            assert accepted(harness, *EARLY) is own_users  # own database, or fail closed
+            assert not accepted(harness, "alice")  # no longer admitted by the plugin
         same_process_and_clients()
     finally:
         if early is not None:
@@ -288,7 +292,8 @@ def test_plugin_change_follows_the_brokers_design_without_restart_permission(
 def test_config_change_is_live(run: Run) -> None:
     harness = run.harness
     if harness.login_config("carol", "pw-1") is None:
-        pytest.skip(f"{harness.broker} has no broker config the sidecar can change live")
+        pytest.skip(f"{harness.broker}: no user database the sidecar changes through "
+                    "broker.yaml")
     early = harness.connect(*EARLY)
     pid = harness.pid()
     try:
@@ -336,6 +341,6 @@ def test_unreachable_broker_is_retried_and_recovers(run: Run) -> None:
     # Back (a new process: runtime state such as RabbitMQ's auth_backends is gone).
     outcome = run.reconciler.reconcile("retry")
     run.applied(outcome)
-    assert run.reconciler.state.ready
+    assert run.reconciler.state.ready, run.reconciler.state.ready_reason
     assert run.running() == Images.digest(v1)
     assert not accepted(harness, "mallory") and accepted(harness, "alice")
