@@ -36,6 +36,10 @@ from rabbitmq_adapter_support import publish_refused as rabbitmq_publish_refused
 from sidecar_support import PLUGIN as MOSQUITTO_PLUGIN
 from sidecar_support import adapter_options as mosquitto_options
 from sidecar_support import build_plugin_images, start_dynsec_broker
+from vernemq_support import PLUGIN as VERNEMQ_PLUGIN
+from vernemq_support import build_versions as build_vernemq_versions
+from vernemq_support import publish_outcome as vernemq_publish_outcome
+from vernemq_support import reset as reset_vernemq
 
 from plugforge.oci import ImageMetadata, RegistryClient, parse_reference
 from plugforge.oci.pack import assemble_image, pack_image
@@ -45,6 +49,7 @@ from testbed.emqx import Emqx
 from testbed.procs import Supervisor
 from testbed.rabbitmq import RabbitMQ
 from testbed.registry import Registry
+from testbed.vernemq import USERS, VerneMQ
 
 
 @dataclass(frozen=True)
@@ -314,6 +319,69 @@ class EmqxHarness:
         remove_emqx_plugins(self.node, self.plugin_dir)
 
 
+# --- VerneMQ 2.0.1: plugins hot (HTTP API), asked before vmq_passwd, which admits -------------
+
+
+class VerneMQHarness:
+    broker = "vernemq"
+    plugin = VERNEMQ_PLUGIN
+    hot_plugins = True
+    only_refuses = True  # the starter answers `next`; vmq_passwd checks the passwords
+
+    def __init__(self, node: VerneMQ, registry: Registry, root: Path) -> None:
+        self.node = node
+        reset_vernemq(node)
+        # The suite's users log in with ANY_PASSWORD; "early" exists before any plugin.
+        for user in ("alice", "mallory", "eve"):
+            node.passwords[user] = ANY_PASSWORD
+        node.set_password("early", "early-password")
+        self.plugin_dir = root / "plugins"
+        self.plugin_dir.mkdir()
+        key = root / "api-key"
+        key.write_text(node.api_key + "\n")
+        self._options = {"api_url": node.api_url, "api_key_file": str(key),
+                         "vmq_admin": str(node.vmq_admin)}
+        versions = build_vernemq_versions(root / "build")
+
+        def push(artifact_dir: Path, vsn: str, tag: str) -> str:
+            image = pack_image(artifact_dir, ImageMetadata(
+                "https://git.test/deny-test.git", f"rev-{tag}", "vernemq", self.plugin, vsn))
+            return _push(registry, "contract-vernemq", tag, image)
+
+        self.images = Images(push(versions.v1.artifact_dir, "0.1.0", "v1"),
+                             push(versions.v2.artifact_dir, "0.2.0", "v2"),
+                             push(versions.missing_module.artifact_dir, "0.2.0", "broken"))
+
+    def adapter(self) -> BrokerAdapter:
+        return create_adapter("vernemq", self._options, self.plugin_dir)
+
+    def connect(self, user: str, password: str) -> Client:
+        return Client(self.node.port, user, password=password)
+
+    def publish_refused(self, user: str, password: str, topic: str) -> bool:
+        return vernemq_publish_outcome(self.node, user, topic) != "puback 0"
+
+    def login_config(self, user: str, password: str) -> dict[str, str] | None:
+        return None  # vmq_passwd reads its file; broker.yaml has no user keys
+
+    def pid(self) -> int:
+        return self.node.pid
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        self.node.stop_node()
+        try:
+            yield
+        finally:
+            self.node.start_node()
+
+    def close(self) -> None:
+        reset_vernemq(self.node)
+        self.node.passwords.pop("early", None)
+        for user, password in USERS.items():
+            self.node.set_password(user, password)
+
+
 # --- registration ------------------------------------------------------------------------------
 
 HarnessFactory = Callable[[pytest.FixtureRequest, Registry, Path], Harness]
@@ -335,9 +403,14 @@ def _emqx(request: pytest.FixtureRequest, registry: Registry, root: Path) -> Har
     return EmqxHarness(request.getfixturevalue("emqx"), registry, root)
 
 
+def _vernemq(request: pytest.FixtureRequest, registry: Registry, root: Path) -> Harness:
+    return VerneMQHarness(request.getfixturevalue("vernemq"), registry, root)
+
+
 HARNESSES: Mapping[str, HarnessFactory] = {
     "emqx": _emqx,
     "hivemq": _hivemq,
     "mosquitto": _mosquitto,
     "rabbitmq": _rabbitmq,
+    "vernemq": _vernemq,
 }

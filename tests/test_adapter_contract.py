@@ -1,10 +1,10 @@
 """The adapter contract, one suite for every adapter whose real broker runs here.
 
 Parametrized over ``adapter_harness.HARNESSES`` (EMQX 5.8.9, HiveMQ CE, mosquitto 2.0,
-RabbitMQ 3.10; VerneMQ is tested against recorded responses in its own module). Each broker
-starts once per module; every test drives the real sidecar reconciler
-(``sidecar.reconcile.Reconciler``) from a kubelet-style ConfigMap directory, with plugin images
-pulled by digest from the real registry, and checks the outcome with real MQTT clients.
+RabbitMQ 3.10, VerneMQ 2.0.1). Each broker starts once per module; every test drives the real
+sidecar reconciler (``sidecar.reconcile.Reconciler``) from a kubelet-style ConfigMap directory,
+with plugin images pulled by digest from the real registry, and checks the outcome with real
+MQTT clients.
 
 The adapter is wrapped in a counter (the real adapter underneath, every call passed through) so
 "a converged broker needs no admin calls" is measured, not assumed.
