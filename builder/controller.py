@@ -52,9 +52,11 @@ from builder.resources import (
     set_condition,
 )
 from builder.rollout_tracker import RolloutTracker
+from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.settings import Settings
 from builder.sidecars import SidecarClient
 from builder.source import validate_source
+from builder.webhooks.plugins import plugin_source
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +254,7 @@ class Controller:
             self._prune(spec, views)
             if not any(v.phase in ACTIVE for v in views):
                 self._sync_release(obj, spec)
+                self._check_webhook(obj, spec)
                 self._ensure_observed(obj, spec)
                 again = self.tracker.track(obj, spec) if self.tracker else None
                 if again is not None:
@@ -558,6 +561,40 @@ class Controller:
             rollout.write(self.kube, spec, release)
         except BuilderError as e:
             log.warning("syncing %s into %s: %s", spec.key, spec.configmap, e)
+
+    def _check_webhook(self, obj: Obj, spec: PluginSpec) -> None:
+        """The ``Webhook`` condition of a plugin with ``spec.webhook.secretRef``: False (and no
+        webhook builds, the endpoint refuses them too) while the Secret is missing, not usable
+        by the builder, or holds a placeholder or too short a value."""
+        source = plugin_source(obj)
+        if source is None or source.secret is None:
+            return
+        ref = source.secret
+        where = f"Secret {ref.namespace}/{ref.name} key {ref.key!r} (webhook.secretRef)"
+        try:
+            data = check_use(self.kube.read_secret(ref.namespace, ref.name), Use.WEBHOOK)
+            problem = webhook_secret_problem(data.get(ref.key))
+        except NotFound:
+            problem = ("WebhookSecretMissing", "the Secret does not exist; create it: kubectl "
+                       f"-n {ref.namespace} create secret generic {ref.name} "
+                       f"--from-literal={ref.key}=$(openssl rand -hex 32)")
+        except BuilderError as e:
+            if e.transient:
+                return
+            problem = (e.reason, str(e))
+        if problem is None:
+            status, reason, message = "True", "SecretReady", \
+                f"deliveries signed with {where} are accepted"
+        else:
+            status, reason = "False", problem[0]
+            message = f"{where}: {problem[1]}; webhook deliveries for this plugin are refused"
+        old = list((obj.get("status") or {}).get("conditions") or [])
+        new = set_condition(old, "Webhook", status, reason, message, rfc3339(self.now()),
+                            spec.generation)
+        if new != old:
+            self._patch_status(spec, {"conditions": new})
+            if status == "False":
+                self._event(obj, "Warning", reason, message)
 
     def _ensure_observed(self, obj: Obj, spec: PluginSpec) -> None:
         status = obj.get("status") or {}

@@ -72,3 +72,24 @@ def check_use(secret: Secret, use: Use) -> Mapping[str, bytes]:
             f"type {' or '.join(accepted)} for {use.value}, so a Secret made for something "
             f"else is never sent to a Git host or registry. Create one: {_HOW[use]}")
     return secret.data
+
+
+MIN_WEBHOOK_SECRET = 16
+"""Bytes; ``openssl rand -hex 32`` gives 64."""
+
+
+def webhook_secret_problem(value: bytes | None) -> tuple[str, str] | None:
+    """(reason, message) if ``value`` must not verify deliveries: missing, a placeholder as
+    shipped in examples (anyone can read it, so anyone could sign with it), or too short."""
+    if not value or not value.strip():
+        return "WebhookSecretMissing", "the webhook Secret's key is missing or empty"
+    text = value.decode("utf-8", "replace").strip()
+    if "replace-me" in text.lower() or "changeme" in text.lower().replace("-", ""):
+        return ("WebhookSecretPlaceholder",
+                "the webhook Secret holds a placeholder from an example, which anyone can read "
+                "and sign with; set a random value: openssl rand -hex 32")
+    if len(value) < MIN_WEBHOOK_SECRET:
+        return ("WebhookSecretTooShort",
+                f"the webhook secret has {len(value)} bytes, fewer than {MIN_WEBHOOK_SECRET}; "
+                "set a random value: openssl rand -hex 32")
+    return None

@@ -39,7 +39,7 @@ from webhooks_support import Commit, Push, encode, github_headers, github_push
 
 from builder import grpc_service
 from builder.app import Builder
-from builder.kube import Kube
+from builder.kube import Kube, load_documents
 from builder.sidecars import SidecarClient
 from builder.webhooks import service
 from plugforge.cli import main as plugforge
@@ -53,7 +53,7 @@ from testbed.registry import Registry
 
 MALLORY = "mallory"
 # The Secrets the tenants' operators let the builder read (the tenant Role's resourceNames).
-LISTED = ("git-creds", "sa-token", "app-db", "github-hook")
+LISTED = ("git-creds", "sa-token", "app-db", "github-hook", "shipped-hook", "absent-hook")
 
 
 @pytest.fixture(scope="module")
@@ -476,3 +476,40 @@ def test_3_a_token_cannot_act_in_another_tenants_namespace(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     assert "PERMISSION_DENIED" in err and f"namespace {alice.ns!r}" in err and token not in err
+
+
+# --- 7. no shipped secret values; a placeholder or missing webhook Secret is a condition ----
+
+BASE = Path(__file__).resolve().parent.parent / "manifests"
+PLACEHOLDER = "REPLACE-ME-with-openssl-rand-hex-32"
+
+
+def test_7_the_base_manifests_ship_no_secret() -> None:
+    docs = load_documents([BASE / "builder", BASE / "crds", BASE / "sidecar"])
+    assert docs and not [d["metadata"]["name"] for d in docs if d["kind"] == "Secret"]
+
+
+def test_7_a_placeholder_or_missing_webhook_secret_is_a_condition_and_builds_nothing(
+        builder: Builder, hooks: service.Webhooks, alice: Cluster, git_server: GitServer,
+        registry: Registry) -> None:
+    alice.create_secret("shipped-hook", {"secret": PLACEHOLDER})
+    for name, secret in (("shipped", "shipped-hook"), ("absent", "absent-hook")):
+        alice.create("brokerplugins", broker_plugin(
+            name, url=f"http://127.0.0.1:{git_server.port}/{alice.ns}/{name}.git",
+            repository=f"{registry.host}/plugins/{name}", configmap=None, enabled=False,
+            webhook={"secretRef": {"name": secret}}))
+    for name, reason in (("shipped", "WebhookSecretPlaceholder"),
+                         ("absent", "WebhookSecretMissing")):
+        cond = wait_for(lambda n=name: alice.condition(n, "Webhook") or None,  # type: ignore[misc]
+                        f"{name}'s Webhook condition")
+        assert (cond["status"], cond["reason"]) == ("False", reason), cond
+        assert "webhook deliveries for this plugin are refused" in cond["message"]
+    # A push signed with the placeholder everyone can read is refused, and nothing is built.
+    push = Push(host=f"127.0.0.1:{git_server.port}", owner=alice.ns, repo="shipped",
+                ref="refs/heads/main", before="0" * 40, after="1" * 40, scheme="http",
+                commits=[Commit("1" * 40, modified=["x.c"])])
+    body = encode(github_push(push))
+    code, out = post(hooks, "/webhooks/github", body, github_headers(body, PLACEHOLDER.encode()))
+    assert code == 401, out
+    assert alice.builds("shipped") == []
+

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from builder.errors import BuilderError, SecretRefused
 from builder.kube import Kube
-from builder.secrets import Use, check_use
+from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.webhooks.matching import PluginSource, SecretRef
 
 log = logging.getLogger("plugforge.webhooks")
@@ -116,8 +116,9 @@ class KubePlugins:
             log.warning("%s refused: %s; deliveries for plugins using it are refused", where, e)
             return None
         value = data.get(ref.key)
-        if not value:
-            log.warning("%s has no non-empty key %r; deliveries for plugins using it are refused",
-                        where, ref.key)
+        problem = webhook_secret_problem(value)
+        if problem is not None:
+            log.warning("%s key %r refused (%s): %s; deliveries for plugins using it are "
+                        "refused", where, ref.key, problem[0], problem[1])
             return None
         return value
