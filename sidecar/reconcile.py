@@ -28,6 +28,7 @@ from sidecar.adapters.base import (
     BrokerAdapter,
     BrokerUnavailable,
     Observed,
+    SettingsRejected,
 )
 from sidecar.desired import NotSynced, SourceError
 from sidecar.plan import Action, ActionKind, Applied, Classifier, plan
@@ -161,6 +162,9 @@ class Reconciler:
             restart_pending = self._execute(actions)
             observed = self._verify(desired)
             self._run_probes(desired, observed)
+        except SettingsRejected as e:
+            self._roll_back(desired)  # what earlier actions of this plan changed
+            return self._reject(reason, desired.content_hash, str(e))
         except (AdapterError, ApplyFailed, BrokerUnavailable, OSError, OciError) as e:
             return self._fail(reason, desired, actions, started, e)
 

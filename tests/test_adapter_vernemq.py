@@ -345,6 +345,23 @@ def test_reconciler_converges_and_recovers_after_node_restart(
     assert app_plugins(node)[0] == PLUGIN and not accepted(node, "mallory")
 
 
+def test_settings_the_plugin_cannot_take_are_rejected_not_retried(
+        adapter: VerneMQAdapter, node: VerneMQ, versions: Versions) -> None:
+    v1 = versions.v1
+    release = PluginRelease(PLUGIN, f"registry.test:5000/plugins/deny@{v1.digest}", True)
+    documents = [release_doc(v1.digest)]
+    reconciler = Reconciler(adapter, lambda: documents, lambda _image: v1.tree,
+                            lambda p: ProbeResult(p.name, True, "accepted", "not run"))
+    assert reconciler.reconcile("start").phase is Phase.APPLIED, reconciler.state.last_error
+    documents[0] = Document("test", f"plugin.{PLUGIN}.yaml", render_plugin_release(
+        PluginRelease(release.name, release.image, True, {"deny_users": "mallory,eve"})))
+    outcome = reconciler.reconcile("edit")
+    assert outcome.phase is Phase.REJECTED and outcome.retry_after is None
+    assert "priv/*.schema" in reconciler.state.last_error
+    assert adapter.observe().plugins[PLUGIN].digest == v1.digest  # the last good state
+    assert not accepted(node, "mallory") and accepted(node, "eve")
+
+
 def applied(sidecar: Sidecar) -> bool:
     return sidecar.state.phase is Phase.APPLIED and sidecar.state.ready
 

@@ -31,6 +31,11 @@ class AdapterError(Exception):
     """The broker refused the change (bad path, unknown key...); retrying the same input fails."""
 
 
+class SettingsRejected(AdapterError):
+    """A plugin's settings it cannot take, found before anything was sent to the broker: the
+    desired state is refused like a bad config key (Rejected), not retried."""
+
+
 class BrokerUnavailable(Exception):
     """The broker cannot be reached right now (starting, restarting); retry with backoff."""
 

@@ -63,6 +63,7 @@ from sidecar.adapters.base import (
     ConfigProblem,
     Observed,
     ObservedPlugin,
+    SettingsRejected,
 )
 from sidecar.adapters.files import (
     DIGEST_DIR,
@@ -445,23 +446,23 @@ class VerneMQAdapter:
         for schema in sorted((version_dir / "priv").glob("*.schema")):
             mappings.update(_MAPPING.findall(schema.read_text(errors="replace")))
         if not mappings:
-            raise AdapterError(
+            raise SettingsRejected(
                 f"plugin {name!r}: settings {sorted(settings)} cannot be applied: VerneMQ sets "
                 "plugin application env live only through `vmq-admin set <app>.<key>=...`, "
                 "which needs a cuttlefish schema in the plugin's priv/*.schema and the keys on "
                 "clique's whitelist; this plugin ships none. Drop the settings (the plugin's "
                 "defaults apply) or add a schema to the plugin")
         if self.cli is None:
-            raise AdapterError(f"plugin {name!r}: settings need the vmq-admin CLI "
+            raise SettingsRejected(f"plugin {name!r}: settings need the vmq-admin CLI "
                                "(--adapter-opt vmq_admin=...)")
         variables = {}
         for key, value in settings.items():
             variable = next((v for v in (f"{name}.{key}", key) if v in mappings), None)
             if variable is None:
-                raise AdapterError(f"plugin {name!r}: setting {key!r} is not in its schema; "
+                raise SettingsRejected(f"plugin {name!r}: setting {key!r} is not in its schema; "
                                    f"expected one of {', '.join(sorted(mappings))}")
             if not value or any(c in value for c in "\r\n\0"):
-                raise AdapterError(f"plugin {name!r}: setting {key!r} must be one line")
+                raise SettingsRejected(f"plugin {name!r}: setting {key!r} must be one line")
             variables[variable] = value
         return variables
 
