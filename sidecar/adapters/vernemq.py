@@ -24,26 +24,41 @@ broker lists is reported at that digest, a name it does not list is not loaded. 
 plugins are not persisted by VerneMQ: after a node restart the record still names a digest but
 ``plugin show`` lacks the plugin, so the next resync enables it again.
 
+Hook order. VerneMQ 2.0.1 asks a hook's plugins in the order they were enabled: plugins from
+vernemq.conf first (``plugins.<name>.priority`` orders those only), runtime enables appended,
+with no priority for them (seen on a live node). So a plugin enabled through the admin interface
+comes after the stock ``vmq_passwd`` and ``vmq_acl``, whose ``ok`` ends the chain: it is never
+asked for a user in the password file, nor for a publish the ACL allows. The adapter therefore
+keeps plugforge plugins first: every (re-)enable disables the broker's other auth plugins
+(application plugins with ``auth_on_*`` hooks, in ``plugin show`` order, which is the chain's
+order), enables ours and enables theirs again. In between (milliseconds over the HTTP API), only
+ours answers and a client nobody admits is refused: fail closed, never open. A plugforge plugin
+found behind another auth plugin (someone re-enabled ``vmq_passwd`` by hand) is reported as not
+in effect, so the next pass puts it first again. The template's plugin answers ``next`` for what
+it does not decide, so the stock plugins still check passwords and ACLs after it.
+
 Upgrade. VerneMQ keys application plugins by name and refuses a second enable of the same name
-(``already_enabled``, recorded), and the OTP app name cannot change between versions, so an
-upgrade is *disable old, enable new*; when the enable fails the old path is enabled again and the
-error is raised. Between the two calls (milliseconds) the plugin's hooks are absent and the
-other auth plugins (vmq_passwd, vmq_acl) decide alone.
+(``already_enabled``), and the OTP app name cannot change between versions, so an upgrade is
+*disable old, enable new* (inside the sequence above). ``enable --path`` prepends the new
+``ebin`` to the code path, loads the ``.app`` from there and ``code:load_file``s every module of
+the app, so the new beams run (the tests prove it by behaviour: v2 refuses eve).
 
-Fresh code after an upgrade, from VerneMQ's vmq_plugin_mgr source (not observable in the
-recordings, where both paths held the same code): ``disable`` stops the app, purges old code
-(``code:purge``) and unloads the app spec; ``enable --path`` prepends the new ``ebin`` to the
-code path (``code:add_pathsa``), loads the ``.app`` from there and finally calls
-``code:load_file`` for every module of the app, which makes the new beams current. Hooks are
-called as ``apply(Module, Function, Args)`` (remote calls), so they run the new code. The
-recordings prove enable/disable/enable of the same app from two different directories works
-(``plugin_enable_erlc_dir`` after ``plugin_disable``); they do not prove that new beams replace
-old ones in a live node, and the probes in the plugin's release are what checks it by behaviour.
+A refused enable. VerneMQ 2.0.1 checks the hooks after loading the new ``.app`` and, when a hook
+module is missing, answers ``Can't enable plugin`` but keeps the new spec loaded: re-enabling
+the old version then fails the same way. So the sidecar (1) refuses before any call what it can
+see in the files (``vernemq_app.check_plugin``: every listed module has a beam, every hook is
+exported), and (2) after a refused enable unloads the app and removes the new ``ebin`` from the
+code path (``NodeTool``: ``nodetool rpcterms`` with the node's own name and cookie from
+``lib/env.sh`` beside ``vmq-admin``), then enables the old version again. After every change the
+plugin's other versions leave the code path (each enable adds one; VerneMQ removes none). Both
+need ``vmq_admin``; without it (HTTP only) a refused enable of a beam that cannot load can leave
+the app half-loaded until the node restarts (logged).
 
-Safety: ``plugin enable`` with a ``--name`` that is not the OTP app in ``--path`` crashes
-VerneMQ 2.0.1's plugin manager (recorded; every client is refused until the node restarts), so
-the adapter reads ``ebin/*.app`` first and refuses a mismatch before any call. A plugin manager
-that lists no plugin at all, not even its internal ones, is reported as unreachable.
+Safety: ``plugin enable`` with a ``--name`` that is not the OTP app in ``--path`` crashed
+VerneMQ 2.0.1's plugin manager in a recording (the live test node answered the call with an RPC
+error instead), so the adapter reads ``ebin/*.app`` first and refuses a mismatch before any
+call. A plugin manager that lists no plugin at all, not even its internal ones, is reported as
+unreachable.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """VerneMQ's admin interface: its HTTP API (``/api/v1/...``) and the ``vmq-admin`` CLI.
 
-Both front ends run the same clique commands. What the recordings of a real VerneMQ 2.0.1 node
-(``../shared/fixtures/vernemq/``) show, and this module relies on:
+Both front ends run the same clique commands. What a live VerneMQ 2.0.1 node shows
+(``tests/test_adapter_vernemq.py``), and this module relies on:
 
 * A command answers clique "status" items: text, table or alert. The HTTP API (and
   ``vmq-admin ... --format=json``) encodes them as JSON, e.g. ``{"type":"alert","alert":
