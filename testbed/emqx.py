@@ -184,6 +184,27 @@ class Emqx:
         except ValueError:
             return False
 
+    def join(self, seed: Emqx, timeout: float = 120.0) -> None:
+        """Join ``seed``'s cluster (the nodes need the same cookie: ``start_emqx(cookie=...)``).
+
+        EMQX stops and restarts this node's applications after the join and logs no line when
+        they are all back; the dashboard answers before the authentication providers do, and a
+        config change replicated in that window fails on this node (``cluster_rpc_apply_failed``)
+        while the API call that made it blocks. So: wait until every application EMQX reboots
+        runs again."""
+        self.ctl("cluster", "join", seed.nodename)
+        expression = ("R = [A || {A, _, _} <- application:which_applications()], "
+                      "lists:all(fun(A) -> lists:member(A, R) end, "
+                      "emqx_machine_boot:sorted_reboot_apps()).")
+
+        def restarted() -> bool:
+            try:
+                return self.running() and self.eval(expression) == "true"
+            except EmqxError:
+                return False
+
+        self.server.wait_ready(restarted, timeout=timeout)
+
     def stop_node(self) -> None:
         """Stop the node's process; name, ports, cookie and data stay for ``start_node``."""
         self.server.stop(grace=30)
@@ -251,9 +272,10 @@ def _node_env(workdir: Path, nodename: str, cookie: str, mqtt: int, api: int,
     }
 
 
-def start_emqx(workdir: Path, *, release: Path | None = None,
+def start_emqx(workdir: Path, *, release: Path | None = None, cookie: str | None = None,
                env: dict[str, str] | None = None, timeout: float = 120.0) -> Emqx:
-    """Start a node on free loopback ports; ``env`` adds ``EMQX_*`` settings (HOCON paths)."""
+    """Start a node on free loopback ports; ``env`` adds ``EMQX_*`` settings (HOCON paths);
+    nodes that are to join one cluster share a ``cookie``."""
     release = release or ensure_release()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "plugins").mkdir(exist_ok=True)
@@ -261,7 +283,7 @@ def start_emqx(workdir: Path, *, release: Path | None = None,
     keys = workdir / "api-keys"
     keys.write_text(f"{key}:{secret}:administrator\n")
     keys.chmod(0o600)
-    cookie = secrets.token_hex(16)
+    cookie = cookie or secrets.token_hex(16)
     last: ServerFailed | None = None
     for _ in range(3):
         ports: set[int] = set()

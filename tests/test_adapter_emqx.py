@@ -115,6 +115,23 @@ def test_install_start_observe_and_converged(adapter: EmqxAdapter, node: Emqx,
     assert adapter.api.calls == calls + 1
 
 
+def test_a_new_sidecar_adopts_the_running_plugin(adapter: EmqxAdapter, node: Emqx,
+                                                 versions: Versions, tmp_path: Path) -> None:
+    """A sidecar whose volume is gone (pod recreated) finds the plugin by content and leaves
+    it running: no stop/delete/start, so no moment without the plugin."""
+    v1 = versions.v1
+    adapter.install_plugin(PLUGIN, v1.digest, v1.tree)
+    adapter.enable(PLUGIN, v1.digest, {})
+    fresh_dir = tmp_path / "fresh"
+    fresh_dir.mkdir()
+    fresh = make_adapter(node, tmp_path / "fresh-secret", fresh_dir)
+    fresh.install_plugin(PLUGIN, v1.digest, v1.tree)
+    assert fresh.observe().plugins[PLUGIN].digest == v1.digest
+    fresh.enable(PLUGIN, v1.digest, {})
+    assert [c for c in fresh.api.log if not c.startswith("GET")] == []
+    assert running(node) == [f"{PLUGIN}-0.1.0"]
+
+
 def test_upgrade_keeps_clients_and_the_node_process(adapter: EmqxAdapter, node: Emqx,
                                                     versions: Versions) -> None:
     v1, v2 = versions.v1, versions.v2

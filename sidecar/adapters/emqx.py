@@ -153,7 +153,7 @@ class EmqxAdapter:
     def observe(self) -> Observed:
         try:
             installed = self._list()
-            state = self._state()
+            state = self._adopted(self._state(), installed)
             plugins = self._observed_plugins(installed, state)
             config = self._read_config(self._watched_roots | cfg.roots(state["originals"]))
         except (BrokerUnavailable, AdapterError) as e:
@@ -206,9 +206,10 @@ class EmqxAdapter:
 
     def enable(self, name: str, digest: str, settings: Mapping[str, str]) -> None:
         package = self._package(name, digest)
-        state = self._state()
+        installed = self._list()
+        state = self._adopted(self._state(), installed)
         record = state["plugins"].get(name) or {}
-        current = [p for p in self._list() if p.name == name]
+        current = [p for p in installed if p.name == name]
         same = (len(current) == 1 and current[0].name_vsn == package.name_vsn
                 and record.get("digest") == digest)
         if same:
@@ -322,6 +323,39 @@ class EmqxAdapter:
                 settings=settings if settings is not None else (
                     {} if running and not record.get("settings") else None))
         return plugins
+
+    def _adopted(self, state: dict[str, Any], installed: list[Installed]) -> dict[str, Any]:
+        """Recognise an installed plugin the record does not name (a new sidecar, its volume
+        gone; or another writer) by content: EMQX keeps ``install_dir/NAME-VSN.tar.gz``, and
+        when its bytes equal a package this sidecar holds, that digest is what runs. Without
+        this a restarted sidecar would stop, delete and restart a plugin that is fine."""
+        changed = False
+        for plugin in installed:
+            record = state["plugins"].get(plugin.name) or {}
+            if record.get("name_vsn") == plugin.name_vsn:
+                continue
+            digest = self._digest_of(plugin)
+            if digest is not None:
+                log.info("decision=emqx-adopt plugin=%s name_vsn=%s digest=%s", plugin.name,
+                         plugin.name_vsn, digest)
+                state["plugins"][plugin.name] = {"digest": digest, "name_vsn": plugin.name_vsn,
+                                                 "settings": {}}
+                changed = True
+        if changed:
+            self._save(state)
+        return state
+
+    def _digest_of(self, plugin: Installed) -> str | None:
+        try:
+            theirs = (self.settings.install_dir / f"{plugin.name_vsn}.tar.gz").read_bytes()
+        except OSError:
+            return None
+        root = self.settings.plugin_dir / plugin.name
+        for package in sorted(root.glob(f"*/{plugin.name_vsn}.tar.gz")) if _NAME.match(
+                plugin.name) else []:
+            if DIGEST_DIR.fullmatch(package.parent.name) and package.read_bytes() == theirs:
+                return "sha256:" + package.parent.name  # version dirs are named by digest hex
+        return None
 
     def _read_settings(self, name_vsn: str, applied: Mapping[str, str]
                        ) -> Mapping[str, str] | None:
