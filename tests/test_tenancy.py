@@ -39,7 +39,7 @@ from webhooks_support import Commit, Push, encode, github_headers, github_push
 
 from builder import grpc_service
 from builder.app import Builder
-from builder.kube import Kube, load_documents
+from builder.kube import Kube, apply_documents, load_documents
 from builder.sidecars import SidecarClient
 from builder.webhooks import service
 from plugforge.cli import main as plugforge
@@ -512,4 +512,72 @@ def test_7_a_placeholder_or_missing_webhook_secret_is_a_condition_and_builds_not
     code, out = post(hooks, "/webhooks/github", body, github_headers(body, PLACEHOLDER.encode()))
     assert code == 401, out
     assert alice.builds("shipped") == []
+
+
+
+# --- 10. what each identity may do is what manifests/README.md says ----------------------------
+
+Rule = tuple[str, str, str, frozenset[str]]  # API group, resource, verb, resourceNames
+
+
+def _table() -> dict[tuple[str, str], set[Rule]]:
+    """manifests/README.md's rights table: {(identity, namespace kind): rules}."""
+    text = (BASE / "README.md").read_text()
+    rows = text[text.index("| identity | namespaces |"):].split("\n\n")[0].splitlines()[2:]
+    table: dict[tuple[str, str], set[Rule]] = {}
+    for row in rows:
+        who, where, group, resource, verbs, names = (c.strip() for c in row.strip("|").split("|"))
+        for verb in verbs.split(", "):
+            table.setdefault((who, where), set()).add(
+                ("" if group == "core" else group, resource, verb,
+                 frozenset({"*named*"}) if names else frozenset()))
+    return table
+
+
+def _granted(cp: ControlPlane, identity: str, namespace: str) -> set[Rule]:
+    code, out = cp.request("POST", "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews",
+                           identity=identity, body={"spec": {"namespace": namespace}})
+    assert code == 201, out
+    status: Any = out["status"]
+    rules: set[Rule] = set()
+    for rule in status["resourceRules"]:
+        for group in rule.get("apiGroups") or [""]:
+            if group in ("authorization.k8s.io", "authentication.k8s.io"):
+                continue  # every authenticated user may ask who they are and what they may do
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    rules.add((group, resource, verb, frozenset(rule.get("resourceNames") or ())))
+    return rules
+
+
+def _expected(identity: str, kinds: tuple[str, ...], names: tuple[str, ...]) -> set[Rule]:
+    table = _table()
+    rules = set().union(*(table.get((identity, kind), set()) for kind in kinds))
+    return {(g, r, v, frozenset(names) if n else n) for g, r, v, n in rules}
+
+
+def test_10_each_identity_has_exactly_the_rights_in_the_readme(
+        plane: ControlPlane, alice: Cluster) -> None:
+    admin = Kube.from_kubeconfig(plane.kubeconfig("admin"))
+    try:
+        apply_documents(admin.api, load_documents([BASE / "sidecar" / "rbac.yaml"]))
+    finally:
+        admin.close()
+    shipped = next(d for d in load_documents([BASE / "builder" / "30-tenant-rbac.yaml"])
+                   if d["kind"] == "Role")["rules"][0]["resourceNames"]
+    cases = {
+        ("builder", alice.ns): _expected("builder", ("every", "tenant"), LISTED),
+        ("builder", "default"): _expected("builder", ("every", "tenant"), tuple(shipped)),
+        ("builder", "kube-system"): _expected("builder", ("every",), ()),
+        ("builder", "plugforge-system"): _expected("builder", ("every", "system"), ()),
+        ("sidecar", "default"): _expected("sidecar", ("broker",), ()),
+        ("sidecar", "kube-system"): set(),
+    }
+    for (identity, namespace), expected in cases.items():
+        assert _granted(plane, identity, namespace) == expected, (identity, namespace)
+    # What the review found, tried: the broker's admin password, Events in kube-system.
+    assert plane.request("GET", "/api/v1/namespaces/default/secrets/mosquitto-dynsec-admin",
+                         identity="builder")[0] == 403
+    assert plane.request("POST", "/apis/events.k8s.io/v1/namespaces/kube-system/events",
+                         identity="builder", body={"metadata": {"generateName": "x-"}})[0] == 403
 
