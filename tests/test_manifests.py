@@ -30,6 +30,7 @@ from testbed.manifests import (
 KUSTOMIZATIONS = [
     MANIFESTS, MANIFESTS / "base", MANIFESTS / "brokers" / "mosquitto",
     MANIFESTS / "brokers" / "hivemq", MANIFESTS / "brokers" / "vernemq",
+    MANIFESTS / "brokers" / "emqx",
     MANIFESTS / "overlays" / "mosquitto", MANIFESTS / "overlays" / "all-brokers",
 ]
 
