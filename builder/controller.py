@@ -37,6 +37,7 @@ from builder.errors import (
     KeyConflict,
     KubeError,
     NotFound,
+    TargetMissing,
 )
 from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
 from builder.metrics import BuildMetrics
@@ -437,7 +438,7 @@ class Controller:
                 conditions = self._rollout_failed(obj, conditions, spec, e, stamp)
             else:
                 patch.update(currentImage=outcome.image, currentCommit=outcome.commit,
-                             currentBuild=name,
+                             currentBuild=name, currentTarget=spec.configmap,
                              currentPluginName=outcome.plugin_name or spec.name)
                 conditions = set_condition(conditions, "Ready", "True", "RolledOut",
                                            f"{outcome.image} written to ConfigMap "
@@ -455,10 +456,10 @@ class Controller:
                         error: BuilderError, stamp: str) -> list[Obj]:
         """``Ready=False``: ``Conflict`` when another BrokerPlugin owns the key (with a Warning
         Event), else ``RolloutFailed``."""
-        reason = error.reason if isinstance(error, KeyConflict) else "RolloutFailed"
-        message = str(error) if isinstance(error, KeyConflict) else \
-            f"writing {spec.configmap}: {error}"
-        if isinstance(error, KeyConflict):
+        own = isinstance(error, (KeyConflict, TargetMissing))
+        reason = error.reason if own else "RolloutFailed"
+        message = str(error) if own else f"writing {spec.configmap}: {error}"
+        if own:
             self._event(obj, "Warning", reason, message)
         return set_condition(conditions, "Ready", "False", reason, message, stamp,
                              spec.generation)

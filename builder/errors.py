@@ -75,6 +75,12 @@ class KeyConflict(PermanentError):
     reason = "Conflict"
 
 
+class TargetMissing(TransientError):
+    """The target ConfigMap was deleted after a rollout; retried until it is back."""
+
+    reason = "TargetMissing"
+
+
 class SecretInvalid(PermanentError):
     reason = "SecretInvalid"
 

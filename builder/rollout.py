@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from builder import ownership
-from builder.errors import Conflict, KubeError
+from builder.errors import Conflict, KubeError, TargetMissing
 from builder.kube import Kube
 from builder.pipeline import Outcome
 from builder.resources import PluginSpec
@@ -82,6 +82,7 @@ def update_data(kube: Kube, spec: PluginSpec, name: str,
         new = change(dict(data))
         try:
             if cm is None:
+                _refuse_recreating(kube, spec)
                 kube.create_configmap(spec.namespace, spec.configmap, new,
                                       ownership.annotate({}, claimed))
                 return
@@ -96,6 +97,19 @@ def update_data(kube: Kube, spec: PluginSpec, name: str,
             continue
     raise KubeError(f"ConfigMap {spec.namespace}/{spec.configmap} kept changing under us "
                     f"({MAX_CONFLICTS} conflicts); will retry")
+
+
+def _refuse_recreating(kube: Kube, spec: PluginSpec) -> None:
+    """A target this BrokerPlugin already rolled out to is not re-created with its key alone:
+    the sidecars would read the missing keys of the other owners (broker config, other
+    plugins) as "remove them". Missing, they keep their last good state instead."""
+    obj = kube.get_plugin(spec.namespace, spec.name) or {}
+    if (obj.get("status") or {}).get("currentTarget") == spec.configmap:
+        raise TargetMissing(
+            f"ConfigMap {spec.namespace}/{spec.configmap} was deleted after this plugin was "
+            "rolled out to it; it is not re-created with this plugin's key alone (the sidecars "
+            "would drop what others put there). Re-create it (e.g. kubectl apply of your broker "
+            "manifests): this plugin's key is written again on the next resync")
 
 
 def _owner_by_status(kube: Kube, spec: PluginSpec, name: str) -> str | None:

@@ -65,6 +65,7 @@ class RolloutTracker:
                 rollout.promote(self.kube, spec, release)
                 patch.update(currentImage=image, currentCommit=canary.get("commit"),
                              currentBuild=canary.get("build"), currentPluginName=name,
+                             currentTarget=spec.configmap,
                              rollout={**canary, "phase": "Complete", "finishedAt": stamp,
                                       "message": step.reason})
                 conditions = set_condition(

@@ -166,6 +166,11 @@ def _config_actions(desired: DesiredState, observed: Observed, last_applied: App
         reason = "not set on the broker" if current is None else "the broker has another value"
         actions.append(Action(ActionKind.SET_CONFIG, key, classifier.classify(key), reason,
                               value=value, previous=current))
+    if desired.broker is None:
+        # No broker.yaml at all (its ConfigMap vanished, or came back holding only plugin keys,
+        # e.g. re-created by the builder): leave the broker's config as it is. Only a
+        # broker.yaml that no longer lists a key unsets it.
+        return actions
     for key in sorted(set(last_applied.config) - set(desired.config)):
         if key in observed.config or classifier.write_only(key):
             actions.append(Action(ActionKind.UNSET_CONFIG, key, classifier.classify(key),

@@ -169,3 +169,14 @@ def test_describe_never_shows_secrets() -> None:
                    Observed(True), NOTHING_APPLIED, CLASSIFIER)
     assert "hunter2" not in actions[0].describe()
     assert "redacted" in actions[0].describe()
+
+
+def test_no_broker_yaml_leaves_the_broker_config_alone() -> None:
+    """Issue 16, hole 6: a ConfigMap that vanished and came back without broker.yaml (e.g.
+    holding one plugin's key) is no instruction to unset what was applied before."""
+    seen = Observed(True, {}, {"a": "1", "dynsec.client.a.password": WRITE_ONLY})
+    applied = Applied({"a": "1", "dynsec.client.a.password": "p"}, {})
+    assert plan(DesiredState(None, {}, (), "h"), seen, applied, CLASSIFIER) == []
+    # A broker.yaml that no longer lists a key still unsets it.
+    assert kinds(plan(desired(), seen, applied, CLASSIFIER)) == [
+        (ActionKind.UNSET_CONFIG, "a"), (ActionKind.UNSET_CONFIG, "dynsec.client.a.password")]

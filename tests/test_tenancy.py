@@ -581,3 +581,30 @@ def test_10_each_identity_has_exactly_the_rights_in_the_readme(
     assert plane.request("POST", "/apis/events.k8s.io/v1/namespaces/kube-system/events",
                          identity="builder", body={"metadata": {"generateName": "x-"}})[0] == 403
 
+
+# --- 6. a deleted target ConfigMap is not re-created with one plugin's key alone ---------------
+
+BROKER_YAML = "apiVersion: plugforge.dev/v1alpha1\nkind: BrokerConfig\nbroker: mosquitto\n"
+
+
+def test_6_a_deleted_target_is_not_recreated_with_less(
+        hooked: dict[str, Any], alice: Cluster, registry: Registry) -> None:
+    others = {"broker.yaml": BROKER_YAML, "notes.txt": "the operator's own key"}
+    alice.create_configmap("six", others)
+    alice.create("brokerplugins", broker_plugin(
+        "six", url=hooked["url"], repository=f"{registry.host}/plugins/six", configmap="six"))
+    wait_for(lambda: "plugin.hooked.yaml" in alice.configmap("six"), "the first rollout")
+    code, out = alice.cp.request("DELETE", f"/api/v1/namespaces/{alice.ns}/configmaps/six")
+    assert code == 200, out
+    alice.patch_plugin("six", {"settings": {"deny_users": "eve"}})  # a new build and rollout
+    ready = wait_for(lambda: (c := alice.condition("six", "Ready")).get("reason") ==
+                     "TargetMissing" and c, "the TargetMissing condition")
+    assert "is not re-created with this plugin's key alone" in ready["message"]
+    code, _ = alice.cp.request("GET", f"/api/v1/namespaces/{alice.ns}/configmaps/six")
+    assert code == 404  # not re-created holding only this plugin
+    # The operator re-creates it; the plugin's key comes back beside the others.
+    alice.create_configmap("six", others)
+    wait_for(lambda: "plugin.hooked.yaml" in alice.configmap("six"),
+             "the plugin's key to be written again")
+    data = alice.configmap("six")
+    assert {k: data[k] for k in others} == others
