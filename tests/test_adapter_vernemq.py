@@ -267,13 +267,28 @@ def test_mismatched_app_name_is_refused_before_any_call(
     assert adapter.admin_calls == before
 
 
-def test_settings_without_a_schema_are_refused_before_any_call(
-        adapter: VerneMQAdapter, versions: Versions) -> None:
-    adapter.install_plugin(PLUGIN, versions.v1.digest, versions.v1.tree)
+def test_settings_are_application_env_set_live(adapter: VerneMQAdapter, node: VerneMQ,
+                                               versions: Versions, tmp_path: Path) -> None:
+    v1 = versions.v1
+    adapter.install_plugin(PLUGIN, v1.digest, v1.tree)
+    adapter.enable(PLUGIN, v1.digest, {})
+    pid = node.pid
+    assert accepted(node, "eve")
+    adapter.enable(PLUGIN, v1.digest, {"deny_users": "mallory,eve"})
+    assert not accepted(node, "eve") and not accepted(node, "mallory") and accepted(node, "alice")
+    assert adapter.observe().plugins[PLUGIN].settings == {"deny_users": "mallory,eve"}
+    assert node.pid == pid
+    # Refused before any call: a key the .app does not declare, a value with a quote, and
+    # settings without the node's tooling (the manifest's HTTP-only wiring).
     before = adapter.admin_calls
-    with pytest.raises(AdapterError, match=r"priv/\*\.schema"):
-        adapter.enable(PLUGIN, versions.v1.digest, {"deny_users": "mallory,eve"})
+    with pytest.raises(AdapterError, match="not application env the plugin declares"):
+        adapter.enable(PLUGIN, v1.digest, {"allow_users": "x"})
+    with pytest.raises(AdapterError, match="without quotes"):
+        adapter.enable(PLUGIN, v1.digest, {"deny_users": 'a"b'})
     assert adapter.admin_calls == before
+    http_only = create(options(node, tmp_path, vmq_admin="none"), adapter.settings.plugin_dir)
+    with pytest.raises(AdapterError, match="vmq_admin"):
+        http_only.enable(PLUGIN, v1.digest, {"deny_users": "eve"})
 
 
 # --- config -------------------------------------------------------------------------------------
@@ -354,10 +369,10 @@ def test_settings_the_plugin_cannot_take_are_rejected_not_retried(
                             lambda p: ProbeResult(p.name, True, "accepted", "not run"))
     assert reconciler.reconcile("start").phase is Phase.APPLIED, reconciler.state.last_error
     documents[0] = Document("test", f"plugin.{PLUGIN}.yaml", render_plugin_release(
-        PluginRelease(release.name, release.image, True, {"deny_users": "mallory,eve"})))
+        PluginRelease(release.name, release.image, True, {"allow_users": "alice"})))
     outcome = reconciler.reconcile("edit")
     assert outcome.phase is Phase.REJECTED and outcome.retry_after is None
-    assert "priv/*.schema" in reconciler.state.last_error
+    assert "allow_users are not application env" in reconciler.state.last_error
     assert adapter.observe().plugins[PLUGIN].digest == v1.digest  # the last good state
     assert not accepted(node, "mallory") and accepted(node, "eve")
 

@@ -104,6 +104,7 @@ log = logging.getLogger("plugforge.sidecar.vernemq")
 
 STATE_FILE = ".plugforge-vernemq.json"
 _APP_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_PRINTED_OK_STRING = re.compile(r'\{ok,\s*"((?:[^"\\]|\\.)*)"\}')
 _PRINTED_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _MAPPING = re.compile(r"\{\s*mapping\s*,\s*\"([^\"]+)\"")
 _SET_OK = re.compile(r"^(\S+) set to \"(.*)\"$")
@@ -240,6 +241,7 @@ class VerneMQAdapter:
                                f"{version_dir}; install it first")
         check_plugin(version_dir, name)  # before any call: see vernemq_app
         variables = self._setting_variables(name, version_dir, settings)
+        env = self._setting_env(name, version_dir, settings) if not variables else {}
         state = self._state()
         record = state["plugins"].get(name)
         chain = self._chain()
@@ -254,6 +256,8 @@ class VerneMQAdapter:
             self._save(state)
         if variables:
             self._set_all(variables)
+        if env:
+            self._set_env(name, env)
         state["plugins"][name] = {"digest": digest, "settings": dict(settings)}
         self._save(state)
 
@@ -382,8 +386,10 @@ class VerneMQAdapter:
         if not applied:
             return {}
         try:
-            variables = self._setting_variables(
-                name, self._version_dir(name, record["digest"]), applied)
+            version_dir = self._version_dir(name, record["digest"])
+            variables = self._setting_variables(name, version_dir, applied)
+            if not variables:
+                return self._get_env(name, sorted(self._setting_env(name, version_dir, applied)))
             shown = self._show(sorted(variables))
         except AdapterError:
             return None  # cannot tell: the planner then trusts its own record
@@ -461,12 +467,7 @@ class VerneMQAdapter:
         for schema in sorted((version_dir / "priv").glob("*.schema")):
             mappings.update(_MAPPING.findall(schema.read_text(errors="replace")))
         if not mappings:
-            raise SettingsRejected(
-                f"plugin {name!r}: settings {sorted(settings)} cannot be applied: VerneMQ sets "
-                "plugin application env live only through `vmq-admin set <app>.<key>=...`, "
-                "which needs a cuttlefish schema in the plugin's priv/*.schema and the keys on "
-                "clique's whitelist; this plugin ships none. Drop the settings (the plugin's "
-                "defaults apply) or add a schema to the plugin")
+            return {}  # no schema: application env (_setting_env)
         if self.cli is None:
             raise SettingsRejected(f"plugin {name!r}: settings need the vmq-admin CLI "
                                "(--adapter-opt vmq_admin=...)")
@@ -480,6 +481,51 @@ class VerneMQAdapter:
                 raise SettingsRejected(f"plugin {name!r}: setting {key!r} must be one line")
             variables[variable] = value
         return variables
+
+    def _setting_env(self, name: str, version_dir: Path,
+                     settings: Mapping[str, str]) -> dict[str, str]:
+        """Settings of a plugin without a schema, as its application env: only keys its .app
+        declares in ``env`` (its defaults), set with ``application:set_env`` on the node."""
+        if not settings:
+            return {}
+        declared = check_plugin(version_dir, name).env_keys
+        unknown = sorted(set(settings) - set(declared))
+        if unknown:
+            raise SettingsRejected(
+                f"plugin {name!r}: setting(s) {', '.join(unknown)} are not application env the "
+                f"plugin declares (its .app env has: {', '.join(declared) or 'nothing'}); "
+                "declare a default there, or ship a cuttlefish schema in priv/*.schema")
+        if self.nodetool is None:
+            raise SettingsRejected(
+                f"plugin {name!r}: settings {sorted(settings)} cannot be applied: without a "
+                "cuttlefish schema in priv/*.schema they are set as application env through "
+                "the node's tooling, which needs --adapter-opt vmq_admin=/path/to/vmq-admin "
+                "(with lib/env.sh of the release beside it)")
+        for key, value in settings.items():
+            erl_atom(key)
+            if not value or any(c in value for c in '"\\\r\n\0'):
+                raise SettingsRejected(f"plugin {name!r}: setting {key!r} must be one line "
+                                       "without quotes or backslashes")
+        return dict(settings)
+
+    def _set_env(self, name: str, values: Mapping[str, str]) -> None:
+        tool = _require_tool(self.nodetool)
+        for key, value in values.items():
+            tool.call("application", "set_env", erl_atom(name), erl_atom(key), erl_string(value))
+        shown = self._get_env(name, sorted(values))
+        differ = {k: shown.get(k) for k, v in values.items() if shown.get(k) != v}
+        if differ:
+            raise AdapterError(f"plugin {name!r}: set its env but the node reads {differ}")
+
+    def _get_env(self, name: str, keys: list[str]) -> dict[str, str]:
+        tool = _require_tool(self.nodetool)
+        values = {}
+        for key in keys:
+            printed = tool.call("application", "get_env", erl_atom(name), erl_atom(key))
+            match = _PRINTED_OK_STRING.fullmatch(printed.strip())
+            if match:
+                values[key] = match.group(1)
+        return values
 
     def _set_all(self, values: Mapping[str, str]) -> None:
         cli = _require(self.cli)
@@ -549,6 +595,13 @@ def _ahead(chain: list[ChainEntry], name: str, ours: set[str]) -> list[str]:
 def _expect_done(reply: Reply, what: str) -> None:
     if reply.alerts or "Done" not in reply.texts:
         raise AdapterError(f"VerneMQ refused `{what}`: {reply.message() or 'no answer'}")
+
+
+def _require_tool(tool: NodeTool | None) -> NodeTool:
+    if tool is None:
+        raise AdapterError("this needs the node's tooling: start the sidecar with "
+                           "--adapter-opt vmq_admin=/path/to/vmq-admin")
+    return tool
 
 
 def _require(cli: CliAdmin | None) -> CliAdmin:

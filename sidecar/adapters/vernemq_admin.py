@@ -287,7 +287,7 @@ class NodeTool:
     def call(self, module: str, function: str, *args: str) -> str:
         """``module:function(args)``; each arg an Erlang term (``erl_atom``, ``erl_string``).
         Returns the result as the node prints it (``~p``)."""
-        terms = "".join(f"{a}." for a in args)
+        terms = "".join(f"{a}. " for a in args)  # a dot ends a term only before white space
         self.calls += 1
         try:
             done = subprocess.run(["sh", "-c", self._SCRIPT, str(self.vmq_admin), module,

@@ -45,6 +45,7 @@ class AppSpec:
     name: str
     modules: tuple[str, ...]
     hooks: tuple[Hook, ...]
+    env_keys: tuple[str, ...] = ()  # application env the .app declares (its settings)
 
 
 def parse_term(text: str) -> Any:
@@ -140,7 +141,8 @@ def read_app(ebin: Path, expected: str) -> AppSpec:
         raise AdapterError(f"plugin {expected!r}: vmq_plugin_hooks in {apps[0].name} holds an "
                            "entry that is not {Module, Function, Arity[, Opts]}")
     return AppSpec(found, tuple(str(m) for m in modules if isinstance(m, Atom)),
-                   tuple(h for h in hooks if h is not None))
+                   tuple(h for h in hooks if h is not None),
+                   tuple(str(k) for k in env if k != "vmq_plugin_hooks"))
 
 
 def beam_exports(path: Path) -> set[tuple[str, int]]:
