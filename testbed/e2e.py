@@ -12,6 +12,7 @@ pushes, signed webhooks, BrokerPlugin and ConfigMap writes through the apiserver
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -25,6 +26,8 @@ import yaml
 from builder.recipe import template_dir
 from builder.scaffold import scaffold
 from plugforge.contract import API_VERSION
+from plugforge.oci import RegistryClient, parse_reference, sha256_digest
+from plugforge.oci.manifest import OCI_MANIFEST, canonical_json
 from sidecar.state import Phase
 from testbed.e2e_cluster import (
     NAMESPACE,
@@ -247,6 +250,48 @@ def unhappy_broken_push(stage: Stage, rig: BrokerRig, plugin: Plugin, results: R
     run_git(plugin.repo_path, "push", "-q", plugin.url, "HEAD:main")
 
 
+def unhappy_unsigned_image(stage: Stage, rig: BrokerRig, plugin: Plugin, results: Results,
+                           say: Say = quiet) -> None:
+    """Someone who can push to the registry and write the ConfigMap, but has not the builder's
+    key, points the broker at an image of theirs: refused before anything is pulled."""
+    api = stage.api
+    key = f"plugin.{plugin.key_name}.yaml"
+    good = api.configmap(rig.configmap)["data"][key]
+    release = yaml.safe_load(good)
+    current = parse_reference(release["image"])
+    with RegistryClient(current.registry, ca_bundle=stage.registry.ca.cert) as client:
+        raw, _ = client.pull_manifest(current)
+        doc = json.loads(raw)
+        doc.setdefault("annotations", {})["org.example.note"] = "not built by plugforge"
+        data = canonical_json(doc)
+        digest = client.push_manifest(current.repository, sha256_digest(data), data,
+                                      OCI_MANIFEST)
+    unsigned = f"{current.name}@{digest}"
+    before = rig.running_digest(plugin.key_name)
+    say(f"  pushed {unsigned[-71:-52]}... (same layers, nobody signed it) and put it in the "
+        "ConfigMap")
+    release["image"] = unsigned
+    _edit_configmap(api, rig.configmap, lambda d: d.__setitem__(
+        key, yaml.safe_dump(release, sort_keys=False)))
+    wait_for(lambda: "SignatureMissing" in rig.sidecar.state.last_error,
+             "the unsigned image to be refused", timeout=30, say=say)
+    state = rig.sidecar.state
+    say(f"  sidecar {state.phase.value}: {state.last_error[:120]}")
+    events = wait_for(lambda: [e for e in api.events(rig.pod)
+                               if "SignatureMissing" in e.get("message", "")],
+                      "a Warning Event naming the reason", timeout=30, say=say)
+    running = rig.running_digest(plugin.key_name)
+    say(f"  Event on pod {rig.pod}: {events[-1]['type']} {events[-1]['reason']}; broker still "
+        f"runs {str(running)[:19]}... (the last good digest)")
+    results.facts.update(unsigned_image=unsigned, unsigned_error=state.last_error,
+                         unsigned_running=running, unsigned_running_before=before,
+                         unsigned_events=events)
+    results.add("unhappy", "unsigned image in the ConfigMap",
+                "SignatureMissing, refused before pull; old plugin kept, Event posted")
+    _edit_configmap(api, rig.configmap, lambda d: d.__setitem__(key, good))
+    wait_for(rig.applied, "the sidecar to be Applied again", timeout=60, say=say)
+
+
 def _edit_configmap(api: Api, name: str, edit: Callable[[dict[str, str]], None]) -> float:
     cm = api.configmap(name)
     edit(cm.setdefault("data", {}))
@@ -336,6 +381,8 @@ def run_all(stage: Stage, rig: BrokerRig, say: Say = quiet) -> Results:
     flow2_push_triggers_rebuild(stage, rig, plugin, results, say)
     say(f"Unhappy path on {rig.broker}: a push that breaks the build")
     unhappy_broken_push(stage, rig, plugin, results, say)
+    say(f"Unhappy path on {rig.broker}: an unsigned image in the ConfigMap")
+    unhappy_unsigned_image(stage, rig, plugin, results, say)
     say(f"Flow 3 on {rig.broker}: ConfigMap edits applied live")
     flow3_configmap_edits(stage, rig, plugin, results, say)
     results.facts["plugin"] = plugin

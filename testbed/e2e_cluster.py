@@ -19,6 +19,7 @@ from builder.kube import Kube, apply_documents
 from builder.settings import Settings as BuilderSettings
 from builder.webhooks import service as webhooks
 from builder.webhooks.signatures import github_header
+from plugforge.signing import encrypt_private_key, generate, render_policy
 from testbed.configmap_dir import ConfigMapDir
 from testbed.gitserver import GitServer
 from testbed.kube import ControlPlane
@@ -147,6 +148,8 @@ class Stage:
     builder: Builder = field(init=False)
     hooks: webhooks.Webhooks = field(init=False)
     webhook_secret: str = field(init=False)
+    trust_policy: Path = field(init=False)
+    """The sidecars' trust policy (what the plugforge-trust ConfigMap holds), mounted."""
     _kube: Kube = field(init=False)
 
     def start(self) -> Stage:
@@ -164,13 +167,24 @@ class Stage:
                         secret)
         elif code != 201:
             raise AssertionError(f"creating the webhook Secret: {code} {out}")
+        # Signing on, as in manifests/: the builder mounts a key pair Secret in cosign's layout,
+        # the sidecars a policy trusting its public key for sources on this git server.
+        key = generate()
+        key_dir = self.workdir / "signing-key"
+        key_dir.mkdir(parents=True, exist_ok=True)
+        (key_dir / "cosign.password").write_text("demo-password")
+        (key_dir / "cosign.key").write_bytes(encrypt_private_key(key, b"demo-password"))
+        trust = ConfigMapDir(self.workdir / "trust")
+        trust.update({"policy.yaml": render_policy([("demo", key.public.pem())],
+                                                   sources=[f"{self.git.url}/*"])})
+        self.trust_policy = trust.path / "policy.yaml"
         # A long resync: new commits are built because a webhook asked, not because of polling.
         self.builder = Builder(BuilderSettings(
             kubeconfig=self.cp.kubeconfig("builder"), lease_name=f"flows-{uuid.uuid4().hex[:6]}",
             identity="builder-flows-0", state_dir=self.workdir / "builder", workers=2,
             resync_seconds=600.0, lease_duration_seconds=4, lease_renew_seconds=1,
             backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
-            registry_ca=self.registry.ca.cert))
+            registry_ca=self.registry.ca.cert, signing_key=key_dir))
         self.builder.start()
         wait_for(lambda: self.builder.leading, "the builder to take its Lease", say=self.say)
         self._kube = Kube.from_kubeconfig(self.cp.kubeconfig("builder"))

@@ -120,3 +120,14 @@ def test_broken_configmap_edit_is_rejected_and_visible(flows: tuple[BrokerRig, R
     assert results.facts["broken_edit_trent"] == "refused"  # last good settings still enforced
     event = results.facts["broken_edit_events"][-1]  # posted by the sidecar identity
     assert event["type"] == "Warning" and key in event["message"], event
+
+
+def test_unsigned_image_is_refused_before_pull(flows: tuple[BrokerRig, Results]) -> None:
+    """Issue 17: the builder signs, the sidecar verifies; an image nobody signed, written into
+    the ConfigMap by someone with registry and ConfigMap access, is never pulled."""
+    rig, results = flows
+    assert "SignatureMissing" in results.facts["unsigned_error"]
+    assert results.facts["unsigned_running"] == results.facts["unsigned_running_before"]
+    assert results.facts["unsigned_events"][-1]["type"] == "Warning"
+    digest = results.facts["unsigned_image"].split("@")[1]
+    assert not (rig.workdir / "cache" / "images" / digest.replace(":", "-")).exists()
