@@ -382,6 +382,7 @@ def test_vernemq_erlang_plugin_end_to_end(builder: Builder, cluster: Cluster,
              "currentImage of vmq-acl")
     release = _desired(cluster, "vernemq-plugins").plugin("vmq_acl")
     assert release is not None and release.image == image
+    assert release.source.commit == commit  # the release names the commit, the image not
     notes = _skopeo_inspect(registry, image, tmp_path)["annotations"]
     assert notes["dev.plugforge.broker"] == "vernemq"
     assert "org.opencontainers.image.revision" not in notes
