@@ -277,6 +277,17 @@ class Controller:
         with self._running_lock:
             if view.holder == self.identity and view.name in self._running:
                 return False
+        if view.attempts >= self.settings.max_attempts:
+            # Its builder vanished every time (e.g. OOM-killed by this very build): resuming
+            # it again would loop forever and block the plugin's queue.
+            with contextlib.suppress(Conflict, NotFound, KubeError):
+                self._finish(build, "Failed", reason="BuilderLost", message=(
+                    f"the builder running it ({view.holder}) stopped during each of its "
+                    f"{view.attempts} attempts (killed for memory or time?); not resumed "
+                    "again: check the build's log, then push a fix or trigger a new build"))
+            log.warning("build %s/%s lost its builder %d times; failed", view.namespace,
+                        view.name, view.attempts)
+            return True
         status = dict(build.get("status") or {})
         status.update(phase="Pending", holder="",
                       message=f"resumed: builder {view.holder} stopped while building")

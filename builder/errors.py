@@ -49,6 +49,12 @@ class UnknownRef(PermanentError):
     reason = "UnknownRef"
 
 
+class RepositoryNotFound(PermanentError):
+    """The Git server answered that the repository does not exist."""
+
+    reason = "RepositoryNotFound"
+
+
 class AmbiguousRef(PermanentError):
     """A short ref names both a branch and a tag: the spec must say which."""
 

@@ -27,6 +27,8 @@ API_VERSION = f"{GROUP}/{VERSION}"
 PLUGINS = "brokerplugins"
 BUILDS = "pluginbuilds"
 PLUGIN_LABEL = "plugforge.dev/plugin"
+WATCH_IDLE_SECONDS = 90.0
+"""As the sidecar's watch: the apiserver sends a bookmark about once a minute."""
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -180,16 +182,20 @@ class Kube:
 
     # --- watching -----------------------------------------------------------------------------
 
-    def watch(self, plural: str, resource_version: str,
-              timeout_seconds: int) -> Iterator[tuple[str, Obj]]:
+    def watch(self, plural: str, resource_version: str, timeout_seconds: int,
+              idle_seconds: float = WATCH_IDLE_SECONDS) -> Iterator[tuple[str, Obj]]:
         """Events of ``plural`` after ``resource_version`` until the server ends the watch.
 
-        Raises ``Gone`` when the version is too old: the caller relists.
+        Raises ``Gone`` when the version is too old: the caller relists. A watch that delivers
+        nothing, not even a bookmark, for ``idle_seconds`` is presumed dead (a half-open
+        connection behind a proxy) and raises ``KubeError``: the caller resumes it at once
+        instead of waiting for the next resync. The socket read timeout is the watchdog.
         """
         w = watch.Watch()
         func, args = self._lister(plural)
         stream = w.stream(func, *args, resource_version=resource_version,
-                          timeout_seconds=timeout_seconds, allow_watch_bookmarks=True)
+                          timeout_seconds=timeout_seconds, allow_watch_bookmarks=True,
+                          _request_timeout=(10, idle_seconds))
         try:
             while True:
                 try:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from builder.errors import BuilderError, Conflict
@@ -24,15 +25,15 @@ def micro_time(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
 def plan_lease(lease: Obj | None, identity: str, now: datetime, duration: float,
-               namespace: str, name: str) -> Obj | None:
-    """The Lease to write to hold leadership, or None if someone else validly holds it."""
+               namespace: str, name: str, observed_for: float = 0.0) -> Obj | None:
+    """The Lease to write to hold leadership, or None if someone else validly holds it.
+
+    Another holder's lease expires when *we* have seen its record unchanged for its duration
+    (``observed_for``, measured on our monotonic clock), as client-go's leaderelection does:
+    its ``renewTime`` was written with the holder's clock, and comparing it with ours would
+    let a clock skew of a few seconds steal a live lease. ``now`` only stamps what we write.
+    """
     stamp = micro_time(now)
     if lease is None:
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -41,9 +42,8 @@ def plan_lease(lease: Obj | None, identity: str, now: datetime, duration: float,
                          "acquireTime": stamp, "renewTime": stamp, "leaseTransitions": 0}}
     spec = dict(lease.get("spec") or {})
     holder = spec.get("holderIdentity")
-    renewed = _parse_time(spec.get("renewTime"))
     held_for = float(spec.get("leaseDurationSeconds") or duration)
-    expired = renewed is None or now > renewed + timedelta(seconds=held_for)
+    expired = not spec.get("renewTime") or observed_for > held_for
     if holder and holder != identity and not expired:
         return None
     new_spec = {**spec, "holderIdentity": identity, "leaseDurationSeconds": int(duration),
@@ -57,7 +57,8 @@ def plan_lease(lease: Obj | None, identity: str, now: datetime, duration: float,
 class LeaderElector:
     def __init__(self, kube: Kube, namespace: str, name: str, identity: str, duration: float,
                  renew: float, on_started: Callable[[], None], on_stopped: Callable[[], None],
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.kube = kube
         self.namespace = namespace
         self.name = name
@@ -67,12 +68,20 @@ class LeaderElector:
         self.on_started = on_started
         self.on_stopped = on_stopped
         self.now = now
+        self.monotonic = monotonic
         self.leading = False
+        self._record: tuple[object, ...] | None = None
+        self._record_seen_at = 0.0
 
     def try_acquire_or_renew(self) -> bool:
         lease = self.kube.get_lease(self.namespace, self.name)
+        spec = (lease or {}).get("spec") or {}
+        record = (spec.get("holderIdentity"), spec.get("renewTime"),
+                  spec.get("leaseTransitions")) if lease else None
+        if record != self._record:  # the holder renewed (or changed): observed just now
+            self._record, self._record_seen_at = record, self.monotonic()
         wanted = plan_lease(lease, self.identity, self.now(), self.duration, self.namespace,
-                            self.name)
+                            self.name, self.monotonic() - self._record_seen_at)
         if wanted is None:
             return False
         try:

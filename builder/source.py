@@ -26,6 +26,7 @@ import git
 from builder import refs
 from builder.errors import (
     InvalidSpec,
+    RepositoryNotFound,
     SecretInvalid,
     SourceAuthFailed,
     SourcePathMissing,
@@ -40,6 +41,8 @@ _SCP_URL = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:[A-Za-z0-9._~][^\s]*$")
 _REF_CHAR_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _REVISION = re.compile(r"^[0-9a-f]{7,40}$")
 _SHA = re.compile(r"^[0-9a-f]{40}$")
+_NOT_FOUND = re.compile(r"repository '[^']*' not found|repository not found|does not appear to "
+                        r"be a git repository|the requested url returned error: 404| 404\b")
 GIT_TIMEOUT = 300.0
 
 
@@ -412,8 +415,12 @@ def _classify(e: git.GitCommandError, what: str, ref: str) -> Exception:
             "terminal prompts disabled" in low:
         return SourceAuthFailed(f"{what}: the server refused our credentials ({err}); check the "
                                 "Secret named by source.git.secretRef")
-    if "repository not found" in low or (" 404" in low):
-        return UnknownRef(f"{what}: repository not found ({err}); check source.git.url")
+    if _NOT_FOUND.search(low):
+        # git's own words for the protocol's answer (HTTP 404, or an SSH server that has no
+        # such path), not one forge's: permanent, like an unknown ref.
+        return RepositoryNotFound(f"{what}: the server says there is no such repository "
+                                  f"({err}); check source.git.url (not retried until the "
+                                  "spec changes)")
     if e.status is None or "timed out" in low or "timeout" in low:
         return SourceUnavailable(f"{what}: timed out or was killed ({err}); will retry")
     return SourceUnavailable(f"{what}: {err or 'git exited with status ' + str(e.status)}; "

@@ -113,13 +113,22 @@ def test_valid_lease_of_another_is_respected() -> None:
 
 
 def test_expired_lease_is_taken_over_keeping_resource_version() -> None:
-    lease = plan_lease(_lease("other", NOW - timedelta(seconds=16), 3), "me", NOW, 15, "n", "l")
+    lease = plan_lease(_lease("other", NOW - timedelta(seconds=16), 3), "me", NOW, 15, "n", "l",
+                       observed_for=16)
     assert lease is not None
     spec = lease["spec"]
     assert spec["holderIdentity"] == "me"
     assert spec["leaseTransitions"] == 4
     assert spec["acquireTime"] == micro_time(NOW)
     assert lease["metadata"]["resourceVersion"] == "7"  # optimistic: a racing peer gets 409
+
+
+def test_a_peer_with_a_skewed_clock_keeps_its_live_lease() -> None:
+    """Issue 16: its renewTime looks 20 s old to our clock (it runs 15 s behind), but we saw it
+    renewed 2 s ago: expiry is judged by what we observed, not by comparing clocks."""
+    skewed = _lease("other", NOW - timedelta(seconds=20))
+    assert plan_lease(skewed, "me", NOW, 15, "n", "l", observed_for=2) is None
+    assert plan_lease(skewed, "me", NOW, 15, "n", "l", observed_for=15.5) is not None
 
 
 def test_own_lease_is_renewed_without_a_transition() -> None:

@@ -13,13 +13,16 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
+import kubernetes.client
 import pytest
 import yaml
 from builder_support import (
@@ -39,6 +42,7 @@ from webhooks_support import Commit, Push, encode, github_headers, github_push
 
 from builder import grpc_service
 from builder.app import Builder
+from builder.errors import KubeError
 from builder.kube import Kube, apply_documents, load_documents
 from builder.sidecars import SidecarClient
 from builder.webhooks import service
@@ -608,3 +612,60 @@ def test_6_a_deleted_target_is_not_recreated_with_less(
              "the plugin's key to be written again")
     data = alice.configmap("six")
     assert {k: data[k] for k in others} == others
+
+
+# --- 9. faults found in the same review -------------------------------------------------------
+
+
+def test_9_a_missing_repository_is_permanent_and_says_so(
+        builder: Builder, alice: Cluster, git_server: GitServer, registry: Registry) -> None:
+    alice.create("brokerplugins", broker_plugin(
+        "nowhere", url=f"http://127.0.0.1:{git_server.port}/{alice.ns}/does-not-exist.git",
+        repository=f"{registry.host}/plugins/nowhere", configmap=None))
+    status = alice.wait_build("nowhere")["status"]
+    assert (status["phase"], status["reason"], status["attempts"]) == \
+        ("Failed", "RepositoryNotFound", 1), status
+    assert "no such repository" in status["message"] and "not retried" in status["message"]
+
+
+def test_9_a_build_whose_builder_keeps_vanishing_is_not_resumed_forever(
+        builder: Builder, alice: Cluster, registry: Registry) -> None:
+    alice.create("brokerplugins", broker_plugin(
+        "lost", url="https://git.example/acme/lost.git", enabled=False, configmap=None,
+        repository=f"{registry.host}/plugins/lost"))
+    build = alice.create("pluginbuilds", {
+        "apiVersion": "plugforge.dev/v1alpha1", "kind": "PluginBuild",
+        "metadata": {"name": "lost-oom"},
+        "spec": {"plugin": "lost", "trigger": {"type": "Manual", "user": "alice"}}})
+    attempts = builder.settings.max_attempts
+    build["status"] = {"phase": "Running", "holder": "builder-killed-for-memory",
+                       "attempts": attempts}
+    code, out = alice.cp.request(
+        "PUT", f"/apis/plugforge.dev/v1alpha1/namespaces/{alice.ns}/pluginbuilds/lost-oom/status",
+        body=build)
+    assert code == 200, out
+    status = alice.wait_build("lost")["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "BuilderLost"), status
+    assert f"stopped during each of its {attempts} attempts" in status["message"]
+
+
+def test_9_a_half_open_watch_is_noticed_without_waiting_for_the_resync() -> None:
+    """An 'apiserver' that accepts the watch and then says nothing, ever."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+    config = kubernetes.client.Configuration()
+    config.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    kube = Kube(kubernetes.client.ApiClient(config))
+    started = time.monotonic()
+    try:
+        with pytest.raises(KubeError, match="watch brokerplugins: connection lost"):
+            list(kube.watch("brokerplugins", "1", 240, idle_seconds=1.0))
+        assert time.monotonic() - started < 10
+    finally:
+        kube.close()
+        listener.close()
+        for conn in held:
+            conn.close()
