@@ -20,6 +20,7 @@ from bench.report import Metric, table, write_json
 # name -> module; run in this order (cheap first).
 BENCHMARKS: dict[str, str] = {
     "sidecar": "bench.sidecar_latency",
+    "signing": "bench.signing",
     "builds": "bench.builds",
     "propagation": "bench.propagation",
     "api-mode": "bench.api_mode",

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
@@ -26,9 +27,7 @@ from plugforge.oci import ImageRef, OciError, RegistryClient, TransientRegistryE
 from plugforge.signing import (
     Provenance,
     SigningKey,
-    VerificationFailed,
     attest_provenance,
-    attested_provenance,
     load_private_key,
     sign_image,
     trusted_build_of_tree,
@@ -93,12 +92,14 @@ class BuildSigner:
         image = repo.with_digest(digest)
 
         def publish(client: RegistryClient) -> bool:
-            sign_image(client, image, self.key)
-            known = _attested(client, image, self.key)
-            if any(p.commit == facts.commit and p.tree == facts.tree for p in known):
-                return False
-            attest_provenance(client, image, self.key, provenance)
-            return True
+            # The two tags are independent: write them at once (round trips dominate).
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                signed = pool.submit(sign_image, client, image, self.key)
+                attested = attest_provenance(
+                    client, image, self.key, provenance,
+                    unless=lambda p: p.commit == facts.commit and p.tree == facts.tree)
+                signed.result()
+            return attested
 
         attested = _wrap(f"sign {repo.name}@{digest}", lambda: _with_client(publisher, publish))
         self.last_seconds = time.monotonic() - started
@@ -106,13 +107,6 @@ class BuildSigner:
                      f"commit {facts.commit[:12]} "
                      f"{'attested' if attested else 'already attested'} "
                      f"({self.last_seconds * 1000:.0f} ms)\n")
-
-
-def _attested(client: RegistryClient, image: ImageRef, key: SigningKey) -> list[Provenance]:
-    try:
-        return list(attested_provenance(client, image, [key.public]))
-    except VerificationFailed:
-        return []
 
 
 def _provenance(facts: BuildFacts, key: SigningKey) -> Provenance:

@@ -68,10 +68,13 @@ class RegistryClient:
         release(response)
         return response.status == 200
 
-    def push_blob(self, repository: str, blob: Blob) -> None:
-        """Upload ``blob`` unless the registry already has it (monolithic POST + PUT)."""
+    def push_blob(self, repository: str, blob: Blob, *, check_exists: bool = True) -> None:
+        """Upload ``blob`` unless the registry already has it (monolithic POST + PUT).
+
+        ``check_exists=False`` skips the HEAD: cheaper for small blobs likely to be new.
+        """
         digest = blob.digest
-        if self.blob_exists(repository, digest):
+        if check_exists and self.blob_exists(repository, digest):
             return
         what = f"upload blob {repository}@{digest}"
         scope = _scope(repository, "pull,push")

@@ -7,6 +7,7 @@ kept rather than duplicated, and a provenance for the same build replaces nothin
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 from plugforge.oci.reference import ImageRef, require_digest
 from plugforge.oci.registry import RegistryClient
@@ -14,6 +15,7 @@ from plugforge.signing.errors import VerificationFailed
 from plugforge.signing.formats import (
     DSSE_MEDIA_TYPE,
     IN_TOTO_PAYLOAD_TYPE,
+    MAX_PAYLOAD_BYTES,
     SIMPLE_SIGNING_MEDIA_TYPE,
     SLSA_PROVENANCE_V1,
     make_envelope,
@@ -33,7 +35,7 @@ from plugforge.signing.store import (
     read_layers,
     signature_tag,
 )
-from plugforge.signing.verify import attested_provenance, verify_image
+from plugforge.signing.verify import attested_provenance, fetch_attestations, verify_image
 
 
 def sign_image(client: RegistryClient, image: ImageRef, key: SigningKey) -> bool:
@@ -42,24 +44,36 @@ def sign_image(client: RegistryClient, image: ImageRef, key: SigningKey) -> bool
     digest = str(pinned.digest)
     payload = simple_signing_payload(pinned.name, digest)
     tag = signature_tag(digest)
-    for layer in read_layers(client, pinned, tag, SIMPLE_SIGNING_MEDIA_TYPE, 64 * 1024):
-        if layer.data == payload and _signed_by(layer, key):
-            return False
+    current = read_layers(client, pinned, tag, SIMPLE_SIGNING_MEDIA_TYPE, MAX_PAYLOAD_BYTES)
+    if any(layer.data == payload and _signed_by(layer, key) for layer in current):
+        return False
     signature = base64.b64encode(key.sign(payload)).decode()
     append_layer(client, pinned, tag, Layer(SIMPLE_SIGNING_MEDIA_TYPE, payload,
-                                            {SIGNATURE_ANNOTATION: signature}))
+                                            {SIGNATURE_ANNOTATION: signature}), current)
     return True
 
 
 def attest_provenance(client: RegistryClient, image: ImageRef, key: SigningKey,
-                      provenance: Provenance) -> None:
-    """Add a DSSE-signed SLSA v1 provenance statement for ``image``."""
+                      provenance: Provenance,
+                      unless: Callable[[Provenance], bool] = lambda _p: False) -> bool:
+    """Add a DSSE-signed SLSA v1 provenance statement for ``image``, unless ``key`` already
+    attested one that ``unless`` accepts (e.g. the same commit). True when one was added."""
     pinned = require_digest(image)
+    current = fetch_attestations(client, pinned)
+    if current:
+        try:
+            known = attested_provenance(client, pinned, [key.public], None, current)
+        except VerificationFailed:
+            known = ()
+        if any(unless(p) for p in known):
+            return False
     statement = make_statement(pinned.name, str(pinned.digest), provenance.predicate())
     envelope = make_envelope(statement, key.sign(pae(IN_TOTO_PAYLOAD_TYPE, statement)))
     append_layer(client, pinned, attestation_tag(str(pinned.digest)),
                  Layer(DSSE_MEDIA_TYPE, envelope,
-                       {SIGNATURE_ANNOTATION: "", PREDICATE_ANNOTATION: SLSA_PROVENANCE_V1}))
+                       {SIGNATURE_ANNOTATION: "", PREDICATE_ANNOTATION: SLSA_PROVENANCE_V1}),
+                 current)
+    return True
 
 
 def trusted_build_of_tree(client: RegistryClient, image: ImageRef, key: SigningKey,

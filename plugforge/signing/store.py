@@ -10,7 +10,6 @@ read it without extra flags. Adding a signature rewrites the tag with one more l
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from plugforge.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json
@@ -80,10 +79,13 @@ def read_layers(client: RegistryClient, image: ImageRef, tag: str, media_type: s
 
 
 def append_layer(client: RegistryClient, image: ImageRef, tag: str, layer: Layer,
-                 keep: Callable[[Layer], bool] = lambda _layer: True) -> None:
-    """Push ``tag`` with its current layers that ``keep`` accepts, plus ``layer``."""
-    current = read_layers(client, image, tag, layer.media_type, 1024 * 1024)
-    layers = [existing for existing in current if keep(existing) and existing != layer]
+                 current: list[Layer]) -> None:
+    """Push ``tag`` with ``current`` (its layers as just read) plus ``layer``.
+
+    Small blobs are uploaded without asking first whether the registry has them: one round
+    trip less each, and a registry keeps one copy of a blob however often it is uploaded.
+    """
+    layers = [existing for existing in current if existing != layer]
     layers = [*layers, layer][-MAX_LAYERS:]
     blobs = [Blob(entry.media_type, entry.data) for entry in layers]
     config = Blob(OCI_CONFIG, canonical_json({
@@ -94,6 +96,6 @@ def append_layer(client: RegistryClient, image: ImageRef, tag: str, layer: Layer
         "config": config.descriptor().to_json(),
         "layers": [{**blob.descriptor().to_json(), "annotations": entry.annotations}
                    for blob, entry in zip(blobs, layers, strict=True)]})
-    for blob in [*blobs, config]:
-        client.push_blob(image.repository, blob)
+    for blob in [blobs[-1], config]:  # the others are there: they were just read
+        client.push_blob(image.repository, blob, check_exists=False)
     client.push_manifest(image.repository, tag, manifest, OCI_MANIFEST)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from plugforge.oci.errors import DigestMismatch, RegistryError, TransientRegistryError
@@ -62,11 +63,19 @@ def verify_image(client: RegistryClient, ref: ImageRef | str, policy: TrustPolic
     if not keys:
         raise VerificationFailed("SignatureInvalid", "the trust policy has no key valid now "
                                  "(every validUntil has passed); add the current public key")
-    signers = _verify_signatures(client, pinned, digest, keys)
-    provenance: tuple[Provenance, ...] = ()
-    if policy.require_provenance if need_provenance is None else need_provenance:
-        provenance = attested_provenance(client, pinned, keys, policy)
+    if not (policy.require_provenance if need_provenance is None else need_provenance):
+        return Verified(str(pinned), _verify_signatures(client, pinned, digest, keys), ())
+    # Both tags are fetched at once: verification is round trips, not CPU.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        attestations = pool.submit(fetch_attestations, client, pinned)
+        signers = _verify_signatures(client, pinned, digest, keys)
+        provenance = attested_provenance(client, pinned, keys, policy, attestations)
     return Verified(str(pinned), signers, provenance)
+
+
+def fetch_attestations(client: RegistryClient, image: ImageRef) -> list[Layer]:
+    return _fetch(client, image, attestation_tag(str(image.digest)), DSSE_MEDIA_TYPE,
+                  MAX_ENVELOPE_BYTES)
 
 
 def _fetch(client: RegistryClient, image: ImageRef, tag: str, media_type: str,
@@ -118,11 +127,19 @@ def _verify_signatures(client: RegistryClient, image: ImageRef, digest: str,
 
 
 def attested_provenance(client: RegistryClient, image: ImageRef, keys: list[PublicKey],
-                        policy: TrustPolicy | None = None) -> tuple[Provenance, ...]:
-    """Verified SLSA provenance of ``image`` that ``policy`` allows (all of it without one)."""
+                        policy: TrustPolicy | None = None,
+                        fetched: Future[list[Layer]] | list[Layer] | None = None,
+                        ) -> tuple[Provenance, ...]:
+    """Verified SLSA provenance of ``image`` that ``policy`` allows (all of it without one).
+
+    ``fetched``: the attestation layers when the caller already has (or is fetching) them.
+    """
     digest = str(image.digest)
     tag = attestation_tag(digest)
-    layers = _fetch(client, image, tag, DSSE_MEDIA_TYPE, MAX_ENVELOPE_BYTES)
+    if fetched is None:
+        layers = fetch_attestations(client, image)
+    else:
+        layers = fetched.result() if isinstance(fetched, Future) else fetched
     if not layers:
         raise VerificationFailed("AttestationMissing", f"{image.name}@{digest} has no "
                                  f"provenance attestation ({image.name}:{tag}); the trust policy "
