@@ -10,7 +10,6 @@ import threading
 from collections.abc import Callable, Sequence
 
 from plugforge.contract import Document, select_for_pod
-from plugforge.signing import VerificationFailed
 from sidecar.adapters.base import BrokerAdapter
 from sidecar.adapters.registry import create_adapter
 from sidecar.desired import NotSynced, read_documents
@@ -23,7 +22,6 @@ from sidecar.server import HttpServer
 from sidecar.settings import Settings, api_credentials_present
 from sidecar.state import ApplyEvent, SidecarState
 from sidecar.trigger import Trigger
-from sidecar.trust import ImageVerifier
 from sidecar.watch_files import DirectoryWatcher
 
 log = logging.getLogger("plugforge.sidecar")
@@ -36,8 +34,12 @@ class Sidecar:
         self.settings = settings
         self.adapter = adapter or create_adapter(settings.broker, settings.adapter_options,
                                                  settings.plugin_dir)
-        self.verifier = ImageVerifier(settings.trust_policy) \
-            if settings.trust_policy is not None else None
+        self.verifier = None
+        if settings.trust_policy is not None:
+            # Imported only when verifying: cryptography costs ~7 MB an unverified sidecar
+            # does not need.
+            from sidecar.trust import ImageVerifier
+            self.verifier = ImageVerifier(settings.trust_policy)
         self.puller = pull_image or ImagePuller(
             settings.cache_dir, ca_bundle=settings.registry_ca,
             docker_config=settings.docker_config,
@@ -58,7 +60,8 @@ class Sidecar:
             self.adapter, self.read_documents, self.puller,
             lambda probe: run_probe(probe, settings.probe_host, settings.probe_port,
                                     mqtt_version=settings.probe_mqtt_version),
-            allow_broker_restart=settings.allow_broker_restart, on_event=self._on_event)
+            allow_broker_restart=settings.allow_broker_restart, on_event=self._on_event,
+            state_file=settings.cache_dir / "last-good.json")
         self._file_watcher = DirectoryWatcher(settings.config_dirs, self.trigger) \
             if settings.config_dirs else None
         # A trust policy edit (a key rotation) retries a refused image at once.
@@ -81,10 +84,7 @@ class Sidecar:
                         if self.settings.allow_unsigned_images else "no --trust-policy")
         else:
             log.info("decision=verification-on trust_policy=%s", self.settings.trust_policy)
-            try:
-                self.verifier.policy()
-            except VerificationFailed as e:  # kept running: every image is refused until fixed
-                log.error("decision=trust-policy-invalid detail=%r", e.detail)
+            self.verifier.check_policy()
         if self.api_source is not None:
             self.api_source.start()
         if self._file_watcher is not None:

@@ -23,6 +23,7 @@ from plugforge.contract import (
     parse_desired_state,
 )
 from plugforge.oci.errors import OciError
+from sidecar import last_good
 from sidecar.adapters.base import (
     AdapterError,
     BrokerAdapter,
@@ -73,7 +74,8 @@ class Reconciler:
                  pull_image: PullImage, run_probe: RunProbe, *,
                  allow_broker_restart: bool = False, backoff: Backoff = Backoff(),
                  on_event: EventSink = lambda _e: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 state_file: Path | None = None) -> None:
         self.adapter = adapter
         self._read = read_documents
         self._pull = pull_image
@@ -91,6 +93,8 @@ class Reconciler:
         self._good_phase = Phase.APPLIED
         self._probed_instance = ""
         self._probe_results: dict[str, tuple[ProbeResult, ...]] = {}
+        self._state_file = state_file
+        self._restore()
 
     # --- public -----------------------------------------------------------------------------
 
@@ -152,10 +156,25 @@ class Reconciler:
                 # itself): readiness must not keep saying "not reachable".
                 self._update_readiness(desired, observed)
             return Outcome(self.state.phase)
-        return self._apply(reason, desired, actions, started)
+        return self._apply(reason, desired, actions, started, documents)
+
+    def _restore(self) -> None:
+        """The last good state a previous run of this sidecar saved (``sidecar.last_good``):
+        what a failed first apply after a restart rolls back to."""
+        saved = last_good.load(self._state_file) if self._state_file else None
+        if saved is None:
+            return
+        documents, applied = saved
+        try:
+            self._last_good = self._validated(documents)
+        except (ContractError, AdapterError) as e:
+            log.warning("decision=last-good-ignored error=%r", str(e))
+            return
+        self.state.last_applied = applied
+        log.info("decision=last-good-restored hash=%s", applied.content_hash)
 
     def _apply(self, reason: str, desired: DesiredState, actions: list[Action],
-               started: float) -> Outcome:
+               started: float, documents: Sequence[Document] = ()) -> Outcome:
         for action in actions:
             log.info("decision=plan action=%r", action.describe())
         try:
@@ -174,6 +193,8 @@ class Reconciler:
         self.state.last_applied = Applied(
             dict(desired.config), {p.name: p.digest for p in desired.plugins if p.enabled},
             desired.content_hash)
+        if self._state_file is not None:
+            last_good.save(self._state_file, documents, self.state.last_applied)
         self.state.applied_once = True
         self.state.last_error = ""
         self.state.failed_hash = ""

@@ -37,6 +37,8 @@ from builder_support import (
     wait_for,
 )
 from conftest import GIT_CREDENTIALS
+from sidecar_support import broker_yaml, make_sidecar, start_dynsec_broker
+from sidecar_support import wait_for as sidecar_wait
 from test_webhooks_server import post
 from webhooks_support import Commit, Push, encode, github_headers, github_push
 
@@ -50,7 +52,9 @@ from plugforge.cli import main as plugforge
 from plugforge.grpc_auth import secure_channel
 from plugforge.v1 import build_pb2 as pb
 from plugforge.v1 import build_pb2_grpc
+from sidecar.state import Phase
 from testbed.certs import CertificateAuthority
+from testbed.configmap_dir import ConfigMapDir
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane, Identity, start_control_plane
 from testbed.registry import Registry
@@ -669,3 +673,38 @@ def test_9_a_half_open_watch_is_noticed_without_waiting_for_the_resync() -> None
         listener.close()
         for conn in held:
             conn.close()
+
+
+def test_9_a_restarted_sidecar_still_has_a_last_good_state_to_roll_back_to(
+        tmp_path: Path) -> None:
+    """A real mosquitto and the real sidecar: apply, stop the sidecar, let a change the broker
+    refuses arrive while it is down, start a new sidecar on the same volumes: it rolls back to
+    the saved last good state instead of failing with nothing to roll back to."""
+    broker = start_dynsec_broker(tmp_path / "broker")
+    good = {"dynsec.client.bob.password": "bob-pw", "dynsec.client.bob.roles": "",
+            "max_inflight_messages": "20"}
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": broker_yaml(good)})
+    include = broker.include_dir / "50-plugforge-config.conf"
+    try:
+        first, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", None)
+        first.start()
+        try:
+            sidecar_wait(lambda: first.state.phase is Phase.APPLIED, "the first apply")
+        finally:
+            first.stop()
+        saved = tmp_path / "sc" / "cache" / "last-good.json"
+        assert saved.stat().st_mode & 0o777 == 0o600
+        cm.update({"broker.yaml": broker_yaml({
+            **good, "max_inflight_messages": "30", "dynsec.client.bob.roles": "nosuchrole"})})
+        second, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", None)
+        second.start()
+        try:
+            sidecar_wait(lambda: second.state.phase in (Phase.ROLLED_BACK, Phase.FAILED),
+                         "the refused change")
+            assert second.state.phase is Phase.ROLLED_BACK, second.state.last_error
+            assert "max_inflight_messages 20" in include.read_text()  # the saved state runs
+        finally:
+            second.stop()
+    finally:
+        broker.stop()
