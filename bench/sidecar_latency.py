@@ -110,7 +110,8 @@ def start_sidecar(broker: Mosquitto, work: Path, debounce: float,
             "--adapter-opt", f"dynsec_password_file={password_file}",
             "--plugin-dir", str(work / "plugins"), "--cache-dir", str(work / "cache"),
             "--http-address", "127.0.0.1:0", "--debounce", str(debounce),
-            "--resync-interval", "3600", "--log-level", "WARNING"]
+            "--resync-interval", "3600", "--log-level", "WARNING",
+            "--allow-unsigned-images"]  # config changes only; images: bench/signing.py
     log = open(work / "sidecar.log", "ab")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, **(env or {})})

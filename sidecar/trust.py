@@ -51,6 +51,14 @@ class ImageVerifier:
                  policy.require_provenance)
         return policy
 
+    def check_policy(self) -> None:
+        """Read the policy now, so a bad one is in the log at start; the sidecar keeps running
+        (every image is refused until it is fixed, the running plugins stay)."""
+        try:
+            self.policy()
+        except VerificationFailed as e:
+            log.error("decision=trust-policy-invalid detail=%r", e.detail)
+
     def __call__(self, client: RegistryClient, ref: ImageRef) -> Verified:
         started = time.monotonic()
         try:
