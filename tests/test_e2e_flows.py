@@ -23,8 +23,10 @@ watches the ConfigMap (API mode). RabbitMQ 3.10 (MQTT 3.1.1) runs the same flows
 and settings hot, file mode; its live broker keys (users, permissions) act on the internal
 database that the plugin replaces, so flow 3 shows no broker-config change there.
 
-Not covered here: VerneMQ and EMQX (cannot run on this machine; their adapters are tested
-against recorded/documented responses), and more than one pod per broker (the
+EMQX 5.8.9 runs them with its password database on (the plugin only refuses), API mode, all
+hot; its live broker config is ``mqtt.max_packet_size`` (EMQX closes the connection over a larger
+packet). Not covered here: VerneMQ (its adapter is tested against recorded responses), and more
+than one pod per broker (the
 builder's per-pod status and canary are exercised with one pod here: it asks the rig's sidecar
 over gRPC, plain text on loopback).
 """
@@ -53,7 +55,7 @@ def stage(control_plane: ControlPlane, registry: Registry, git_server: GitServer
     s.stop()
 
 
-@pytest.fixture(scope="module", params=["mosquitto", "hivemq", "rabbitmq"])
+@pytest.fixture(scope="module", params=["mosquitto", "hivemq", "rabbitmq", "emqx"])
 def flows(request: pytest.FixtureRequest, stage: Stage,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerRig, Results]]:
     broker: str = request.param
