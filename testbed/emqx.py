@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,23 @@ class Emqx:
 
     def stop(self) -> None:
         self.stop_node()
+
+
+def enable_password_database(node: Emqx, users: Mapping[str, str]) -> None:
+    """EMQX's built-in authentication, a password database (set up through the REST API as an
+    operator would), holding ``users`` (name -> password). Idempotent; cluster-wide."""
+    authn = "password_based:built_in_database"
+    if authn not in {a.get("id") for a in node.api("GET", "/authentication")}:
+        node.api("POST", "/authentication", {
+            "mechanism": "password_based", "backend": "built_in_database",
+            "user_id_type": "username",
+            "password_hash_algorithm": {"name": "sha256", "salt_position": "suffix"}})
+    for user, password in users.items():
+        try:
+            node.api("PUT", f"/authentication/{authn}/users/{user}", {"password": password})
+        except EmqxError:  # not there yet: create it
+            node.api("POST", f"/authentication/{authn}/users",
+                     {"user_id": user, "password": password})
 
 
 def _log_size(workdir: Path) -> int:

@@ -14,10 +14,10 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from plugforge.cli import main as plugforge_main
 from sidecar.adapters.emqx import STATE_FILE, EmqxAdapter, create
-from testbed.emqx import Emqx, EmqxError
+from testbed import emqx as testbed_emqx
+from testbed.emqx import Emqx
 
 PLUGIN = "deny_test"
-AUTHN_ID = "password_based:built_in_database"
 # EMQX's built-in password database on the shared node. mallory and eve have valid passwords:
 # only the plugin refuses them. The contract suite's clients use ANY_PASSWORD.
 USERS = {"alice": ANY_PASSWORD, "mallory": ANY_PASSWORD, "eve": ANY_PASSWORD,
@@ -74,20 +74,8 @@ def _build(repo: Path, root: Path, vsn: str) -> Version:
 
 
 def enable_password_database(node: Emqx) -> None:
-    """EMQX's built-in authentication (a password database, as an operator sets it up through
-    the REST API) holding ``USERS``. Idempotent."""
-    existing = {a.get("id") for a in node.api("GET", "/authentication")}
-    if AUTHN_ID not in existing:
-        node.api("POST", "/authentication", {
-            "mechanism": "password_based", "backend": "built_in_database",
-            "user_id_type": "username",
-            "password_hash_algorithm": {"name": "sha256", "salt_position": "suffix"}})
-    for user, password in USERS.items():
-        try:
-            node.api("PUT", f"/authentication/{AUTHN_ID}/users/{user}", {"password": password})
-        except EmqxError:  # not there yet: create it
-            node.api("POST", f"/authentication/{AUTHN_ID}/users",
-                     {"user_id": user, "password": password})
+    """EMQX's built-in authentication holding ``USERS``. Idempotent."""
+    testbed_emqx.enable_password_database(node, USERS)
 
 
 def adapter_options(node: Emqx, tmp: Path) -> dict[str, str]:
