@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--broker", choices=["all", *RIGS], default="all",
                         help="run the flows on one broker only (default: all: hivemq, "
-                             "rabbitmq, mosquitto, then emqx)")
+                             "rabbitmq, mosquitto, emqx, then vernemq)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR",
                         help="copy the servers' logs here before cleaning up")
     args = parser.parse_args(argv)
-    brokers = ["hivemq", "rabbitmq", "mosquitto", "emqx"] if args.broker == "all" \
+    brokers = ["hivemq", "rabbitmq", "mosquitto", "emqx", "vernemq"] if args.broker == "all" \
         else [args.broker]
 
     results: list[Results] = []

@@ -16,11 +16,11 @@ from sidecar.settings import Settings as SidecarSettings
 from sidecar.state import Phase
 from testbed.e2e_cluster import NAMESPACE, Projection, Stage, check
 from testbed.e2e_mqtt import outcome
-from testbed.emqx import Emqx, enable_password_database, start_emqx
 from testbed.hivemq import HiveMQ, install_loader, start_hivemq
 from testbed.mosquitto import Mosquitto, MosquittoConfig, start_mosquitto
 from testbed.procs import Supervisor
 from testbed.rabbitmq import RabbitMQ, start_rabbitmq
+from testbed.vernemq import VerneMQ, start_vernemq
 
 
 class BrokerRig:
@@ -271,58 +271,37 @@ class RabbitMQRig(BrokerRig):
         return [str(path.relative_to(repo))]
 
 
-class EmqxRig(BrokerRig):
-    """EMQX 5.8.9 (built from shared/brokers/emqx) with its password database on, holding the
-    flows' users: the sidecar places plugin packages in EMQX's plugins dir and starts them
-    through the REST API, and sets plugin settings and broker config through it, all hot. The
-    plugin only refuses; EMQX's database admits (and refuses strangers). API mode."""
+class VerneMQRig(BrokerRig):
+    """VerneMQ 2.0.1 (built from shared/brokers/vernemq, testbed/vernemq.py) as a user sets it
+    up: allow_anonymous off, the stock vmq_passwd (the flows' users, password "any-password")
+    and vmq_acl. The sidecar enables plugins over the HTTP API ahead of vmq_passwd/vmq_acl, sets
+    ``max_message_size`` live (vmq-admin) and plugin settings as application env. API mode."""
 
-    broker = "emqx"
-    template = "emqx-erlang"
+    broker = "vernemq"
+    template = "vernemq-erlang"
     hot_plugins = True
     mode = "api"
-    live_config = ("mqtt.max_packet_size", "5000")
-    bad_config: ClassVar[dict[str, str]] = {"node.cookie": "changed-live"}
+    live_config = ("max_message_size", "5000")
+    bad_config: ClassVar[dict[str, str]] = {"message_size_limit": "5000"}  # not a 2.0.1 key
     USERS = ("alice", "alice-0", "alice-1", "alice-2", "mallory", "eve", "trent")
 
     def start_broker(self) -> None:
-        self.node: Emqx = start_emqx(self.workdir / "broker")
-        enable_password_database(self.node, {u: "any-password" for u in self.USERS})
+        self.node: VerneMQ = start_vernemq(self.workdir / "broker",
+                                           users=dict.fromkeys(self.USERS, "any-password"))
         self.handle = self.node
 
     def adapter_options(self) -> dict[str, str]:
-        secret = self.workdir / "emqx-api"
-        secret.mkdir(exist_ok=True)
-        (secret / "key").write_text(self.node.api_key + "\n")
-        (secret / "secret").write_text(self.node.api_secret + "\n")
-        return {"install_dir": str(self.node.plugins_dir), "api_url": self.node.api_url,
-                "api_key_file": str(secret / "key"), "api_secret_file": str(secret / "secret")}
-
-    @property
-    def port(self) -> int:
-        return self.node.mqtt_port
-
-    def pid(self) -> int:
-        return self.node.server.pid  # bin/emqx foreground execs the VM
+        key = self.workdir / "vernemq-api-key"
+        key.write_text(self.node.api_key + "\n")
+        return {"api_url": self.node.api_url, "api_key_file": str(key),
+                "vmq_admin": str(self.node.vmq_admin)}
 
     def change_policy(self, repo: Path) -> list[str]:
-        changed = []
-        for path, old, new in (
-                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
-                 '{deny_users, "mallory,eve"}'),
-                (next(p for p in (repo / "src").glob("*.erl") if not p.stem.endswith(
-                    ("_app", "_sup"))), 'deny_users, "mallory")', 'deny_users, "mallory,eve")')):
-            text = path.read_text()
-            check(old in text, (path, old))
-            path.write_text(text.replace(old, new))
-            changed.append(str(path.relative_to(repo)))
-        return changed
+        return RabbitMQRig.change_policy(self, repo)  # the same .app.src / .erl default edit
 
     def break_build(self, repo: Path) -> list[str]:
-        path = next((repo / "src").glob("*_app.erl"))
-        path.write_text(path.read_text() + "\nthis is not erlang\n")
-        return [str(path.relative_to(repo))]
+        return RabbitMQRig.break_build(self, repo)
 
 
 RIGS: dict[str, type[BrokerRig]] = {"mosquitto": MosquittoRig, "hivemq": HiveMQRig,
-                                    "rabbitmq": RabbitMQRig, "emqx": EmqxRig}
+                                    "rabbitmq": RabbitMQRig, "vernemq": VerneMQRig}

@@ -55,7 +55,7 @@ def stage(control_plane: ControlPlane, registry: Registry, git_server: GitServer
     s.stop()
 
 
-@pytest.fixture(scope="module", params=["mosquitto", "hivemq", "rabbitmq", "emqx"])
+@pytest.fixture(scope="module", params=["mosquitto", "hivemq", "rabbitmq", "emqx", "vernemq"])
 def flows(request: pytest.FixtureRequest, stage: Stage,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BrokerRig, Results]]:
     broker: str = request.param
