@@ -16,6 +16,7 @@ from sidecar.settings import Settings as SidecarSettings
 from sidecar.state import Phase
 from testbed.e2e_cluster import NAMESPACE, Projection, Stage, check
 from testbed.e2e_mqtt import outcome
+from testbed.emqx import Emqx, enable_password_database, start_emqx
 from testbed.hivemq import HiveMQ, install_loader, start_hivemq
 from testbed.mosquitto import Mosquitto, MosquittoConfig, start_mosquitto
 from testbed.procs import Supervisor
@@ -271,6 +272,59 @@ class RabbitMQRig(BrokerRig):
         return [str(path.relative_to(repo))]
 
 
+class EmqxRig(BrokerRig):
+    """EMQX 5.8.9 (built from shared/brokers/emqx) with its password database on, holding the
+    flows' users: the sidecar places plugin packages in EMQX's plugins dir and starts them
+    through the REST API, and sets plugin settings and broker config through it, all hot. The
+    plugin only refuses; EMQX's database admits (and refuses strangers). API mode."""
+
+    broker = "emqx"
+    template = "emqx-erlang"
+    hot_plugins = True
+    mode = "api"
+    live_config = ("mqtt.max_packet_size", "5000")
+    bad_config: ClassVar[dict[str, str]] = {"node.cookie": "changed-live"}
+    USERS = ("alice", "alice-0", "alice-1", "alice-2", "mallory", "eve", "trent")
+
+    def start_broker(self) -> None:
+        self.node: Emqx = start_emqx(self.workdir / "broker")
+        enable_password_database(self.node, {u: "any-password" for u in self.USERS})
+        self.handle = self.node
+
+    def adapter_options(self) -> dict[str, str]:
+        secret = self.workdir / "emqx-api"
+        secret.mkdir(exist_ok=True)
+        (secret / "key").write_text(self.node.api_key + "\n")
+        (secret / "secret").write_text(self.node.api_secret + "\n")
+        return {"install_dir": str(self.node.plugins_dir), "api_url": self.node.api_url,
+                "api_key_file": str(secret / "key"), "api_secret_file": str(secret / "secret")}
+
+    @property
+    def port(self) -> int:
+        return self.node.mqtt_port
+
+    def pid(self) -> int:
+        return self.node.server.pid  # bin/emqx foreground execs the VM
+
+    def change_policy(self, repo: Path) -> list[str]:
+        changed = []
+        for path, old, new in (
+                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
+                 '{deny_users, "mallory,eve"}'),
+                (next(p for p in (repo / "src").glob("*.erl") if not p.stem.endswith(
+                    ("_app", "_sup"))), 'deny_users, "mallory")', 'deny_users, "mallory,eve")')):
+            text = path.read_text()
+            check(old in text, (path, old))
+            path.write_text(text.replace(old, new))
+            changed.append(str(path.relative_to(repo)))
+        return changed
+
+    def break_build(self, repo: Path) -> list[str]:
+        path = next((repo / "src").glob("*_app.erl"))
+        path.write_text(path.read_text() + "\nthis is not erlang\n")
+        return [str(path.relative_to(repo))]
+
+
 class VerneMQRig(BrokerRig):
     """VerneMQ 2.0.1 (built from shared/brokers/vernemq, testbed/vernemq.py) as a user sets it
     up: allow_anonymous off, the stock vmq_passwd (the flows' users, password "any-password")
@@ -304,4 +358,5 @@ class VerneMQRig(BrokerRig):
 
 
 RIGS: dict[str, type[BrokerRig]] = {"mosquitto": MosquittoRig, "hivemq": HiveMQRig,
-                                    "rabbitmq": RabbitMQRig, "vernemq": VerneMQRig}
+                                    "rabbitmq": RabbitMQRig, "emqx": EmqxRig,
+                                    "vernemq": VerneMQRig}
