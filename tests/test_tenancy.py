@@ -61,7 +61,8 @@ from testbed.registry import Registry
 
 MALLORY = "mallory"
 # The Secrets the tenants' operators let the builder read (the tenant Role's resourceNames).
-LISTED = ("git-creds", "sa-token", "app-db", "github-hook", "shipped-hook", "absent-hook")
+LISTED = ("git-creds", "sa-token", "app-db", "github-hook", "shipped-hook", "absent-hook",
+          "copycat-hook")
 
 
 @pytest.fixture(scope="module")
@@ -371,6 +372,26 @@ def test_4_a_short_ref_naming_only_a_tag_builds_that_tag(
     assert (status["phase"], status["commit"], status["ref"]) == \
         ("Succeeded", hooked["c2"], "refs/tags/v1.2"), status
 
+
+
+def test_4_a_plugins_own_receiver_path_checks_only_that_plugins_secret(
+        hooked: dict[str, Any], hooks: service.Webhooks, alice: Cluster, mallory: Cluster,
+        git_server: GitServer, registry: Registry) -> None:
+    copycat_secret = "mallory-knows-this-one-7c2e"
+    mallory.create_secret("copycat-hook", {"secret": copycat_secret})
+    as_mallory(mallory, "brokerplugins", broker_plugin(
+        "copycat", url=hooked["url"], repository=f"{registry.host}/plugins/copycat",
+        configmap=None, enabled=False, webhook={"secretRef": {"name": "copycat-hook"}}))
+    path = f"/webhooks/github/{alice.ns}/hooked"
+    before = len(alice.builds("hooked"))
+    body, _ = _push_event(git_server, alice, "refs/heads/main", "0" * 40, hooked["c2"], "x")
+    # Signed with mallory's secret, sent to alice's receiver: only alice's secret is tried.
+    code, out = post(hooks, path, body, github_headers(body, copycat_secret.encode()))
+    assert code == 401, out
+    code, out = post(hooks, path, body, github_headers(body, HOOK_SECRET.encode()))
+    assert code == 202, out
+    assert [q["plugin"] for q in out["queued"]] == [f"{alice.ns}/hooked"]
+    wait_for(lambda: len(alice.builds("hooked")) > before, "the poke's build request")
 
 # --- 5. a BrokerPlugin owns its ConfigMap key --------------------------------------------------
 

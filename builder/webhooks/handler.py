@@ -68,10 +68,13 @@ class WebhookHandler:
         self._offer = offer
         self.stats = Stats()
 
-    def handle(self, forge: Forge, headers: Mapping[str, str], body: bytes) -> Response:
+    def handle(self, forge: Forge, headers: Mapping[str, str], body: bytes,
+               plugin: str | None = None) -> Response:
+        """``plugin`` (``namespace/name``, from a per-plugin receiver path): check the delivery
+        against that BrokerPlugin's secret only."""
         self.stats.bump("deliveries")
         try:
-            plugins = self._verified_plugins(forge, headers, body)
+            plugins = self._verified_plugins(forge, headers, body, plugin)
         except BuilderError as e:
             log.error("%s delivery: cannot check it, the plugin list is unavailable: %s",
                       forge.value, e)
@@ -108,12 +111,12 @@ class WebhookHandler:
         self.stats.bump("pushes")
         return self._push(parsed, plugins)
 
-    def _verified_plugins(self, forge: Forge, headers: Mapping[str, str],
-                          body: bytes) -> list[PluginSource]:
+    def _verified_plugins(self, forge: Forge, headers: Mapping[str, str], body: bytes,
+                          only: str | None = None) -> list[PluginSource]:
         verified: list[PluginSource] = []
         results: dict[bytes, bool] = {}  # one HMAC per distinct secret, not per plugin
         for plugin in self._provider.plugins():
-            if plugin.secret is None:
+            if (only is not None and plugin.key != only) or plugin.secret is None:
                 continue
             secret = self._provider.secret(plugin.secret)
             if secret is None:

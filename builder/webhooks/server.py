@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -39,6 +40,16 @@ log = logging.getLogger("plugforge.webhooks")
 
 MAX_BODY = 25 * 1024 * 1024  # what GitHub caps payloads at
 ROUTES = {f"/webhooks/{forge.value}": forge for forge in Forge}
+# /webhooks/<forge>/<namespace>/<plugin>: one BrokerPlugin's receiver, checked against that
+# plugin's secret only (one HMAC per request, whatever the number of secrets in the cluster).
+_PLUGIN_PATH = re.compile(r"^(/webhooks/[a-z]+)/([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)/"
+                          r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)$")
+
+
+def plugin_route(path: str) -> tuple[str, str | None]:
+    """(the forge's route, ``namespace/name`` of a per-plugin receiver path or None)."""
+    match = _PLUGIN_PATH.match(path)
+    return (match[1], f"{match[2]}/{match[4]}") if match else (path, None)
 _NOT_ALLOWED = frozenset({"PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "CONNECT"})
 
 
@@ -111,10 +122,11 @@ class WebhookServer:
     def route(self, head: RequestHead) -> Response | Forge:
         path = head.path
         if head.method == "POST":
-            forge = ROUTES.get(path)
+            forge = ROUTES.get(plugin_route(path)[0])
             if forge is None:
                 raise HttpError(404, f"no webhook endpoint at this path; use one of "
-                                f"{', '.join(sorted(ROUTES))}")
+                                f"{', '.join(sorted(ROUTES))}, optionally followed by "
+                                "/<namespace>/<BrokerPlugin>")
             return forge
         if head.method == "GET":
             if path == "/healthz":
@@ -130,11 +142,13 @@ class WebhookServer:
 
     def deliver(self, forge: Forge, head: RequestHead, body: bytes
                 ) -> Response | Future[Response]:
-        return self.pool.submit(self._handle, forge, head.first_values(), body)
+        return self.pool.submit(self._handle, forge, head.first_values(), body,
+                                plugin_route(head.path)[1])
 
-    def _handle(self, forge: Forge, headers: Mapping[str, str], body: bytes) -> Response:
+    def _handle(self, forge: Forge, headers: Mapping[str, str], body: bytes,
+                plugin: str | None = None) -> Response:
         try:
-            return self.app.handle(forge, headers, body)
+            return self.app.handle(forge, headers, body, plugin)
         except Exception:
             log.exception("webhook handler failed")
             return Response(500, {"error": "internal error (see the builder log)"})
