@@ -8,8 +8,8 @@
 podman runs containers here only with runc, cgroupfs, the host's cgroup namespace and no
 default ulimits (../shared/notes/real-kubernetes-node.md); builds use the host's network, so
 they add no firewall rules. Behind a TLS-intercepting proxy the ``RUN`` steps need the host's
-CA bundle: it is bind-mounted for the build only (pip.conf and mavenrc point at it) and ends up
-in no image.
+CA bundle: a root home with it (and a pip.conf and .mavenrc naming it) is mounted for the build
+only and ends up in no image.
 """
 
 from __future__ import annotations
@@ -54,13 +54,21 @@ def _digest(*parts: bytes) -> str:
 
 def _run(argv: list[str], *, env: dict[str, str] | None = None, timeout: float = 3600,
          log: Path | None = None) -> str:
-    result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
-                            check=False)
-    if log is not None:
+    """Run ``argv``; with ``log``, its output goes there as it happens (builds are long)."""
+    if log is None:
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout,
+                                check=False)
+        output = result.stdout + result.stderr
+    else:
         with log.open("a") as f:
-            f.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}\n")
+            f.write(f"$ {' '.join(argv)}\n")
+            f.flush()
+            result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=f, text=True, env=env,
+                                    timeout=timeout, check=False)
+            f.write(result.stdout)
+        output = log.read_text(errors="replace")
     if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        tail = "\n".join(output.splitlines()[-40:])
         raise ImageBuildFailed(f"{' '.join(argv[:8])} ... exited {result.returncode}:\n{tail}")
     return result.stdout
 
@@ -114,7 +122,11 @@ class Built:
 
 def debian_base(podman: Podman, log: Path | None = None) -> Built:
     """Debian ``SUITE`` minbase + ca-certificates from the archive, as a podman image."""
+    # Like Debian's slim images: no manuals, docs (but the copyrights) or translations, also
+    # in what later layers install (the dpkg settings stay in the image).
     argv = ["mmdebstrap", "--variant=minbase", "--include=ca-certificates", "--format=tar",
+            *(f"--dpkgopt=path-exclude=/usr/share/{d}/*" for d in ("man", "doc", "info", "locale")),
+            "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--customize-hook=rm -rf \"$1\"/var/cache/apt/* \"$1\"/var/lib/apt/lists/*"]
     key = _digest(json.dumps([argv, SUITE, MIRROR]).encode())
     ref = f"{BASE_REPOSITORY}:{SUITE}-{key}"
@@ -174,18 +186,20 @@ def build(podman: Podman, containerfile: Path, name: str, base: Built,
 
 
 def _proxy_trust(tmp: Path) -> list[str]:
-    """Mounts that make pip and Maven in ``RUN`` steps trust what the host trusts."""
-    pip_conf = tmp / "pip.conf"
-    pip_conf.write_text("[global]\ncert = /run/host-trust/ca-certificates.crt\n")
-    mavenrc = tmp / "mavenrc"
-    mavenrc.write_text('MAVEN_OPTS="$MAVEN_OPTS '
-                       '-Djavax.net.ssl.trustStore=/run/host-trust/java-cacerts"\n')
-    mounts = ["-v", f"{HOST_CA}:/run/host-trust/ca-certificates.crt:ro",
-              "-v", f"{pip_conf}:/etc/pip.conf:ro"]
+    """A root home for the ``RUN`` steps whose pip.conf and .mavenrc trust what the host trusts.
+
+    Mounted over ``/root`` (which every Debian image has, so the build leaves no mount points
+    behind in the image); Maven's downloads land there too and go away with it.
+    """
+    home = tmp / "root"
+    (home / ".config" / "pip").mkdir(parents=True)
+    shutil.copyfile(HOST_CA, home / "host-ca.crt")
+    (home / ".config" / "pip" / "pip.conf").write_text("[global]\ncert = /root/host-ca.crt\n")
     if HOST_JAVA_CA.exists():
-        mounts += ["-v", f"{HOST_JAVA_CA}:/run/host-trust/java-cacerts:ro",
-                   "-v", f"{mavenrc}:/etc/mavenrc:ro"]
-    return mounts
+        shutil.copyfile(HOST_JAVA_CA, home / "host-java-cacerts")
+        (home / ".mavenrc").write_text(
+            'MAVEN_OPTS="$MAVEN_OPTS -Djavax.net.ssl.trustStore=/root/host-java-cacerts"\n')
+    return ["-v", f"{home}:/root"]
 
 
 def static_image(podman: Podman, name: str, files: dict[str, Path], entrypoint: list[str],

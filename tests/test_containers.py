@@ -1,9 +1,7 @@
-"""containers/*.Containerfile: what can be proven on a machine that cannot run RUN steps.
-
-The sandbox here refuses ``RUN`` and cannot pull base images, so a full build is not run (see
-containers/README.md). Proven instead: the files' structure (stages, non-root user,
-entrypoints), that every build-context ``COPY`` exists — by a real ``podman build`` of exactly
-those ``COPY`` instructions on ``FROM scratch`` — and that the manifests agree with the images.
+"""containers/*.Containerfile: the files' structure (stages, non-root user, entrypoints), that
+every build-context ``COPY`` exists — by a real ``podman build`` of exactly those ``COPY``
+instructions on ``FROM scratch`` — and that the manifests agree with the images. The full builds
+(``RUN`` steps, on a Debian base made here) run in tests/test_real_node.py.
 """
 
 from __future__ import annotations
@@ -40,6 +38,8 @@ def parse(path: Path) -> list[Stage]:
         if not line or line.startswith("#"):
             continue
         op, _, rest = line.partition(" ")
+        if op.upper() == "ARG" and not stages:
+            continue  # a global build argument (BASE_IMAGE)
         if op.upper() == "FROM":
             parts = rest.split()
             stages.append(Stage(parts[0], parts[2] if len(parts) > 2 else str(len(stages))))
@@ -61,7 +61,7 @@ def context_copies(stages: list[Stage]) -> list[tuple[list[str], str]]:
 @pytest.mark.parametrize("image", sorted(FILES))
 def test_structure(image: str) -> None:
     stages = parse(FILES[image])
-    assert len(stages) >= 3, "multi-stage: wheels, venv, final"
+    assert len(stages) >= 2, "multi-stage: venv, final"
     names = [s.name for s in stages]
     for i, stage in enumerate(stages):
         for op, rest in stage.instructions:
