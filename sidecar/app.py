@@ -43,7 +43,8 @@ class Sidecar:
         self.puller = pull_image or ImagePuller(
             settings.cache_dir, ca_bundle=settings.registry_ca,
             docker_config=settings.docker_config,
-            insecure_http_registries=settings.insecure_http_registries, verify=self.verifier)
+            insecure_http_registries=settings.insecure_http_registries, verify=self.verifier,
+            expected_commit=self._release_commit)
         self.metrics = Metrics()
         self.trigger = Trigger(settings.debounce, settings.resync_interval)
         self._sinks = list(event_sinks)
@@ -159,6 +160,14 @@ class Sidecar:
                 self._subscribers.remove(q)
 
     # --- internals --------------------------------------------------------------------------
+
+    def _release_commit(self, image: str) -> str:
+        """The commit the desired release of ``image`` names (its provenance must name it too);
+        empty for an image no release names now (a roll back to the last good state)."""
+        desired = self.reconciler.state.desired
+        release = next((p for p in desired.plugins if p.image == image), None) \
+            if desired is not None else None
+        return release.source.commit if release is not None else ""
 
     def _pick_mode(self) -> str:
         if self.settings.source == "auto":

@@ -31,9 +31,11 @@ class ImagePuller:
     def __init__(self, cache_dir: Path, *, ca_bundle: Path | None = None,
                  docker_config: Path | None = None,
                  insecure_http_registries: tuple[str, ...] = (), keep_images: int = 16,
-                 verify: Callable[[RegistryClient, ImageRef], object] | None = None) -> None:
+                 verify: Callable[[RegistryClient, ImageRef, str], object] | None = None,
+                 expected_commit: Callable[[str], str] = lambda _image: "") -> None:
         self.cache_dir = cache_dir
         self._verify = verify
+        self._expected_commit = expected_commit
         self._keep = keep_images
         self._ca = ca_bundle
         self._docker_config = docker_config
@@ -51,7 +53,8 @@ class ImagePuller:
                                         ca_bundle=self._ca,
                                         insecure_http=ref.registry in self._insecure) as client:
             if self._verify is not None:
-                self._verify(client, ref)  # raises VerificationFailed: nothing is pulled
+                # Raises VerificationFailed: nothing is pulled.
+                self._verify(client, ref, self._expected_commit(image))
             before = set(self.cache_dir.glob("images/*"))
             tree = pull_image(client, ref, self.cache_dir)
             if set(self.cache_dir.glob("images/*")) != before:

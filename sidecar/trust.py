@@ -59,7 +59,9 @@ class ImageVerifier:
         except VerificationFailed as e:
             log.error("decision=trust-policy-invalid detail=%r", e.detail)
 
-    def __call__(self, client: RegistryClient, ref: ImageRef) -> Verified:
+    def __call__(self, client: RegistryClient, ref: ImageRef, commit: str = "") -> Verified:
+        """Verify ``ref``; with provenance required and ``commit`` (what the release in the
+        ConfigMap names), one verified provenance must name that commit."""
         started = time.monotonic()
         try:
             policy = self.policy()
@@ -67,6 +69,12 @@ class ImageVerifier:
             with self._lock:
                 known = self._verified.get(key)
             verified = known or verify_image(client, ref, policy)
+            commits = [p.commit for p in verified.provenance]
+            if commit and policy.require_provenance and commit not in commits:
+                raise VerificationFailed(
+                    "ProvenanceMismatch", f"the release names commit {commit}, but the "
+                    f"provenance of {ref} names {', '.join(commits)}: the ConfigMap and the "
+                    "image disagree about what was built")
         except VerificationFailed as e:
             self._count("refused", e.reason)
             log.warning("decision=refuse-image image=%s reason=%s detail=%r", ref, e.reason,

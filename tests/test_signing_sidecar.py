@@ -22,9 +22,11 @@ from sidecar_support import (
     start_dynsec_broker,
     wait_for,
 )
-from signing_support import client_for, policy_text, provenance, push_plugin
+from signing_support import COMMIT, client_for, policy_text, provenance, push_plugin
 from test_sidecar_plugins import running_digest
 
+from plugforge.contract import PluginRelease, render_plugin_release
+from plugforge.contract import Provenance as ReleaseSource
 from plugforge.oci import parse_reference
 from plugforge.signing import SigningKey, attest_provenance, generate, sign_image
 from sidecar.state import ApplyEvent, Phase
@@ -145,5 +147,33 @@ def test_key_rotation_with_a_rollout_in_flight(broker: Mosquitto, images: Plugin
         cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(images.v1)})
         wait_for(lambda: "SignatureInvalid" in sidecar.state.last_error, "old key refused")
         assert running_digest(broker, tmp_path / "sc") == v2
+    finally:
+        sidecar.stop()
+
+
+def _release(image: str, commit: str) -> str:
+    return render_plugin_release(PluginRelease(PLUGIN, image, True, {}, (),
+                                               ReleaseSource(commit=commit)))
+
+
+def test_release_and_provenance_must_name_the_same_commit(
+        broker: Mosquitto, images: PluginImages, registry: Registry, tmp_path: Path) -> None:
+    """The ConfigMap names the commit it releases; an image whose verified provenance names
+    another one (a signed image of some other build) is refused."""
+    trust = _trust(tmp_path, OLD_KEY, NEW_KEY)
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": _release(images.v1, COMMIT)})
+    sidecar, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
+                              allow_restart=True, trust_policy=trust.path / "policy.yaml")
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED, "v1 applied", timeout=40)
+        cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": _release(images.v2, "d" * 40)})
+        wait_for(lambda: "ProvenanceMismatch" in sidecar.state.last_error, "commit mismatch")
+        assert f"names commit {'d' * 40}" in sidecar.state.last_error
+        assert running_digest(broker, tmp_path / "sc") == images.v1.split("@")[1]
+        cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": _release(images.v2, COMMIT)})
+        wait_for(lambda: running_digest(broker, tmp_path / "sc") == images.v2.split("@")[1]
+                 and sidecar.state.phase is Phase.APPLIED, "v2 applied", timeout=40)
     finally:
         sidecar.stop()
