@@ -84,11 +84,11 @@ def trusted_build_of_tree(client: RegistryClient, image: ImageRef, key: SigningK
     without the key leads to a build, never to a re-signature.
     """
     try:
-        verify_image(client, image, policy_for_keys([key.public]), need_provenance=False)
-        matches = [p for p in attested_provenance(client, require_digest(image), [key.public])
-                   if p.tree == tree]
+        verified = verify_image(client, image, policy_for_keys([key.public]),
+                                need_provenance=True)
     except VerificationFailed:
         return None
+    matches = [p for p in verified.provenance if p.tree == tree]
     return matches[-1] if matches else None
 
 
