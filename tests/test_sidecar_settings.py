@@ -57,7 +57,7 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
                  "--plugin-dir", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "c"),
                  "--adapter-opt", f"conf_dir={tmp_path}",
                  "--adapter-opt", f"config_path={tmp_path / 'm.conf'}",
-                 "--allow-unsigned-images"]) == 2
+                 "--http-address", "127.0.0.1:0", "--allow-unsigned-images"]) == 2
     assert "not-mounted: cannot watch it (No such file or directory); expected a mounted " \
         "ConfigMap directory" in capsys.readouterr().err
     (tmp_path / "cm").mkdir()
@@ -66,6 +66,7 @@ def test_cli_exit_codes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> N
                  "--plugin-dir", str(tmp_path / "p"), "--cache-dir", str(tmp_path / "c"),
                  "--adapter-opt", f"conf_dir={tmp_path}",
                  "--adapter-opt", f"config_path={tmp_path / 'm.conf'}",
+                 "--http-address", "127.0.0.1:0",
                  "--grpc-address", "127.0.0.1:0", "--grpc-tls-cert", str(tmp_path / "c.pem"),
                  "--grpc-tls-key", str(tmp_path / "k.pem"),
                  "--grpc-token-file", str(tmp_path / "empty-token"),
