@@ -180,6 +180,11 @@ class VerneMQ:
         restart in a pod; ``start_node`` brings the same node back."""
         self.server.stop(grace=30)
 
+    def restart(self) -> None:
+        """The node's process again, as the kubelet restarts a container (epmd stays)."""
+        self.stop_node()
+        self.start_node()
+
     def start_node(self, timeout: float = 180.0) -> None:
         started = time.monotonic()
         self.server = _start_process(self.root)
@@ -196,7 +201,7 @@ def _write_passwords(root: Path, users: Mapping[str, str]) -> None:
 
 
 def _make_root(release: Path, root: Path, ports: Ports, nodename: str, cookie: str,
-               extra_config: Sequence[str]) -> None:
+               extra_config: Sequence[str], users: Mapping[str, str]) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
@@ -216,7 +221,7 @@ def _make_root(release: Path, root: Path, ports: Ports, nodename: str, cookie: s
         "ERL_EPMD_ADDRESS=127.0.0.1\nexport ERL_EPMD_PORT ERL_EPMD_ADDRESS\n" + rest)
     (root / "data").mkdir()
     (root / "log").mkdir()
-    _write_passwords(root, USERS)
+    _write_passwords(root, users)
     (root / "etc" / "vmq.acl").write_text("topic #\n")
     ours = {
         "nodename": nodename,
@@ -272,9 +277,10 @@ def _register_api_key(node: VerneMQ, timeout: float) -> None:
 
 
 def start_vernemq(workdir: Path, *, extra_config: Sequence[str] = (),
-                  timeout: float = 180.0) -> VerneMQ:
+                  users: Mapping[str, str] = USERS, timeout: float = 180.0) -> VerneMQ:
     """A node in ``workdir`` (recreated), MQTT on ``.port``, HTTP API on ``.api_url`` with
-    ``.api_key`` (scope mgmt), ``vmq-admin`` at ``.vmq_admin``."""
+    ``.api_key`` (scope mgmt), ``vmq-admin`` at ``.vmq_admin``; ``users`` (name: password) in
+    vmq_passwd's file."""
     release = ensure_release()
     epmd_bin = shutil.which("epmd")
     if epmd_bin is None:
@@ -283,12 +289,12 @@ def start_vernemq(workdir: Path, *, extra_config: Sequence[str] = (),
         ports = Ports.pick()
         root = workdir / "node"
         nodename = f"pf{secrets.token_hex(4)}@127.0.0.1"
-        _make_root(release, root, ports, nodename, secrets.token_hex(16), extra_config)
+        _make_root(release, root, ports, nodename, secrets.token_hex(16), extra_config, users)
         epmd = ServerProcess("epmd", [epmd_bin, "-port", str(ports.epmd), "-address",
                                       "127.0.0.1"], workdir / "epmd.log")
         epmd.wait_ready(partial(_accepts, ports.epmd), timeout=10)
         node = VerneMQ(_start_process(root), epmd, root, ports, nodename,
-                       secrets.token_hex(16))
+                       secrets.token_hex(16), passwords=dict(users))
         started = time.monotonic()
         try:
             node.server.wait_ready(partial(_mqtt_listens, ports.mqtt), timeout=timeout)

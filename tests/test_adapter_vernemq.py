@@ -295,10 +295,9 @@ def test_settings_are_application_env_set_live(adapter: VerneMQAdapter, node: Ve
 
 def test_every_live_key_is_one_the_node_takes(node: VerneMQ) -> None:
     cli = CliAdmin(str(node.vmq_admin))
-    for key in LIVE:
-        shown = cli.run(["show", key]).rows
-        assert shown and key in shown[0], f"{key}: {shown}"
-        value = shown[0][key].strip()
+    shown = cli.run(["show", *LIVE]).rows[0]  # one key unknown: "Invalid config keys"
+    for key in LIVE:  # one per call: several in one `set` crash 2.0.1's output formatting
+        value = shown[key].strip()
         out = cli.run_raw(["set"], {key: value})
         assert f'{key} set to "{value}"' in out, f"{key}={value}: {out}"
 
