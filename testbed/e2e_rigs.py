@@ -351,10 +351,22 @@ class VerneMQRig(BrokerRig):
                 "vmq_admin": str(self.node.vmq_admin)}
 
     def change_policy(self, repo: Path) -> list[str]:
-        return RabbitMQRig.change_policy(self, repo)  # the same .app.src / .erl default edit
+        changed = []
+        for path, old, new in (
+                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
+                 '{deny_users, "mallory,eve"}'),
+                (next((repo / "src").glob("*.erl")), 'deny_users, "mallory")',
+                 'deny_users, "mallory,eve")')):
+            text = path.read_text()
+            check(old in text, (path, old))
+            path.write_text(text.replace(old, new))
+            changed.append(str(path.relative_to(repo)))
+        return changed
 
     def break_build(self, repo: Path) -> list[str]:
-        return RabbitMQRig.break_build(self, repo)
+        path = next((repo / "src").glob("*.erl"))
+        path.write_text(path.read_text() + "\nthis is not erlang\n")
+        return [str(path.relative_to(repo))]
 
 
 RIGS: dict[str, type[BrokerRig]] = {"mosquitto": MosquittoRig, "hivemq": HiveMQRig,
