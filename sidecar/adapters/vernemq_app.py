@@ -59,7 +59,10 @@ def parse_term(text: str) -> Any:
         pos = match.end()
         if match.lastgroup:
             tokens.append((match.lastgroup, match.group(match.lastgroup)))
-    term, rest = _term(tokens, 0)
+    try:
+        term, rest = _term(tokens, 0)
+    except IndexError:
+        raise ValueError("the term ends early") from None
     if rest >= len(tokens) or tokens[rest] != ("punct", "."):
         raise ValueError("the term does not end with a dot")
     return term
