@@ -149,8 +149,15 @@ def read_app(ebin: Path, expected: str) -> AppSpec:
 
 
 def beam_exports(path: Path) -> set[tuple[str, int]]:
-    """``{(function, arity)}`` from a beam's export table (chunks ``AtU8``/``Atom``, ``ExpT``)."""
-    data = path.read_bytes()
+    """``{(function, arity)}`` from a beam's export table (chunks ``AtU8``/``Atom``, ``ExpT``);
+    ValueError for anything that is not a readable beam (the file comes from an image)."""
+    try:
+        return _exports(path.read_bytes())
+    except (IndexError, zlib.error) as e:
+        raise ValueError(f"a truncated or corrupt BEAM file ({e})") from e
+
+
+def _exports(data: bytes) -> set[tuple[str, int]]:
     if data[:2] == b"\x1f\x8b":
         data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
     if data[:4] != b"FOR1" or data[8:12] != b"BEAM":
@@ -159,6 +166,8 @@ def beam_exports(path: Path) -> set[tuple[str, int]]:
     pos = 12
     while pos + 8 <= len(data):
         size = int.from_bytes(data[pos + 4:pos + 8], "big")
+        if pos + 8 + size > len(data):
+            raise ValueError("a chunk runs past the end of the file")
         chunks[data[pos:pos + 4]] = data[pos + 8:pos + 8 + size]
         pos += 8 + (size + 3) // 4 * 4
     atoms_chunk = chunks.get(b"AtU8") or chunks.get(b"Atom")
@@ -174,7 +183,10 @@ def beam_exports(path: Path) -> set[tuple[str, int]]:
         atoms.append(atoms_chunk[pos + 1:pos + 1 + length].decode("utf-8"))
         pos += 1 + length
     found = set()
-    for i in range(int.from_bytes(exports[:4], "big")):
+    count = int.from_bytes(exports[:4], "big")
+    if 4 + 12 * count > len(exports):
+        raise ValueError("the export table is shorter than its count")
+    for i in range(count):
         entry = exports[4 + 12 * i:16 + 12 * i]
         found.add((atoms[int.from_bytes(entry[:4], "big") - 1],
                    int.from_bytes(entry[4:8], "big")))
