@@ -9,7 +9,7 @@ and ``set`` of its own value): ``allow_multiple_sessions`` and ``message_size_li
 (``1h``) but shown in seconds (``3600``), so the sidecar could never read back what it set:
 both stay in vernemq.conf. Everything else in
 vernemq.conf is read once at node start: ``set listener.max_connections=5`` is refused
-(recorded: "Translation for 'vmq_server.listeners' expected to find setting ..."), and an
+(seen on a live node: "Translation for 'vmq_server.listeners' expected to find setting ..."), and an
 unknown name gives "Unknown variable". Those keys are BROKER_RESTART and the sidecar does not
 manage them (see ``restart_problem``). Plugins that ship a cuttlefish schema and whitelist their
 own keys can be added with the ``extra_live_keys`` adapter option.
