@@ -484,18 +484,21 @@ class Controller:
         tail = getattr(error, "log_tail", "") or _tail(log_path, self.settings.log_tail_lines)
         stamp = rfc3339(self.now())
         retry = error.transient and attempts < self.settings.max_attempts
+        commit = parse_build(build).commit or error.commit
+        which = {"commit": commit, "shortCommit": commit[:12]} if commit else {}
         if retry:
             delay = self.backoff.delay_for(attempts)
             due = self.now() + timedelta(seconds=delay)
             self._finish(build, "Pending", reason=error.reason,
                          message=f"attempt {attempts} failed: {error}; retrying at "
                                  f"{rfc3339(due)}",
-                         extra={"nextAttemptAt": rfc3339(due), "holder": "", "logTail": tail})
+                         extra={"nextAttemptAt": rfc3339(due), "holder": "", "logTail": tail,
+                                **which})
             summary = (f"{name} attempt {attempts}/{self.settings.max_attempts} failed "
                        f"({error.reason}); retrying in {delay:g}s: {error}")
         else:
             self._finish(build, "Failed", reason=error.reason, message=str(error),
-                         extra={"logTail": tail,
+                         extra={"logTail": tail, **which,
                                 "durationSeconds": round(
                                     (self.now() - started).total_seconds(), 3)})
             summary = f"{name} failed ({error.reason}): {error}"
@@ -510,7 +513,7 @@ class Controller:
         self._patch_status(spec, {
             "observedGeneration": spec.generation, "conditions": conditions,
             "latestBuild": _latest(name, "Pending" if retry else "Failed",
-                                   parse_build(build).commit, startedAt=rfc3339(started),
+                                   commit, startedAt=rfc3339(started),
                                    finishedAt=stamp, reason=error.reason)})
         self._event(obj, "Warning", "BuildFailed", summary)
 

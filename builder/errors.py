@@ -13,6 +13,7 @@ class BuilderError(Exception):
 
     reason = "BuildError"
     transient = False
+    commit: str | None = None  # the commit being built, once the source fetch resolved it
 
 
 class PermanentError(BuilderError):

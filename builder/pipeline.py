@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from builder import recipe as recipes
-from builder.errors import BuildStepFailed, InvalidSpec
+from builder.errors import BuilderError, BuildStepFailed, InvalidSpec
 from builder.registry import Publisher, RegistryAccess, parse_repository
 from builder.resources import PluginSpec
 from builder.secrets import Secret, Use, check_use
@@ -187,6 +187,9 @@ class Pipeline:
             return Outcome(commit, checkout.tree, key, f"{repo.name}@{digest}", digest,
                            result.name, result.version, False, time.monotonic() - started,
                            ref)
+        except BuilderError as e:
+            e.commit = e.commit or commit  # a failed build still says which commit failed
+            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -204,6 +204,7 @@ def test_compile_error_keeps_previous_image(
 
     failed = cluster.wait_build("deny-mallory", after=before)  # found by the periodic resync
     assert failed["spec"]["commit"] == broken
+    assert failed["status"]["commit"] == broken  # a failed build says which commit failed
     assert failed["status"]["phase"] == "Failed"
     assert failed["status"]["reason"] == "BuildFailed"
     assert "error" in failed["status"]["logTail"]
