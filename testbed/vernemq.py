@@ -3,7 +3,7 @@
 ``../shared/brokers/vernemq/`` holds the source tarball and ``build.sh``; ``ensure_release``
 builds it (about 4 minutes on 2 cores) into ``$PLUGFORGE_CACHE/vernemq/<key>/vernemq``, the key
 being a hash of the tarball and the script, so a changed input builds again and an unchanged
-one never does. ``python -m testbed.vernemq`` does that from ``scripts/ensure.d/vernemq.sh``.
+one never does. ``python -m testbed.vernemq`` does that from ``scripts/ensure.d/10-vernemq.sh``.
 
 Each node gets its own root beside the shared release: ``bin/``, ``etc/``, ``releases/`` copied
 (the scripts find ``etc/``, ``data/`` and ``log/`` relative to themselves), ``lib/*`` and
@@ -319,7 +319,7 @@ def _logs(root: Path) -> str:
 
 
 def main() -> int:
-    """Build the release into the cache unless it is there (scripts/ensure.d/vernemq.sh)."""
+    """Build the release into the cache unless it is there (scripts/ensure.d/10-vernemq.sh)."""
     release = cache_dir() / "vernemq" / release_key() / "vernemq"
     if (release / "bin" / "vernemq").is_file():
         seconds = (release.parent / "build-seconds")

@@ -13,4 +13,4 @@ ensure_emqx() {
         || die "building EMQX failed (see above)"
 }
 
-ensure_emqx
+in_background emqx ensure_emqx

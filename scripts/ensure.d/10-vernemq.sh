@@ -8,4 +8,4 @@ ensure_vernemq() {
     "$VENV/bin/python" -m testbed.vernemq || die "building VerneMQ failed (see above)"
 }
 
-ensure_vernemq
+in_background vernemq ensure_vernemq
