@@ -92,7 +92,9 @@ def _wait_build(api: Api, plugin: str, commit: str, say: Say) -> dict[str, Any]:
 def _build_for(api: Api, plugin: str, commit: str) -> dict[str, Any] | None:
     for b in api.builds(plugin):
         st = b.get("status") or {}
-        built = st.get("commit") or b["spec"].get("commit")
+        # A webhook's request names no commit (issue 16): the pushed one is its trigger's record.
+        built = st.get("commit") or b["spec"].get("commit") or \
+            (b["spec"].get("trigger") or {}).get("commit")
         if built == commit and st.get("phase") in ("Succeeded", "Failed"):
             return b
     return None
