@@ -290,15 +290,18 @@ def test_malformed_or_huge_envelope_refused(registry: Registry, tmp_path: Path,
 
 
 def test_signature_tag_served_with_wrong_digest(registry: Registry, signed: ImageRef) -> None:
-    """The registry's storage is altered under the tag: the manifest no longer hashes to the
-    digest the registry announces, or a layer to its descriptor; either is refused."""
+    """The registry's storage is altered under the tags: the signature manifest no longer
+    hashes to the digest the registry announces, or the provenance envelope to its descriptor;
+    either is refused. (The signature payload blob itself is never read: the verifier knows
+    the payload it expects, so an altered copy in storage changes nothing.)"""
     with client_for(registry) as client:
-        got = client.get_manifest(signed.repository, signature_tag(str(signed.digest)))
-        assert got is not None
-        manifest, manifest_digest = got
-        layer_digest = json.loads(manifest)["layers"][0]["digest"]
-    for digest, old, new in ((layer_digest, b"critical", b"CRITICAL"),
-                             (manifest_digest, b"schemaVersion", b"schemaversion")):
+        sig = client.get_manifest(signed.repository, signature_tag(str(signed.digest)))
+        att = client.get_manifest(signed.repository, attestation_tag(str(signed.digest)))
+        assert sig is not None and att is not None
+        envelope_digest = json.loads(att[0])["layers"][0]["digest"]
+    for digest, old, new, reason in (
+            (sig[1], b"schemaVersion", b"schemaversion", "SignatureInvalid"),
+            (envelope_digest, b"payloadType", b"payloadtype", "AttestationInvalid")):
         blob = _blob_path(registry, digest)
         original = blob.read_bytes()
         blob.write_bytes(original.replace(old, new))
@@ -307,7 +310,7 @@ def test_signature_tag_served_with_wrong_digest(registry: Registry, signed: Imag
                 error = refusal(client, signed, policy_text(KEY))
         finally:
             blob.write_bytes(original)
-        assert error.reason == "SignatureInvalid"
+        assert error.reason == reason
         assert "nothing was used" in str(error)
 
 

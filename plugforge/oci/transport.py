@@ -45,6 +45,8 @@ class Transport:
                     f"cannot load CA bundle {ca_bundle}: {e}; expected a PEM certificate file"
                 ) from e
         self._pool = urllib3.PoolManager(
+            # Signature and attestation tags are read at once: keep both connections.
+            maxsize=2,
             ssl_context=context,
             timeout=urllib3.Timeout(connect=min(timeout, 10.0), read=timeout),
             # No automatic retries: callers own the backoff policy. Redirects are followed;

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 
-from plugforge.oci.reference import ImageRef, require_digest
+from plugforge.oci.reference import ImageRef, require_digest, sha256_digest
 from plugforge.oci.registry import RegistryClient
 from plugforge.signing.errors import VerificationFailed
 from plugforge.signing.formats import (
@@ -44,7 +44,8 @@ def sign_image(client: RegistryClient, image: ImageRef, key: SigningKey) -> bool
     digest = str(pinned.digest)
     payload = simple_signing_payload(pinned.name, digest)
     tag = signature_tag(digest)
-    current = read_layers(client, pinned, tag, SIMPLE_SIGNING_MEDIA_TYPE, MAX_PAYLOAD_BYTES)
+    current = read_layers(client, pinned, tag, SIMPLE_SIGNING_MEDIA_TYPE, MAX_PAYLOAD_BYTES,
+                          {sha256_digest(payload): payload})
     if any(layer.data == payload and _signed_by(layer, key) for layer in current):
         return False
     signature = base64.b64encode(key.sign(payload)).decode()

@@ -10,11 +10,12 @@ read it without extra flags. Adding a signature rewrites the tag with one more l
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from plugforge.oci.manifest import OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json
 from plugforge.oci.pack import Blob
-from plugforge.oci.reference import ImageRef, validate_digest
+from plugforge.oci.reference import ImageRef, sha256_digest, validate_digest
 from plugforge.oci.registry import RegistryClient
 from plugforge.signing.errors import VerificationFailed
 
@@ -41,10 +42,12 @@ def attestation_tag(digest: str) -> str:
 
 
 def read_layers(client: RegistryClient, image: ImageRef, tag: str, media_type: str,
-                max_layer_bytes: int) -> list[Layer]:
+                max_layer_bytes: int, known: Mapping[str, bytes] | None = None) -> list[Layer]:
     """The layers of ``media_type`` under ``tag`` (none when the tag does not exist).
 
-    A layer over ``max_layer_bytes`` is refused before it is downloaded.
+    A layer over ``max_layer_bytes`` is refused before it is downloaded. ``known`` maps digests
+    to content the caller already has (the payload it expects): such a layer is not fetched,
+    as content-addressed bytes are the same wherever they come from.
     """
     got = client.get_manifest(image.repository, tag, MAX_SIGNATURE_MANIFEST_BYTES)
     if got is None:
@@ -73,7 +76,9 @@ def read_layers(client: RegistryClient, image: ImageRef, tag: str, media_type: s
                 "AttestationInvalid" if tag.endswith(".att") else "SignatureInvalid",
                 f"{image.name}:{tag} layer {index} declares {descriptor.size} bytes, over the "
                 f"{max_layer_bytes} byte limit; not downloaded")
-        data = client.read_blob(image.repository, descriptor, max_layer_bytes)
+        data = (known or {}).get(descriptor.digest)
+        if data is None or sha256_digest(data) != descriptor.digest:
+            data = client.read_blob(image.repository, descriptor, max_layer_bytes)
         layers.append(Layer(descriptor.media_type, data, annotations))
     return layers
 

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from plugforge.oci.errors import DigestMismatch, RegistryError, TransientRegistryError
-from plugforge.oci.reference import ImageRef, require_digest
+from plugforge.oci.reference import ImageRef, require_digest, sha256_digest
 from plugforge.oci.registry import RegistryClient
 from plugforge.signing.errors import SignatureUnavailable, VerificationFailed
 from plugforge.signing.formats import (
@@ -29,6 +29,7 @@ from plugforge.signing.formats import (
     parse_envelope,
     parse_simple_signing,
     parse_statement,
+    simple_signing_payload,
 )
 from plugforge.signing.keys import PublicKey
 from plugforge.signing.policy import TrustPolicy
@@ -79,13 +80,14 @@ def fetch_attestations(client: RegistryClient, image: ImageRef) -> list[Layer]:
 
 
 def _fetch(client: RegistryClient, image: ImageRef, tag: str, media_type: str,
-           limit: int) -> list[Layer]:
+           limit: int, known: dict[str, bytes] | None = None) -> list[Layer]:
     try:
-        return read_layers(client, image, tag, media_type, limit)
+        return read_layers(client, image, tag, media_type, limit, known)
     except TransientRegistryError as e:
         raise SignatureUnavailable(f"{image.name}:{tag}: {e}") from e
     except DigestMismatch as e:
-        raise VerificationFailed("SignatureInvalid", f"{image.name}:{tag}: {e}") from e
+        reason = "AttestationInvalid" if tag.endswith(".att") else "SignatureInvalid"
+        raise VerificationFailed(reason, f"{image.name}:{tag}: {e}") from e
     except RegistryError as e:
         raise VerificationFailed("SignatureMissing", f"{image.name}:{tag}: {e}") from e
 
@@ -93,7 +95,10 @@ def _fetch(client: RegistryClient, image: ImageRef, tag: str, media_type: str,
 def _verify_signatures(client: RegistryClient, image: ImageRef, digest: str,
                        keys: list[PublicKey]) -> tuple[str, ...]:
     tag = signature_tag(digest)
-    layers = _fetch(client, image, tag, SIMPLE_SIGNING_MEDIA_TYPE, MAX_PAYLOAD_BYTES)
+    # The payload a signer writes for this image is known: its blob need not be fetched.
+    expected = simple_signing_payload(image.name, digest)
+    layers = _fetch(client, image, tag, SIMPLE_SIGNING_MEDIA_TYPE, MAX_PAYLOAD_BYTES,
+                    {sha256_digest(expected): expected})
     if not layers:
         raise VerificationFailed("SignatureMissing", f"{image.name}@{digest} has no signature "
                                  f"({image.name}:{tag} does not exist or holds none); sign it "
