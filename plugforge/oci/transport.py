@@ -7,6 +7,7 @@ realm), never logged, and never quoted in error messages.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import ssl
@@ -28,6 +29,31 @@ log = logging.getLogger(__name__)
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def tls_context(ca_bundle: Path | None) -> ssl.SSLContext:
+    """System roots plus the private CA (a private registry may use a public token realm).
+
+    Shared while the bundle file is unchanged: building one costs ~20 ms (the system store is
+    parsed), which every pull and every signature would pay for a fresh client.
+    """
+    if ca_bundle is None:
+        return _context(None, 0, 0)
+    try:
+        st = ca_bundle.stat()
+        return _context(str(ca_bundle), st.st_mtime_ns, st.st_size)
+    except (OSError, ssl.SSLError) as e:
+        raise PermanentRegistryError(
+            f"cannot load CA bundle {ca_bundle}: {e}; expected a PEM certificate file"
+        ) from e
+
+
+@functools.lru_cache(maxsize=8)
+def _context(ca_file: str | None, _mtime_ns: int, _size: int) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
 class Transport:
     def __init__(self, registry: str, *, credentials: Credentials | None, ca_bundle: Path | None,
                  insecure_http: bool, timeout: float) -> None:
@@ -35,15 +61,7 @@ class Transport:
         self.scheme = "http" if insecure_http else "https"
         self._credentials = credentials
         self._authorization: str | None = None
-        # System roots plus the private CA: a private registry may use a public token realm.
-        context = ssl.create_default_context()
-        if ca_bundle is not None:
-            try:
-                context.load_verify_locations(cafile=str(ca_bundle))
-            except (OSError, ssl.SSLError) as e:
-                raise PermanentRegistryError(
-                    f"cannot load CA bundle {ca_bundle}: {e}; expected a PEM certificate file"
-                ) from e
+        context = tls_context(ca_bundle)
         self._pool = urllib3.PoolManager(
             # Signature and attestation tags are read at once: keep both connections.
             maxsize=2,
