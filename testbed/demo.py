@@ -69,8 +69,9 @@ Run the same thing on your own cluster (details: README.md, "Run it on your clus
   2. point the overlay at them:    edit images: in manifests/overlays/mosquitto/kustomization.yaml
   3. install plugforge + a broker: kubectl apply --server-side -k manifests/overlays/mosquitto
   4. API certificates + tokens:    plugforge api-secrets --broker-namespace default
-  5. scaffold a plugin repo:       plugforge new --broker mosquitto deny-test; push it to your forge
-  6. edit the BrokerPlugin (manifests/overlays/mosquitto/brokerplugin.yaml) to name that repo,
+  5. signing key + trust policy:   plugforge signing-keys --broker-namespace default
+  6. scaffold a plugin repo:       plugforge new --broker mosquitto deny-test; push it to your forge
+  7. edit the BrokerPlugin (manifests/overlays/mosquitto/brokerplugin.yaml) to name that repo,
      add the webhook https://<host>/webhooks/github with the github-webhook Secret's value."""
 
 
