@@ -46,7 +46,8 @@ class ImagePuller:
     def __call__(self, image: str) -> Path:
         ref = require_digest(parse_reference(image))
         credentials = None
-        if self._docker_config is not None:
+        # The manifests mount the pull Secret as optional: no file means anonymous pulls.
+        if self._docker_config is not None and self._docker_config.exists():
             credentials = credentials_from_dockerconfigjson(self._docker_config.read_bytes(),
                                                             ref.registry)
         with self._lock, RegistryClient(ref.registry, credentials=credentials,

@@ -26,15 +26,16 @@ class GitServer:
     """Handle on a running git server process."""
 
     def __init__(self, server: ServerProcess, port: int, root: Path,
-                 credentials: tuple[str, str] | None) -> None:
+                 credentials: tuple[str, str] | None, host: str = "127.0.0.1") -> None:
         self.server = server
         self.port = port
         self.root = root
         self.credentials = credentials
+        self.host = host
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def create_repo(self, name: str) -> str:
         """Create an empty bare repository ``name`` (``owner/repo.git``) and return its URL."""
@@ -67,10 +68,11 @@ def run_git(cwd: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
-def start_git_server(workdir: Path, credentials: tuple[str, str] | None = None) -> GitServer:
+def start_git_server(workdir: Path, credentials: tuple[str, str] | None = None,
+                     host: str = "127.0.0.1") -> GitServer:
     root = workdir / "repos"
     root.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "testbed.gitserver", "--root", str(root)]
+    argv = [sys.executable, "-m", "testbed.gitserver", "--root", str(root), "--host", host]
     env = dict(os.environ)
     if credentials is not None:
         env["GITSERVER_USER"], env["GITSERVER_PASSWORD"] = credentials
@@ -79,13 +81,13 @@ def start_git_server(workdir: Path, credentials: tuple[str, str] | None = None) 
     port: list[int] = []
 
     def probe() -> bool:
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+)", server.log_tail(5))
+        match = re.search(rf"listening on {re.escape(host)}:(\d+)", server.log_tail(5))
         if match:
             port.append(int(match.group(1)))
         return bool(port)
 
     server.wait_ready(probe, timeout=20)
-    return GitServer(server, port[0], root, credentials)
+    return GitServer(server, port[0], root, credentials, host)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -174,13 +176,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     _Handler.root = args.root
     user, password = os.environ.get("GITSERVER_USER"), os.environ.get("GITSERVER_PASSWORD")
     if user and password:
         _Handler.credentials = (user, password)
-    httpd = ThreadingHTTPServer(("127.0.0.1", args.port), _Handler)
-    print(f"listening on 127.0.0.1:{httpd.server_address[1]}", flush=True)
+    httpd = ThreadingHTTPServer((args.host, args.port), _Handler)
+    print(f"listening on {args.host}:{httpd.server_address[1]}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         httpd.serve_forever()
 

@@ -8,20 +8,31 @@ node cannot start, every test here fails with the reason; none is skipped.
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from builder.recipe import template_dir
+from builder.scaffold import scaffold
+from plugforge.contract import Probe
+from sidecar.probes import run_probe
 from testbed import images, node
 from testbed.e2e_cluster import Api, wait_for
+from testbed.gitserver import GitServer, run_git, start_git_server
 from testbed.kube import ControlPlane
+from testbed.manifests import Applier, ManifestError, kustomize_binary, render
 from testbed.registry import Registry, start_registry
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,3 +243,202 @@ def api_text(api: Api, path: str) -> str:
     ctx = ssl.create_default_context(cafile=str(api.cp.ca.cert))
     with urllib.request.urlopen(req, context=ctx, timeout=15) as resp:
         return str(resp.read().decode(errors="replace"))
+
+
+# --- flow 1 on real pods: manifests/overlays/mosquitto as users apply it -----------------------
+
+@dataclass
+class Deployed:
+    git: GitServer
+    registry_host: str
+    mosquitto_pod: str
+    pod_ip: str
+
+
+def _testbed_overlay(directory: Path, real_node: RealNode, refs: dict[str, str],
+                     git_url: str) -> Path:
+    """The user's overlay plus what this cluster differs in: image names (the node's registry),
+    the registry's private CA, and the apiserver's address for in-cluster clients (no kube-proxy
+    here: the ``kubernetes`` Service's IP does not route)."""
+    host, port = real_node.cp.host, real_node.cp.port
+    api_env = [{"name": "KUBERNETES_SERVICE_HOST", "value": host},
+               {"name": "KUBERNETES_SERVICE_PORT", "value": str(port)}]
+    ca_volume = {"name": "testbed-ca", "configMap": {"name": "testbed-registry-ca"}}
+    ca_mount = {"name": "testbed-ca", "mountPath": "/etc/testbed-ca", "readOnly": True}
+
+    def image(name: str, ref: str) -> dict[str, str]:
+        repo, digest = ref.split("@")
+        return {"name": name, "newName": repo, "digest": digest}
+
+    def ops(path: str, container: int, extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        c = f"{path}/containers/{container}"
+        return [*({"op": "add", "path": f"{c}/env/-", "value": e} for e in api_env),
+                {"op": "add", "path": f"{path}/volumes/-", "value": ca_volume},
+                {"op": "add", "path": f"{c}/volumeMounts/-", "value": ca_mount}, *extra]
+
+    spec = "/spec/template/spec"
+    overlay = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(ROOT / "manifests" / "overlays" / "mosquitto", directory),
+                      "ca.yaml"],
+        "images": [image("registry.example.com/plugforge/builder", refs["builder"]),
+                   image("registry.example.com/plugforge/sidecar", refs["sidecar"]),
+                   image("eclipse-mosquitto", refs["mosquitto"])],
+        "patches": [
+            {"target": {"kind": "Deployment", "name": "plugforge-builder"},
+             "patch": yaml.safe_dump([
+                 {"op": "replace", "path": "/spec/replicas", "value": 1},
+                 *ops(spec, 0, [{"op": "add", "path": f"{spec}/containers/0/env/-", "value": {
+                     "name": "PLUGFORGE_BUILDER_REGISTRY_CA",
+                     "value": "/etc/testbed-ca/ca.crt"}}])])},
+            {"target": {"kind": "Deployment", "name": "mosquitto"},
+             "patch": yaml.safe_dump(ops(spec, 1, [
+                 {"op": "add", "path": f"{spec}/containers/1/args/-",
+                  "value": "--registry-ca=/etc/testbed-ca/ca.crt"}]))},
+            {"target": {"kind": "BrokerPlugin", "name": "deny-test"},
+             "patch": yaml.safe_dump([
+                 {"op": "replace", "path": "/spec/source/git/url", "value": git_url},
+                 {"op": "replace", "path": "/spec/image/repository",
+                  "value": f"{real_node.registry.host}/plugins/deny-test"}])},
+        ],
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(overlay))
+    (directory / "ca.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "testbed-registry-ca", "namespace": "default"},
+        "data": {"ca.crt": real_node.cp.ca.cert.read_text()}}))
+    # The same ConfigMap in the builder's namespace.
+    return directory
+
+
+def apply_overlay(real_node: RealNode, directory: Path) -> list[dict[str, Any]]:
+    """``kubectl apply --server-side -k``: kustomize, then server-side apply as the admin."""
+    if kustomize_binary() is None:
+        raise AssertionError("kustomize is not installed: scripts/ensure.d/kustomize.sh builds it")
+    docs = render(directory)
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "testbed-registry-ca":
+            docs.append({**doc, "metadata": {**doc["metadata"],
+                                             "namespace": "plugforge-system"}})
+            break
+    applier = Applier(real_node.cp.url, real_node.cp.identities["admin"].token,
+                      real_node.cp.ca.cert, field_manager="kubectl")
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    for doc in crds:
+        applier.apply(doc)
+    rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+    for doc in rest:
+        wait_for(lambda d=doc: _applied(applier, d), f"apply {doc['kind']} "  # type: ignore[misc]
+                 f"{doc['metadata']['name']}", timeout=60, interval=0.5)
+    return docs
+
+
+def _applied(applier: Applier, doc: dict[str, Any]) -> bool:
+    try:
+        applier.apply(doc)
+        return True
+    except ManifestError:
+        return False  # a CRD still being established, or a namespace not created yet
+
+
+@pytest.fixture(scope="session")
+def deployed(real_node: RealNode, plugforge_images: dict[str, Image],
+             tmp_path_factory: pytest.TempPathFactory) -> Deployed:
+    work = tmp_path_factory.mktemp("real-node-flows")
+    podman, log = real_node.podman, node.NODE_DIR / "images.log"
+    t = time.monotonic()
+    mosquitto = images.build(podman, ROOT / "testbed" / "containers" / "mosquitto.Containerfile",
+                             "mosquitto", images.debian_base(podman, log), log)
+    refs = {name: image.ref for name, image in plugforge_images.items()}
+    refs["mosquitto"] = images.push(podman, mosquitto.ref, real_node.registry.host,
+                                    real_node.cp.ca, "brokers/mosquitto", log)
+    real_node.timings["mosquitto image + push"] = time.monotonic() - t
+
+    git = start_git_server(node.NODE_DIR / "git", host=node.NODE_IP)
+    node.record(git.server)
+    url = git.create_repo("acme/deny-test.git")
+    source = work / "deny-test"
+    scaffold(template_dir("mosquitto-c"), "mosquitto-c", "mosquitto", "deny-test", source)
+    run_git(source, "push", "-q", url, "HEAD:main")
+
+    api, kubeconfig = real_node.api, real_node.cp.kubeconfig("admin")
+    t = time.monotonic()
+    apply_overlay(real_node, _testbed_overlay(work / "overlay", real_node, refs, url))
+    real_node.timings["apply"] = time.monotonic() - t
+    # What manifests/README.md tells users to create next (the pods wait for these Secrets).
+    for command in ("api-secrets", "signing-keys"):
+        done = subprocess.run([str(Path(sys.executable).with_name("plugforge")), command,
+                               "--kubeconfig", str(kubeconfig), "--broker-namespace", NS,
+                               "--out-dir", str(work / command)],
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"plugforge {command}: {done.stdout}{done.stderr}"
+    api.ok("POST", f"/api/v1/namespaces/{NS}/secrets", {
+        "metadata": {"name": "github-webhook"}, "stringData": {"secret": uuid.uuid4().hex}})
+    pods = api.ok("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector="
+                  "app.kubernetes.io/name%3Dmosquitto")["items"]
+    pod = wait_for(lambda: pods and pod_status(api, pods[0]["metadata"]["name"])["status"].get(
+        "podIP"), "the mosquitto pod's IP", timeout=120)
+    return Deployed(git, real_node.registry.host, pods[0]["metadata"]["name"], str(pod))
+
+
+def test_flow1_brokerplugin_built_by_the_builder_pod_loaded_by_the_sidecar_container(
+        real_node: RealNode, deployed: Deployed) -> None:
+    api = real_node.api
+    started = time.monotonic()
+    path = f"/apis/plugforge.dev/v1alpha1/namespaces/{NS}/brokerplugins/deny-test"
+
+    def built() -> dict[str, Any] | None:
+        plugin: dict[str, Any] = api.ok("GET", path)
+        conditions = {c["type"]: c for c in (plugin.get("status") or {}).get("conditions", [])}
+        return plugin if conditions.get("Built", {}).get("status") == "True" else None
+
+    try:
+        wait_for(built, "the builder pod to build deny-test", timeout=300, interval=1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {api.ok('GET', path).get('status')}") from None
+    build_seconds = time.monotonic() - started
+    cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins")
+    releases = [yaml.safe_load(v) for k, v in cm["data"].items() if k.startswith("plugin.")]
+    image = releases[0]["image"] if len(releases) == 1 else ""
+    assert image.startswith(f"{deployed.registry_host}/plugins/deny-test@sha256:"), cm["data"]
+    digest = image.split("@")[1]
+    # The kubelet projects the ConfigMap, the sidecar container pulls, verifies and loads the
+    # plugin (a broker restart the kubelet completes) and turns the pod Ready.
+    try:
+        wait_running(api, deployed.mosquitto_pod, timeout=180)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(api, deployed.mosquitto_pod)}") from None
+    rollout_seconds = time.monotonic() - started - build_seconds
+    try:
+        wait_for(lambda: digest.split(":")[1][:12] in (
+            http_get(f"http://{deployed.pod_ip}:8080/metrics") or ""),
+            "the sidecar to run the new digest", timeout=120, interval=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{describe(api, deployed.mosquitto_pod)}") from None
+    status = pod_status(api, deployed.mosquitto_pod)["status"]
+    restarts = {c["name"]: c["restartCount"] for c in status["containerStatuses"]}
+    assert outcome_at(deployed.pod_ip, "connect", "mallory") == "refused"
+    print(f"\nflow 1 on real pods: build {build_seconds:.1f} s, rollout {rollout_seconds:.1f} s, "
+          f"restarts {restarts}; {real_node.timings}")
+
+
+def outcome_at(host: str, action: str, username: str) -> str:
+    kind: Any = "publish" if action == "publish" else "connect"
+    return run_probe(Probe(f"{action}-{username}", kind, username, "accepted", "any-password",
+                           ""), host, 1883, mqtt_version="5").outcome
+
+
+def describe(api: Api, pod: str) -> str:
+    """Container states and log tails of ``pod``, for a failure message."""
+    status = pod_status(api, pod)["status"]
+    lines = [str(status.get("conditions"))]
+    for c in status.get("containerStatuses", []):
+        lines.append(f"--- {c['name']}: restarts {c['restartCount']}, {c['state']}")
+        try:
+            log = api_text(api, f"/api/v1/namespaces/{NS}/pods/{pod}/log?container={c['name']}"
+                           "&tailLines=25")
+        except urllib.error.HTTPError as e:
+            log = str(e)
+        lines.append(log)
+    return "\n".join(lines)
