@@ -254,22 +254,10 @@ class RabbitMQRig(BrokerRig):
         return self.node.os_pid()
 
     def change_policy(self, repo: Path) -> list[str]:
-        changed = []
-        for path, old, new in (
-                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
-                 '{deny_users, "mallory,eve"}'),
-                (next((repo / "src").glob("*.erl")), 'deny_users, "mallory")',
-                 'deny_users, "mallory,eve")')):
-            text = path.read_text()
-            check(old in text, (path, old))
-            path.write_text(text.replace(old, new))
-            changed.append(str(path.relative_to(repo)))
-        return changed
+        return _erlang_deny_eve_too(repo, next((repo / "src").glob("*.erl")))
 
     def break_build(self, repo: Path) -> list[str]:
-        path = next((repo / "src").glob("*.erl"))
-        path.write_text(path.read_text() + "\nthis is not erlang\n")
-        return [str(path.relative_to(repo))]
+        return _erlang_break(repo, next((repo / "src").glob("*.erl")))
 
 
 class EmqxRig(BrokerRig):
@@ -307,22 +295,12 @@ class EmqxRig(BrokerRig):
         return self.node.server.pid  # bin/emqx foreground execs the VM
 
     def change_policy(self, repo: Path) -> list[str]:
-        changed = []
-        for path, old, new in (
-                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
-                 '{deny_users, "mallory,eve"}'),
-                (next(p for p in (repo / "src").glob("*.erl") if not p.stem.endswith(
-                    ("_app", "_sup"))), 'deny_users, "mallory")', 'deny_users, "mallory,eve")')):
-            text = path.read_text()
-            check(old in text, (path, old))
-            path.write_text(text.replace(old, new))
-            changed.append(str(path.relative_to(repo)))
-        return changed
+        policy = next(p for p in (repo / "src").glob("*.erl")
+                      if not p.stem.endswith(("_app", "_sup")))
+        return _erlang_deny_eve_too(repo, policy)
 
     def break_build(self, repo: Path) -> list[str]:
-        path = next((repo / "src").glob("*_app.erl"))
-        path.write_text(path.read_text() + "\nthis is not erlang\n")
-        return [str(path.relative_to(repo))]
+        return _erlang_break(repo, next((repo / "src").glob("*_app.erl")))
 
 
 class VerneMQRig(BrokerRig):
@@ -351,23 +329,31 @@ class VerneMQRig(BrokerRig):
                 "vmq_admin": str(self.node.vmq_admin)}
 
     def change_policy(self, repo: Path) -> list[str]:
-        changed = []
-        for path, old, new in (
-                (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
-                 '{deny_users, "mallory,eve"}'),
-                (next((repo / "src").glob("*.erl")), 'deny_users, "mallory")',
-                 'deny_users, "mallory,eve")')):
-            text = path.read_text()
-            check(old in text, (path, old))
-            path.write_text(text.replace(old, new))
-            changed.append(str(path.relative_to(repo)))
-        return changed
+        return _erlang_deny_eve_too(repo, next((repo / "src").glob("*.erl")))
 
     def break_build(self, repo: Path) -> list[str]:
-        path = next((repo / "src").glob("*.erl"))
-        path.write_text(path.read_text() + "\nthis is not erlang\n")
-        return [str(path.relative_to(repo))]
+        return _erlang_break(repo, next((repo / "src").glob("*.erl")))
 
+
+
+def _erlang_deny_eve_too(repo: Path, policy: Path) -> list[str]:
+    """The Erlang templates keep the deny list in two places: the .app.src's env and the
+    policy module's default."""
+    changed = []
+    for path, old, new in (
+            (next((repo / "src").glob("*.app.src")), '{deny_users, "mallory"}',
+             '{deny_users, "mallory,eve"}'),
+            (policy, 'deny_users, "mallory")', 'deny_users, "mallory,eve")')):
+        text = path.read_text()
+        check(old in text, (path, old))
+        path.write_text(text.replace(old, new))
+        changed.append(str(path.relative_to(repo)))
+    return changed
+
+
+def _erlang_break(repo: Path, source: Path) -> list[str]:
+    source.write_text(source.read_text() + "\nthis is not erlang\n")
+    return [str(source.relative_to(repo))]
 
 RIGS: dict[str, type[BrokerRig]] = {"mosquitto": MosquittoRig, "hivemq": HiveMQRig,
                                     "rabbitmq": RabbitMQRig, "emqx": EmqxRig,
