@@ -62,6 +62,13 @@ def add_connection_flags(p: argparse.ArgumentParser) -> None:
     add_namespace_flag(p)
 
 
+def add_kubeconfig_flags(p: argparse.ArgumentParser) -> None:
+    """``--kubeconfig`` and ``--context``, found as kubectl finds them (read by kube_api_client)."""
+    p.add_argument("--kubeconfig", type=Path, default=os.environ.get("KUBECONFIG"),
+                   help="kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
+    p.add_argument("--context", help="kubeconfig context (default: its current context)")
+
+
 def kube_api_client(kubeconfig: Path | None, context: str | None) -> Any:
     """A kubernetes ApiClient from ``--kubeconfig``/``--context`` (as kubectl finds them); a bad
     or unreadable kubeconfig is a usage error saying so."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,9 +43,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "api-secrets", help="create the gRPC APIs' certificates and tokens as Secrets",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kubeconfig", type=Path, default=os.environ.get("KUBECONFIG"),
-                   help="kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
-    p.add_argument("--context", help="kubeconfig context (default: its current context)")
+    c.add_kubeconfig_flags(p)
     p.add_argument("--system-namespace", default="plugforge-system",
                    help="the builder's namespace (default %(default)s)")
     p.add_argument("--broker-namespace", action="append", default=[], metavar="NS",

@@ -7,8 +7,6 @@ Reads BrokerPlugins directly with your kubeconfig, like kubectl: ``--kubeconfig`
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
 from typing import Any
 
 from plugforge.cli import _common as c
@@ -23,9 +21,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                     "broker pods run the current release. Reads the Kubernetes API with your "
                     "kubeconfig. Exit 0 when listed (whatever their state), 1 when the API "
                     "refused or failed.")
-    p.add_argument("--kubeconfig", type=Path, default=os.environ.get("KUBECONFIG"),
-                   help="kubeconfig file (default $KUBECONFIG, else ~/.kube/config)")
-    p.add_argument("--context", help="kubeconfig context (default: its current context)")
+    c.add_kubeconfig_flags(p)
     c.add_namespace_flag(p)
     p.add_argument("-A", "--all-namespaces", action="store_true",
                    help="plugins of every namespace")
