@@ -9,6 +9,7 @@ node cannot start, every test here fails with the reason; none is skipped.
 from __future__ import annotations
 
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -253,6 +254,7 @@ class Deployed:
     registry_host: str
     mosquitto_pod: str
     pod_ip: str
+    digest: str = ""  # what flow 1 rolled out
 
 
 def _testbed_overlay(directory: Path, real_node: RealNode, refs: dict[str, str],
@@ -403,24 +405,22 @@ def test_flow1_brokerplugin_built_by_the_builder_pod_loaded_by_the_sidecar_conta
     image = releases[0]["image"] if len(releases) == 1 else ""
     assert image.startswith(f"{deployed.registry_host}/plugins/deny-test@sha256:"), cm["data"]
     digest = image.split("@")[1]
-    # The kubelet projects the ConfigMap, the sidecar container pulls, verifies and loads the
-    # plugin (a broker restart the kubelet completes) and turns the pod Ready.
+    # The kubelet projects the ConfigMap; the sidecar container pulls, verifies and stages the
+    # plugin and restarts the broker (plugins load at start), which the kubelet completes.
     try:
-        wait_running(api, deployed.mosquitto_pod, timeout=180)
+        wait_for(lambda: runs(deployed, digest), "the sidecar to run the new digest",
+                 timeout=120, interval=0.2)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{describe(api, deployed.mosquitto_pod)}") from None
     rollout_seconds = time.monotonic() - started - build_seconds
-    try:
-        wait_for(lambda: digest.split(":")[1][:12] in (
-            http_get(f"http://{deployed.pod_ip}:8080/metrics") or ""),
-            "the sidecar to run the new digest", timeout=120, interval=0.5)
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{describe(api, deployed.mosquitto_pod)}") from None
-    status = pod_status(api, deployed.mosquitto_pod)["status"]
-    restarts = {c["name"]: c["restartCount"] for c in status["containerStatuses"]}
+    wait_for(lambda: restarts(api, deployed.mosquitto_pod)["mosquitto"] >= 1,
+             "the kubelet to report the broker container's restart", timeout=30)
+    wait_running(api, deployed.mosquitto_pod)
+    # The policy the BrokerPlugin's probe checks, seen by a client through the pod network.
     assert outcome_at(deployed.pod_ip, "connect", "mallory") == "refused"
-    print(f"\nflow 1 on real pods: build {build_seconds:.1f} s, rollout {rollout_seconds:.1f} s, "
-          f"restarts {restarts}; {real_node.timings}")
+    deployed.digest = digest
+    print(f"\nflow 1 on real pods: build {build_seconds:.1f} s, rollout {rollout_seconds:.1f} s; "
+          f"setup {real_node.timings}")
 
 
 def outcome_at(host: str, action: str, username: str) -> str:
@@ -442,3 +442,62 @@ def describe(api: Api, pod: str) -> str:
             log = str(e)
         lines.append(log)
     return "\n".join(lines)
+
+
+def runs(deployed: Deployed, digest: str) -> bool:
+    """The sidecar's metrics name ``digest`` as running (pod network, port sidecar-http)."""
+    metrics = http_get(f"http://{deployed.pod_ip}:8080/metrics") or ""
+    return f'running_digest="{digest}"' in metrics
+
+
+def restarts(api: Api, pod: str) -> dict[str, int]:
+    status = pod_status(api, pod)["status"]
+    return {c["name"]: c["restartCount"] for c in status.get("containerStatuses", [])}
+
+
+def container_pid(api: Api, pod: str, argv0: str) -> int:
+    """The host PID of the process ``argv0`` in ``pod`` (found through the pod's cgroup)."""
+    uid = pod_status(api, pod)["metadata"]["uid"]
+    for proc in Path("/proc").iterdir():
+        try:
+            if (proc.name.isdigit() and f"pod{uid}" in (proc / "cgroup").read_text()
+                    and (proc / "cmdline").read_bytes().split(b"\0")[0].endswith(argv0.encode())):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no {argv0} process in pod {pod}")
+
+
+def test_killed_broker_container_is_restarted_by_the_kubelet_and_reconverged(
+        real_node: RealNode, deployed: Deployed) -> None:
+    api, pod = real_node.api, deployed.mosquitto_pod
+    assert deployed.digest, "flow 1 did not run first"
+    before = restarts(api, pod)
+    os.kill(container_pid(api, pod, "mosquitto"), signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(lambda: restarts(api, pod)["mosquitto"] == before["mosquitto"] + 1,
+             "the kubelet to restart the broker container", timeout=60)
+    wait_running(api, pod)
+    wait_for(lambda: runs(deployed, deployed.digest), "the sidecar to report the plugin again",
+             timeout=60)
+    assert outcome_at(deployed.pod_ip, "connect", "mallory") == "refused"
+    assert restarts(api, pod)["plugforge-sidecar"] == before["plugforge-sidecar"]
+    print(f"\nkilled broker: restarted and reconverged in {time.monotonic() - started:.1f} s")
+
+
+def test_sidecar_container_restart_keeps_the_broker_running(
+        real_node: RealNode, deployed: Deployed) -> None:
+    api, pod = real_node.api, deployed.mosquitto_pod
+    assert deployed.digest, "flow 1 did not run first"
+    before = restarts(api, pod)
+    broker = container_pid(api, pod, "mosquitto")
+    os.kill(container_pid(api, pod, "python"), signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(lambda: restarts(api, pod)["plugforge-sidecar"] == before["plugforge-sidecar"] + 1,
+             "the kubelet to restart the sidecar container", timeout=60)
+    wait_running(api, pod)
+    wait_for(lambda: runs(deployed, deployed.digest), "the new sidecar to find the plugin running",
+             timeout=60)
+    assert container_pid(api, pod, "mosquitto") == broker, "the broker was restarted"
+    assert restarts(api, pod)["mosquitto"] == before["mosquitto"]
+    print(f"\nsidecar restart: Ready again in {time.monotonic() - started:.1f} s, same broker")
