@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from plugforge.contract import Document, select_for_pod
@@ -17,7 +19,7 @@ from sidecar.images import ImagePuller
 from sidecar.metrics import Metrics
 from sidecar.plan import Action
 from sidecar.probes import run_probe
-from sidecar.reconcile import Outcome, PullImage, Reconciler
+from sidecar.reconcile import Outcome, PullImage, Reconciler, documents_hash
 from sidecar.server import HttpServer
 from sidecar.settings import Settings, api_credentials_present
 from sidecar.state import ApplyEvent, SidecarState
@@ -44,7 +46,7 @@ class Sidecar:
             settings.cache_dir, ca_bundle=settings.registry_ca,
             docker_config=settings.docker_config,
             insecure_http_registries=settings.insecure_http_registries, verify=self.verifier,
-            expected_commit=self._release_commit)
+            expected_commit=self._release_commit, max_cache_bytes=settings.image_cache_bytes)
         self.metrics = Metrics()
         self.trigger = Trigger(settings.debounce, settings.resync_interval)
         self._sinks = list(event_sinks)
@@ -62,7 +64,12 @@ class Sidecar:
             lambda probe: run_probe(probe, settings.probe_host, settings.probe_port,
                                     mqtt_version=settings.probe_mqtt_version),
             allow_broker_restart=settings.allow_broker_restart, on_event=self._on_event,
-            state_file=settings.cache_dir / "last-good.json")
+            state_file=settings.cache_dir / "last-good.json", policy_version=self._policy_version)
+        self._abandon_checked = 0.0
+        if isinstance(self.puller, ImagePuller):
+            self.puller.abandon = self._newer_desired_state
+            self.puller.protect = lambda: frozenset(
+                self.reconciler.state.last_applied.plugins.values())
         self._file_watcher = DirectoryWatcher(settings.config_dirs, self.trigger) \
             if settings.config_dirs else None
         # A trust policy edit (a key rotation) retries a refused image at once.
@@ -169,6 +176,31 @@ class Sidecar:
             if desired is not None else None
         return release.source.commit if release is not None else ""
 
+    def _policy_version(self) -> str:
+        """Changes when the trust policy file does: a refusal remembered under the old policy
+        is retried under the new one."""
+        if self.settings.trust_policy is None:
+            return ""
+        try:
+            return hashlib.sha256(self.settings.trust_policy.read_bytes()).hexdigest()
+        except OSError as e:
+            return f"unreadable: {e.errno}"
+
+    def _newer_desired_state(self) -> bool:
+        """Asked during an image download: give it up when the sidecar stops or the desired
+        state changed meanwhile (a good ConfigMap must not wait behind a bad image's pull)."""
+        if self.trigger.closed:
+            return True
+        now = time.monotonic()
+        if not self.trigger.pending or now - self._abandon_checked < 0.1:
+            return False
+        self._abandon_checked = now
+        try:
+            current = documents_hash(self.read_documents())
+        except Exception:  # cannot tell now: keep pulling, the loop reads again afterwards
+            return False
+        return current != self.reconciler.state.desired_hash
+
     def _pick_mode(self) -> str:
         if self.settings.source == "auto":
             return "api" if self.settings.configmaps and api_credentials_present(
@@ -221,7 +253,8 @@ class Sidecar:
 
     def _metrics(self) -> tuple[int, str, str]:
         state = self.state
-        body = self.metrics.render(state.ready, state.plugins)
+        body = self.metrics.render(state.ready, state.plugins, state.refused_image,
+                                   state.refused_reason)
         if self.verifier is not None:
             body += "\n".join(self.verifier.render()) + "\n"
         return 200, "text/plain; version=0.0.4", body

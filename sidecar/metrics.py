@@ -31,7 +31,8 @@ class Metrics:
                 if event.kind is EventKind.ROLLED_BACK:
                     self.rollbacks += 1
 
-    def render(self, ready: bool, plugins: Sequence[PluginStatus]) -> str:
+    def render(self, ready: bool, plugins: Sequence[PluginStatus], refused_image: str = "",
+               refused_reason: str = "") -> str:
         with self._lock:
             lines = [
                 "# HELP plugforge_sidecar_applies_total Successful applies.",
@@ -60,6 +61,15 @@ class Metrics:
                 f'plugforge_sidecar_plugin_info{{plugin="{escape(p.name)}",'
                 f'desired_digest="{p.desired_digest}",running_digest="{p.running_digest or ""}",'
                 f'status="{p.status}"}} 1')
+        lines += [
+            "# HELP plugforge_sidecar_image_refused The desired state's refused image (1 while "
+            "refused).",
+            "# TYPE plugforge_sidecar_image_refused gauge",
+        ]
+        if refused_image:
+            repository, _, digest = refused_image.rpartition("@")
+            lines.append(f'plugforge_sidecar_image_refused{{repository="{escape(repository)}",'
+                         f'digest="{escape(digest)}",reason="{escape(refused_reason)}"}} 1')
         return "\n".join(lines) + "\n"
 
 

@@ -22,7 +22,7 @@ from plugforge.contract import (
     content_hash,
     parse_desired_state,
 )
-from plugforge.oci.errors import OciError
+from plugforge.oci.errors import OciError, PullAbandoned
 from sidecar import last_good
 from sidecar.adapters.base import (
     AdapterError,
@@ -32,6 +32,7 @@ from sidecar.adapters.base import (
     SettingsRejected,
 )
 from sidecar.desired import NotSynced, SourceError
+from sidecar.images import ImageRefused
 from sidecar.plan import Action, ActionKind, Applied, Classifier, plan
 from sidecar.probes import ProbeResult
 from sidecar.state import ApplyEvent, EventKind, Phase, PluginStatus, SidecarState
@@ -75,7 +76,8 @@ class Reconciler:
                  allow_broker_restart: bool = False, backoff: Backoff = Backoff(),
                  on_event: EventSink = lambda _e: None,
                  clock: Callable[[], float] = time.monotonic,
-                 state_file: Path | None = None) -> None:
+                 state_file: Path | None = None,
+                 policy_version: Callable[[], str] = lambda: "") -> None:
         self.adapter = adapter
         self._read = read_documents
         self._pull = pull_image
@@ -90,6 +92,10 @@ class Reconciler:
         self._failed_hash = ""
         self._failures = 0
         self._rejected_hash = ""
+        self._policy_version = policy_version
+        # (desired hash, policy version) whose image was refused for good: not pulled again
+        # until one of the two changes.
+        self._refused: tuple[str, str] | None = None
         self._good_phase = Phase.APPLIED
         self._probed_instance = ""
         self._probe_results: dict[str, tuple[ProbeResult, ...]] = {}
@@ -152,10 +158,16 @@ class Reconciler:
                 self.state.failed_hash = ""
                 self._rejected_hash = self._failed_hash = ""
                 self._failures = 0
+                self._refused = None
+                self.state.refused_image = self.state.refused_reason = ""
                 # e.g. back from Unavailable with nothing to do (EMQX restarts its plugins
                 # itself): readiness must not keep saying "not reachable".
                 self._update_readiness(desired, observed)
             return Outcome(self.state.phase)
+        if self._refused == (desired.content_hash, self._policy_version()):
+            log.debug("decision=refused-known reason=%r image=%s", reason,
+                      self.state.refused_image)
+            return Outcome(Phase.REJECTED)
         return self._apply(reason, desired, actions, started, documents)
 
     def _restore(self) -> None:
@@ -178,17 +190,33 @@ class Reconciler:
         for action in actions:
             log.info("decision=plan action=%r", action.describe())
         try:
+            # Every image before any change: a refused or unreachable image changes nothing.
+            self._pull_all(actions)
+        except PullAbandoned as e:
+            log.info("decision=abandon reason=%r detail=%r", "a newer desired state arrived",
+                     str(e))
+            return Outcome(self.state.phase)
+        except ImageRefused as e:
+            return self._refuse(reason, desired, e, started)
+        except (OciError, OSError) as e:
+            return self._fail(reason, desired, actions, started, e, changed=False)
+        try:
             restart_pending = self._execute(actions)
             observed = self._verify(desired)
             self._run_probes(desired, observed)
         except SettingsRejected as e:
             self._roll_back(desired)  # what earlier actions of this plan changed
             return self._reject(reason, desired.content_hash, str(e))
+        except ImageRefused as e:  # pulled again (evicted meanwhile) and refused this time
+            self._roll_back(desired)
+            return self._refuse(reason, desired, e, started)
         except (AdapterError, ApplyFailed, BrokerUnavailable, OSError, OciError) as e:
             return self._fail(reason, desired, actions, started, e)
 
         self._failures = 0
         self._failed_hash = ""
+        self._refused = None
+        self.state.refused_image = self.state.refused_reason = ""
         self._last_good = desired
         self.state.last_applied = Applied(
             dict(desired.config), {p.name: p.digest for p in desired.plugins if p.enabled},
@@ -208,6 +236,17 @@ class Reconciler:
                       if restart_pending else "broker converged"))
         self._event(kind, reason, message, desired.content_hash, started, actions)
         return Outcome(self.state.phase, actions=tuple(actions))
+
+    def _pull_all(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            if action.kind is not ActionKind.INSTALL_PLUGIN:
+                continue
+            image = action.image or ""
+            tree = self._pull(image)
+            if not (tree / "plugin" / action.target).is_dir():
+                raise ImageRefused(image, "WrongArtifact", f"the image has no plugin/"
+                                   f"{action.target}/ directory: not a build of plugin "
+                                   f"{action.target}", final=True)
 
     def _execute(self, actions: list[Action]) -> bool:
         """Perform ``actions`` in order; True when a needed broker restart was not performed."""
@@ -264,14 +303,12 @@ class Reconciler:
         self._probed_instance = observed.instance
 
     def _fail(self, reason: str, desired: DesiredState, actions: list[Action], started: float,
-              error: BaseException) -> Outcome:
-        if desired.content_hash == self._failed_hash:
-            self._failures += 1
-        else:
-            self._failed_hash, self._failures = desired.content_hash, 1
+              error: BaseException, changed: bool = True) -> Outcome:
+        self._count_failure(desired)
         message = f"{type(error).__name__}: {error}"
-        log.warning("decision=rollback reason=%r error=%r", reason, message)
-        rolled_back = self._roll_back(desired)
+        log.warning("decision=%s reason=%r error=%r", "rollback" if changed else "fail",
+                    reason, message)
+        rolled_back = changed and self._roll_back(desired)
         self.state.last_error = message
         self.state.failed_hash = desired.content_hash
         changed_anything = any(a.kind is not ActionKind.INSTALL_PLUGIN for a in actions)
@@ -282,12 +319,50 @@ class Reconciler:
         else:
             self.state.phase = Phase.FAILED
             kind = EventKind.FAILED
-            if changed_anything and self._last_good is None:
+            if not changed:
+                message += "; nothing was changed, retrying"
+            elif changed_anything and self._last_good is None:
                 message += "; no earlier good state to roll back to"
         self._update_readiness(self._last_good, self.state.observed)
         self._event(kind, reason, message, desired.content_hash, started, actions)
         return Outcome(self.state.phase, retry_after=self._backoff.delay(self._failures),
                        actions=tuple(actions))
+
+    def _count_failure(self, desired: DesiredState) -> None:
+        if desired.content_hash == self._failed_hash:
+            self._failures += 1
+        else:
+            self._failed_hash, self._failures = desired.content_hash, 1
+
+    def _refuse(self, reason: str, desired: DesiredState, refused: ImageRefused,
+                started: float) -> Outcome:
+        """An image refused before anything changed: ``Rejected`` with the refused digest; a
+        final refusal is remembered (no pull, no retry until the desired state or the trust
+        policy changes), any other is retried with backoff."""
+        retry_after = None
+        if refused.final:
+            self._refused = (desired.content_hash, self._policy_version())
+        else:
+            self._count_failure(desired)
+            retry_after = self._backoff.delay(self._failures)
+        self.state.phase = Phase.REJECTED
+        self.state.last_error = str(refused)
+        self.state.failed_hash = self.state.desired_hash = desired.content_hash
+        self.state.refused_image, self.state.refused_reason = refused.image, refused.reason
+        self._update_readiness(self._last_good, self.state.observed)
+        # What is desired (and refused), not the last good state's digests.
+        self.state.plugins = self._plugin_statuses(desired, self.state.observed,
+                                                   refused.digest)[0]
+        if desired.content_hash != self._rejected_hash:
+            self._rejected_hash = desired.content_hash
+            log.warning("decision=reject-image reason=%r image=%s refusal=%s final=%s "
+                        "retry_after=%s", reason, refused.image, refused.reason, refused.final,
+                        retry_after)
+            self._event(EventKind.REJECTED, reason,
+                        f"{refused}; nothing was applied, the last good state is kept"
+                        + ("" if refused.final else "; retrying"),
+                        desired.content_hash, started, ())
+        return Outcome(Phase.REJECTED, retry_after=retry_after)
 
     def _roll_back(self, failed: DesiredState) -> bool:
         good = self._last_good
@@ -309,7 +384,8 @@ class Reconciler:
             self._probe_results = {}
             if self.state.observed.reachable:
                 self._run_probes(good, self.state.observed)
-        except (AdapterError, ApplyFailed, BrokerUnavailable, OSError, OciError) as e:
+        except (AdapterError, ApplyFailed, BrokerUnavailable, OSError, OciError,
+                ImageRefused) as e:
             log.error("decision=rollback-failed error=%r", f"{type(e).__name__}: {e}")
             self.state.last_error += f"; rollback failed: {e}"
             return False
@@ -348,6 +424,19 @@ class Reconciler:
             return []
 
     def _update_readiness(self, desired: DesiredState | None, observed: Observed | None) -> None:
+        statuses, missing = self._plugin_statuses(desired, observed)
+        self.state.plugins = statuses
+        if not self.state.applied_once:
+            self._set_ready(False, "no desired state applied yet")
+        elif missing:
+            self._set_ready(False, "required auth plugin(s) not loaded and passing probes: "
+                            + ", ".join(missing))
+        else:
+            self._set_ready(True, "last good state applied")
+
+    def _plugin_statuses(self, desired: DesiredState | None, observed: Observed | None,
+                         refused_digest: str = "") -> tuple[tuple[PluginStatus, ...], list[str]]:
+        """Each plugin's status, and the enabled ones not running (or failing probes)."""
         statuses = []
         missing = []
         if desired is not None and observed is not None:
@@ -361,6 +450,8 @@ class Reconciler:
                     status = "ProbeFailed"
                 elif running == release.digest:
                     status = "Running"
+                elif release.digest == refused_digest:
+                    status = "Refused"
                 elif seen is not None and seen.staged_digest == release.digest:
                     status = "Staged"
                 else:
@@ -369,14 +460,7 @@ class Reconciler:
                                              tuple(str(r) for r in probes)))
                 if release.enabled and (running is None or status == "ProbeFailed"):
                     missing.append(f"{release.name} ({status.lower()})")
-        self.state.plugins = tuple(statuses)
-        if not self.state.applied_once:
-            self._set_ready(False, "no desired state applied yet")
-        elif missing:
-            self._set_ready(False, "required auth plugin(s) not loaded and passing probes: "
-                            + ", ".join(missing))
-        else:
-            self._set_ready(True, "last good state applied")
+        return tuple(statuses), missing
 
     def _set_ready(self, ready: bool, why: str) -> None:
         if ready != self.state.ready:

@@ -39,6 +39,9 @@ class Settings:
     """Shared with the broker container: installed plugin versions live here."""
     cache_dir: Path = Path("/var/cache/plugforge")
     """Content-addressed image cache."""
+    image_cache_bytes: int = 2 * 1024 ** 3
+    """Bound of the image cache in bytes (least recently used images go first; the running
+    release's images always stay). It shares the pod's ephemeral storage with the broker."""
     allow_broker_restart: bool = False
     """Restart the broker for changes it cannot apply live; else report RestartRequired."""
     debounce: float = 0.2
@@ -87,6 +90,8 @@ def parse_args(argv: Sequence[str] | None = None,
     p.add_argument("--adapter-opt", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--plugin-dir", type=Path, default=Settings.plugin_dir)
     p.add_argument("--cache-dir", type=Path, default=Settings.cache_dir)
+    p.add_argument("--image-cache-bytes", type=int, default=Settings.image_cache_bytes,
+                   help="bound of the image cache in bytes (default 2 GiB)")
     p.add_argument("--allow-broker-restart", action="store_true")
     p.add_argument("--debounce", type=float, default=Settings.debounce)
     p.add_argument("--resync-interval", type=float, default=Settings.resync_interval)
@@ -128,6 +133,8 @@ def parse_args(argv: Sequence[str] | None = None,
         raise SettingsError("--source api needs at least one --configmap NAME")
     if a.source == "files" and not a.config_dir:
         raise SettingsError("--source files needs at least one --config-dir DIR")
+    if a.image_cache_bytes < 1:
+        raise SettingsError("--image-cache-bytes: expected a positive number of bytes")
     for name in ("debounce", "resync_interval", "watch_idle_timeout"):
         if getattr(a, name) < 0:
             raise SettingsError(f"--{name.replace('_', '-')}: expected >= 0 seconds")
@@ -141,6 +148,7 @@ def parse_args(argv: Sequence[str] | None = None,
         broker=a.broker, config_dirs=tuple(a.config_dir), source=a.source,
         configmaps=tuple(a.configmap), namespace=a.namespace, kubeconfig=a.kubeconfig,
         adapter_options=options, plugin_dir=a.plugin_dir, cache_dir=a.cache_dir,
+        image_cache_bytes=a.image_cache_bytes,
         allow_broker_restart=a.allow_broker_restart, debounce=a.debounce,
         resync_interval=a.resync_interval, watch_idle_timeout=a.watch_idle_timeout,
         http_address=a.http_address, grpc_address=a.grpc_address,

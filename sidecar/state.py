@@ -44,7 +44,7 @@ class PluginStatus:
     name: str
     desired_digest: str
     running_digest: str | None
-    status: str           # Running | Staged | Disabled | Missing | ProbeFailed
+    status: str           # Running | Staged | Disabled | Missing | ProbeFailed | Refused
     probes: tuple[str, ...] = ()
 
 
@@ -66,3 +66,7 @@ class SidecarState:
     plugins: tuple[PluginStatus, ...] = ()
     last_plan: tuple[Action, ...] = ()
     applied_once: bool = False
+    refused_image: str = ""
+    """repository@digest refused (unsafe, too big, not matching its digest, not a plugin,
+    not trusted) for the desired state; "" when nothing is refused."""
+    refused_reason: str = ""

@@ -74,6 +74,11 @@ class Trigger:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def pending(self) -> bool:
+        """A notification arrived that the loop has not taken yet (or the trigger closed)."""
+        return bool(self._reasons) or self._closed
+
     def wait(self) -> str | None:
         """Block until a debounced change or the resync is due; the reason, or None if closed."""
         with self._cond:

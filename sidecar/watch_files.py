@@ -58,12 +58,15 @@ class _DirectoryCallback:
     def __init__(self, directory: Path, trigger: Trigger) -> None:
         self.directory = directory
         self.trigger = trigger
+        self.stopping = False
 
     def on_event(self, event: InotifyEvent) -> None:
         if is_change(event.mask, os.fsdecode(event.name)):
             self.trigger.notify(f"{self.directory} changed")
 
     def on_watch_deleted(self, wd: int) -> None:
+        if self.stopping:
+            return  # our own stop() removed the watch (a clean shutdown): nothing is wrong
         log.warning("decision=unwatched dir=%s detail=%r", self.directory,
                     "the directory was removed or moved; only the periodic resync reads it now")
         self.trigger.notify(f"{self.directory} changed")
@@ -86,6 +89,7 @@ class DirectoryWatcher:
         self._dirs = list(dirs)
         self._trigger = trigger
         self._inotify: InotifyFD | None = None
+        self._callbacks: list[_DirectoryCallback] = []
 
     def start(self) -> None:
         try:
@@ -94,9 +98,10 @@ class DirectoryWatcher:
             raise SourceError(f"cannot watch the config directories: {e.strerror}; raise "
                               "fs.inotify.max_user_instances or use --source api") from e
         for directory in self._dirs:
+            callback = _DirectoryCallback(directory, self._trigger)
+            self._callbacks.append(callback)
             try:
-                inotify.add_callback(os.fsencode(directory), Mask(WATCH_MASK),
-                                     _DirectoryCallback(directory, self._trigger),
+                inotify.add_callback(os.fsencode(directory), Mask(WATCH_MASK), callback,
                                      CallbackId(0))
             except OSError as e:
                 inotify.close()
@@ -111,6 +116,8 @@ class DirectoryWatcher:
     def stop(self) -> None:
         if self._inotify is None:
             return
+        for callback in self._callbacks:
+            callback.stopping = True
         self._inotify.stop()
         self._inotify.join(timeout=5)
         self._inotify = None

@@ -220,8 +220,9 @@ def test_bad_images_refused_nothing_installed(case: str, broker: Mosquitto, imag
     sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert)
     sidecar.start()
     try:
-        wait_for(lambda: sidecar.state.phase is Phase.FAILED, f"{case} refused")
+        wait_for(lambda: sidecar.state.phase is Phase.REJECTED, f"{case} refused")
         assert expected in sidecar.state.last_error, sidecar.state.last_error
+        assert sidecar.state.refused_image == image
         assert adapter.calls["install_plugin"] == 0 and adapter.calls["enable"] == 0
         assert not (tmp_path / "sc" / "plugins" / PLUGIN).exists()  # nothing installed
         assert not (broker.include_dir / PLUGINS_FILE).exists()

@@ -29,11 +29,13 @@ from plugforge.oci.auth import (
 )
 from plugforge.oci.cache import cached_image, cached_manifest, prune_least_recent, pull_image
 from plugforge.oci.errors import (
+    ContentRefused,
     DigestMismatch,
     InvalidReference,
     OciError,
     PackError,
     PermanentRegistryError,
+    PullAbandoned,
     RegistryError,
     TransientRegistryError,
     UnsafeLayer,
@@ -65,6 +67,7 @@ __all__ = [
     "PLUGIN_ROOT",
     "Blob",
     "Challenge",
+    "ContentRefused",
     "Credentials",
     "Descriptor",
     "DigestMismatch",
@@ -77,6 +80,7 @@ __all__ = [
     "PackError",
     "PackedImage",
     "PermanentRegistryError",
+    "PullAbandoned",
     "RegistryClient",
     "RegistryError",
     "TransientRegistryError",

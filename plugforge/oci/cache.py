@@ -14,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from plugforge.oci.errors import PermanentRegistryError
+from plugforge.oci.errors import ContentRefused, PullAbandoned
 from plugforge.oci.extract import ExtractLimits, extract_layers, remove_tree
 from plugforge.oci.manifest import ImageManifest, parse_manifest
 from plugforge.oci.reference import DIGEST_RE, ImageRef, require_digest, validate_digest
@@ -36,8 +38,11 @@ def cached_image(cache_dir: Path, digest: str) -> Path | None:
 
 def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
                limits: ExtractLimits | None = None,
-               max_blob_bytes: int = MAX_BLOB_BYTES) -> Path:
-    """The verified, extracted tree of the image pinned by ``ref`` (which needs a digest)."""
+               max_blob_bytes: int = MAX_BLOB_BYTES,
+               abandon: Callable[[], bool] = lambda: False) -> Path:
+    """The verified, extracted tree of the image pinned by ``ref`` (which needs a digest).
+    ``abandon()`` True (asked per downloaded chunk and before extracting) raises
+    ``PullAbandoned`` and leaves nothing behind."""
     pinned = require_digest(ref)
     digest = str(pinned.digest)
     present = cached_image(cache_dir, digest)
@@ -58,8 +63,11 @@ def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
         layer_paths = []
         for index, layer in enumerate(manifest.layers):
             path = work / f"layer-{index}"
-            client.fetch_blob(pinned.repository, layer, path, max_bytes=max_blob_bytes)
+            client.fetch_blob(pinned.repository, layer, path, max_bytes=max_blob_bytes,
+                              abandon=abandon)
             layer_paths.append(path)
+        if abandon():
+            raise PullAbandoned(f"pull of {pinned} abandoned before extraction")
         extract_layers(layer_paths, work / "rootfs", limits=limits, diff_ids=diff_ids)
         for path in layer_paths:
             path.unlink()
@@ -77,8 +85,11 @@ def pull_image(client: RegistryClient, ref: ImageRef | str, cache_dir: Path, *,
     return entry / "rootfs"
 
 
-def prune_least_recent(cache_dir: Path, keep: int) -> list[Path]:
-    """Remove all but the ``keep`` most recently used entries; returns what was removed.
+def prune_least_recent(cache_dir: Path, keep: int, max_bytes: int | None = None,
+                       protect: frozenset[str] = frozenset()) -> list[Path]:
+    """Remove least recently used entries until at most ``keep`` remain and (with
+    ``max_bytes``) they hold at most that many bytes; returns what was removed. The most recent
+    entry and the digests in ``protect`` always stay, even over the bounds.
 
     Safe while a caller holds an older tree only if it copied what it needed (the sidecar's
     adapters copy plugins into their own version directories before the next pull).
@@ -90,8 +101,19 @@ def prune_least_recent(cache_dir: Path, keep: int) -> list[Path]:
         entries = sorted(((e.stat().st_mtime_ns, e) for e in images.iterdir()), reverse=True)
     except FileNotFoundError:
         return []
+    kept = 0
+    total = 0
+    doomed_entries = []
+    for index, (_, entry) in enumerate(entries):
+        size = tree_bytes(entry) if max_bytes is not None else 0
+        protected = index == 0 or entry.name.replace("-", ":", 1) in protect
+        if protected or (kept < keep and (max_bytes is None or total + size <= max_bytes)):
+            kept += 1
+            total += size
+        else:
+            doomed_entries.append(entry)
     removed = []
-    for _, entry in entries[keep:]:
+    for entry in doomed_entries:
         # Renamed out of images/ first: a concurrent reader never sees a half-removed tree.
         doomed = cache_dir / "tmp" / f"prune-{entry.name}-{os.getpid()}"
         doomed.parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +124,17 @@ def prune_least_recent(cache_dir: Path, keep: int) -> list[Path]:
         remove_tree(doomed)
         removed.append(entry)
     return removed
+
+
+def tree_bytes(root: Path) -> int:
+    """Bytes of the regular files under ``root`` (symlinks not followed)."""
+    total = 0
+    for directory, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                info = os.lstat(os.path.join(directory, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
 
 
 def _touch(entry: Path) -> None:
@@ -123,13 +156,13 @@ def _diff_ids(config: bytes) -> list[str]:
         doc = json.loads(config)
         diff_ids = doc["rootfs"]["diff_ids"]
     except (ValueError, KeyError, TypeError) as e:
-        raise PermanentRegistryError(
+        raise ContentRefused(
             f"image config has no rootfs.diff_ids ({e!r}); expected an OCI image config"
         ) from e
     if not isinstance(diff_ids, list) or not all(
         isinstance(d, str) and DIGEST_RE.match(d) for d in diff_ids
     ):
-        raise PermanentRegistryError("image config rootfs.diff_ids must be sha256 digests")
+        raise ContentRefused("image config rootfs.diff_ids must be sha256 digests")
     return diff_ids
 
 

@@ -27,7 +27,12 @@ class PermanentRegistryError(RegistryError):
     """Retrying will not help: credentials refused, unknown manifest, bad content."""
 
 
-class DigestMismatch(PermanentRegistryError):
+class ContentRefused(PermanentRegistryError):
+    """The content behind a digest is unusable, and stays so: too large, not an image. A client
+    may remember the digest as refused (unlike a missing manifest, which a push can fix)."""
+
+
+class DigestMismatch(ContentRefused):
     """Content received does not hash to the digest it was requested (or announced) by."""
 
 
@@ -38,3 +43,7 @@ class UnsafeLayer(OciError):
         super().__init__(f"refusing layer entry {entry!r}: {reason}; nothing was installed")
         self.entry = entry
         self.reason = reason
+
+
+class PullAbandoned(OciError):
+    """The caller no longer wants the image (``abandon()`` said so); partial work is removed."""

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugforge.oci.errors import PermanentRegistryError
+from plugforge.oci.errors import ContentRefused
 from plugforge.oci.reference import DIGEST_RE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -54,12 +54,12 @@ def parse_manifest(data: bytes, content_type: str | None = None) -> ImageManifes
     try:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PermanentRegistryError(f"manifest is not valid JSON: {e}") from e
+        raise ContentRefused(f"manifest is not valid JSON: {e}") from e
     if not isinstance(doc, dict):
-        raise PermanentRegistryError(f"expected a JSON object manifest, found {type(doc).__name__}")
+        raise ContentRefused(f"expected a JSON object manifest, found {type(doc).__name__}")
     media_type = doc.get("mediaType") or content_type
     if doc.get("schemaVersion") != 2 or media_type not in MANIFEST_TYPES:
-        raise PermanentRegistryError(
+        raise ContentRefused(
             f"expected an image manifest (schemaVersion 2, mediaType one of {MANIFEST_TYPES}), "
             f"found schemaVersion={doc.get('schemaVersion')!r} mediaType={media_type!r}; "
             "push a single-platform image"
@@ -67,33 +67,33 @@ def parse_manifest(data: bytes, content_type: str | None = None) -> ImageManifes
     config = _descriptor(doc.get("config"), "config")
     raw_layers = doc.get("layers")
     if not isinstance(raw_layers, list) or not raw_layers:
-        raise PermanentRegistryError("manifest has no layers; expected at least one")
+        raise ContentRefused("manifest has no layers; expected at least one")
     layers = tuple(_descriptor(layer, f"layers[{i}]") for i, layer in enumerate(raw_layers))
     for i, layer in enumerate(layers):
         if layer.media_type not in LAYER_TYPES:
-            raise PermanentRegistryError(
+            raise ContentRefused(
                 f"layers[{i}] has media type {layer.media_type!r}; expected one of {LAYER_TYPES}"
             )
     annotations = doc.get("annotations") or {}
     if not isinstance(annotations, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
     ):
-        raise PermanentRegistryError("manifest annotations must map strings to strings")
+        raise ContentRefused("manifest annotations must map strings to strings")
     return ImageManifest(str(media_type), config, layers, annotations)
 
 
 def _descriptor(value: Any, where: str) -> Descriptor:
     if not isinstance(value, dict):
-        raise PermanentRegistryError(f"manifest {where} must be an object, found {value!r}")
+        raise ContentRefused(f"manifest {where} must be an object, found {value!r}")
     media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
     if not isinstance(media_type, str):
-        raise PermanentRegistryError(f"manifest {where}.mediaType missing or not a string")
+        raise ContentRefused(f"manifest {where}.mediaType missing or not a string")
     if not isinstance(digest, str) or not DIGEST_RE.match(digest):
-        raise PermanentRegistryError(
+        raise ContentRefused(
             f"manifest {where}.digest must be 'sha256:<64 hex>', found {digest!r}"
         )
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise PermanentRegistryError(
+        raise ContentRefused(
             f"manifest {where}.size must be a non-negative integer, found {size!r}"
         )
     return Descriptor(media_type, digest, size)

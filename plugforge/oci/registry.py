@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
@@ -16,8 +17,10 @@ import urllib3
 
 from plugforge.oci.auth import Credentials
 from plugforge.oci.errors import (
+    ContentRefused,
     DigestMismatch,
     PermanentRegistryError,
+    PullAbandoned,
     TransientRegistryError,
 )
 from plugforge.oci.manifest import MANIFEST_TYPES, Descriptor, ImageManifest, parse_manifest
@@ -152,20 +155,22 @@ class RegistryClient:
         return data, parse_manifest(data, content_type)
 
     def fetch_blob(self, repository: str, descriptor: Descriptor, dest: Path,
-                   max_bytes: int = MAX_BLOB_BYTES) -> None:
-        """Stream a blob into ``dest``, verifying digest and size; ``dest`` is gone on failure."""
+                   max_bytes: int = MAX_BLOB_BYTES,
+                   abandon: Callable[[], bool] = lambda: False) -> None:
+        """Stream a blob into ``dest``, verifying digest and size; ``dest`` is gone on failure.
+        ``abandon()`` is asked after every chunk: True raises ``PullAbandoned``."""
         validate_repository(repository)
         digest = validate_digest(descriptor.digest)
         what = f"fetch blob {repository}@{digest}"
         if descriptor.size > max_bytes:
-            raise PermanentRegistryError(
+            raise ContentRefused(
                 f"{what}: manifest declares {descriptor.size} bytes, over the {max_bytes} byte "
                 "limit; raise the limit if this image is expected to be that large"
             )
         response = self._http.request("GET", f"/v2/{repository}/blobs/{digest}",
                                       scope=_scope(repository, "pull"), what=what)
         try:
-            _stream_verified(response, dest, descriptor, what)
+            _stream_verified(response, dest, descriptor, what, abandon)
         except BaseException:
             dest.unlink(missing_ok=True)
             raise
@@ -206,7 +211,7 @@ class RegistryClient:
         digest = validate_digest(descriptor.digest)
         what = f"fetch blob {repository}@{digest}"
         if descriptor.size > max_bytes:
-            raise PermanentRegistryError(f"{what}: declared {descriptor.size} bytes, over the "
+            raise ContentRefused(f"{what}: declared {descriptor.size} bytes, over the "
                                          f"{max_bytes} byte limit; not fetched")
         response = self._http.request("GET", f"/v2/{repository}/blobs/{digest}",
                                       scope=_scope(repository, "pull"), what=what)
@@ -226,7 +231,7 @@ class RegistryClient:
 
 
 def _stream_verified(response: urllib3.BaseHTTPResponse, dest: Path, descriptor: Descriptor,
-                     what: str) -> None:
+                     what: str, abandon: Callable[[], bool]) -> None:
     hasher = hashlib.sha256()
     size = 0
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -241,6 +246,8 @@ def _stream_verified(response: urllib3.BaseHTTPResponse, dest: Path, descriptor:
                     )
                 hasher.update(chunk)
                 out.write(chunk)
+                if abandon():
+                    raise PullAbandoned(f"{what}: abandoned after {size} bytes")
         except urllib3.exceptions.HTTPError as e:
             raise TransientRegistryError(f"{what}: download broke off: {e}; retry later") from e
     found = "sha256:" + hasher.hexdigest()

@@ -19,6 +19,7 @@ import urllib3
 
 from plugforge.oci.auth import Challenge, Credentials, parse_www_authenticate
 from plugforge.oci.errors import (
+    ContentRefused,
     PermanentRegistryError,
     RegistryError,
     TransientRegistryError,
@@ -229,7 +230,7 @@ def read_limited(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> b
         for chunk in response.stream(65536):
             total += len(chunk)
             if total > limit:
-                raise PermanentRegistryError(
+                raise ContentRefused(
                     f"{what}: response is larger than the {limit} byte limit; refusing it"
                 )
             chunks.append(chunk)
