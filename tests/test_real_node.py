@@ -501,3 +501,42 @@ def test_sidecar_container_restart_keeps_the_broker_running(
     assert container_pid(api, pod, "mosquitto") == broker, "the broker was restarted"
     assert restarts(api, pod)["mosquitto"] == before["mosquitto"]
     print(f"\nsidecar restart: Ready again in {time.monotonic() - started:.1f} s, same broker")
+
+
+def metric(deployed: Deployed, name: str) -> float:
+    text = http_get(f"http://{deployed.pod_ip}:8080/metrics") or ""
+    return next((float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith(name + " ")), -1.0)
+
+
+def _edit_broker_config(api: Api, config: dict[str, str]) -> float:
+    cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins")
+    cm["data"]["broker.yaml"] = yaml.safe_dump({
+        "apiVersion": "plugforge.dev/v1alpha1", "kind": "BrokerConfig", "broker": "mosquitto",
+        "config": config})
+    api.ok("PUT", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins", cm)
+    return time.monotonic()
+
+
+def test_flow3_configmap_edit_applied_live_through_the_real_kubelet_and_a_broken_one_refused(
+        real_node: RealNode, deployed: Deployed) -> None:
+    api, pod = real_node.api, deployed.mosquitto_pod
+    assert deployed.digest, "flow 1 did not run first"
+    broker = container_pid(api, pod, "mosquitto")
+    applies = metric(deployed, "plugforge_sidecar_applies_total")
+    written = _edit_broker_config(api, {"max_keepalive": "120"})
+    wait_for(lambda: metric(deployed, "plugforge_sidecar_applies_total") > applies,
+             "the sidecar to apply the edited broker.yaml", timeout=60, interval=0.05)
+    applied = time.monotonic() - written
+    assert container_pid(api, pod, "mosquitto") == broker, "a live option restarted the broker"
+
+    rejections = metric(deployed, "plugforge_sidecar_rejections_total")
+    _edit_broker_config(api, {"max_keepalive": "banana"})
+    wait_for(lambda: metric(deployed, "plugforge_sidecar_rejections_total") > rejections,
+             "the sidecar to reject the broken edit", timeout=60, interval=0.1)
+    assert container_pid(api, pod, "mosquitto") == broker
+    assert runs(deployed, deployed.digest)
+    wait_running(api, pod)  # last good state kept, the pod stays Ready
+    _edit_broker_config(api, {"max_keepalive": "120"})
+    print(f"\nflow 3 on real pods: ConfigMap write -> applied by the sidecar {applied:.2f} s "
+          "(same broker pid); broken edit rejected, last good kept")
