@@ -39,7 +39,8 @@ _ACTIONS = {"install_plugin": pb.ACTION_KIND_INSTALL_PLUGIN,
             "restart_broker": pb.ACTION_KIND_RESTART_BROKER}
 _PLUGIN_STATUS = {"Running": pb.PLUGIN_STATUS_RUNNING, "Staged": pb.PLUGIN_STATUS_STAGED,
                   "Disabled": pb.PLUGIN_STATUS_DISABLED, "Missing": pb.PLUGIN_STATUS_MISSING,
-                  "ProbeFailed": pb.PLUGIN_STATUS_PROBE_FAILED}
+                  "ProbeFailed": pb.PLUGIN_STATUS_PROBE_FAILED,
+                  "Refused": pb.PLUGIN_STATUS_REFUSED}
 _EVENTS = {"Applied": pb.EVENT_KIND_APPLIED, "Rejected": pb.EVENT_KIND_REJECTED,
            "RolledBack": pb.EVENT_KIND_ROLLED_BACK, "Failed": pb.EVENT_KIND_FAILED,
            "RestartRequired": pb.EVENT_KIND_RESTART_REQUIRED}
@@ -78,6 +79,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             phase=_PHASES[s.phase.value], ready=s.ready, ready_reason=s.ready_reason,
             desired_hash=s.desired_hash, applied_hash=s.last_applied.content_hash,
             failed_hash=s.failed_hash,
+            refused_image=s.refused_image, refused_reason=s.refused_reason,
             last_error=s.last_error, restart_required=s.restart_required,
             broker_reachable=bool(observed and observed.reachable),
             desired_config=_redacted(s.desired.config if s.desired else {}),

@@ -39,7 +39,9 @@ from plugforge.oci import (
     parse_reference,
 )
 from plugforge.oci.pack import assemble_image
+from plugforge.v1 import sidecar_pb2 as pb
 from sidecar.app import Sidecar
+from sidecar.grpc_service import SidecarServicer
 from sidecar.images import ImagePuller
 from sidecar.settings import Settings, parse_args
 from sidecar.state import ApplyEvent, EventKind, Phase
@@ -137,6 +139,10 @@ def test_final_refusal_is_rejected_once_and_not_pulled_again(
         assert f'digest="{digest}",reason="{reason}"}} 1' in metrics
         assert f'plugin="{PLUGIN}",desired_digest="{digest}",running_digest="",' \
                'status="Refused"} 1' in metrics
+        reply = SidecarServicer(sidecar).GetState(pb.GetStateRequest(), None)
+        assert (reply.refused_image, reply.refused_reason) == (image, reason)
+        assert reply.phase == pb.PHASE_REJECTED and reply.plugins[0].desired_digest == digest
+        assert reply.plugins[0].status == pb.PLUGIN_STATUS_REFUSED
         rejected = [e for e in events if e.kind is EventKind.REJECTED]
         assert len(rejected) == 1 and digest in rejected[0].message
         assert not [e for e in events if e.kind in (EventKind.ROLLED_BACK, EventKind.FAILED)]

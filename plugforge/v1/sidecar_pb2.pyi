@@ -133,6 +133,8 @@ class _PluginStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PluginSt
     """Not running (another version or none)."""
     PLUGIN_STATUS_PROBE_FAILED: _PluginStatus.ValueType  # 5
     """Running, but a probe failed."""
+    PLUGIN_STATUS_REFUSED: _PluginStatus.ValueType  # 6
+    """The desired image was refused (see refused_image); the last good version runs on."""
 
 class PluginStatus(_PluginStatus, metaclass=_PluginStatusEnumTypeWrapper):
     """PluginStatus is one desired plugin as the running broker has it."""
@@ -148,6 +150,8 @@ PLUGIN_STATUS_MISSING: PluginStatus.ValueType  # 4
 """Not running (another version or none)."""
 PLUGIN_STATUS_PROBE_FAILED: PluginStatus.ValueType  # 5
 """Running, but a probe failed."""
+PLUGIN_STATUS_REFUSED: PluginStatus.ValueType  # 6
+"""The desired image was refused (see refused_image); the last good version runs on."""
 Global___PluginStatus: _TypeAlias = PluginStatus  # noqa: Y015
 
 class _EventKind:
@@ -381,6 +385,8 @@ class GetStateResponse(_message.Message):
     PLUGINS_FIELD_NUMBER: _builtins.int
     LAST_PLAN_FIELD_NUMBER: _builtins.int
     FAILED_HASH_FIELD_NUMBER: _builtins.int
+    REFUSED_IMAGE_FIELD_NUMBER: _builtins.int
+    REFUSED_REASON_FIELD_NUMBER: _builtins.int
     broker: _builtins.str
     """The adapter (broker) this sidecar drives, e.g. "mosquitto"."""
     pod_name: _builtins.str
@@ -401,6 +407,12 @@ class GetStateResponse(_message.Message):
     """Content hash of the desired state whose last apply failed or was rejected; empty after a
     success. Tells a failure of the state now desired from an older one (rollouts need this).
     """
+    refused_image: _builtins.str
+    """The image (repository@digest) the desired state names that was refused, and why
+    (UnsafeLayer, DigestMismatch, ContentRefused, WrongArtifact, a verification reason);
+    empty when none is.
+    """
+    refused_reason: _builtins.str
     @_builtins.property
     def desired_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Config values: desired, observed on the broker, last applied. Secret values are redacted."""
@@ -434,10 +446,12 @@ class GetStateResponse(_message.Message):
         plugins: _abc.Iterable[Global___Plugin] | None = ...,
         last_plan: _abc.Iterable[Global___Action] | None = ...,
         failed_hash: _builtins.str = ...,
+        refused_image: _builtins.str = ...,
+        refused_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_config", b"applied_config", "applied_hash", b"applied_hash", "broker", b"broker", "broker_reachable", b"broker_reachable", "desired_config", b"desired_config", "desired_hash", b"desired_hash", "failed_hash", b"failed_hash", "last_error", b"last_error", "last_plan", b"last_plan", "observed_config", b"observed_config", "phase", b"phase", "plugins", b"plugins", "pod_name", b"pod_name", "ready", b"ready", "ready_reason", b"ready_reason", "restart_required", b"restart_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_config", b"applied_config", "applied_hash", b"applied_hash", "broker", b"broker", "broker_reachable", b"broker_reachable", "desired_config", b"desired_config", "desired_hash", b"desired_hash", "failed_hash", b"failed_hash", "last_error", b"last_error", "last_plan", b"last_plan", "observed_config", b"observed_config", "phase", b"phase", "plugins", b"plugins", "pod_name", b"pod_name", "ready", b"ready", "ready_reason", b"ready_reason", "refused_image", b"refused_image", "refused_reason", b"refused_reason", "restart_required", b"restart_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
