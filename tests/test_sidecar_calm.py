@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import signal
 import socket
@@ -91,6 +92,16 @@ def _bad_image(registry: Registry, case: str) -> tuple[str, str]:
     if case == "unsafe layer":
         return _push(registry, "calm-escape", _packed(
             {f"plugin/{PLUGIN}/../../../../tmp/calm-owned.so": b"x"})), "UnsafeLayer"
+    if case == "too big":  # the manifest declares a layer over the 512 MiB blob limit
+        packed = _plugin_image(os.urandom(64))
+        small = _push(registry, "calm-big-declared", packed)
+        manifest = json.loads(packed.manifest)
+        manifest["layers"][0]["size"] = 600 * MIB
+        declared = json.dumps(manifest).encode()
+        with RegistryClient(registry.host, ca_bundle=registry.ca.cert) as client:
+            digest = client.push_manifest("plugins/calm-big-declared", "2", declared,
+                                          packed.media_type)
+        return f"{small.split('@')[0]}@{digest}", "ContentRefused"
     if case == "wrong artifact":
         return _push(registry, "calm-other", _packed({"plugin/other/other.so": b"x"})), \
             "WrongArtifact"
@@ -112,7 +123,8 @@ def _metrics(sidecar: Sidecar) -> str:
         return str(response.read().decode())
 
 
-@pytest.mark.parametrize("case", ["unsafe layer", "digest mismatch", "wrong artifact"])
+@pytest.mark.parametrize("case", ["unsafe layer", "digest mismatch", "too big",
+                                  "wrong artifact"])
 def test_final_refusal_is_rejected_once_and_not_pulled_again(
         case: str, broker: Mosquitto, registry: Registry, tmp_path: Path) -> None:
     image, reason = _bad_image(registry, case)
