@@ -31,6 +31,7 @@ from sidecar_support import (
     start_dynsec_broker,
     wait_for,
 )
+from signing_support import policy_text, provenance
 
 from plugforge.oci import (
     ImageMetadata,
@@ -40,6 +41,7 @@ from plugforge.oci import (
     parse_reference,
 )
 from plugforge.oci.pack import assemble_image
+from plugforge.signing import attest_provenance, generate, sign_image
 from plugforge.v1 import sidecar_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.grpc_service import SidecarServicer
@@ -331,3 +333,40 @@ def test_clean_sigterm_logs_no_unwatched_warning(broker: Mosquitto, tmp_path: Pa
     warnings = [line for line in text.splitlines()
                 if "level=WARNING" in line and "decision=verification-off" not in line]
     assert not warnings, text
+
+
+def test_trust_refusals_final_until_the_policy_changes_else_retried(
+        broker: Mosquitto, registry: Registry, tmp_path: Path) -> None:
+    """TrustPolicyInvalid stays true until the policy changes: not asked again. A missing
+    signature may be pushed later: retried with backoff, applied once it is there."""
+    key = generate()
+    packed = _plugin_image(os.urandom(256))
+    image = _push(registry, "calm-signed-later", packed)
+    trust = ConfigMapDir(tmp_path / "trust")
+    trust.update({"policy.yaml": "keys: [\n"})
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(image)})
+    sidecar, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
+                              trust_policy=trust.path / "policy.yaml")
+    puller = sidecar.puller
+    assert isinstance(puller, ImagePuller)
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.refused_reason == "TrustPolicyInvalid", "bad policy")
+        for _ in range(3):
+            assert sidecar.reconcile_now("periodic resync").retry_after is None
+        assert puller.attempts == 1
+
+        trust.update({"policy.yaml": policy_text(key, sources=("https://git.test/*",)).decode()})
+        wait_for(lambda: sidecar.state.refused_reason == "SignatureMissing", "policy re-read")
+        wait_for(lambda: puller.attempts >= 3, "unsigned image retried", timeout=15)
+        assert sidecar.state.phase is Phase.REJECTED
+        with RegistryClient(registry.host, ca_bundle=registry.ca.cert) as client:
+            ref = parse_reference(image)
+            sign_image(client, ref, key)
+            attest_provenance(client, ref, key, provenance(source="https://git.test/calm.git"))
+        wait_for(lambda: sidecar.state.phase is Phase.RESTART_REQUIRED, "signed image staged",
+                 timeout=40)
+        assert sidecar.state.refused_image == ""
+    finally:
+        sidecar.stop()
