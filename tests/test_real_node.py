@@ -38,6 +38,9 @@ from testbed.registry import Registry, start_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "default"
+# A cold machine builds the Debian base and both images inside the first image test's setup
+# (about 9 minutes on 2 cores), past the suite's default per-test timeout.
+pytestmark = pytest.mark.timeout(1800)
 
 
 @dataclass
