@@ -28,7 +28,7 @@ _PHASES = {pb.PHASE_PENDING: "Pending", pb.PHASE_APPLIED: "Applied",
            pb.PHASE_UNAVAILABLE: "Unavailable"}
 _STATUS = {pb.PLUGIN_STATUS_RUNNING: "Running", pb.PLUGIN_STATUS_STAGED: "Staged",
            pb.PLUGIN_STATUS_DISABLED: "Disabled", pb.PLUGIN_STATUS_MISSING: "Missing",
-           pb.PLUGIN_STATUS_PROBE_FAILED: "ProbeFailed"}
+           pb.PLUGIN_STATUS_PROBE_FAILED: "ProbeFailed", pb.PLUGIN_STATUS_REFUSED: "Refused"}
 
 
 class SidecarClient:
