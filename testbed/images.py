@@ -185,7 +185,18 @@ def build(podman: Podman, containerfile: Path, name: str, base: Built,
                *_proxy_trust(Path(tmp)),
                "--build-arg", f"BASE_IMAGE={base.ref}",
                "-f", str(containerfile), "-t", ref, str(ROOT), log=log)
+    _drop_older(podman, ref)
     return Built(ref, time.monotonic() - started, _size(podman, ref))
+
+
+def _drop_older(podman: Podman, ref: str) -> None:
+    """Remove the earlier builds of this image, so the cache holds one per image. (No prune:
+    the untagged intermediate images are the layer cache of the next build.)"""
+    repository = ref.rsplit(":", 1)[0]
+    listed = podman("images", "--format", "{{.Repository}}:{{.Tag}}", repository, timeout=60)
+    older = [r for r in listed.split() if r != ref and r.startswith(repository + ":")]
+    if older:
+        podman("rmi", *older, timeout=300)
 
 
 def _proxy_trust(tmp: Path) -> list[str]:
