@@ -13,7 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from builder.errors import InvalidSpec
-from plugforge.contract import Probe
+from plugforge.contract import (
+    INLINE_PROBE_CREDENTIAL_REFUSAL,
+    ContractError,
+    Probe,
+    parse_secret_key_ref,
+)
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed")
 FINISHED = ("Succeeded", "Failed")
@@ -263,10 +268,18 @@ def _probes(value: Any, where: str) -> tuple[Probe, ...]:
     probes = []
     for i, item in enumerate(value):
         item = _mapping(item, f"{where}[{i}]")
+        if "password" in item:  # the CRD refuses it too; its value is not repeated
+            raise InvalidSpec(f"{where}[{i}].password: {INLINE_PROBE_CREDENTIAL_REFUSAL}")
+        try:
+            password_from = (parse_secret_key_ref(item["passwordFrom"],
+                                                  f"{where}[{i}].passwordFrom")
+                             if "passwordFrom" in item else None)
+        except ContractError as e:
+            raise InvalidSpec(str(e)) from None
         probes.append(Probe(name=_str(item.get("name"), f"{where}[{i}].name"),
                             action=item.get("action", "connect"),
                             username=str(item.get("username", "")),
                             expect=item.get("expect", "refused"),
-                            password=str(item.get("password", "")),
+                            password_from=password_from,
                             topic=str(item.get("topic", ""))))
     return tuple(probes)

@@ -24,8 +24,12 @@ and leaves every other key alone)::
     probes:                      # optional post-load smoke tests; a failing probe rolls back
       - {name: mallory-refused, action: connect, username: mallory, expect: refused}
       - {name: forbidden-publish, action: publish, username: alice, topic: forbidden/x,
-         expect: refused}
+         expect: refused, passwordFrom: {secret: probe-credentials, key: alice}}
     source: {commit: <sha>, build: <PluginBuild name>, repository: <git url>}  # provenance
+
+A probe's password is never in a document: ``passwordFrom`` names a key of a Secret mounted
+into the sidecar, read at probe time from ``<--probe-secrets-dir>/<secret>/<key>``; an inline
+``password`` is refused.
 
 ``canary.<pod>.plugin.<name>.yaml`` (a ``PluginRelease``, written by the builder during a canary
 rollout): on the pod named ``<pod>`` it replaces ``plugin.<name>.yaml``; every other pod ignores
@@ -57,6 +61,14 @@ CANARY_KEY_PREFIX = "canary."
 BROKERS = ("vernemq", "hivemq", "emqx", "mosquitto", "rabbitmq")
 
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# A DNS-1123 subdomain (Secret names) and a Secret data key, as the apiserver checks them.
+SECRET_NAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]{1,253}$")
+INLINE_PROBE_CREDENTIAL_REFUSAL = (
+    "inline probe passwords are refused (they would be readable in the BrokerPlugin, the "
+    "ConfigMap and its history); name a key of a Secret mounted into the sidecar instead: "
+    "passwordFrom: {secret: NAME, key: KEY}")
 _SETTING_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 
 Expectation = Literal["accepted", "refused"]
@@ -93,12 +105,21 @@ def select_for_pod(documents: Iterable[Document], pod: str) -> list[Document]:
 
 
 @dataclass(frozen=True)
+class SecretKeyRef:
+    """One key of a Secret mounted into the sidecar (``<probe secrets dir>/<secret>/<key>``):
+    the contract names a probe's password, never holds it."""
+
+    secret: str
+    key: str
+
+
+@dataclass(frozen=True)
 class Probe:
     name: str
     action: ProbeAction
     username: str
     expect: Expectation
-    password: str = ""
+    password_from: SecretKeyRef | None = None
     topic: str = ""
 
 
@@ -196,8 +217,7 @@ def render_plugin_release(release: PluginRelease) -> str:
     if release.settings:
         body["settings"] = dict(sorted(release.settings.items()))
     if release.probes:
-        body["probes"] = [
-            {k: v for k, v in vars(p).items() if v != ""} for p in release.probes]
+        body["probes"] = [_render_probe(p) for p in release.probes]
     source = {k: v for k, v in vars(release.source).items() if v}
     if source:
         body["source"] = source
@@ -308,6 +328,32 @@ def _parse_plugin_release(doc: Document) -> PluginRelease:
                          probes, source)
 
 
+def _render_probe(probe: Probe) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": probe.name, "action": probe.action,
+                            "username": probe.username, "expect": probe.expect}
+    if probe.password_from is not None:
+        body["passwordFrom"] = vars(probe.password_from)
+    if probe.topic:
+        body["topic"] = probe.topic
+    return body
+
+
+def parse_secret_key_ref(value: Any, where: str) -> SecretKeyRef:
+    """``{secret: NAME, key: KEY}``, both safe as one path segment each (no '/', '.', '..')."""
+    if not isinstance(value, dict):
+        raise ContractError(f"{where}: expected a mapping {{secret, key}}, found {_type(value)}")
+    _check_fields(value, where, {"secret", "key"}, set())
+    secret = _string(value["secret"], f"{where}.secret")
+    key = _string(value["key"], f"{where}.key")
+    if not SECRET_NAME.match(secret):
+        raise ContractError(f"{where}.secret: {secret!r} is not a Secret name "
+                            "(lowercase letters, digits, '-' and '.'; at most 253)")
+    if not SECRET_KEY.match(key) or key in (".", ".."):
+        raise ContractError(f"{where}.key: {key!r} is not a Secret key "
+                            "(letters, digits, '-', '_' and '.'; at most 253)")
+    return SecretKeyRef(secret, key)
+
+
 def _parse_probes(value: Any, where: str) -> tuple[Probe, ...]:
     if value is None:
         return ()
@@ -319,8 +365,13 @@ def _parse_probes(value: Any, where: str) -> tuple[Probe, ...]:
         at = f"{where}[{i}]"
         if not isinstance(item, dict):
             raise ContractError(f"{at}: expected a mapping, found {_type(item)}")
-        _check_fields(item, at, {"name", "action", "username", "expect"}, {"password", "topic"})
-        fields = {k: _string(v, f"{at}.{k}") for k, v in item.items()}
+        if "password" in item:  # the value is not repeated: it is what must stay unseen
+            raise ContractError(f"{at}.password: {INLINE_PROBE_CREDENTIAL_REFUSAL}")
+        _check_fields(item, at, {"name", "action", "username", "expect"},
+                      {"passwordFrom", "topic"})
+        password_from = (parse_secret_key_ref(item["passwordFrom"], f"{at}.passwordFrom")
+                         if "passwordFrom" in item else None)
+        fields = {k: _string(v, f"{at}.{k}") for k, v in item.items() if k != "passwordFrom"}
         if fields["action"] not in ("connect", "publish"):
             raise ContractError(
                 f"{at}.action: expected connect or publish, found {fields['action']!r}")
@@ -332,7 +383,7 @@ def _parse_probes(value: Any, where: str) -> tuple[Probe, ...]:
         if fields["name"] in names:
             raise ContractError(f"{at}.name: probe name {fields['name']!r} is used twice")
         names.add(fields["name"])
-        probes.append(Probe(**fields))  # type: ignore[arg-type]  # literals checked above
+        probes.append(Probe(**fields, password_from=password_from))  # type: ignore[arg-type]
     return tuple(probes)
 
 

@@ -62,7 +62,8 @@ class Sidecar:
         self.reconciler = Reconciler(
             self.adapter, self.read_documents, self.puller,
             lambda probe: run_probe(probe, settings.probe_host, settings.probe_port,
-                                    mqtt_version=settings.probe_mqtt_version),
+                                    mqtt_version=settings.probe_mqtt_version,
+                                    secrets_dir=settings.probe_secrets_dir),
             allow_broker_restart=settings.allow_broker_restart, on_event=self._on_event,
             state_file=settings.cache_dir / "last-good.json", policy_version=self._policy_version)
         self._abandon_checked = 0.0

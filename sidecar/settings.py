@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sidecar.adapters.registry import probe_mqtt_version
+from sidecar.probes import DEFAULT_SECRETS_DIR
 
 # Environment variables (the Downward API sets the pod ones).
 ENV_POD_NAME = "POD_NAME"
@@ -70,6 +71,8 @@ class Settings:
     probe_port: int = 1883
     probe_mqtt_version: str = "5"
     """MQTT version the probes speak; by default the adapter's (RabbitMQ 3.10: 3.1.1)."""
+    probe_secrets_dir: Path = DEFAULT_SECRETS_DIR
+    """Where the Secrets named by probes' ``passwordFrom`` are mounted, one directory each."""
     pod_name: str = ""
     pod_namespace: str = ""
     log_level: str = "INFO"
@@ -113,6 +116,9 @@ def parse_args(argv: Sequence[str] | None = None,
     p.add_argument("--probe-port", type=int, default=None)
     p.add_argument("--probe-mqtt-version", choices=("5", "3.1.1"), default=None,
                    help="MQTT version of the post-load probes (default: the broker's)")
+    p.add_argument("--probe-secrets-dir", type=Path, default=DEFAULT_SECRETS_DIR,
+                   help="a probe's passwordFrom {secret: S, key: K} is read from DIR/S/K "
+                        f"(mount each Secret at DIR/S; default {DEFAULT_SECRETS_DIR})")
     p.add_argument("--log-level", default="INFO")
     a = p.parse_args(argv)
     options = {}
@@ -159,6 +165,7 @@ def parse_args(argv: Sequence[str] | None = None,
         probe_host=a.probe_host or options.get("host", "127.0.0.1"),
         probe_port=a.probe_port or int(options.get("port", "1883")),
         probe_mqtt_version=a.probe_mqtt_version or probe_mqtt_version(a.broker),
+        probe_secrets_dir=a.probe_secrets_dir,
         pod_name=environ.get(ENV_POD_NAME, ""), pod_namespace=environ.get(ENV_POD_NAMESPACE, ""),
         log_level=a.log_level)
 

@@ -19,8 +19,9 @@ def outcome(port: int, action: str, username: str, topic: str = "",
             mqtt_version: str = "5") -> str:
     """accepted | refused | error, from a real MQTT client (the sidecar's own probe code)."""
     kind: ProbeAction = "publish" if action == "publish" else "connect"
-    return run_probe(Probe(f"{action}-{username}", kind, username, "accepted", "any-password",
-                           topic), "127.0.0.1", port, mqtt_version=mqtt_version).outcome
+    return run_probe(Probe(f"{action}-{username}", kind, username, "accepted", topic=topic),
+                     "127.0.0.1", port, mqtt_version=mqtt_version,
+                     password="any-password").outcome  # noqa: S106 (the rigs' users)
 
 
 class Watcher:

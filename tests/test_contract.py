@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from plugforge.contract import (
@@ -11,6 +13,7 @@ from plugforge.contract import (
     PluginRelease,
     Probe,
     Provenance,
+    SecretKeyRef,
     parse_desired_state,
     plugin_key,
     render_plugin_release,
@@ -71,12 +74,38 @@ def test_hash_ignores_unrelated_keys_and_order() -> None:
 def test_render_round_trips() -> None:
     release = PluginRelease(
         "deny_mallory", IMAGE, settings={"b": "2", "a": "1"},
-        probes=(Probe("p", "connect", "mallory", "refused"),),
+        probes=(Probe("p", "connect", "mallory", "refused"),
+                Probe("q", "publish", "alice", "accepted", SecretKeyRef("probe-creds", "alice"),
+                      topic="ok/x")),
         source=Provenance(commit="abc123", build="deny-mallory-1"))
     text = render_plugin_release(release)
     assert text == render_plugin_release(release)
+    assert "passwordFrom:\n    secret: probe-creds\n    key: alice\n" in text
     (parsed,) = parse_desired_state(docs(**{plugin_key("deny_mallory"): text})).plugins
     assert parsed == release
+
+
+PROBE_DOC = PLUGIN_DOC.split("probes:")[0] + "probes:\n"
+
+
+@pytest.mark.parametrize(("probe", "message"), [
+    ("{name: p, action: connect, username: a, expect: accepted, password: hunter2-value}",
+     "probes[0].password: inline probe passwords are refused"),
+    ("{name: p, action: connect, username: a, expect: accepted, passwordFrom: creds}",
+     "probes[0].passwordFrom: expected a mapping {secret, key}"),
+    ("{name: p, action: connect, username: a, expect: accepted, "
+     "passwordFrom: {secret: ../etc, key: k}}", "is not a Secret name"),
+    ("{name: p, action: connect, username: a, expect: accepted, "
+     "passwordFrom: {secret: s, key: ..}}", "is not a Secret key"),
+    ("{name: p, action: connect, username: a, expect: accepted, "
+     "passwordFrom: {secret: s, key: a/b}}", "is not a Secret key"),
+    ("{name: p, action: connect, username: a, expect: accepted, "
+     "passwordFrom: {secret: s}}", "passwordFrom: missing required field(s) key"),
+])
+def test_a_probe_password_is_only_a_secret_reference(probe: str, message: str) -> None:
+    with pytest.raises(ContractError, match=re.escape(message)) as refused:
+        parse_desired_state(docs(**{"plugin.deny_mallory.yaml": PROBE_DOC + f"  - {probe}\n"}))
+    assert "hunter2" not in str(refused.value)
 
 
 @pytest.mark.parametrize(("text", "message"), [

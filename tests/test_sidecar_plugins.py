@@ -5,6 +5,7 @@ behaviour proven with real MQTT clients. Tampered and path-escaping images are r
 from __future__ import annotations
 
 import io
+import logging
 import tarfile
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from sidecar_support import (
     wait_for,
 )
 
-from plugforge.contract import Probe
+from plugforge.contract import Probe, SecretKeyRef
 from plugforge.oci import ImageMetadata, RegistryClient, parse_reference
 from plugforge.oci.pack import assemble_image
 from sidecar.adapters.mosquitto import PLUGINS_FILE
@@ -36,12 +37,22 @@ from testbed.registry import Registry
 pytestmark = pytest.mark.timeout(240)
 
 CONFIG = broker_yaml({"max_inflight_messages": "20"})
+ALICE = SecretKeyRef("probe-creds", "alice")  # mounted at <probe secrets dir>/probe-creds/alice
 PROBES_V1 = (Probe("mallory-refused", "connect", "mallory", "refused"),
-             Probe("alice-accepted", "connect", "alice", "accepted", password="pw"),
-             Probe("forbidden-publish", "publish", "alice", "refused", password="pw",
+             Probe("alice-accepted", "connect", "alice", "accepted", ALICE),
+             Probe("forbidden-publish", "publish", "alice", "refused", ALICE,
                    topic="forbidden/x"))
 PROBES_V2 = (Probe("eve-refused", "connect", "eve", "refused"),
-             Probe("alice-accepted", "connect", "alice", "accepted", password="pw"))
+             Probe("alice-accepted", "connect", "alice", "accepted", ALICE))
+PROBE_PASSWORD = "pw-from-the-mounted-secret-7f3a"
+
+
+def probe_secrets(tmp_path: Path) -> Path:
+    """The probe Secret as the kubelet mounts it: one directory per Secret, a file per key."""
+    secrets = tmp_path / "probe-secrets"
+    (secrets / ALICE.secret).mkdir(parents=True)
+    (secrets / ALICE.secret / ALICE.key).write_text(PROBE_PASSWORD)
+    return secrets
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +90,7 @@ def test_plugin_waits_for_restart_when_not_allowed(broker: Mosquitto, images: Pl
     cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
         images.v1, probes=PROBES_V1)})
     sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
-                                    resync=0.5)
+                                    resync=0.5, probe_secrets_dir=probe_secrets(tmp_path))
     pid = broker.pid
     sidecar.start()
     try:
@@ -109,7 +120,7 @@ def test_upgrade_runs_fresh_code_and_failed_probe_rolls_back(
         images.v1, probes=PROBES_V1)})
     supervisor = Supervisor(broker)
     sidecar, adapter = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
-                                    allow_restart=True)
+                                    allow_restart=True, probe_secrets_dir=probe_secrets(tmp_path))
     sidecar.start()
     try:
         wait_for(lambda: sidecar.state.phase is Phase.APPLIED and sidecar.state.ready,
@@ -230,3 +241,42 @@ def test_bad_images_refused_nothing_installed(case: str, broker: Mosquitto, imag
         assert not Path("/tmp/owned.so").exists()
     finally:
         sidecar.stop()
+
+
+def test_a_probe_password_comes_from_the_mounted_secret_and_is_shown_nowhere(
+        broker: Mosquitto, images: PluginImages, registry: Registry, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16, hole 8: the ConfigMap names the Secret key, the sidecar reads the mounted file;
+    a key that is not mounted fails the probe with the path, and the last good release runs."""
+    caplog.set_level(logging.DEBUG)
+    secrets = probe_secrets(tmp_path)
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+        images.v1, probes=PROBES_V1)})
+    assert PROBE_PASSWORD not in (cm.path / f"plugin.{PLUGIN}.yaml").read_text()
+    supervisor = Supervisor(broker)
+    sidecar, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
+                              allow_restart=True, probe_secrets_dir=secrets)
+    sidecar.start()
+    try:
+        wait_for(lambda: sidecar.state.phase is Phase.APPLIED and sidecar.state.ready,
+                 "v1 applied with its probes passing", timeout=40)
+        # v2 names a key nobody mounted: its probe fails with the path, v1 runs again.
+        unmounted = Probe("bob-accepted", "connect", "bob", "accepted",
+                          SecretKeyRef("probe-creds", "bob"))
+        cm.update({"broker.yaml": CONFIG, f"plugin.{PLUGIN}.yaml": plugin_yaml(
+            images.v2, probes=(unmounted,))})
+        wait_for(lambda: sidecar.state.phase is Phase.ROLLED_BACK, "rollback", timeout=60)
+        error = sidecar.state.last_error
+        assert f"no file {secrets / 'probe-creds' / 'bob'}" in error, error
+        assert "is Secret 'probe-creds' with key 'bob' mounted" in error
+        assert running_digest(broker, tmp_path / "sc") == images.v1.split("@")[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.http_port}/metrics") as r:
+            metrics = r.read().decode()
+        # sidecar.state is what GetState serves.
+        for seen in (metrics, repr(sidecar.state), caplog.text,
+                     (tmp_path / "sc" / "cache" / "last-good.json").read_text()):
+            assert PROBE_PASSWORD not in seen
+    finally:
+        sidecar.stop()
+        supervisor.stop()
