@@ -13,10 +13,12 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import logging
 import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,8 +46,9 @@ from webhooks_support import Commit, Push, encode, github_headers, github_push
 
 from builder import grpc_service
 from builder.app import Builder
-from builder.errors import KubeError
+from builder.errors import InvalidSpec, KubeError
 from builder.kube import Kube, apply_documents, load_documents
+from builder.resources import parse_plugin
 from builder.sidecars import SidecarClient
 from builder.webhooks import service
 from plugforge.cli import main as plugforge
@@ -57,6 +60,7 @@ from testbed.certs import CertificateAuthority
 from testbed.configmap_dir import ConfigMapDir
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane, Identity, start_control_plane
+from testbed.procs import Supervisor
 from testbed.registry import Registry
 
 MALLORY = "mallory"
@@ -637,6 +641,94 @@ def test_6_a_deleted_target_is_not_recreated_with_less(
              "the plugin's key to be written again")
     data = alice.configmap("six")
     assert {k: data[k] for k in others} == others
+
+
+# --- 8. probe passwords ----------------------------------------------------------------------
+
+PROBE_PASSWORD = "probe-pw-only-in-the-secret-51c9"  # the value hunted for below
+
+
+def test_8_an_inline_probe_password_is_refused(mallory: Cluster) -> None:
+    """By the apiserver (the CRD's rule, not a silent prune) and by the builder's own parser."""
+    probe = {"name": "alice-ok", "action": "connect", "username": "alice", "expect": "accepted"}
+    for extra, reason in (
+            ({"password": PROBE_PASSWORD}, "inline probe passwords are refused"),
+            ({"passwordFrom": {"secret": "../../etc", "key": "passwd"}}, "should match"),
+            ({"passwordFrom": {"secret": "creds", "key": ".."}}, "cannot be '.' or '..'")):
+        code, out = mallory.cp.request(
+            "POST", f"/apis/plugforge.dev/v1alpha1/namespaces/{mallory.ns}/brokerplugins",
+            identity=MALLORY, body=broker_plugin(
+                "inline-pw", url="https://git.example/m/p.git",
+                repository="registry.example/p", probes=[{**probe, **extra}]))
+        assert code == 422 and reason in json.dumps(out), out
+        assert PROBE_PASSWORD not in json.dumps(out)
+    body = broker_plugin("inline-pw", url="https://git.example/m/p.git",
+                         repository="registry.example/p",
+                         probes=[{**probe, "password": PROBE_PASSWORD}])
+    body["metadata"]["namespace"] = mallory.ns
+    with pytest.raises(InvalidSpec, match=r"spec.probes\[0\].password: inline probe passwords "
+                                          "are refused") as refused:
+        parse_plugin(body)
+    assert PROBE_PASSWORD not in str(refused.value)
+
+
+def test_8_a_probe_password_is_read_from_the_mounted_secret_and_written_nowhere(
+        hooked: dict[str, Any], alice: Cluster, registry: Registry, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """BrokerPlugin -> builder -> ConfigMap -> a real sidecar and mosquitto: the ConfigMap names
+    the Secret key, the sidecar reads the file the kubelet would mount; the value is in no
+    ConfigMap, status, Event, build, log, metric or sidecar state, and an unmounted key is a
+    probe error with the path while the last good release keeps running."""
+    caplog.set_level(logging.DEBUG)
+    alice.create_secret("probe-creds", {"alice": PROBE_PASSWORD})
+    ref = {"secret": "probe-creds", "key": "alice"}
+    alice.create("brokerplugins", broker_plugin(
+        "eight", url=hooked["url"], repository=f"{registry.host}/plugins/eight",
+        configmap="eight", probes=[{"name": "alice-ok", "action": "connect",
+                                    "username": "alice", "expect": "accepted",
+                                    "passwordFrom": ref}]))
+    alice.create_configmap("eight", {"broker.yaml": BROKER_YAML})
+    wait_for(lambda: "plugin.hooked.yaml" in alice.configmap("eight"), "the rollout")
+    data = alice.configmap("eight")
+    release = yaml.safe_load(data["plugin.hooked.yaml"])
+    assert release["probes"][0]["passwordFrom"] == ref
+    events = _get(alice, f"/apis/events.k8s.io/v1/namespaces/{alice.ns}/events")
+    seen: Any
+    for seen in (data, alice.plugin("eight"), alice.builds("eight"), events):
+        assert PROBE_PASSWORD not in json.dumps(seen)
+
+    # The sidecar's end: the ConfigMap as mounted, the Secret as mounted (one file per key).
+    mounted = tmp_path / "probe-secrets"
+    (mounted / "probe-creds").mkdir(parents=True)
+    (mounted / "probe-creds" / "alice").write_text(PROBE_PASSWORD)
+    broker = start_dynsec_broker(tmp_path / "broker")
+    supervisor = Supervisor(broker)
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update(data)
+    sidecar, _ = make_sidecar(broker, [cm.path], tmp_path / "sc", registry.ca.cert,
+                              allow_restart=True, probe_secrets_dir=mounted)
+    sidecar.start()
+    try:
+        sidecar_wait(lambda: sidecar.state.phase is Phase.APPLIED and sidecar.state.ready,
+                     "the release applied with its probe passing", timeout=60)
+        # The next release names a key nobody mounted: its probe fails with the path, and the
+        # last good release (whose key is mounted) runs again.
+        assert "settings" not in release and "key: alice" in data["plugin.hooked.yaml"]
+        cm.update({**data, "plugin.hooked.yaml": data["plugin.hooked.yaml"].replace(
+            "key: alice", "key: bob") + "settings: {note: changed}\n"})
+        sidecar_wait(lambda: sidecar.state.phase is Phase.ROLLED_BACK, "the rollback",
+                     timeout=60)
+        assert f"no file {mounted / 'probe-creds' / 'bob'}" in sidecar.state.last_error
+        assert sidecar.state.ready  # the last good release passes its probe again
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.http_port}/metrics") as r:
+            metrics = r.read().decode()
+        for seen_text in (metrics, repr(sidecar.state), caplog.text,  # state: what GetState says
+                          (tmp_path / "sc" / "cache" / "last-good.json").read_text()):
+            assert PROBE_PASSWORD not in seen_text
+    finally:
+        sidecar.stop()
+        supervisor.stop()
+        broker.stop()
 
 
 # --- 9. faults found in the same review -------------------------------------------------------
