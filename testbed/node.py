@@ -13,6 +13,7 @@ The facts behind the settings: ../shared/notes/real-kubernetes-node.md.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ NODE_IP = "10.217.0.1"
 POD_SUBNET = "10.217.0.0/24"
 CGROUP = "plugforge-node"
 CGROUPS = Path("/sys/fs/cgroup")
+LOCK_PATH = "/run/lock/plugforge-node.lock"
 CNI_BIN = Path("/usr/lib/cni")
 RUNC = "/usr/sbin/runc"
 # Kernel settings the kubelet sets when it starts; put back as they were on teardown.
@@ -317,9 +319,43 @@ def start_control_plane_for_node() -> ControlPlane:
     return cp
 
 
-def prepare() -> dict[str, str]:
-    """Clean up any earlier node, then make the bridge and cgroup root; returns the kernel
-    tunables to put back."""
+_lock: list[int] = []  # the open lock file while this process owns the node
+
+
+def _acquire(timeout: float) -> None:
+    """One node per machine: wait for another session's node to go away (a crashed session's
+    lock is released by the kernel, so its leftovers are then cleaned up, not a live node)."""
+    if _lock:
+        return
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise ServerFailed(f"the real node is in use by another test session (pid "
+                                   f"{holder or '?'}, lock {LOCK_PATH}) for over {timeout:.0f}s"
+                                   ) from None
+            time.sleep(1)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    _lock.append(fd)
+
+
+def release() -> None:
+    """Let the next session have the node (after ``teardown``)."""
+    while _lock:
+        os.close(_lock.pop())
+
+
+def prepare(wait: float = 1800) -> dict[str, str]:
+    """Take the machine's node lock, clean up what an earlier (crashed) session left, then make
+    the bridge and cgroup root; returns the kernel tunables to put back."""
+    _acquire(wait)
     teardown()
     NODE_DIR.mkdir(parents=True)
     tunables = {}

@@ -8,6 +8,7 @@ node cannot start, every test here fails with the reason; none is skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import ssl
@@ -27,6 +28,7 @@ import yaml
 
 from builder.recipe import template_dir
 from builder.scaffold import scaffold
+from builder.webhooks.signatures import github_header
 from plugforge.contract import Probe
 from sidecar.probes import run_probe
 from testbed import images, node
@@ -90,12 +92,14 @@ def real_node() -> Iterator[RealNode]:
         registry.stop()
         cp.stop()
         node.teardown(tunables=tunables)
+        node.release()
         raise
     yield RealNode(cp, registry, n, podman, Api(cp), busybox_ref, timings)
     n.stop()
     registry.stop()
     cp.stop()
     node.teardown()
+    node.release()
 
 
 def pod_status(api: Api, name: str) -> dict[str, Any]:
@@ -257,6 +261,9 @@ class Deployed:
     registry_host: str
     mosquitto_pod: str
     pod_ip: str
+    source: Path = Path()  # the plugin's working copy
+    url: str = ""  # its repository on the git server
+    webhook_secret: str = ""
     applied_at: float = 0.0  # monotonic time the manifests were applied
     digest: str = ""  # what flow 1 rolled out
 
@@ -379,14 +386,15 @@ def deployed(real_node: RealNode, plugforge_images: dict[str, Image],
                                "--out-dir", str(work / command)],
                               capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, f"plugforge {command}: {done.stdout}{done.stderr}"
+    secret = uuid.uuid4().hex
     api.ok("POST", f"/api/v1/namespaces/{NS}/secrets", {
-        "metadata": {"name": "github-webhook"}, "stringData": {"secret": uuid.uuid4().hex}})
+        "metadata": {"name": "github-webhook"}, "stringData": {"secret": secret}})
     pods = api.ok("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector="
                   "app.kubernetes.io/name%3Dmosquitto")["items"]
     pod = wait_for(lambda: pods and pod_status(api, pods[0]["metadata"]["name"])["status"].get(
         "podIP"), "the mosquitto pod's IP", timeout=120)
     return Deployed(git, real_node.registry.host, pods[0]["metadata"]["name"], str(pod),
-                    applied_at=t)
+                    source=source, url=url, webhook_secret=secret, applied_at=t)
 
 
 def test_flow1_brokerplugin_built_by_the_builder_pod_loaded_by_the_sidecar_container(
@@ -431,8 +439,8 @@ def test_flow1_brokerplugin_built_by_the_builder_pod_loaded_by_the_sidecar_conta
 
 def outcome_at(host: str, action: str, username: str) -> str:
     kind: Any = "publish" if action == "publish" else "connect"
-    return run_probe(Probe(f"{action}-{username}", kind, username, "accepted", "any-password",
-                           ""), host, 1883, mqtt_version="5").outcome
+    return run_probe(Probe(f"{action}-{username}", kind, username, "accepted"), host, 1883,
+                     mqtt_version="5", password="any-password").outcome
 
 
 def describe(api: Api, pod: str) -> str:
@@ -546,3 +554,72 @@ def test_flow3_configmap_edit_applied_live_through_the_real_kubelet_and_a_broken
     _edit_broker_config(api, {"max_keepalive": "120"})
     print(f"\nflow 3 on real pods: ConfigMap write -> applied by the sidecar {applied:.2f} s "
           "(same broker pid); broken edit rejected, last good kept")
+
+
+def _github_push(deployed: Deployed, builder_ip: str, before: str, after: str,
+                 changed: list[str]) -> int:
+    """A signed GitHub ``push`` delivery, sent to the builder pod's webhook port."""
+    base = deployed.url.removesuffix(".git")
+    commit = {"id": after, "message": "deny eve too", "timestamp": "2026-12-06T17:00:00+00:00",
+              "url": f"{base}/commit/{after}", "distinct": True, "added": [], "removed": [],
+              "modified": changed, "author": {"name": "Alice", "email": "alice@example"},
+              "committer": {"name": "Alice", "email": "alice@example"}}
+    body = json.dumps({
+        "ref": "refs/heads/main", "before": before, "after": after, "created": False,
+        "deleted": False, "forced": False, "base_ref": None, "compare": f"{base}/compare",
+        "commits": [commit], "head_commit": commit,
+        "repository": {"id": 1, "name": "deny-test", "full_name": "acme/deny-test",
+                       "private": False, "owner": {"login": "acme", "name": "acme", "id": 2},
+                       "html_url": base, "clone_url": deployed.url, "default_branch": "main"},
+        "pusher": {"name": "alice", "email": "alice@example"},
+        "sender": {"login": "alice", "id": 3}}).encode()
+    req = urllib.request.Request(
+        f"http://{builder_ip}:8443/webhooks/github", data=body, method="POST", headers={
+            "Content-Type": "application/json", "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": str(uuid.uuid4()),
+            "X-Hub-Signature-256": github_header(deployed.webhook_secret.encode(), body)})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return int(resp.status)
+
+
+def test_flow2_push_webhook_to_the_builder_pod_rebuilds_and_rolls_out(
+        real_node: RealNode, deployed: Deployed) -> None:
+    api, pod = real_node.api, deployed.mosquitto_pod
+    assert deployed.digest, "flow 1 did not run first"
+    source = next((deployed.source / "src").glob("*.c"))
+    source.write_text(source.read_text().replace('#define DEFAULT_DENY_USERS "mallory"',
+                                                 '#define DEFAULT_DENY_USERS "mallory,eve"'))
+    before = run_git(deployed.source, "rev-parse", "HEAD")
+    run_git(deployed.source, "commit", "-qam", "deny eve too")
+    run_git(deployed.source, "push", "-q", deployed.url, "HEAD:main")
+    after = run_git(deployed.source, "rev-parse", "HEAD")
+    builders = api.ok("GET", "/api/v1/namespaces/plugforge-system/pods?labelSelector="
+                      "app.kubernetes.io/name%3Dplugforge-builder")["items"]
+    restarts_before = restarts(api, pod)["mosquitto"]
+    started = time.monotonic()
+    status = _github_push(deployed, builders[0]["status"]["podIP"], before, after,
+                          [str(source.relative_to(deployed.source))])
+    assert status in (200, 202), status
+
+    def new_digest() -> str | None:
+        cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins")
+        images = [yaml.safe_load(v)["image"] for k, v in cm["data"].items()
+                  if k.startswith("plugin.")]
+        digest = images[0].split("@")[1] if images else ""
+        return digest if digest and digest != deployed.digest else None
+
+    digest = wait_for(new_digest, "the rebuilt image in the ConfigMap", timeout=300, interval=0.5)
+    built = time.monotonic() - started
+    wait_for(lambda: runs(deployed, digest), "the sidecar to run the rebuilt plugin",
+             timeout=120, interval=0.2)
+    rolled = time.monotonic() - started - built
+    wait_for(lambda: restarts(api, pod)["mosquitto"] > restarts_before,
+             "the kubelet to report the broker restart (plugins load at start)", timeout=30)
+    wait_running(api, pod)
+    # The overlay's BrokerPlugin sets deny_users: mallory, which overrides the compiled default
+    # this commit changed: the policy seen by clients stays the same.
+    assert outcome_at(deployed.pod_ip, "connect", "mallory") == "refused"
+    assert outcome_at(deployed.pod_ip, "connect", "eve") == "accepted"
+    deployed.digest = digest
+    print(f"\nflow 2 on real pods: webhook -> built {built:.1f} s, built -> running "
+          f"{rolled:.1f} s")
