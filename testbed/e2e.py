@@ -40,7 +40,7 @@ from testbed.e2e_cluster import (
     wait_for,
 )
 from testbed.e2e_mqtt import Watcher, big_message_delivered
-from testbed.e2e_rigs import RIGS, BrokerRig
+from testbed.e2e_rigs import PROBE_SECRET, RIGS, BrokerRig
 from testbed.gitserver import run_git
 
 __all__ = ["RIGS", "BrokerRig", "Plugin", "Results", "Stage", "run_all"]
@@ -129,7 +129,10 @@ def flow1_point_a_cr_at_git(stage: Stage, rig: BrokerRig, results: Results,
                  "target": {"configMap": rig.configmap, "rollout": "Automatic",
                             "sidecars": [{"pod": rig.pod, "address": rig.grpc_address}]},
                  "probes": [{"name": "mallory-refused", "action": "connect",
-                             "username": "mallory", "expect": "refused"}],
+                             "username": "mallory", "expect": "refused"},
+                            {"name": "alice-accepted", "action": "connect",
+                             "username": "alice", "expect": "accepted",
+                             "passwordFrom": {"secret": PROBE_SECRET, "key": "alice"}}],
                  "webhook": {"secretRef": {"name": WEBHOOK_SECRET_NAME}}}})
     say(f"  applied BrokerPlugin {NAMESPACE}/{name}; the builder is building it")
     build = _wait_build(api, name, commit, say)
@@ -142,7 +145,11 @@ def flow1_point_a_cr_at_git(stage: Stage, rig: BrokerRig, results: Results,
                   "the BrokerPlugin's currentImage", say=say)
     plugin.key_name = bp["status"].get("currentPluginName") or name
     key = f"plugin.{plugin.key_name}.yaml"
-    check(plugin.digest in api.configmap(rig.configmap)["data"][key], f"{key} lacks the digest")
+    release = api.configmap(rig.configmap)["data"][key]
+    check(plugin.digest in release, f"{key} lacks the digest")
+    # The probe's password travels as a Secret key only (issue 16, hole 8).
+    check(f"secret: {PROBE_SECRET}" in release and "any-password" not in release,
+          f"{key}: the probe's passwordFrom reference, and no password, expected")
     say(f"  ConfigMap {rig.configmap}: {key} -> image@digest")
     wait_for(lambda: rig.running_digest(plugin.key_name) == plugin.digest,
              "the sidecar to run the new digest", timeout=180, say=say)

@@ -23,6 +23,8 @@ from testbed.procs import Supervisor
 from testbed.rabbitmq import RabbitMQ, start_rabbitmq
 from testbed.vernemq import VerneMQ, start_vernemq
 
+PROBE_SECRET = "probe-credentials"  # noqa: S105 (a Secret name, mounted for the sidecar)
+
 
 class BrokerRig:
     """One broker "pod": the broker process, its sidecar and (file mode) the projection."""
@@ -109,6 +111,7 @@ class BrokerRig:
             registry_ca=self.stage.registry.ca.cert, trust_policy=self.stage.trust_policy,
             probe_port=self.port,
             probe_mqtt_version=self.mqtt_version,
+            probe_secrets_dir=self._mount_probe_secret(),
             pod_name=self.pod, pod_namespace=NAMESPACE)
         sink = kubernetes_event_sink(settings)
         self.sidecar = Sidecar(settings, event_sinks=[sink] if sink else [])
@@ -118,6 +121,14 @@ class BrokerRig:
         self.grpc = serve_grpc(self.sidecar, "127.0.0.1:0")
         self.grpc_address = f"127.0.0.1:{self.grpc.bound_port}"
         return self
+
+    def _mount_probe_secret(self) -> Path:
+        """The probe Secret as the kubelet mounts it (a directory per Secret, a file per key):
+        the flows' probes name ``PROBE_SECRET``'s ``alice`` key, never a password."""
+        mounted = self.workdir / "probe-secrets"
+        (mounted / PROBE_SECRET).mkdir(parents=True, exist_ok=True)
+        (mounted / PROBE_SECRET / "alice").write_text("any-password")
+        return mounted
 
     def stop(self) -> None:
         if self._supervisor is not None:
