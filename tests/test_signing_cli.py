@@ -19,8 +19,6 @@ from plugforge.signing import attest_provenance, parse_policy, sign_image
 from testbed.kube import ControlPlane
 from testbed.registry import Registry
 
-SYSTEM = "plugforge-system"
-
 
 def _kube(cp: ControlPlane) -> list[str]:
     return ["--kubeconfig", str(cp.kubeconfig("admin"))]
@@ -60,13 +58,16 @@ def test_signing_keys_verify_provenance_and_rotation(
         capsys: pytest.CaptureFixture[str]) -> None:
     install(control_plane)
     ns = tenant_namespace(control_plane, "sig")
+    # Its own system namespace: other tests of the session (the e2e stage) made the default one's.
+    system = tenant_namespace(control_plane, "sigsys")
     out = tmp_path / "out"
-    assert cli(["signing-keys", *_kube(control_plane), "--broker-namespace", ns,
+    assert cli(["signing-keys", *_kube(control_plane), "--system-namespace", system,
+                "--broker-namespace", ns,
                 "--source", "https://git.example.com/*", "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert f"created secret {SYSTEM}/plugforge-signing-key" in printed
+    assert f"created secret {system}/plugforge-signing-key" in printed
     assert f"created configmap {ns}/plugforge-trust" in printed
-    secret = _read(control_plane, "secret", SYSTEM, "plugforge-signing-key")
+    secret = _read(control_plane, "secret", system, "plugforge-signing-key")
     assert set(secret) == {"cosign.key", "cosign.password", "cosign.pub"}
     assert secret["cosign.password"] not in printed
     policy_file = tmp_path / "policy.yaml"
@@ -96,20 +97,22 @@ def test_signing_keys_verify_provenance_and_rotation(
 
     # Rotation: a new key, both trusted; the old key's images still verify meanwhile.
     old_id = parse_policy(policy_file.read_bytes()).keys[0].key.key_id
-    assert cli(["signing-keys", *_kube(control_plane), "--broker-namespace", ns, "--rotate",
+    assert cli(["signing-keys", *_kube(control_plane), "--system-namespace", system,
+                "--broker-namespace", ns, "--rotate",
                 "--out-dir", str(out)]) == 0
     capsys.readouterr()
     policy_file.write_text(_read(control_plane, "configmap", ns, "plugforge-trust")["policy.yaml"])
     rotating = parse_policy(policy_file.read_bytes())
     assert len(rotating.keys) == 2 and rotating.sources == ("https://git.example.com/*",)
-    assert _read(control_plane, "secret", SYSTEM, "plugforge-signing-key-previous") == secret
-    new_dir = _mount(_read(control_plane, "secret", SYSTEM, "plugforge-signing-key"),
+    assert _read(control_plane, "secret", system, "plugforge-signing-key-previous") == secret
+    new_dir = _mount(_read(control_plane, "secret", system, "plugforge-signing-key"),
                      tmp_path / "key-new")
     rebuilt = _built(registry, tmp_path, new_dir, "new")
     for either in (image, rebuilt):
         assert cli(["verify", str(either), "--policy", str(policy_file), *reg]) == 0
     # Done: the old key is dropped; its images are refused, the new key's verify.
-    assert cli(["signing-keys", *_kube(control_plane), "--broker-namespace", ns,
+    assert cli(["signing-keys", *_kube(control_plane), "--system-namespace", system,
+                "--broker-namespace", ns,
                 "--drop-key", old_id, "--out-dir", str(out)]) == 0
     assert f"updated configmap {ns}/plugforge-trust" in capsys.readouterr().out
     policy_file.write_text(_read(control_plane, "configmap", ns, "plugforge-trust")["policy.yaml"])
@@ -119,5 +122,6 @@ def test_signing_keys_verify_provenance_and_rotation(
     assert "SignatureInvalid" in capsys.readouterr().err
     assert cli(["verify", str(rebuilt), "--policy", str(policy_file), *reg]) == 0
     new_id = parse_policy(policy_file.read_bytes()).keys[0].key.key_id
-    assert cli(["signing-keys", *_kube(control_plane), "--broker-namespace", ns,
+    assert cli(["signing-keys", *_kube(control_plane), "--system-namespace", system,
+                "--broker-namespace", ns,
                 "--drop-key", new_id, "--out-dir", str(out)]) == 2
