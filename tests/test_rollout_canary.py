@@ -56,7 +56,7 @@ PLUGIN = "gate"
 PROBES = [{"name": "mallory-refused", "action": "connect", "username": "mallory",
            "expect": "refused"},
           {"name": "alice-accepted", "action": "connect", "username": "alice",
-           "password": "pw", "expect": "accepted"}]
+           "passwordFrom": {"secret": "probe-creds", "key": "alice"}, "expect": "accepted"}]
 
 
 @dataclass
@@ -112,8 +112,12 @@ def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateA
             work = tmp_path_factory.mktemp(name)
             broker = start_dynsec_broker(work / "broker")
             supervisor = Supervisor(broker)
+            mounted = work / "probe-secrets"  # the probe Secret, as the kubelet mounts it
+            (mounted / "probe-creds").mkdir(parents=True)
+            (mounted / "probe-creds" / "alice").write_text("pw")
             sidecar, _ = make_sidecar(
                 broker, [], work / "sc", registry.ca.cert, allow_restart=True, resync=2.0,
+                probe_secrets_dir=mounted,
                 source="api", configmaps=(CONFIGMAP,), namespace=cluster.ns,
                 kubeconfig=control_plane.kubeconfig("sidecar"), pod_name=name,
                 pod_namespace=cluster.ns)
