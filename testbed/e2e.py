@@ -365,7 +365,9 @@ def flow3_configmap_edits(stage: Stage, rig: BrokerRig, plugin: Plugin, results:
              timeout=30, say=say)
     state = rig.sidecar.state
     say(f"  broken edit {rig.bad_config} -> {state.phase.value}: {state.last_error[:110]}")
-    events = wait_for(lambda: [e for e in api.events(rig.pod) if e["reason"] == "Rejected"],
+    bad_key = next(iter(rig.bad_config))  # a refused image is a Rejected Event too
+    events = wait_for(lambda: [e for e in api.events(rig.pod) if e["reason"] == "Rejected"
+                               and bad_key in e.get("message", "")],
                       "a Rejected Event on the pod", timeout=30, say=say)
     say(f"  Event on pod {rig.pod}: {events[-1]['type']} {events[-1]['reason']}")
     results.facts.update(broken_edit_error=state.last_error, broken_edit_events=events,

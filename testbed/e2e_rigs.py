@@ -144,7 +144,8 @@ class BrokerRig:
 
     def running_digest(self, plugin: str) -> str | None:
         for p in self.sidecar.state.plugins:
-            if p.name == plugin and p.status == "Running":
+            # Refused: the desired image was refused; what runs is still the last good one.
+            if p.name == plugin and p.status in ("Running", "Refused"):
                 return p.running_digest
         return None
 
