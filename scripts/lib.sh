@@ -140,8 +140,11 @@ wait_background() {
     BACKGROUND=()
 }
 
+# ensure_all PURPOSE: "test", "demo" or "bench"; pieces only the tests use (the real node,
+# its images, cosign) skip themselves for the others.
 ensure_all() {
-    step "Checking prerequisites"
+    PURPOSE=${1:?ensure_all needs a purpose: test, demo or bench}
+    step "Checking prerequisites ($PURPOSE)"
     ensure_apt_packages
     ensure_go
     ensure_venv

@@ -285,3 +285,31 @@ def _has_manifest(registry_host: str, repository: str, digest: str,
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+# What the real-node tests build, made ahead of them by scripts/ensure.d/10-images.sh (in the
+# background, beside the Go builds: these builds wait mostly on Debian's archive and dpkg).
+CONTAINERFILES = {"sidecar": ROOT / "containers" / "sidecar.Containerfile",
+                  "builder": ROOT / "containers" / "builder.Containerfile",
+                  "mosquitto": ROOT / "testbed" / "containers" / "mosquitto.Containerfile"}
+
+
+def prebuild(log: Path | None = None) -> dict[str, Built]:
+    """Every image the real-node tests use, into the cache's podman store (none pushed)."""
+    podman = Podman.in_cache()
+    base = debian_base(podman, log)
+    built = {"debian": base}
+    for name, containerfile in CONTAINERFILES.items():
+        built[name] = build(podman, containerfile, name, base, log)
+    built["pause"] = static_image(podman, "pause", {"/pause": pause_binary(log)}, ["/pause"], log)
+    built["busybox"] = static_image(podman, "busybox", {"/bin/busybox": Path("/bin/busybox")},
+                                    ["/bin/busybox"], log)
+    return built
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    for name, image in prebuild().items():
+        how = f"built in {image.seconds:.0f} s" if image.seconds else "cached"
+        print(f"    {name}: {image.ref} ({image.size / 1e6:.0f} MB, {how})")
+    print(f"    images ready in {time.monotonic() - started:.0f} s")

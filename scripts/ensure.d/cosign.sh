@@ -4,6 +4,8 @@
 # the Go module proxy at a pinned tag into $PLUGFORGE_CACHE (about 5 minutes on 2 cores, module
 # downloads included). Without it those tests are skipped and say why.
 
+[ "$PURPOSE" = test ] || return 0  # only the tests use it
+
 COSIGN_VERSION=v2.6.5
 
 ensure_cosign() {

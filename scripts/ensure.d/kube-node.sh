@@ -4,6 +4,8 @@
 # of k8s.io/kubernetes is compiled once for both: about 8 minutes cold on 2 cores after the
 # harness, seconds when cached.
 
+[ "$PURPOSE" = test ] || return 0  # only the tests use it
+
 KUBE_NODE_VERSION=v1.33.13
 
 ensure_kube_node() {
