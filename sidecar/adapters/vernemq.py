@@ -66,6 +66,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,7 @@ class VerneMQAdapter:
         check_plugin(version_dir, name)  # before any call: see vernemq_app
         variables = self._setting_variables(name, version_dir, settings)
         env = self._setting_env(name, version_dir, settings) if not variables else {}
+        self._wait_booted()
         state = self._state()
         record = state["plugins"].get(name)
         chain = self._chain()
@@ -361,6 +363,28 @@ class VerneMQAdapter:
         return [ChainEntry(r.get("Plugin", ""), any(
                     h.strip().startswith("auth_on_") for h in r.get("Hook(s)", "").splitlines()))
                 for r in rows if r.get("Type") == "application"]
+
+    def _wait_booted(self) -> None:
+        """Wait (bounded by ``timeout``) until the node has finished starting its plugins.
+
+        A node that has just (re)started answers the HTTP API and ``vmq-admin`` before
+        ``vmq_server_app:start/2`` has enabled the plugins from vernemq.conf (seen live:
+        ``plugin show`` reads ``[]``, then ``[vmq_acl]``, then ``[vmq_acl, vmq_passwd]``, about
+        0.6 s after the listeners open). Reordering the chain in that window is undone by the
+        boot: it enables ``vmq_passwd`` while ours is briefly disabled, or after the others
+        were read, so ours ends up behind it (not in effect). ``vmq_server`` is listed as a
+        running application only once that ``start/2`` has returned, i.e. after the
+        config-file plugins; until then the node is treated as unavailable.
+        """
+        if self.nodetool is None:
+            return  # HTTP only: nothing tells; a plugin left behind is put first next pass
+        deadline = time.monotonic() + self.settings.timeout
+        while "{vmq_server," not in self.nodetool.call("application", "which_applications"):
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"VerneMQ is still starting: vmq_server (which enables the plugins from "
+                    f"vernemq.conf) has not finished starting after {self.settings.timeout:.0f}s")
+            time.sleep(0.2)
 
     def _observed_plugins(self, chain: list[ChainEntry], state: dict[str, Any]
                           ) -> dict[str, ObservedPlugin]:
