@@ -13,7 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # Sidecar phases that mean "applying the desired state failed" (sidecar.state.Phase values).
-FAILED_PHASES = ("RolledBack", "Failed", "Rejected")
+# Verdicts on a release. "Failed" is not one: the sidecar retries a failed apply with backoff
+# (e.g. the registry briefly unreachable while pulling, nothing changed), so the canary waits
+# for it, up to the canary's timeout.
+FAILED_PHASES = ("RolledBack", "Rejected")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ def report(pod: str = "mq-0", *, reachable: bool = True, phase: str = "Applied",
     (report(desired=OLD, running=OLD, phase="RolledBack"), PodState.UPDATING),
     (report(running=OLD, phase="RolledBack", error="probe alice-accepted failed"),
      PodState.FAILED),
-    (report(running=OLD, phase="Failed"), PodState.FAILED),
+    # Failed: the sidecar retries it (nothing rolled back): a verdict only at the timeout.
+    (report(running=OLD, phase="Failed"), PodState.UPDATING),
     (report(running=OLD, phase="Rejected"), PodState.FAILED),
     (report(status="ProbeFailed"), PodState.FAILED),
     # Runs NEW but the sidecar is mid-apply: not yet current.
@@ -80,7 +81,7 @@ def test_failure_rolls_back_at_once_with_the_error() -> None:
 
 
 def test_one_failed_canary_of_two_rolls_back_even_if_the_other_is_current() -> None:
-    reports = {"mq-0": report(), "mq-1": report("mq-1", running=OLD, phase="Failed",
+    reports = {"mq-0": report(), "mq-1": report("mq-1", running=OLD, phase="RolledBack",
                                                 error="boom")}
     step = plan_canary(NEW, ("mq-0", "mq-1"), reports, 0.1, 60)
     assert step.kind is StepKind.ROLLBACK and "mq-1" in step.reason and "mq-0:" not in step.reason
@@ -170,3 +171,11 @@ def test_rollout_view_gives_canary_pods_the_canarys_provenance() -> None:
     assert [(p["pod"], p["canary"], p["desiredDigest"], p["commit"], p["build"])
             for p in pods["pods"]] == [("mq-0", True, NEW, "c2", "b2"),
                                        ("mq-1", False, OLD, "c1", "b1")]
+
+
+def test_a_canary_the_sidecar_is_retrying_waits_then_times_out() -> None:
+    reports = {"mq-0": report(running=OLD, phase="Failed",
+                              error="SignatureUnavailable: cannot reach registry; retry later")}
+    assert plan_canary(NEW, ("mq-0",), reports, 1, 60).kind is StepKind.WAIT
+    step = plan_canary(NEW, ("mq-0",), reports, 61, 60)
+    assert step.kind is StepKind.ROLLBACK and "60s" in step.reason
