@@ -18,7 +18,7 @@ ensure_kube_node() {
         started=$SECONDS
         # Without the version stamp the node reports v0.0.0-master.
         local pkg=k8s.io/component-base/version minor=${KUBE_NODE_VERSION#v1.}
-        (cd "$src" && GOFLAGS=-mod=mod go build -trimpath -o "$out.tmp" -ldflags="-s \
+        (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath -o "$out.tmp" -ldflags="-s \
             -X $pkg.gitVersion=$KUBE_NODE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor%%.*} \
             -X $pkg.gitTreeState=clean" .) \
             || die "building the kube-node binary failed (see the Go output above)"
