@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from bench.report import Metric
-from builder import recipe as recipes
-from builder.pipeline import Pipeline
+from builder.build import recipe as recipes
+from builder.build.pipeline import Pipeline
+from builder.build.scaffold import scaffold
+from builder.build.source import SourceCache
 from builder.resources import GitSource, PluginSpec
-from builder.scaffold import scaffold
-from builder.source import SourceCache
 from plugforge.oci import ImageMetadata, pack_image
 from testbed.certs import make_ca
 from testbed.gitserver import run_git, start_git_server

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from bench.report import Metric
-from builder.registry import Publisher, RegistryAccess
-from builder.signing import BuildFacts, BuildSigner, tool_versions
+from builder.build.registry import Publisher, RegistryAccess
+from builder.build.signing import BuildFacts, BuildSigner, tool_versions
 from plugforge.oci import ImageMetadata, ImageRef, RegistryClient, pack_image, parse_reference
 from plugforge.signing import generate, render_policy
 from sidecar.images import ImagePuller

@@ -5,16 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 
-from builder.api_scopes import parse_caller
+from builder.api.scopes import parse_caller
+from builder.build.pipeline import Pipeline
+from builder.build.signing import BuildSigner, load_signing_key
+from builder.build.source import SourceCache
 from builder.controller import Controller
 from builder.kube import Kube
 from builder.leader import LeaderElector
 from builder.metrics import serve_metrics
-from builder.pipeline import Pipeline
+from builder.rollout.sidecars import SidecarClient
 from builder.settings import Settings
-from builder.sidecars import SidecarClient
-from builder.signing import BuildSigner, load_signing_key
-from builder.source import SourceCache
 from builder.webhooks.server import ServerSettings
 from builder.webhooks.service import WebhookSettings
 from builder.webhooks.service import start_with_kube as start_webhooks
@@ -89,7 +89,7 @@ class Builder:
             log.info("serving push webhooks on %s", webhooks.url)
         api = None
         if self.settings.grpc_address is not None:
-            from builder.grpc_service import serve
+            from builder.api.grpc_service import serve
 
             s = self.settings
             if not (s.grpc_token_file and s.grpc_tls_cert and s.grpc_tls_key

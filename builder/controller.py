@@ -26,8 +26,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from builder import rollout
-from builder.canary import choose_canaries
+from builder.build.pipeline import Outcome, Pipeline
+from builder.build.source import validate_source
 from builder.errors import (
     BuilderError,
     Conflict,
@@ -41,7 +41,6 @@ from builder.errors import (
 )
 from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
 from builder.metrics import BuildMetrics
-from builder.pipeline import Outcome, Pipeline
 from builder.planning import ACTIVE, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
 from builder.resources import (
@@ -52,11 +51,12 @@ from builder.resources import (
     rfc3339,
     set_condition,
 )
-from builder.rollout_tracker import RolloutTracker
+from builder.rollout import configmap as rollout
+from builder.rollout.canary import choose_canaries
+from builder.rollout.sidecars import SidecarClient
+from builder.rollout.tracker import RolloutTracker
 from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.settings import Settings
-from builder.sidecars import SidecarClient
-from builder.source import validate_source
 from builder.webhooks.plugins import plugin_source
 
 log = logging.getLogger(__name__)

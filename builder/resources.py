@@ -2,7 +2,8 @@
 
 Pure: dicts from the apiserver in, frozen dataclasses out (or ``InvalidSpec`` naming the field).
 The CRD schema already rejects most bad input; the checks that guard git and the filesystem are
-repeated here (``builder.source``) because the builder must not trust that a schema was applied.
+repeated here (``builder.build.source``) because the builder must not trust that a schema was
+applied.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from builder.recipe import template_dir
-from builder.scaffold import scaffold
+from builder.build.recipe import template_dir
+from builder.build.scaffold import scaffold
 from plugforge.contract import API_VERSION
 from plugforge.oci import RegistryClient, parse_reference, sha256_digest
 from plugforge.oci.manifest import OCI_MANIFEST, canonical_json

@@ -145,8 +145,8 @@ def running_builder(settings: Settings) -> Iterator[Builder]:
 
 def scaffold_repo(dest: Path, template: str, broker: str, name: str, push_url: str) -> Path:
     """``plugforge new``'s scaffold of ``template`` as a repo pushed to ``push_url`` main."""
-    from builder.recipe import template_dir
-    from builder.scaffold import scaffold
+    from builder.build.recipe import template_dir
+    from builder.build.scaffold import scaffold
     from testbed.gitserver import run_git
 
     repo = scaffold(template_dir(template), template, broker, name, dest)

@@ -222,7 +222,7 @@ def test_builder_reaches_a_sidecar_wired_like_the_broker_example(
         report = deployed_builder.sidecars.report(target, "deny-test")
         assert report.reachable, report.last_error
         # A caller without the builder's token is refused.
-        from builder.sidecars import SidecarClient
+        from builder.rollout.sidecars import SidecarClient
         stranger = SidecarClient(Path(moved["/etc/plugforge/grpc"]) / "ca.crt", "guess")
         try:
             refused = stranger.report(target, "deny-test")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from conftest import _track
 
+from builder.build.source import SourceCache, credentials_from_secret
 from builder.errors import SourceAuthFailed
 from builder.resources import GitSource
-from builder.source import SourceCache, credentials_from_secret
 from testbed.gitserver import GitServer, run_git
 from testbed.sshgit import SshGitServer, start_ssh_git_server
 

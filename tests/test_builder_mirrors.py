@@ -6,8 +6,8 @@ import time
 import uuid
 from pathlib import Path
 
+from builder.build.source import SourceCache
 from builder.resources import GitSource
-from builder.source import SourceCache
 from testbed.gitserver import GitServer, run_git
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.recipe import templates_root
-from builder.scaffold import plugin_names
+from builder.build.recipe import templates_root
+from builder.build.scaffold import plugin_names
 from plugforge.cli import main
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from builder.build_api import ApiInvalid, paginate, stream_log
+from builder.api.builds import ApiInvalid, paginate, stream_log
 from plugforge.grpc_auth import Authenticator, TokenFileError, read_client_token, read_tokens
 
 

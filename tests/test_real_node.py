@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.recipe import template_dir
-from builder.scaffold import scaffold
+from builder.build.recipe import template_dir
+from builder.build.scaffold import scaffold
 from builder.webhooks.signatures import github_header
 from plugforge.contract import Probe
 from sidecar.probes import run_probe

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder.recipe import (
+from builder.build.recipe import (
     ArtifactError,
     BuildError,
     BuildFailed,
@@ -29,8 +29,8 @@ from builder.recipe import (
     template_dir,
     templates_root,
 )
-from builder.recipe_schema import parse_recipe
-from builder.sandbox import run_steps
+from builder.build.recipe_schema import parse_recipe
+from builder.build.sandbox import run_steps
 
 BROKERS = ("mosquitto", "vernemq", "emqx", "hivemq", "rabbitmq")
 

@@ -1,10 +1,10 @@
-"""Pure canary planning (builder/canary.py): every pod state and every step, no I/O."""
+"""Pure canary planning (builder/rollout/canary.py): every pod state and every step, no I/O."""
 
 from __future__ import annotations
 
 import pytest
 
-from builder.canary import (
+from builder.rollout.canary import (
     PodReport,
     PodState,
     StepKind,
@@ -153,7 +153,7 @@ def test_a_new_desired_hash_with_an_old_failure_is_still_updating() -> None:
 
 def test_rollout_view_gives_canary_pods_the_canarys_provenance() -> None:
     from builder.resources import parse_plugin
-    from builder.rollout_view import build_view, pods_status
+    from builder.rollout.view import build_view, pods_status
 
     obj = {"metadata": {"namespace": "ns", "name": "gate"},
            "spec": {"broker": "mosquitto", "source": {"git": {"url": "https://g/x.git"}},

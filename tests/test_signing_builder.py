@@ -13,12 +13,12 @@ from typing import NoReturn
 import pytest
 from signing_support import client_for, policy_text, push_plugin
 
-from builder import recipe as recipes
-from builder.pipeline import CONTENT_TAG_PREFIX, Outcome, Pipeline
+from builder.build import recipe as recipes
+from builder.build.pipeline import CONTENT_TAG_PREFIX, Outcome, Pipeline
+from builder.build.scaffold import scaffold
+from builder.build.signing import BuildSigner
+from builder.build.source import SourceCache
 from builder.resources import GitSource, PluginSpec
-from builder.scaffold import scaffold
-from builder.signing import BuildSigner
-from builder.source import SourceCache
 from plugforge.oci import parse_reference
 from plugforge.signing import generate, parse_policy, verify_image
 from testbed.gitserver import GitServer, run_git

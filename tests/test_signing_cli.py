@@ -12,7 +12,7 @@ import yaml
 from builder_support import install, tenant_namespace
 from signing_support import client_for, provenance, push_plugin
 
-from builder.signing import load_signing_key
+from builder.build.signing import load_signing_key
 from plugforge.cli import main as cli
 from plugforge.oci import ImageRef
 from plugforge.signing import attest_provenance, parse_policy, sign_image

@@ -21,7 +21,7 @@ import pytest
 from conftest import _track
 from mqtt_support import NOT_AUTHORIZED, Client
 
-from builder.recipe import load_recipe, run_recipe, template_dir
+from builder.build.recipe import load_recipe, run_recipe, template_dir
 from plugforge.cli import main
 from testbed.hivemq import HiveMQ, start_hivemq
 

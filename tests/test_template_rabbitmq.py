@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from mqtt_support import ANY_PASSWORD, Client
 
-from builder.recipe import load_recipe, run_recipe, template_dir
+from builder.build.recipe import load_recipe, run_recipe, template_dir
 from plugforge.cli import main
 from testbed.rabbitmq import RabbitMQ, start_rabbitmq
 

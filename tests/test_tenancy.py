@@ -44,12 +44,12 @@ from sidecar_support import wait_for as sidecar_wait
 from test_webhooks_server import post
 from webhooks_support import Commit, Push, encode, github_headers, github_push
 
-from builder import grpc_service
+from builder.api import grpc_service
 from builder.app import Builder
 from builder.errors import InvalidSpec, KubeError
 from builder.kube import Kube, apply_documents, load_documents
 from builder.resources import parse_plugin
-from builder.sidecars import SidecarClient
+from builder.rollout.sidecars import SidecarClient
 from builder.webhooks import service
 from plugforge.cli import main as plugforge
 from plugforge.grpc_auth import secure_channel

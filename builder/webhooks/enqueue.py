@@ -3,7 +3,7 @@
 A PluginBuild without a status is a Pending build request to the builder's controller (see
 builder/controller.py and manifests/crds/), so a request survives a builder restart and records
 its trigger: event, delivery, pusher, commit, compare URL. The request names no commit: it
-asks for "the plugin's ref, now" (``builder.refs``), whatever commit the push claimed. The
+asks for "the plugin's ref, now" (``builder.build.refs``), whatever commit the push claimed. The
 controller runs the newest Pending build of a plugin (creation time, then name) and marks
 older ones Superseded; the coalescer in front of this sink requests at most one build per
 plugin per quiet period (at least a second), so two requests of one replica never share a

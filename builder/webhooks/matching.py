@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from builder import refs
+from builder.build import refs
 from builder.webhooks.events import PushEvent
 
 _SCP = re.compile(r"^(?:[^@/:\s]+@)?(?P<host>[^@:/\s]+):(?P<path>(?!/)[^\s]+)$")
@@ -78,7 +78,7 @@ def repo_ids(urls: Iterable[str]) -> frozenset[RepoId]:
 
 def ref_matches(followed: str, pushed: str) -> bool:
     """Does a push to ``pushed`` (a full ref) move the ref a plugin follows? The rule of
-    ``builder.refs``: a full ref matches itself; a short name its branch and its tag (a new
+    ``builder.build.refs``: a full ref matches itself; a short name its branch and its tag (a new
     tag of the same name makes the ref ambiguous, which the build then reports)."""
     return refs.moves(followed, pushed)
 

@@ -95,7 +95,7 @@ def _ensure(args: argparse.Namespace) -> int:
     if builder is None:
         leaf = pki.issue(ca, BUILDER_SERVICE, builder_names(system, args.builder_host))
         builder = {"tls.crt": leaf.cert, "tls.key": leaf.key, "ca.crt": ca.cert,
-                   # admin may act in every namespace (builder/api_scopes.py); add
+                   # admin may act in every namespace (builder/api/scopes.py); add
                    # NAME@NS1,NS2:TOKEN lines for callers that may act in some only.
                    "api-tokens": f"admin@*:{_token()}\n".encode(),
                    "sidecar-token": _token().encode()}

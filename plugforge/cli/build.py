@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from builder.recipe import (
+from builder.build.recipe import (
     BuildError,
     RecipeError,
     default_template,
@@ -16,7 +16,7 @@ from builder.recipe import (
     run_recipe,
     template_dir,
 )
-from builder.scaffold import PROJECT_FILE, ScaffoldError, read_project_file
+from builder.build.scaffold import PROJECT_FILE, ScaffoldError, read_project_file
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from builder.recipe import BuildError, default_template, load_recipe, template_dir
-from builder.scaffold import ScaffoldError, plugin_names, scaffold
+from builder.build.recipe import BuildError, default_template, load_recipe, template_dir
+from builder.build.scaffold import ScaffoldError, plugin_names, scaffold
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 
-from builder.canary import PodReport
 from builder.resources import SidecarTarget
+from builder.rollout.canary import PodReport
 from plugforge.grpc_auth import secure_channel
 from plugforge.v1 import sidecar_pb2 as pb
 from plugforge.v1 import sidecar_pb2_grpc as pb_grpc

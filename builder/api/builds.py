@@ -1,6 +1,6 @@
 """The BuildService's operations as plain functions over the Kubernetes adapter.
 
-No gRPC here (``builder/grpc_service.py`` converts messages and maps the errors below):
+No gRPC here (``builder/api/grpc_service.py`` converts messages and maps the errors below):
 ``ApiInvalid`` → INVALID_ARGUMENT, ``NotFound`` → NOT_FOUND, ``Forbidden`` → PERMISSION_DENIED,
 ``KubeError`` → UNAVAILABLE.
 """

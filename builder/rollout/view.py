@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from builder.canary import PodReport, PodState, pod_state
 from builder.resources import PluginSpec, get_condition
+from builder.rollout.canary import PodReport, PodState, pod_state
 
 
 @dataclass(frozen=True)

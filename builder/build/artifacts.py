@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from builder.recipe_errors import ArtifactError
+from builder.build.recipe_errors import ArtifactError
 
 
 def inside(root: Path, candidate: Path) -> bool:

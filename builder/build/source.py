@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 import git
 
-from builder import refs
+from builder.build import refs
 from builder.errors import (
     InvalidSpec,
     RepositoryNotFound,
@@ -234,7 +234,7 @@ class SourceCache:
 
     def fetch_ref(self, source: GitSource, creds: GitCredentials | None, *,
                   namespace: str) -> tuple[str, str]:
-        """The full ref ``source.git.ref`` names (``builder.refs``) and its tip, fetched into
+        """The full ref ``source.git.ref`` names (``builder.build.refs``) and its tip, fetched into
         the tenant's mirror."""
         validate_source(source)
         path = self.tenant_mirror(source.url, namespace, creds)
@@ -345,7 +345,7 @@ class SourceCache:
             yield env
 
     def _full_ref(self, repo: git.Repo, env: dict[str, str], source: GitSource) -> str:
-        """``source.ref`` as a full ref, by the one rule of ``builder.refs`` (a short name:
+        """``source.ref`` as a full ref, by the one rule of ``builder.build.refs`` (a short name:
         ask the server which of its candidates exist)."""
         if source.ref.startswith("refs/"):
             return source.ref

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from builder.errors import RegistryRefused, RegistryUnavailable
-from builder.registry import Publisher
+from builder.build.registry import Publisher
 from plugforge.oci import ImageRef, OciError, RegistryClient, TransientRegistryError
 from plugforge.signing import (
     Provenance,

@@ -4,18 +4,18 @@ The document is ``plugforge.contract.render_plugin_release`` — the one contrac
 sidecars. The write uses optimistic concurrency (the resourceVersion read) and retries on 409,
 so concurrent writers of other keys (other plugins, operators) are never overwritten. A
 BrokerPlugin writes only the keys of a plugin name it owns in that ConfigMap
-(``builder.ownership``): a repository cannot pick another plugin's key.
+(``builder.rollout.ownership``): a repository cannot pick another plugin's key.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from builder import ownership
+from builder.build.pipeline import Outcome
 from builder.errors import Conflict, KubeError, TargetMissing
 from builder.kube import Kube
-from builder.pipeline import Outcome
 from builder.resources import PluginSpec
+from builder.rollout import ownership
 from plugforge.contract import (
     CANARY_KEY_PREFIX,
     Document,

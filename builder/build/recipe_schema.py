@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any, NoReturn
 
-from builder.recipe_errors import RecipeError
+from builder.build.recipe_errors import RecipeError
 
 API_VERSION = "plugforge.dev/v1alpha1"
 KIND = "Recipe"
 
-# Cache names the runner knows how to wire into a build (see builder.sandbox.cache_env).
+# Cache names the runner knows how to wire into a build (see builder.build.sandbox.cache_env).
 KNOWN_CACHES = ("maven", "rebar3")
 
 _TOOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")

@@ -27,8 +27,8 @@ from typing import TextIO
 
 import yaml
 
-from builder import artifacts, sandbox
-from builder.recipe_errors import (
+from builder.build import artifacts, sandbox
+from builder.build.recipe_errors import (
     ArtifactError,
     BuildError,
     BuildFailed,
@@ -37,7 +37,7 @@ from builder.recipe_errors import (
     RecipeError,
     ToolMissing,
 )
-from builder.recipe_schema import ArtifactSpec, MetadataSource, Recipe, Step, parse_recipe
+from builder.build.recipe_schema import ArtifactSpec, MetadataSource, Recipe, Step, parse_recipe
 
 __all__ = [
     "ArtifactError", "ArtifactSpec", "BuildError", "BuildFailed", "BuildResult", "BuildTimeout",
@@ -75,7 +75,7 @@ def templates_root() -> Path:
     override = os.environ.get(TEMPLATES_ENV)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parent.parent / "plugin-templates"
+    return Path(__file__).resolve().parents[2] / "plugin-templates"
 
 
 def broker_templates() -> dict[str, str]:

@@ -15,13 +15,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from builder import build_api
-from builder.api_scopes import parse_caller
+from builder.api import builds as build_api
+from builder.api.scopes import parse_caller
 from builder.errors import BuilderError, Forbidden, InvalidSpec, NotFound
 from builder.kube import Kube
 from builder.resources import parse_plugin
-from builder.rollout_view import RolloutView, build_view
-from builder.sidecars import SidecarClient
+from builder.rollout.sidecars import SidecarClient
+from builder.rollout.view import RolloutView, build_view
 from plugforge.grpc_auth import Authenticator, TokenAuth, server_credentials
 from plugforge.v1 import build_pb2 as pb
 from plugforge.v1 import build_pb2_grpc as pb_grpc
@@ -172,7 +172,7 @@ def serve(kube: Kube, log_dir: Path, address: str, *, tokens: dict[str, str],
     """Start the BuildService on ``address`` (port 0: pick one); returns (server, port).
 
     TLS and tokens are not optional: the API creates builds and reads logs. Each token's
-    name carries the namespaces it may act in (``builder.api_scopes``).
+    name carries the namespaces it may act in (``builder.api.scopes``).
     """
     for name in tokens:
         parse_caller(name)  # a malformed scope stops the start, with its reason

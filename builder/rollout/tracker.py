@@ -1,7 +1,7 @@
 """Following a plugin's rollout on its pods: advance a canary, keep per-pod status current.
 
-Asks the sidecars (``builder.sidecars``), decides with the pure ``builder.canary`` and
-``builder.rollout_view``, writes through ``builder.rollout`` and the controller's status patch.
+Asks the sidecars (``sidecars``), decides with the pure ``canary`` and ``view``, writes through
+``configmap`` and the controller's status patch.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
-from builder import rollout
-from builder.canary import Step, StepKind, plan_canary
 from builder.kube import Kube
 from builder.resources import PluginSpec, get_condition, parse_time, rfc3339, set_condition
-from builder.rollout_view import build_view, pods_status
-from builder.sidecars import SidecarClient
+from builder.rollout import configmap as rollout
+from builder.rollout.canary import Step, StepKind, plan_canary
+from builder.rollout.sidecars import SidecarClient
+from builder.rollout.view import build_view, pods_status
 
 log = logging.getLogger(__name__)
 Obj = dict[str, Any]
