@@ -205,7 +205,7 @@ def test_missing_tool_is_reported_before_building(tmp_path: Path) -> None:
         build(tmp_path, data)
     assert info.value.tool == "plugforge-no-such-compiler"
     assert info.value.reason == "ToolMissing"
-    assert not (tmp_path / "work" / "src").exists()
+    assert "$ " not in (tmp_path / "work" / "build.log").read_text()  # no step ran
 
 
 def test_failing_step_reports_exit_code_and_log_tail(tmp_path: Path) -> None:

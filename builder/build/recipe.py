@@ -27,7 +27,9 @@ from typing import TextIO
 
 import yaml
 
-from builder.build import artifacts, sandbox
+from builder.build import artifacts
+from builder.build.executors import BuildJob, BuildStep, Executor
+from builder.build.executors.process import ProcessExecutor
 from builder.build.recipe_errors import (
     ArtifactError,
     BuildError,
@@ -132,44 +134,46 @@ def load_recipe(template_dir: Path) -> Recipe:
 
 
 def run_recipe(recipe: Recipe, source_dir: Path, work_dir: Path, *, log: TextIO | None = None,
-               timeout: float | None = None, cache_root: Path | None = None) -> BuildResult:
+               timeout: float | None = None, cache_root: Path | None = None,
+               executor: Executor | None = None, build_name: str = "local",
+               tenant: str = "local") -> BuildResult:
     """Build ``source_dir`` with ``recipe`` inside ``work_dir`` (created; must be empty).
 
-    The source is copied to ``work_dir/src`` first, so the caller's tree is never written.
+    The source is copied to ``work_dir/src`` first, so the caller's tree is never written; the
+    ``executor`` (default: the ``process`` executor, for development) runs the steps there.
     ``timeout`` overrides the recipe's ``timeoutSeconds``; ``cache_root`` defaults to
     ``$PLUGFORGE_CACHE`` (or ``~/.cache/plugforge``) and only matters for recipes with caches.
-    Layout of ``work_dir``: ``src/``, ``home/``, ``tmp/``, ``artifact/``, ``build.log``.
+    Layout of ``work_dir``: ``src/``, ``artifact/``, ``build.log`` (and what the executor adds).
     """
     started = time.monotonic()
     limit = float(timeout) if timeout is not None else recipe.timeout_seconds
-    deadline = started + limit
     if not source_dir.is_dir():
         raise BuildError(f"source dir {source_dir} does not exist or is not a directory")
     work_dir.mkdir(parents=True, exist_ok=True)
     if any(work_dir.iterdir()):
         raise BuildError(f"work dir {work_dir} must be empty; pass a fresh directory per build")
-    src, home, tmp, out = (work_dir / d for d in ("src", "home", "tmp", "artifact"))
-    for d in (home, tmp, out):
-        d.mkdir()
+    src, out = work_dir / "src", work_dir / "artifact"
+    out.mkdir()
     log_path = work_dir / "build.log"
     log_path.touch()
 
-    env = sandbox.clean_env(home, tmp)
-    _check_tools(recipe, env["PATH"])
+    if executor is None:
+        executor = ProcessExecutor(_cache_root(cache_root))
     # symlinks=True: a link in the tree stays a link and is judged when artifacts are collected.
     shutil.copytree(source_dir, src, symlinks=True)
     name = _read_metadata(src, recipe.name_source, "name", _PLUGIN_NAME)
     version = _read_metadata(src, recipe.version_source, "version", _PLUGIN_VERSION)
     values = {"name": name, "version": version}
-    if recipe.caches:
-        env.update(sandbox.cache_env(recipe.caches, _cache_root(cache_root), home))
-    steps = [([_interpolate(a, values) for a in step.argv],
-              {**env, **{k: _interpolate(v, values) for k, v in step.env.items()}})
-             for step in recipe.build]
+    job = BuildJob(
+        name=build_name, tenant=tenant, toolchain_image=recipe.toolchain_image,
+        steps=tuple(BuildStep(tuple(_interpolate(a, values) for a in step.argv),
+                              {k: _interpolate(v, values) for k, v in step.env.items()})
+                    for step in recipe.build),
+        caches=recipe.caches, timeout=limit, tools=recipe.tools)
     if log is not None:
-        log.write(f"==> building {name} {version} ({recipe.broker}) in {src}\n")
-    sandbox.run_steps(steps, cwd=src, log_path=log_path, deadline=deadline, timeout=limit,
-                      echo=log)
+        log.write(f"==> building {name} {version} ({recipe.broker}) in {src} "
+                  f"[{executor.name} executor]\n")
+    executor.run(job, src, log_path, log)
 
     copied: list[Path] = []
     for spec in recipe.artifacts:
@@ -179,15 +183,6 @@ def run_recipe(recipe: Recipe, source_dir: Path, work_dir: Path, *, log: TextIO 
         raise ArtifactError("the recipe's artifacts matched no files; nothing to pack")
     return BuildResult(name=name, version=version, artifact_dir=out, log_path=log_path,
                        duration=time.monotonic() - started)
-
-
-def _check_tools(recipe: Recipe, path: str) -> None:
-    for tool in recipe.tools:
-        if shutil.which(tool, path=path) is None:
-            raise ToolMissing(
-                f"tool {tool!r} needed by {recipe.origin} is not on PATH ({path}); install it "
-                f"(the recipe's toolchain image is {recipe.toolchain_image or 'not given'})",
-                tool=tool)
 
 
 def _cache_root(explicit: Path | None) -> Path:

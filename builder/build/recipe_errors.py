@@ -62,3 +62,10 @@ class ArtifactError(BuildError):
     """An artifact is missing, or its path escapes the source tree."""
 
     reason = "ArtifactInvalid"
+
+
+class ExecutorFailed(BuildError):
+    """Where builds run refused or broke (runtime, cluster, transfer): not the plugin's fault;
+    the builder retries it as transient."""
+
+    reason = "ExecutorFailed"
