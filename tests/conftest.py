@@ -148,3 +148,7 @@ def vernemq(testbed_dir: Path) -> Iterator[VerneMQ]:
     _track(node)
     yield node
     node.stop()
+
+
+# The real node's fixtures live with their helpers; importing them here shares them session-wide.
+from node_support import plugforge_images, real_node  # noqa: E402, F401

@@ -18,13 +18,13 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from node_support import Image, RealNode, http_get, pod_status, wait_running
 
 from builder.build.recipe import template_dir
 from builder.build.scaffold import scaffold
@@ -34,95 +34,13 @@ from sidecar.probes import run_probe
 from testbed import images, node
 from testbed.e2e_cluster import Api, wait_for
 from testbed.gitserver import GitServer, run_git, start_git_server
-from testbed.kube import ControlPlane
 from testbed.manifests import Applier, ManifestError, kustomize_binary, render
-from testbed.registry import Registry, start_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "default"
 # A cold machine builds the Debian base and both images inside the first image test's setup
 # (about 9 minutes on 2 cores), past the suite's default per-test timeout.
 pytestmark = pytest.mark.timeout(1800)
-
-
-@dataclass
-class RealNode:
-    cp: ControlPlane
-    registry: Registry
-    node: node.Node
-    podman: images.Podman
-    api: Api
-    busybox: str  # image@digest in the node's registry
-    timings: dict[str, float]
-
-    @property
-    def server(self) -> Any:
-        return self.node.server
-
-
-@pytest.fixture(scope="session")
-def real_node() -> Iterator[RealNode]:
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    tunables = node.prepare()
-    cp = node.start_control_plane_for_node()
-    # The registry's blobs persist in the cache: a warm session pushes only what changed.
-    storage = images.cache_dir() / "images" / "node-registry"
-    storage.mkdir(parents=True, exist_ok=True)
-    (node.NODE_DIR / "registry").mkdir()
-    (node.NODE_DIR / "registry" / "storage").symlink_to(storage)
-    registry = start_registry(node.NODE_DIR / "registry", cp.ca, address=node.NODE_IP)
-    node.record(registry.server)
-    timings["control plane + registry"] = time.monotonic() - started
-    podman = images.Podman.in_cache()
-    log = node.NODE_DIR / "images.log"
-    try:
-        t = time.monotonic()
-        pause = images.static_image(podman, "pause", {"/pause": images.pause_binary(log)},
-                                    ["/pause"], log)
-        busybox = images.static_image(podman, "busybox", {"/bin/busybox": Path("/bin/busybox")},
-                                      ["/bin/busybox"], log)
-        pause_ref = images.push(podman, pause.ref, registry.host, cp.ca, "pause", log)
-        busybox_ref = images.push(podman, busybox.ref, registry.host, cp.ca, "busybox", log)
-        timings["pause + busybox images"] = time.monotonic() - t
-        t = time.monotonic()
-        n = node.start_node(cp, registry, pause_ref, tunables)
-        timings["node Ready"] = time.monotonic() - t
-    except BaseException:
-        registry.stop()
-        cp.stop()
-        node.teardown(tunables=tunables)
-        node.release()
-        raise
-    yield RealNode(cp, registry, n, podman, Api(cp), busybox_ref, timings)
-    n.stop()
-    registry.stop()
-    cp.stop()
-    node.teardown()
-    node.release()
-
-
-def pod_status(api: Api, name: str) -> dict[str, Any]:
-    out: dict[str, Any] = api.ok("GET", f"/api/v1/namespaces/{NS}/pods/{name}")
-    return out
-
-
-def wait_running(api: Api, name: str, timeout: float = 90) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        pod = pod_status(api, name)
-        conditions = pod.get("status", {}).get("conditions", [])
-        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-            return pod
-        return None
-    return wait_for(ready, f"pod {name} Ready", timeout=timeout, interval=0.2)
-
-
-def http_get(url: str) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return str(resp.read().decode())
-    except (urllib.error.URLError, OSError):
-        return None
 
 
 def test_node_runs_a_pod_that_sees_its_configmap_and_its_updates(real_node: RealNode) -> None:
@@ -162,36 +80,6 @@ def test_node_runs_a_pod_that_sees_its_configmap_and_its_updates(real_node: Real
 
     api.ok("DELETE", f"/api/v1/namespaces/{NS}/pods/projection")
     api.ok("DELETE", f"/api/v1/namespaces/{NS}/configmaps/projected")
-
-
-# --- the images, built from containers/*.Containerfile ---------------------------------------
-
-@dataclass
-class Image:
-    ref: str  # name@digest in the node's registry
-    built: str  # in the cache's podman store
-    size: int
-    build_seconds: float  # 0 when cached
-
-
-@pytest.fixture(scope="session")
-def plugforge_images(real_node: RealNode) -> dict[str, Image]:
-    podman, log = real_node.podman, node.NODE_DIR / "images.log"
-    t = time.monotonic()
-    base = images.debian_base(podman, log)
-    real_node.timings["debian base"] = time.monotonic() - t
-    out = {}
-    for name in ("sidecar", "builder"):
-        t = time.monotonic()
-        built = images.build(podman, ROOT / "containers" / f"{name}.Containerfile", name, base,
-                             log)
-        real_node.timings[f"{name} image"] = time.monotonic() - t
-        t = time.monotonic()
-        ref = images.push(podman, built.ref, real_node.registry.host, real_node.cp.ca,
-                          f"plugforge/{name}", log)
-        real_node.timings[f"{name} push"] = time.monotonic() - t
-        out[name] = Image(ref, built.ref, built.size, built.seconds)
-    return out
 
 
 PROBE = """

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from builder.build import recipe as recipes
-from builder.errors import BuilderError, BuildStepFailed, InvalidSpec
 from builder.build.registry import Publisher, RegistryAccess, parse_repository
-from builder.resources import PluginSpec
-from builder.secrets import Secret, Use, check_use
 from builder.build.signing import BuildFacts, BuildSigner
 from builder.build.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
+from builder.errors import BuilderError, BuildStepFailed, InvalidSpec
+from builder.resources import PluginSpec
+from builder.secrets import Secret, Use, check_use
 from plugforge.oci import (
     ANNOTATION_PLUGIN_NAME,
     ANNOTATION_PLUGIN_VERSION,

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO, TypeVar
 
-from builder.errors import RegistryRefused, RegistryUnavailable
 from builder.build.registry import Publisher
+from builder.errors import RegistryRefused, RegistryUnavailable
 from plugforge.oci import ImageRef, OciError, RegistryClient, TransientRegistryError
 from plugforge.signing import (
     Provenance,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, TextIO
 
-__all__ = ["BuildJob", "BuildStep", "Executor", "EXECUTORS"]
+__all__ = ["EXECUTORS", "BuildJob", "BuildStep", "Executor"]
 
 EXECUTORS = ("kubernetes", "container", "process")
 
