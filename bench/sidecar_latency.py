@@ -96,13 +96,13 @@ def config_for(i: int) -> dict[str, str]:
 
 
 def start_sidecar(broker: Mosquitto, work: Path, debounce: float,
-                  source_args: list[str], env: dict[str, str] | None = None
-                  ) -> subprocess.Popen[bytes]:
+                  source_args: list[str], env: dict[str, str] | None = None,
+                  launcher: Sequence[str] = ("-m", "sidecar")) -> subprocess.Popen[bytes]:
     work.mkdir(parents=True, exist_ok=True)
     password_file = work / "dynsec-password"
     password_file.write_text(ADMIN[1])
     password_file.chmod(0o600)
-    argv = [sys.executable, "-m", "sidecar", "--broker", "mosquitto", *source_args,
+    argv = [sys.executable, *launcher, "--broker", "mosquitto", *source_args,
             "--adapter-opt", f"host={broker.host}", "--adapter-opt", f"port={broker.port}",
             "--adapter-opt", f"conf_dir={broker.include_dir}",
             "--adapter-opt", f"config_path={broker.conf_path}",
