@@ -197,6 +197,11 @@ def _interpolate(text: str, values: dict[str, str]) -> str:
 
 
 def _read_metadata(src: Path, source: MetadataSource, what: str, valid: re.Pattern[str]) -> str:
+    if source.pattern is None:
+        if not valid.match(source.value):
+            raise MetadataError(f"plugin {what} {source.value!r} (metadata.{what}.value) is not "
+                                f"allowed: expected to match {valid.pattern}")
+        return source.value
     root = src.resolve()
     matches = sorted(glob.glob(source.file, root_dir=root))
     if len(matches) != 1:

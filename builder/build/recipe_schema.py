@@ -29,10 +29,12 @@ MAX_TIMEOUT_SECONDS = 6 * 3600
 
 @dataclass(frozen=True)
 class MetadataSource:
-    """Where one metadata value lives: a file (glob allowed, must match one file) and a regex."""
+    """Where one metadata value lives: a file (glob allowed, must match one file) and a regex,
+    or a literal ``value`` (then ``file`` is empty)."""
 
     file: str
-    pattern: re.Pattern[str]
+    pattern: re.Pattern[str] | None
+    value: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,10 @@ def parse_recipe(data: object, *, brokers: Collection[str], origin: str = "recip
 
 
 def _metadata(v: _Validator, data: object, path: str) -> MetadataSource:
+    if isinstance(data, dict) and "value" in data:
+        literal = v.mapping(data, path, required=("value",))
+        return MetadataSource(file="", pattern=None,
+                              value=v.string(literal["value"], f"{path}.value"))
     m = v.mapping(data, path, required=("file", "pattern"))
     file = v.relative_path(m["file"], f"{path}.file")
     raw = v.string(m["pattern"], f"{path}.pattern")
