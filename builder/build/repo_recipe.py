@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from builder.build import layouts
+from builder.build import layouts, toolchains
 from builder.build import recipe as recipes
 from builder.build.recipe_schema import API_VERSION, KIND, Recipe, parse_recipe
 
@@ -234,24 +234,38 @@ def _append_extra_args(merged: dict[str, Any], extra: object, tools: tuple[str, 
 
 def _check_toolchain(data: Mapping[str, Any], recipe: Recipe, brokers: Mapping[str, str],
                      origin: str) -> None:
-    """A complete recipe may use only a toolchain (and its tools) a template of its broker uses:
-    the builder provides those, nothing else."""
-    known: list[dict[str, Any]] = []
-    for tdir in recipes.templates_root().iterdir():
-        path = tdir / recipes.RECIPE_FILE
-        if path.is_file():
-            doc = yaml.safe_load(path.read_text())
-            if isinstance(doc, dict) and doc.get("broker") == recipe.broker:
-                known.append(doc)
-    provided = sorted({t for doc in known for t in doc.get("tools", [])})
+    """A complete recipe may use only a toolchain the builder provides, and only its tools."""
+    root = recipes.templates_root()
+    if "toolchain" in data:  # a named toolchain: its image declares its tools
+        name = str(data["toolchain"])
+        try:
+            text = toolchains.containerfile(root, name).read_text()
+        except recipes.RecipeError as e:
+            raise recipes.RecipeError(f"{origin}: toolchain: {e} (known: "
+                                      f"{', '.join(toolchains.names(root))})") from e
+        provided = sorted(toolchains.declared_tools(text))
+        what = f"toolchain {name}"
+    else:  # the toolchain images the templates of this broker use, and their tools
+        known = [doc for doc in _template_docs(root) if doc.get("broker") == recipe.broker]
+        provided = sorted({str(t) for doc in known for t in doc.get("tools", [])})
+        what = f"any {recipe.broker} toolchain"
+        for key in _TOOLCHAIN_KEYS:
+            if key in data and data[key] not in {doc.get(key) for doc in known}:
+                choices = sorted(str(doc[key]) for doc in known if key in doc)
+                raise recipes.RecipeError(
+                    f"{origin}: {key}: {data[key]!r} is not a toolchain the builder provides "
+                    f"for {recipe.broker} (known: {'; '.join(choices) or 'none'})")
     for i, tool in enumerate(recipe.tools):
         if tool not in provided:
             raise recipes.RecipeError(
-                f"{origin}: tools[{i}]: {tool!r} is not provided by any {recipe.broker} "
-                f"toolchain (they provide: {', '.join(provided) or 'nothing'})")
-    for key in _TOOLCHAIN_KEYS:
-        if key in data and data[key] not in {doc.get(key) for doc in known}:
-            choices = sorted(str(doc[key]) for doc in known if key in doc)
-            raise recipes.RecipeError(
-                f"{origin}: {key}: {data[key]!r} is not a toolchain the builder provides for "
-                f"{recipe.broker} (known: {'; '.join(choices) or 'none'}); or use 'template:'")
+                f"{origin}: tools[{i}]: {tool!r} is not provided by {what} (it provides: "
+                f"{', '.join(provided) or 'nothing'}); use one of those")
+
+
+def _template_docs(root: Path) -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(root.glob(f"*/{recipes.RECIPE_FILE}")):
+        doc = yaml.safe_load(path.read_text())
+        if isinstance(doc, dict):
+            docs.append(doc)
+    return docs

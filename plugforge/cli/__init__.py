@@ -18,8 +18,10 @@ from plugforge.cli import (
     api_secrets,
     build,
     builds,
+    init,
     logs,
     new,
+    push,
     rollout,
     signing_keys,
     status,
@@ -27,8 +29,8 @@ from plugforge.cli import (
     verify,
 )
 
-SUBCOMMANDS: tuple[ModuleType, ...] = (new, build, trigger, builds, logs, rollout, status,
-                                       api_secrets, signing_keys, verify)
+SUBCOMMANDS: tuple[ModuleType, ...] = (new, init, build, push, trigger, builds, logs, rollout,
+                                       status, api_secrets, signing_keys, verify)
 
 EXIT_OK = 0
 EXIT_FAILED = 1

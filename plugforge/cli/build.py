@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from builder.build.recipe import (
-    BuildError,
-    RecipeError,
-    default_template,
-    load_recipe,
-    run_recipe,
-    template_dir,
-)
+from builder.build import repo_recipe
+from builder.build.recipe import BuildError, run_recipe
 from builder.build.scaffold import PROJECT_FILE, ScaffoldError, read_project_file
+from plugforge.cli import push
+from plugforge.cli._common import CliError
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p = subparsers.add_parser(
         "build", help="build a plugin",
-        description="Build a plugin source tree with its template's recipe. The template comes "
-                    f"from --template, --broker, or the tree's {PROJECT_FILE}.")
+        description=f"Build a plugin source tree. The recipe is the tree's "
+                    f"{repo_recipe.REPO_RECIPE}, else --template, the template in its "
+                    f"{PROJECT_FILE}, --broker's default template when the tree has its layout, "
+                    "or the recipe a recognised layout implies (`plugforge init` writes it).")
     p.add_argument("--local", type=Path, required=True, metavar="DIR",
                    help="plugin source tree to build on this machine")
     which = p.add_mutually_exclusive_group()
@@ -33,19 +32,30 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
                    help="empty directory for the build (default: a new temporary directory)")
     p.add_argument("--timeout", type=float, help="override the recipe's timeoutSeconds")
     p.add_argument("--quiet", action="store_true", help="do not echo the build output")
+    p.add_argument("--push", metavar="REPO",
+                   help="then pack and push the build as the builder would (`plugforge push`)")
+    p.add_argument("--source", metavar="URL",
+                   help="repository URL recorded in the image (default: the tree's git remote "
+                        "'origin'); the BrokerPlugin's source.git.url gives the builder's digest")
+    push.add_registry_flags(p)
     p.set_defaults(run=run)
 
 
-def _template_name(args: argparse.Namespace) -> str:
-    if args.template:
-        return str(args.template)
-    if args.broker:
-        return default_template(args.broker)
-    project = read_project_file(args.local)
-    if "template" in project:
-        return project["template"]
-    raise RecipeError(f"cannot tell which template builds {args.local}: pass --template or "
-                      f"--broker (or add {PROJECT_FILE} with 'template: NAME')")
+def _resolve(args: argparse.Namespace) -> repo_recipe.Resolved:
+    template = args.template
+    if not template and not args.broker:
+        template = read_project_file(args.local).get("template")
+    return repo_recipe.resolve(args.local, broker=args.broker, template=template)
+
+
+def _origin_url(tree: Path) -> str:
+    """The tree's git remote ``origin`` (what a BrokerPlugin would name), or empty."""
+    try:
+        out = subprocess.run(["git", "-C", str(tree), "remote", "get-url", "origin"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,13 +64,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"plugforge build: {source} is not a directory", file=sys.stderr)
         return 2
     try:
-        name = _template_name(args)
-        recipe = load_recipe(template_dir(name))
+        resolved = _resolve(args)
     except (BuildError, ScaffoldError) as e:
         print(f"plugforge build: {e}", file=sys.stderr)
         return 2
+    recipe = resolved.recipe
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="plugforge-build-"))
-    print(f"==> template {name}: {recipe.description}", flush=True)
+    print(f"==> recipe: {resolved.origin}: {recipe.description}", flush=True)
     print(f"==> work dir {work}", flush=True)
     try:
         result = run_recipe(recipe, source, work, log=None if args.quiet else sys.stdout,
@@ -76,5 +86,15 @@ def run(args: argparse.Namespace) -> int:
     for f in files:
         print(f"  {f}")
     print(f"log: {result.log_path}")
+    push.write_record(work, push.BuildRecord(
+        result.name, result.version, recipe.broker,
+        args.source if args.source is not None else _origin_url(source)))
+    if args.push:
+        try:
+            print(push.push_build(work, args.push, docker_config=args.docker_config,
+                                  ca_file=args.registry_ca, plain_http=args.plain_http))
+        except CliError as e:
+            print(f"plugforge build: {e}", file=sys.stderr)
+            return e.code
     return 0
 
