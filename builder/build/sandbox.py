@@ -111,31 +111,34 @@ class _LogSink:
 
 def run_steps(steps: Sequence[tuple[Sequence[str], Mapping[str, str]]], *, cwd: Path,
               log_path: Path, deadline: float, timeout: float, echo: TextIO | None,
-              log_limit: int = LOG_LIMIT_BYTES) -> None:
+              log_limit: int = LOG_LIMIT_BYTES,
+              shown: Sequence[Sequence[str]] | None = None) -> None:
     """Run each ``(argv, env)`` in ``cwd`` in order until one fails or ``deadline`` passes.
 
     ``deadline`` is on the ``time.monotonic`` clock; ``timeout`` is only used in messages.
     Output (stdout and stderr merged) goes to ``log_path`` (at most ``log_limit`` bytes) and,
-    as it arrives, to ``echo``.
+    as it arrives, to ``echo``. ``shown``: the steps as logs and errors name them (a runner
+    that wraps each step, e.g. in ``podman exec``, shows the recipe's argv), default ``argv``.
     """
     sink = _LogSink(log_path, echo, log_limit)
     try:
         for index, (argv, env) in enumerate(steps):
-            sink.write(f"$ {' '.join(argv)}\n".encode())
+            display = list(shown[index]) if shown is not None else list(argv)
+            sink.write(f"$ {' '.join(display)}\n".encode())
             code = _run_one(argv, env, cwd, sink, deadline)
             if code is None:
                 sink.write(f"!! killed: build exceeded its {timeout:g}s limit\n".encode())
                 tail = log_tail(log_path)
                 raise BuildTimeout(
                     f"build exceeded its time limit of {timeout:g}s during step {index + 1} "
-                    f"({argv[0]}); every process it started was killed. Make the build faster "
+                    f"({display[0]}); every process it started was killed. Make the build faster "
                     f"or raise timeoutSeconds in the recipe.\n"
                     f"--- last lines of the build log ---\n{tail}",
                     timeout=timeout, log_tail=tail)
             if code != 0:
                 tail = log_tail(log_path)
                 raise BuildFailed(
-                    f"build step {index + 1} ({' '.join(argv)}) exited with code {code}.\n"
+                    f"build step {index + 1} ({' '.join(display)}) exited with code {code}.\n"
                     f"--- last lines of the build log ---\n{tail}",
                     step=index + 1, exit_code=code, log_tail=tail)
     finally:

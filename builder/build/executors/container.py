@@ -1,0 +1,227 @@
+"""The ``container`` executor: each build in its own podman container from the toolchain image.
+
+One container per build, started with nothing in reach but what the build needs:
+
+- the recipe's toolchain image, run as a fixed non-root uid with every capability dropped,
+  ``no-new-privileges``, podman's default seccomp profile and a read-only root filesystem;
+- the workspace is a size-limited tmpfs at ``/workspace`` (the source is copied in, the tree
+  copied back out when the steps succeed), so a build that fills it gets ENOSPC, not the
+  machine's disk; ``HOME`` and ``/tmp`` are small tmpfs too;
+- only the recipe's named caches, from ``<cache root>/build-caches/<tenant>/<toolchain>/<name>``,
+  bind-mounted read-write: never another tenant's;
+- memory, CPU and pids limits; ``--network=none`` unless the recipe has caches (its dependency
+  registries: then the machine's default podman network, which reaches whatever the host
+  reaches: this executor has no egress filter, the ``kubernetes`` one has a NetworkPolicy);
+- no environment from the caller: the image's ``PATH``, ``HOME``/``TMPDIR`` here, the step's
+  own variables; no proxy variables (``--http-proxy=false``).
+
+Steps run with ``podman exec`` (argv lists, no shell); output streams through
+``sandbox.run_steps`` (log file capped, echo, deadline). At the deadline, on failure and on
+success the container is removed with ``rm -f``: every process of the build dies with it. Its
+PID 1 is ``sleep`` for the timeout plus a margin, so a container whose builder died stops
+(and, started with ``--rm``, removes itself) on its own; a restarted builder retrying the same
+build removes it first (the name is derived from tenant and build). The toolchain image must
+provide ``sleep`` (coreutils: every Debian-based image does).
+
+Machine quirks (runtime, cgroup manager, ulimits) belong in podman's own configuration
+(``CONTAINERS_CONF``), not here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from builder.build import sandbox
+from builder.build.executors import BuildJob
+from builder.build.recipe_errors import BuildError, BuildFailed, ExecutorFailed, ToolMissing
+
+BUILD_UID = 65532
+WORKSPACE = "/workspace"
+HOME = "/home/build"
+TMP = "/tmp"  # noqa: S108 - the container's own, a fresh tmpfs
+CACHE_MOUNT = "/var/cache/plugforge"
+LABEL_BUILD = "dev.plugforge.build"
+LABEL_TENANT = "dev.plugforge.tenant"
+# PID 1 outlives the deadline by this much, so the builder is always the one that kills it.
+_SELF_EXPIRY_MARGIN = 60
+_PODMAN_SECONDS = 120.0
+_TENANT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_CACHE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_DIGEST = re.compile(r"@(sha256):([0-9a-f]{64})$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one build may use. tmpfs sizes count against ``memory`` when filled."""
+
+    memory: str = "3g"
+    cpus: float = 2.0
+    pids: int = 1024
+    workspace: str = "1g"
+    tmp: str = "512m"
+    home: str = "256m"
+
+
+def container_name(job: BuildJob) -> str:
+    """Stable per (tenant, build): a retried build finds its predecessor's leftover."""
+    key = hashlib.sha256(f"{job.tenant}/{job.name}".encode()).hexdigest()[:20]
+    return f"plugforge-build-{key}"
+
+
+def cache_dir(root: Path, tenant: str, image: str, cache: str) -> Path:
+    """``<root>/build-caches/<tenant>/<toolchain>/<cache>``: per tenant and per toolchain.
+
+    The toolchain part is the image's digest (``sha256-<hex>``) when pinned, else a hash of the
+    reference: a new toolchain starts with an empty cache either way.
+    """
+    if not _TENANT.match(tenant):
+        raise ExecutorFailed(f"tenant {tenant!r} is not a namespace name; refusing it in a path")
+    if not _CACHE.match(cache):
+        raise ExecutorFailed(f"cache name {cache!r} is invalid")
+    pinned = _DIGEST.search(image)
+    toolchain = f"{pinned.group(1)}-{pinned.group(2)}" if pinned else \
+        "ref-" + hashlib.sha256(image.encode()).hexdigest()[:32]
+    return root / "build-caches" / tenant / toolchain / cache
+
+
+def cache_env(caches: Sequence[str]) -> dict[str, str]:
+    """Point each tool at its mounted cache (Maven by system property, rebar3 by variable)."""
+    env: dict[str, str] = {}
+    for name in caches:
+        if name == "maven":
+            env["MAVEN_OPTS"] = f"-Dmaven.repo.local={CACHE_MOUNT}/maven"
+        elif name == "rebar3":
+            env["REBAR_CACHE_DIR"] = f"{CACHE_MOUNT}/rebar3"
+    return env
+
+
+def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limits,
+             user: str, network: str | None) -> list[str]:
+    """``podman run`` arguments that start the build's (idle) container. Pure."""
+    argv = [
+        "run", "--detach", "--rm", "--name", name,
+        "--label", f"{LABEL_BUILD}={job.name}", "--label", f"{LABEL_TENANT}={job.tenant}",
+        "--user", user, "--read-only", "--cap-drop=all",
+        "--security-opt", "no-new-privileges", "--http-proxy=false", "--log-driver=none",
+        "--memory", limits.memory, "--memory-swap", limits.memory,
+        "--cpus", f"{limits.cpus:g}", "--pids-limit", str(limits.pids),
+        "--tmpfs", f"{WORKSPACE}:rw,exec,nosuid,nodev,size={limits.workspace},mode=1777",
+        "--tmpfs", f"{TMP}:rw,exec,nosuid,nodev,size={limits.tmp},mode=1777",
+        "--tmpfs", f"{HOME}:rw,exec,nosuid,nodev,size={limits.home},mode=1777",
+        "--workdir", WORKSPACE,
+    ]
+    if not job.caches:
+        argv.append("--network=none")
+    elif network is not None:
+        argv.append(f"--network={network}")
+    env = {"HOME": HOME, "TMPDIR": TMP, "LANG": "C.UTF-8", **cache_env(job.caches)}
+    for key, value in env.items():
+        argv += ["--env", f"{key}={value}"]
+    for cache, directory in sorted(caches.items()):
+        argv += ["--volume", f"{directory}:{CACHE_MOUNT}/{cache}:rw,nosuid,nodev"]
+    expiry = int(job.timeout) + _SELF_EXPIRY_MARGIN
+    return [*argv, "--entrypoint", "sleep", job.toolchain_image, str(expiry)]
+
+
+def exec_argv(name: str, env: Mapping[str, str], argv: Sequence[str]) -> list[str]:
+    """``podman exec`` arguments for one step. Pure."""
+    flags = [f for key, value in env.items() for f in ("--env", f"{key}={value}")]
+    return ["exec", "--workdir", WORKSPACE, *flags, name, *argv]
+
+
+class ContainerExecutor:
+    name = "container"
+
+    def __init__(self, cache_root: Path, *, podman: Sequence[str] = ("podman",),
+                 podman_env: Mapping[str, str] | None = None, limits: Limits = Limits(),
+                 network: str | None = None) -> None:
+        """``podman``/``podman_env``: how to call podman (default: ``podman`` with the caller's
+        environment; podman passes none of it into containers). ``network``: for recipes with
+        caches, the podman network (None: podman's default)."""
+        self._cache_root = cache_root
+        self._podman = list(podman)
+        self._env = dict(podman_env) if podman_env is not None else dict(os.environ)
+        self._limits = limits
+        self._network = network
+
+    def run(self, job: BuildJob, workspace: Path, log_path: Path,
+            echo: TextIO | None = None) -> None:
+        deadline = time.monotonic() + job.timeout
+        name = container_name(job)
+        if not job.toolchain_image:
+            raise ExecutorFailed("the recipe names no toolchain image; the container executor "
+                                 "runs every build in one")
+        self._call("rm", "--force", "--ignore", "--time", "0", name)  # an earlier attempt's
+        caches = {c: self._cache(job, c) for c in job.caches}
+        self._call(*run_argv(job, name, caches, self._limits, f"{BUILD_UID}:{BUILD_UID}",
+                             self._network))
+        try:
+            self._call("cp", f"{workspace}/.", f"{name}:{WORKSPACE}/")
+            steps = [([*self._podman, *exec_argv(name, step.env, step.argv)], self._env)
+                     for step in job.steps]
+            try:
+                sandbox.run_steps(steps, cwd=workspace, log_path=log_path, echo=echo,
+                                  deadline=deadline, timeout=job.timeout,
+                                  shown=[step.argv for step in job.steps])
+            except BuildFailed as e:
+                raise self._explained(e, job) from None
+            # The tree goes back as the steps left it: cleared first, so nothing of the
+            # original can redirect the copy (a symlink where the build made a directory).
+            for entry in workspace.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            self._call("cp", f"{name}:{WORKSPACE}/.", f"{workspace}/")
+        finally:
+            self._call("rm", "--force", "--ignore", "--time", "0", name)
+
+    def _cache(self, job: BuildJob, cache: str) -> Path:
+        directory = cache_dir(self._cache_root, job.tenant, job.toolchain_image, cache)
+        directory.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(directory, BUILD_UID, BUILD_UID)
+        return directory
+
+    def _call(self, *args: str) -> str:
+        argv = [*self._podman, *args]
+        try:
+            result = subprocess.run(argv, env=self._env, capture_output=True, text=True,
+                                    timeout=_PODMAN_SECONDS, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise ExecutorFailed(f"podman {args[0]} failed: {e}") from e
+        if result.returncode != 0:
+            raise ExecutorFailed(f"podman {args[0]} exited {result.returncode}: "
+                                 f"{(result.stderr or result.stdout).strip()[-2000:]}")
+        return result.stdout
+
+    def _explained(self, error: BuildFailed, job: BuildJob) -> BuildError:
+        """A failed step, with what the container's limits make of its exit."""
+        step = job.steps[error.step - 1]
+        if error.exit_code == 127 and "executable file not found" in error.log_tail:
+            return ToolMissing(f"{step.argv[0]!r} is not in the toolchain image "
+                               f"{job.toolchain_image}; add it to the toolchain or fix the "
+                               f"recipe's step {error.step}", tool=step.argv[0])
+        notes = []
+        if error.exit_code == 137:
+            notes.append(f"exit 137 is SIGKILL: the build may have hit its memory limit "
+                         f"({self._limits.memory}, tmpfs contents included)")
+        if "No space left on device" in error.log_tail:
+            notes.append(f"the workspace holds at most {self._limits.workspace}, /tmp "
+                         f"{self._limits.tmp}")
+        if "Resource temporarily unavailable" in error.log_tail:
+            notes.append(f"a build runs at most {self._limits.pids} processes")
+        if not notes:
+            return error
+        first, newline, rest = str(error).partition("\n")
+        return BuildFailed(f"{first} ({'; '.join(notes)}){newline}{rest}", step=error.step,
+                           exit_code=error.exit_code, log_tail=error.log_tail)
