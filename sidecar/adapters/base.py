@@ -31,6 +31,14 @@ class AdapterError(Exception):
     """The broker refused the change (bad path, unknown key...); retrying the same input fails."""
 
 
+def refuse_unknown_options(adapter: str, options: Mapping[str, str], known: set[str]) -> None:
+    """``--adapter-opt`` keys are typed by hand: a misspelt one is an error, never ignored."""
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise AdapterError(f"{adapter} adapter: unknown option(s) {', '.join(unknown)}; "
+                           f"expected some of {', '.join(sorted(known))}")
+
+
 class SettingsRejected(AdapterError):
     """A plugin's settings it cannot take, found before anything was sent to the broker: the
     desired state is refused like a bad config key (Rejected), not retried."""

@@ -57,6 +57,7 @@ from sidecar.adapters.base import (
     ConfigProblem,
     Observed,
     ObservedPlugin,
+    refuse_unknown_options,
 )
 from sidecar.adapters.emqx_api import ApiError, EmqxApi
 from sidecar.adapters.files import (
@@ -90,10 +91,7 @@ class EmqxSettings:
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> EmqxSettings:
         known = {"install_dir", "api_url", "api_key_file", "api_secret_file", "ca_file",
                  "timeout"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdapterError(f"emqx adapter: unknown option(s) {', '.join(unknown)}; "
-                               f"expected some of {', '.join(sorted(known))}")
+        refuse_unknown_options("emqx", options, known)
         if not options.get("api_key_file") or not options.get("api_secret_file"):
             raise AdapterError("emqx adapter: needs api_key_file and api_secret_file (a mounted "
                                "Secret with an EMQX API key and its secret)")

@@ -51,6 +51,7 @@ from sidecar.adapters.base import (
     ConfigProblem,
     Observed,
     ObservedPlugin,
+    refuse_unknown_options,
 )
 from sidecar.adapters.files import DIGEST_DIR, install_version_dir
 from sidecar.adapters.hivemq_loader import STATE_DIR, LoaderFiles
@@ -76,10 +77,7 @@ class HiveMQSettings:
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> HiveMQSettings:
         known = {"mode", "host", "port", "pid_file", "process_match", "extensions_dir",
                  "loader_timeout", "restart_timeout"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdapterError(f"hivemq adapter: unknown option(s) {unknown}; expected "
-                               f"{sorted(known)}")
+        refuse_unknown_options("hivemq", options, known)
         mode = options.get("mode", "loader")
         if mode not in ("loader", "restart"):
             raise AdapterError(f"hivemq adapter: mode must be 'loader' (hot loading through the "

@@ -77,6 +77,7 @@ from sidecar.adapters.base import (
     ConfigProblem,
     Observed,
     ObservedPlugin,
+    refuse_unknown_options,
 )
 from sidecar.adapters.files import DIGEST_DIR, digest_hex
 from sidecar.adapters.rabbitmq_cli import ATOM, Cli, erl_binary
@@ -99,10 +100,7 @@ class RabbitMQSettings:
 
     @classmethod
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> RabbitMQSettings:
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise AdapterError(f"rabbitmq adapter: unknown option(s) {', '.join(unknown)}; "
-                               f"expected some of {', '.join(sorted(_OPTIONS))}")
+        refuse_unknown_options("rabbitmq", options, _OPTIONS)
         if not options.get("node"):
             raise AdapterError("rabbitmq adapter: needs node (e.g. --adapter-opt "
                                "node=rabbit@$(POD_NAME)) and the node's cookie in home")

@@ -80,6 +80,7 @@ from sidecar.adapters.base import (
     Observed,
     ObservedPlugin,
     SettingsRejected,
+    refuse_unknown_options,
 )
 from sidecar.adapters.files import (
     DIGEST_DIR,
@@ -125,10 +126,7 @@ class VerneMQSettings:
     def from_options(cls, options: Mapping[str, str], plugin_dir: Path) -> VerneMQSettings:
         known = {"api_url", "api_key_file", "vmq_admin", "broker_plugin_dir", "extra_live_keys",
                  "timeout"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise AdapterError(f"vernemq adapter: unknown option(s) {', '.join(unknown)}; "
-                               f"expected some of {', '.join(sorted(known))}")
+        refuse_unknown_options("vernemq", options, known)
         api_url = options.get("api_url", "")
         if api_url and not re.match(r"^https?://[^/\s]+/?$", api_url):
             raise AdapterError(f"vernemq adapter: api_url must be http(s)://host:port, found "
