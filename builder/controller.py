@@ -52,7 +52,7 @@ from builder.resources import (
     set_condition,
 )
 from builder.rollout import configmap as rollout
-from builder.rollout.canary import choose_canaries
+from builder.rollout.podwatch import PodCache
 from builder.rollout.sidecars import SidecarClient
 from builder.rollout.tracker import RolloutTracker
 from builder.secrets import Use, check_use, webhook_secret_problem
@@ -98,8 +98,12 @@ class Controller:
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
         self.builds_run = 0
-        self.tracker = RolloutTracker(kube, sidecars, lambda: self.now(), self._patch_status,
-                                      self._event) if sidecars is not None else None
+        # Broker pods of plugins with a selector; a pod event re-queues the plugins it matches.
+        self.pods = PodCache(kube, lambda key: self.queue.add(key),
+                             settings.watch_timeout_seconds)
+        self.tracker = RolloutTracker(kube, sidecars, self.pods, lambda: self.now(),
+                                      self._patch_status, self._event) \
+            if sidecars is not None else None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -423,25 +427,24 @@ class Controller:
                                    f"{name}: {outcome.image} from commit {outcome.commit[:12]}",
                                    stamp, spec.generation)
         patch: Obj = {"latestBuild": latest, "observedGeneration": spec.generation}
-        if spec.configmap and spec.rollout == "Automatic" and spec.uses_canary and \
-                self.sidecars is not None:
-            release = rollout.release_for(spec, outcome, name)
-            pods = choose_canaries([t.pod for t in spec.sidecars], spec.canary.count)
+        # In waves to the selected pods (builder.rollout.waves); None: no pod matches yet.
+        staged: Obj | BuilderError | None = None
+        if spec.configmap and spec.uses_canary and self.tracker is not None:
             try:
-                rollout.start_canary(self.kube, spec, pods, release)
+                staged = self.tracker.begin(spec, rollout.release_for(spec, outcome, name), name,
+                                            outcome.digest)
             except BuilderError as e:
-                conditions = self._rollout_failed(obj, conditions, spec, e, stamp)
-            else:
-                current = (obj.get("status") or {}).get("currentImage") or "nothing"
-                patch["rollout"] = {
-                    "phase": "Canary", "image": outcome.image, "digest": outcome.digest,
-                    "commit": outcome.commit, "build": name, "pluginName": release.name,
-                    "canaryPods": list(pods), "startedAt": stamp, "finishedAt": None,
-                    "message": f"canary on {', '.join(pods)}"}
-                conditions = set_condition(
-                    conditions, "Ready", "Unknown", "CanaryInProgress",
-                    f"{outcome.image} on canary pod(s) {', '.join(pods)}; the other pods keep "
-                    f"{current}", stamp, spec.generation)
+                staged = e
+        if isinstance(staged, BuilderError):
+            conditions = self._rollout_failed(obj, conditions, spec, staged, stamp)
+        elif staged is not None:
+            current = (obj.get("status") or {}).get("currentImage") or "nothing"
+            patch["rollout"] = staged
+            conditions = set_condition(
+                conditions, "Ready", "Unknown", "CanaryInProgress",
+                f"{outcome.image} rolling out in {staged['waves']} wave(s)"
+                + (", canary first" if spec.canary.enabled else "")
+                + f"; the other pods keep {current}", stamp, spec.generation)
         elif spec.configmap and spec.rollout == "Automatic":
             try:
                 rollout.write_release(self.kube, spec, outcome, name)

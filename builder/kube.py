@@ -85,6 +85,7 @@ class Kube:
         self.api: Any = api
         self.custom: Any = client.CustomObjectsApi(api)
         self.core: Any = client.CoreV1Api(api)
+        self.batch: Any = client.BatchV1Api(api)
         self.watch_namespace = watch_namespace
         """List and watch only this namespace's BrokerPlugins and PluginBuilds (None: all)."""
 
@@ -191,8 +192,13 @@ class Kube:
         connection behind a proxy) and raises ``KubeError``: the caller resumes it at once
         instead of waiting for the next resync. The socket read timeout is the watchdog.
         """
-        w = watch.Watch()
         func, args = self._lister(plural)
+        yield from self._stream(plural, func, args, resource_version, timeout_seconds,
+                                idle_seconds)
+
+    def _stream(self, what: str, func: Any, args: tuple[str, ...], resource_version: str,
+                timeout_seconds: int, idle_seconds: float) -> Iterator[tuple[str, Obj]]:
+        w = watch.Watch()
         stream = w.stream(func, *args, resource_version=resource_version,
                           timeout_seconds=timeout_seconds, allow_watch_bookmarks=True,
                           _request_timeout=(10, idle_seconds))
@@ -203,12 +209,30 @@ class Kube:
                 except StopIteration:
                     return
                 except ApiException as e:
-                    raise _wrap(f"watch {plural}", e) from e
+                    raise _wrap(f"watch {what}", e) from e
                 except (urllib3.exceptions.HTTPError, OSError) as e:
-                    raise KubeError(f"watch {plural}: connection lost: {e}") from e
-                yield str(event["type"]), dict(event["object"])
+                    raise KubeError(f"watch {what}: connection lost: {e}") from e
+                obj = event["object"]
+                if not isinstance(obj, dict):  # typed models (core API): plain JSON dicts
+                    obj = self.api.sanitize_for_serialization(obj)
+                yield str(event["type"]), dict(obj)
         finally:
             w.stop()
+
+    # --- Pods (the broker pods of spec.target.selector; list and watch, per namespace) ------
+
+    def list_pods_rv(self, namespace: str) -> tuple[list[Obj], str]:
+        """Every Pod of ``namespace`` and the list's resourceVersion (to watch from)."""
+        result = _call(f"list pods in {namespace}",
+                       lambda: self.core.list_namespaced_pod(namespace))
+        return ([dict(self.api.sanitize_for_serialization(p)) for p in result.items],
+                str(result.metadata.resource_version))
+
+    def watch_pods(self, namespace: str, resource_version: str, timeout_seconds: int,
+                   idle_seconds: float = WATCH_IDLE_SECONDS) -> Iterator[tuple[str, Obj]]:
+        """Pod events of ``namespace`` after ``resource_version`` (as ``watch``)."""
+        yield from self._stream(f"pods in {namespace}", self.core.list_namespaced_pod,
+                                (namespace,), resource_version, timeout_seconds, idle_seconds)
 
     # --- ConfigMaps and Secrets ---------------------------------------------------------------
 
@@ -296,6 +320,54 @@ class Kube:
                                "coordination.k8s.io", "v1", meta["namespace"], "leases",
                                meta["name"], body))
         return lease
+
+    # --- build Jobs and their pods (the kubernetes executor; the build namespace only) ------
+
+    def create_job(self, namespace: str, body: Obj) -> Obj:
+        job = _call(f"create job in {namespace}",
+                    lambda: self.batch.create_namespaced_job(namespace, body))
+        return dict(self.api.sanitize_for_serialization(job))
+
+    def get_job(self, namespace: str, name: str) -> Obj | None:
+        try:
+            job = _call(f"get job {namespace}/{name}",
+                        lambda: self.batch.read_namespaced_job(name, namespace))
+        except NotFound:
+            return None
+        return dict(self.api.sanitize_for_serialization(job))
+
+    def list_jobs(self, namespace: str, selector: str) -> list[Obj]:
+        result = _call(f"list jobs in {namespace}", lambda: self.batch.list_namespaced_job(
+            namespace, label_selector=selector))
+        return [dict(self.api.sanitize_for_serialization(j)) for j in result.items]
+
+    def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and (in the background) its pods; gone already is fine."""
+        with contextlib.suppress(NotFound):
+            _call(f"delete job {namespace}/{name}", lambda: self.batch.delete_namespaced_job(
+                name, namespace, propagation_policy="Background"))
+
+    def list_pods(self, namespace: str, selector: str) -> list[Obj]:
+        result = _call(f"list pods in {namespace}", lambda: self.core.list_namespaced_pod(
+            namespace, label_selector=selector))
+        return [dict(self.api.sanitize_for_serialization(p)) for p in result.items]
+
+    def follow_pod_log(self, namespace: str, pod: str, container: str,
+                       read_timeout: float) -> Iterator[bytes]:
+        """A container's log from its start, following it until the container ends.
+
+        ``read_timeout`` bounds each wait for more output (a stalled kubelet stream)."""
+        what = f"log of {namespace}/{pod}/{container}"
+        resp = _call(what, lambda: self.core.read_namespaced_pod_log(
+            pod, namespace, container=container, follow=True, _preload_content=False,
+            _request_timeout=(10, read_timeout)))
+        try:
+            # stream(): each HTTP chunk as it arrives (read(n) would wait for n bytes).
+            yield from (bytes(chunk) for chunk in resp.stream(65536))
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise KubeError(f"{what}: stream broke: {e}") from e
+        finally:
+            resp.release_conn()
 
 
 def load_documents(paths: list[Path]) -> list[Obj]:

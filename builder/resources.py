@@ -46,21 +46,60 @@ class GitSource:
     secret: str | None = None
 
 
-@dataclass(frozen=True)
-class SidecarTarget:
-    """One broker pod and its sidecar's gRPC address (``spec.target.sidecars``)."""
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
-    pod: str
-    address: str
+
+@dataclass(frozen=True)
+class Requirement:
+    """One ``matchExpressions`` entry of a label selector."""
+
+    key: str
+    operator: str
+    values: tuple[str, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if self.operator == "Exists":
+            return self.key in labels
+        if self.operator == "DoesNotExist":
+            return self.key not in labels
+        inside = self.key in labels and labels[self.key] in self.values
+        return inside if self.operator == "In" else not inside
+
+
+@dataclass(frozen=True)
+class PodSelector:
+    """``spec.target.selector``: the broker pods, by label (Kubernetes LabelSelector rules)."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[Requirement, ...] = ()
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.match_labels) and \
+            all(r.matches(labels) for r in self.match_expressions)
 
 
 @dataclass(frozen=True)
 class CanaryStrategy:
-    """``spec.target.strategy.canary``: used only when the plugin lists its sidecars."""
+    """``spec.target.strategy.canary``: the first wave, which must pass before any other."""
 
     enabled: bool = True
     count: int = 1
     probe_timeout_seconds: int = 60
+
+
+@dataclass(frozen=True)
+class WaveStrategy:
+    """``spec.target.strategy.waves``: how many pods may be updating at once after the canary
+    (a count, or a percent of the pods, rounded down, at least 1), and how long each may take."""
+
+    max_unavailable: int | str = "25%"
+    pod_timeout_seconds: int = 120
+
+    def size(self, pods: int) -> int:
+        value = self.max_unavailable
+        if isinstance(value, str):
+            value = pods * int(value.removesuffix("%")) // 100
+        return max(1, value)
 
 
 @dataclass(frozen=True)
@@ -82,13 +121,16 @@ class PluginSpec:
     enabled: bool = True
     history_limit: int = 5
     timeout_seconds: int | None = None
-    sidecars: tuple[SidecarTarget, ...] = ()
+    selector: PodSelector | None = None
+    sidecar_port: int = 9443
     canary: CanaryStrategy = field(default_factory=CanaryStrategy)
+    waves: WaveStrategy = field(default_factory=WaveStrategy)
 
     @property
     def uses_canary(self) -> bool:
-        """A new release goes to canary pods first (needs the sidecars to ask)."""
-        return bool(self.sidecars) and self.canary.enabled and self.rollout == "Automatic"
+        """A new release goes to the selected pods in waves (canary first, when enabled)
+        through per-pod keys, before it becomes the plugin key."""
+        return self.selector is not None and self.rollout == "Automatic"
 
     @property
     def key(self) -> str:
@@ -138,9 +180,13 @@ def parse_plugin(obj: Obj) -> PluginSpec:
         history_limit=int(spec.get("buildHistoryLimit", 5)),
         timeout_seconds=(int(build["timeoutSeconds"]) if isinstance(build, Mapping)
                          and build.get("timeoutSeconds") else None),
-        sidecars=_sidecars(target.get("sidecars") or [], f"{where}: spec.target.sidecars"),
+        selector=(_selector(target["selector"], f"{where}: spec.target.selector")
+                  if target.get("selector") is not None else None),
+        sidecar_port=_port(target.get("sidecarPort", 9443), f"{where}: spec.target.sidecarPort"),
         canary=_canary(((target.get("strategy") or {}).get("canary") or {}),
                        f"{where}: spec.target.strategy.canary"),
+        waves=_waves(((target.get("strategy") or {}).get("waves") or {}),
+                     f"{where}: spec.target.strategy.waves"),
     )
 
 
@@ -240,17 +286,55 @@ def _secret_name(value: Any, where: str) -> str | None:
     return _str(_mapping(value, where).get("name"), f"{where}.name")
 
 
-def _sidecars(value: Any, where: str) -> tuple[SidecarTarget, ...]:
-    if not isinstance(value, list):
-        raise InvalidSpec(f"{where}: expected a list of {{pod, address}}")
-    targets = tuple(SidecarTarget(pod=_str(_mapping(item, f"{where}[{i}]").get("pod"),
-                                           f"{where}[{i}].pod"),
-                                  address=_str(item.get("address"), f"{where}[{i}].address"))
-                    for i, item in enumerate(value))
-    pods = [t.pod for t in targets]
-    if len(set(pods)) != len(pods):
-        raise InvalidSpec(f"{where}: each pod may be listed once, found {sorted(pods)}")
-    return targets
+def _selector(value: Any, where: str) -> PodSelector:
+    value = _mapping(value, where)
+    labels = _mapping(value.get("matchLabels") or {}, f"{where}.matchLabels")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise InvalidSpec(f"{where}.matchLabels: expected a map of strings to strings")
+    expressions = value.get("matchExpressions") or []
+    if not isinstance(expressions, list):
+        raise InvalidSpec(f"{where}.matchExpressions: expected a list")
+    requirements = []
+    for i, item in enumerate(expressions):
+        item = _mapping(item, f"{where}.matchExpressions[{i}]")
+        operator = item.get("operator")
+        values = item.get("values") or []
+        if operator not in SELECTOR_OPERATORS:
+            raise InvalidSpec(f"{where}.matchExpressions[{i}].operator: expected one of "
+                              f"{', '.join(SELECTOR_OPERATORS)}, found {operator!r}")
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or \
+                bool(values) != (operator in ("In", "NotIn")):
+            raise InvalidSpec(f"{where}.matchExpressions[{i}].values: In/NotIn need a list of "
+                              "strings, Exists/DoesNotExist none")
+        requirements.append(Requirement(_str(item.get("key"),
+                                             f"{where}.matchExpressions[{i}].key"),
+                                        operator, tuple(values)))
+    if not labels and not requirements:
+        raise InvalidSpec(f"{where}: an empty selector would select every pod of the "
+                          "namespace; name the broker pods' labels (matchLabels)")
+    return PodSelector(tuple(sorted(labels.items())), tuple(requirements))
+
+
+def _port(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+        raise InvalidSpec(f"{where}: expected a port number 1-65535, found {value!r}")
+    return value
+
+
+def _waves(value: Any, where: str) -> WaveStrategy:
+    value = _mapping(value, where)
+    bound = value.get("maxUnavailable", "25%")
+    if isinstance(bound, str):
+        number = bound.removesuffix("%")
+        if not (bound.endswith("%") and number.isdigit() and 0 < int(number) <= 100):
+            raise InvalidSpec(f"{where}.maxUnavailable: expected a count or a percent "
+                              f"(1%-100%), found {bound!r}")
+    elif not isinstance(bound, int) or isinstance(bound, bool) or bound < 1:
+        raise InvalidSpec(f"{where}.maxUnavailable: expected at least 1, found {bound!r}")
+    timeout = value.get("podTimeoutSeconds", 120)
+    if not isinstance(timeout, int) or timeout < 1:
+        raise InvalidSpec(f"{where}.podTimeoutSeconds: expected at least 1, found {timeout!r}")
+    return WaveStrategy(bound, timeout)
 
 
 def _canary(value: Any, where: str) -> CanaryStrategy:

@@ -25,7 +25,6 @@ from builder_support import install, tenant_namespace, wait_for
 from sidecar_support import make_sidecar, start_dynsec_broker
 
 from builder.app import Builder
-from builder.resources import SidecarTarget
 from builder.settings import parse_settings
 from plugforge.cli import main as cli
 from plugforge.cli.api_secrets import BUILDER_SECRET, CA_SECRET, SIDECAR_SECRET
@@ -218,14 +217,16 @@ def test_builder_reaches_a_sidecar_wired_like_the_broker_example(
     sidecar, _ = make_sidecar(broker, [], tmp_path / "sc", None)
     server = serve_configured(sidecar, example)
     try:
-        target = SidecarTarget("mosquitto", f"localhost:{server.bound_port}")
-        report = deployed_builder.sidecars.report(target, "deny-test")
+        # Dialled by pod IP, checked as plugforge-sidecar.<namespace>.svc (a pod IP is in no
+        # certificate).
+        target = ("mosquitto", f"127.0.0.1:{server.bound_port}", installed.namespace)
+        report = deployed_builder.sidecars.report(*target, "deny-test")
         assert report.reachable, report.last_error
         # A caller without the builder's token is refused.
         from builder.rollout.sidecars import SidecarClient
         stranger = SidecarClient(Path(moved["/etc/plugforge/grpc"]) / "ca.crt", "guess")
         try:
-            refused = stranger.report(target, "deny-test")
+            refused = stranger.report(*target, "deny-test")
         finally:
             stranger.close()
         assert not refused.reachable and "UNAUTHENTICATED" in refused.last_error

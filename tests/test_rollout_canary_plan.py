@@ -8,7 +8,6 @@ from builder.rollout.canary import (
     PodReport,
     PodState,
     StepKind,
-    choose_canaries,
     count_ready,
     plan_canary,
     pod_state,
@@ -53,10 +52,16 @@ def test_disabled_plugin_states() -> None:
 
 
 def test_choose_canaries_is_stable_and_bounded() -> None:
-    assert choose_canaries(["mq-2", "mq-0", "mq-1"], 1) == ("mq-0",)
-    assert choose_canaries(["mq-2", "mq-0", "mq-1"], 2) == ("mq-0", "mq-1")
-    assert choose_canaries(["mq-0"], 5) == ("mq-0",)
-    assert choose_canaries(["mq-1", "mq-0"], 0) == ("mq-0",)
+    from builder.rollout.pods import PodInfo, choose_canaries
+
+    def pods(*names: str) -> list[PodInfo]:
+        return [PodInfo(n, ready=True, ordinal=int(n[-1]), created=f"t{9 - int(n[-1])}")
+                for n in names]
+
+    assert choose_canaries(pods("mq-2", "mq-0", "mq-1"), 1) == ("mq-0",)
+    assert choose_canaries(pods("mq-2", "mq-0", "mq-1"), 2) == ("mq-0", "mq-1")
+    assert choose_canaries(pods("mq-0"), 5) == ("mq-0",)
+    assert choose_canaries(pods("mq-1", "mq-0"), 0) == ("mq-0",)
 
 
 def test_promote_when_every_canary_is_current() -> None:
@@ -158,13 +163,16 @@ def test_rollout_view_gives_canary_pods_the_canarys_provenance() -> None:
     obj = {"metadata": {"namespace": "ns", "name": "gate"},
            "spec": {"broker": "mosquitto", "source": {"git": {"url": "https://g/x.git"}},
                     "image": {"repository": "r/x"},
-                    "target": {"configMap": "cm", "sidecars": [
-                        {"pod": "mq-0", "address": "a:1"}, {"pod": "mq-1", "address": "b:1"}]}},
+                    "target": {"configMap": "cm", "selector": {"matchLabels": {"app": "mq"}}}},
            "status": {"currentImage": f"r/x@{OLD}", "currentCommit": "c1", "currentBuild": "b1",
                       "rollout": {"phase": "Canary", "digest": NEW, "commit": "c2",
                                   "build": "b2", "canaryPods": ["mq-0"]}}}
     reports = {"mq-0": report("mq-0"), "mq-1": report("mq-1", desired=OLD, running=OLD)}
-    view = build_view(obj, parse_plugin(obj), reports)
+    from builder.rollout.pods import PodInfo
+
+    pods = [PodInfo(n, {"app": "mq"}, ip, True) for n, ip in (("mq-0", "10.0.0.1"),
+                                                              ("mq-1", "10.0.0.2"))]
+    view = build_view(obj, parse_plugin(obj), reports, pods)
     assert view.phase == "Canary" and view.canary_digest == NEW and view.desired_digest == OLD
     pods = pods_status(view, "2026-01-01T00:00:00Z")
     assert pods["podsReady"] == 2 and pods["podsTotal"] == 2

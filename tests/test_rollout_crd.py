@@ -1,5 +1,5 @@
-"""The rollout fields of the BrokerPlugin CRD on the real apiserver: sidecars and the canary
-strategy (defaults, rejections), and the per-pod status the builder writes."""
+"""The rollout fields of the BrokerPlugin CRD on the real apiserver: the pod selector, the
+canary and wave strategy (defaults, rejections), and the per-pod status the builder writes."""
 
 from __future__ import annotations
 
@@ -30,21 +30,34 @@ def ns(control_plane: ControlPlane) -> str:
     return tenant_namespace(control_plane, "rcrd")
 
 
-def test_sidecars_and_canary_defaults(control_plane: ControlPlane, ns: str) -> None:
+def test_selector_canary_and_wave_defaults(control_plane: ControlPlane, ns: str) -> None:
     code, body = control_plane.request("POST", BP.format(ns=ns), body=plugin("ok", {
-        "sidecars": [{"pod": "mq-0", "address": "10.0.0.5:9090"},
-                     {"pod": "mq-1", "address": "10.0.0.6:9090"}],
-        "strategy": {"canary": {}}}))
+        "selector": {"matchLabels": {"app": "mq"},
+                     "matchExpressions": [{"key": "tier", "operator": "NotIn",
+                                           "values": ["test"]}]},
+        "strategy": {"canary": {}, "waves": {}}}))
     assert code == 201, body
-    canary = body["spec"]["target"]["strategy"]["canary"]  # type: ignore[index]
-    assert canary == {"enabled": True, "count": 1, "probeTimeoutSeconds": 60}
+    target = body["spec"]["target"]  # type: ignore[index]
+    assert target["strategy"]["canary"] == {"enabled": True, "count": 1,
+                                            "probeTimeoutSeconds": 60}
+    assert target["strategy"]["waves"] == {"maxUnavailable": "25%", "podTimeoutSeconds": 120}
+    assert target["sidecarPort"] == 9443
     spec = parse_plugin(body)
-    assert [t.pod for t in spec.sidecars] == ["mq-0", "mq-1"] and spec.uses_canary
+    assert spec.selector is not None and spec.uses_canary
+    assert spec.selector.matches({"app": "mq"}) and spec.selector.matches({"app": "mq",
+                                                                           "tier": "prod"})
+    assert not spec.selector.matches({"app": "mq", "tier": "test"})
+    assert not spec.selector.matches({"app": "other"})
+    assert spec.waves.size(50) == 12 and spec.waves.size(3) == 1
 
 
 @pytest.mark.parametrize(("target", "field"), [
-    ({"sidecars": [{"pod": "Not_A_Pod", "address": "a:1"}]}, "spec.target.sidecars[0].pod"),
-    ({"sidecars": [{"pod": "mq-0"}]}, "spec.target.sidecars[0].address"),
+    ({"selector": {}}, "empty selector"),
+    ({"selector": {"matchExpressions": [{"key": "app", "operator": "In"}]}}, "need values"),
+    ({"selector": {"matchLabels": {"app": "mq"}}, "sidecarPort": 0},
+     "spec.target.sidecarPort"),
+    ({"strategy": {"waves": {"maxUnavailable": "0%"}}}, "percent"),
+    ({"strategy": {"waves": {"maxUnavailable": 0}}}, "percent"),
     ({"strategy": {"canary": {"count": 0}}}, "spec.target.strategy.canary.count"),
     ({"strategy": {"canary": {"probeTimeoutSeconds": 0}}},
      "spec.target.strategy.canary.probeTimeoutSeconds"),
@@ -56,11 +69,16 @@ def test_bad_rollout_fields_are_rejected(control_plane: ControlPlane, ns: str,
     assert field in str(body.get("message"))
 
 
-def test_duplicate_pods_are_refused_by_the_builder() -> None:
-    obj = plugin("dup", {"sidecars": [{"pod": "mq-0", "address": "a:1"},
-                                      {"pod": "mq-0", "address": "b:1"}]})
+@pytest.mark.parametrize(("target", "message"), [
+    ({"selector": {}}, "empty selector"),
+    ({"selector": {"matchExpressions": [{"key": "a", "operator": "Exists",
+                                         "values": ["x"]}]}}, "In/NotIn need"),
+    ({"strategy": {"waves": {"maxUnavailable": "150%"}}}, "1%-100%"),
+])
+def test_the_builder_refuses_what_a_schema_would(target: dict[str, Any], message: str) -> None:
+    obj = plugin("dup", target)
     obj["metadata"]["namespace"] = "x"
-    with pytest.raises(InvalidSpec, match="each pod may be listed once"):
+    with pytest.raises(InvalidSpec, match=message):
         parse_plugin(obj)
 
 

@@ -20,7 +20,9 @@ from builder.api.scopes import parse_caller
 from builder.errors import BuilderError, Forbidden, InvalidSpec, NotFound
 from builder.kube import Kube
 from builder.resources import parse_plugin
+from builder.rollout.pods import pod_info, select
 from builder.rollout.sidecars import SidecarClient
+from builder.rollout.tracker import ask
 from builder.rollout.view import RolloutView, build_view
 from plugforge.grpc_auth import Authenticator, TokenAuth, server_credentials
 from plugforge.v1 import build_pb2 as pb
@@ -36,7 +38,7 @@ _TRIGGERS = {"ResourceChange": pb.TRIGGER_TYPE_RESOURCE_CHANGE,
              "Webhook": pb.TRIGGER_TYPE_WEBHOOK, "Manual": pb.TRIGGER_TYPE_MANUAL}
 _POD_STATES = {"Current": pb.POD_STATE_CURRENT, "Updating": pb.POD_STATE_UPDATING,
                "Failed": pb.POD_STATE_FAILED, "Unreachable": pb.POD_STATE_UNREACHABLE,
-               "Disabled": pb.POD_STATE_DISABLED}
+               "Disabled": pb.POD_STATE_DISABLED, "NotReady": pb.POD_STATE_NOT_READY}
 
 
 def build_message(obj: Obj) -> pb.Build:
@@ -66,6 +68,7 @@ def rollout_message(view: RolloutView) -> pb.Rollout:
         commit=view.commit, build=view.build, phase=view.phase,
         canary_digest=view.canary_digest, pods_ready=view.pods_ready,
         pods_total=len(view.pods), ready=view.ready, reason=view.reason, message=view.message,
+        wave=view.wave, waves=view.waves,
         pods=[pb.PodRollout(pod=p.pod, address=p.address, desired_digest=p.desired_digest,
                             running_digest=p.report.running_digest,
                             state=_POD_STATES[p.state.value], canary=p.canary,
@@ -150,7 +153,9 @@ def rollout(kube: Kube, sidecars: SidecarClient, namespace: str, plugin: str) ->
         raise NotFound(f"BrokerPlugin {namespace}/{plugin} not found")
     spec = parse_plugin(obj)
     name = str((obj.get("status") or {}).get("currentPluginName") or spec.name)
-    return build_view(obj, spec, sidecars.gather(spec.sidecars, name))
+    pods = select(map(pod_info, kube.list_pods_rv(namespace)[0]), spec.selector) \
+        if spec.selector is not None else []
+    return build_view(obj, spec, ask(sidecars, spec, pods, name), pods)
 
 
 def _call(context: grpc.ServicerContext, fn: Callable[[], T]) -> T:

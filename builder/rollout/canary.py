@@ -1,9 +1,9 @@
-"""Pure planning of a canary rollout: desired digest + what each pod reports → next step.
+"""Pure judgement of one wave of a rollout: desired digest + what each pod reports → next step.
 
-The controller writes the new release under ``canary.<pod>.plugin.<name>.yaml`` for the pods
-``choose_canaries`` picks, asks their sidecars (GetState) on every reconcile, and performs what
-``plan_canary`` decides: wait, promote (fan out to every pod), or roll back (remove the canary
-keys; the canary pods return to the stable release, the other pods never saw the new one).
+The tracker writes the new release under ``canary.<pod>.plugin.<name>.yaml`` for a wave's pods
+(``waves``), asks their sidecars (GetState) on every reconcile, and performs what
+``plan_canary`` decides for the wave: wait, pass (promote, or on to the next wave), or roll back
+(remove the per-pod keys; those pods return to the stable release, the others never saw it).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class PodReport:
     """Content hash of the desired state the sidecar currently works on."""
     failed_hash: str = ""
     """Content hash of the desired state whose last apply failed ("" after a success)."""
+    pod_ready: bool = True
+    """False: the kubelet does not call the pod Ready, so its sidecar was not asked."""
 
 
 class PodState(enum.Enum):
@@ -48,6 +50,7 @@ class PodState(enum.Enum):
     FAILED = "Failed"
     UNREACHABLE = "Unreachable"
     DISABLED = "Disabled"
+    NOT_READY = "NotReady"
 
 
 def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
@@ -60,6 +63,8 @@ def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
     exactly that hash; and it is current only once it applied exactly that hash (a release that
     changes settings but not the digest looks "running" before the sidecar even read it).
     """
+    if not report.pod_ready:
+        return PodState.NOT_READY
     if not report.reachable:
         return PodState.UNREACHABLE
     if not enabled:
@@ -81,11 +86,6 @@ def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
             report.status == "Running" and report.phase == "Applied":
         return PodState.CURRENT
     return PodState.UPDATING
-
-
-def choose_canaries(pods: Sequence[str], count: int) -> tuple[str, ...]:
-    """The first ``count`` pods by name: stable across reconciles and builder restarts."""
-    return tuple(sorted(pods)[:max(1, count)])
 
 
 class StepKind(enum.Enum):

@@ -1,26 +1,29 @@
 """Asking broker pods' sidecars what they run: ``SidecarService.GetState`` over TLS + token.
 
-The only builder module that is a gRPC client. Pods are found by the plugin's explicit
-``spec.target.sidecars`` list ({pod, address}): no Pod/Endpoints reads, so no extra RBAC.
+The only builder module that is a gRPC client. Pods are found by ``spec.target.selector``
+(``podwatch``) and dialled at their pod IP; TLS checks the sidecar's certificate for the name
+``plugforge-sidecar.<namespace>.svc`` (the certificate ``plugforge api-secrets`` issues per
+broker namespace is valid for ``*.<namespace>.svc``), as a pod IP is in no certificate.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 
-from builder.resources import SidecarTarget
 from builder.rollout.canary import PodReport
 from plugforge.grpc_auth import secure_channel
 from plugforge.v1 import sidecar_pb2 as pb
 from plugforge.v1 import sidecar_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+MAX_CHANNELS = 1024
 
 _PHASES = {pb.PHASE_PENDING: "Pending", pb.PHASE_APPLIED: "Applied",
            pb.PHASE_RESTART_REQUIRED: "RestartRequired", pb.PHASE_REJECTED: "Rejected",
@@ -39,32 +42,39 @@ class SidecarClient:
         self._ca = ca_file
         self._token = token
         self._timeout = timeout
-        self._channels: dict[str, grpc.Channel] = {}
+        # Pod IPs come and go: keep the most recently used channels only.
+        self._channels: OrderedDict[tuple[str, str], grpc.Channel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _stub(self, address: str) -> pb_grpc.SidecarServiceStub:
+    def _stub(self, address: str, namespace: str) -> pb_grpc.SidecarServiceStub:
+        key = (address, namespace)
         with self._lock:
-            channel = self._channels.get(address)
+            channel = self._channels.get(key)
             if channel is None:
                 if self._ca is None and self._token is None:
                     channel = grpc.insecure_channel(address)
                 else:
-                    channel = secure_channel(address, self._ca, self._token)
-                self._channels[address] = channel
+                    channel = secure_channel(address, self._ca, self._token,
+                                             server_name=sidecar_server_name(namespace))
+                self._channels[key] = channel
+                while len(self._channels) > MAX_CHANNELS:
+                    self._channels.popitem(last=False)[1].close()
+            self._channels.move_to_end(key)
         return pb_grpc.SidecarServiceStub(channel)
 
-    def report(self, target: SidecarTarget, plugin: str) -> PodReport:
+    def report(self, pod: str, address: str, namespace: str, plugin: str) -> PodReport:
+        """What the sidecar at ``address`` (a pod of ``namespace``) runs of ``plugin``."""
         try:
-            state = self._stub(target.address).GetState(pb.GetStateRequest(),
-                                                        timeout=self._timeout)
+            state = self._stub(address, namespace).GetState(pb.GetStateRequest(),
+                                                             timeout=self._timeout)
         except grpc.RpcError as e:
             code = e.code().name if hasattr(e, "code") else "ERROR"
             details = e.details() if hasattr(e, "details") else str(e)
-            return PodReport(target.pod, target.address, False,
-                             last_error=f"sidecar {target.address}: {code}: {details}")
+            return PodReport(pod, address, False,
+                             last_error=f"sidecar {address}: {code}: {details}")
         entry = next((p for p in state.plugins if p.name == plugin), None)
         return PodReport(
-            pod=target.pod, address=target.address, reachable=True,
+            pod=pod, address=address, reachable=True,
             phase=_PHASES.get(state.phase, "Unspecified"), last_error=state.last_error,
             desired_digest=entry.desired_digest if entry else "",
             running_digest=entry.running_digest if entry else "",
@@ -73,12 +83,14 @@ class SidecarClient:
             applied_hash=state.applied_hash, desired_hash=state.desired_hash,
             failed_hash=state.failed_hash)
 
-    def gather(self, targets: Sequence[SidecarTarget], plugin: str) -> dict[str, PodReport]:
-        """Every target's report, asked in parallel (an unreachable one says so)."""
+    def gather(self, targets: Sequence[tuple[str, str]], namespace: str,
+               plugin: str) -> dict[str, PodReport]:
+        """Every (pod, address)'s report, asked in parallel (an unreachable one says so)."""
         if not targets:
             return {}
         with futures.ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-            reports = list(pool.map(lambda t: self.report(t, plugin), targets))
+            reports = list(pool.map(lambda t: self.report(t[0], t[1], namespace, plugin),
+                                    targets))
         return {r.pod: r for r in reports}
 
     def close(self) -> None:
@@ -86,3 +98,8 @@ class SidecarClient:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+
+
+def sidecar_server_name(namespace: str) -> str:
+    """The name a sidecar's certificate is checked for (``*.<namespace>.svc`` covers it)."""
+    return f"plugforge-sidecar.{namespace}.svc"

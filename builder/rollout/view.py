@@ -1,17 +1,21 @@
 """A plugin's rollout as one value: the stable release, the canary, and what every pod runs.
 
-Pure: the BrokerPlugin object and the sidecars' reports in, a ``RolloutView`` out. Used by the
-gRPC ``GetRollout`` and by the controller to keep ``status.pods``/``podsReady`` current.
+Pure: the BrokerPlugin object, its selected pods and the sidecars' reports in, a
+``RolloutView`` out. Used by the gRPC ``GetRollout`` and by the controller to keep
+``status.pods``/``podsReady`` current.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from builder.resources import PluginSpec, get_condition
 from builder.rollout.canary import PodReport, PodState, pod_state
+from builder.rollout.pods import PodInfo
+
+IN_PROGRESS = ("Canary", "Rolling")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class RolloutView:
     ready: bool
     reason: str
     message: str
+    wave: int = 0
+    waves: int = 0
 
     @property
     def pods_ready(self) -> int:
@@ -57,28 +63,36 @@ def digest_of(image: str) -> str:
 
 
 def canary_of(status: Mapping[str, Any]) -> tuple[str, tuple[str, ...]]:
-    """(digest, pods) of a canary in progress, else ("", ())."""
+    """(digest, pods holding it) of a rollout in progress, else ("", ())."""
     rollout = status.get("rollout") or {}
-    if rollout.get("phase") != "Canary":
+    if rollout.get("phase") not in IN_PROGRESS:
         return "", ()
-    return str(rollout.get("digest") or ""), tuple(rollout.get("canaryPods") or ())
+    return str(rollout.get("digest") or ""), tuple(rollout.get("updatedPods")
+                                                   or rollout.get("canaryPods") or ())
 
 
-def build_view(obj: Mapping[str, Any], spec: PluginSpec,
-               reports: Mapping[str, PodReport]) -> RolloutView:
+def reports_for_unready(pods: Sequence[PodInfo]) -> dict[str, PodReport]:
+    """Reports standing in for the pods whose sidecars are not asked (not Ready)."""
+    return {p.name: PodReport(p.name, p.ip, False, last_error=p.why_not_ready, pod_ready=False)
+            for p in pods if not p.ready}
+
+
+def build_view(obj: Mapping[str, Any], spec: PluginSpec, reports: Mapping[str, PodReport],
+               targets: Sequence[PodInfo]) -> RolloutView:
     status = obj.get("status") or {}
     image = str(status.get("currentImage") or "")
     stable = digest_of(image)
     canary_digest, canary_pods = canary_of(status)
     rollout = status.get("rollout") or {}
     pods = []
-    for target in spec.sidecars:
-        report = reports.get(target.pod) or PodReport(target.pod, target.address, False,
-                                                      last_error="not asked")
-        canary = target.pod in canary_pods
+    for target in targets:
+        address = target.address(spec.sidecar_port) if target.ip else ""
+        report = reports.get(target.name) or PodReport(target.name, address, False,
+                                                       last_error="not asked")
+        canary = target.name in canary_pods
         desired = canary_digest if canary else stable
         source = rollout if canary else status
-        pods.append(PodView(target.pod, target.address, desired, report,
+        pods.append(PodView(target.name, address, desired, report,
                             pod_state(report, desired, spec.enabled), canary,
                             str(source.get("commit" if canary else "currentCommit") or ""),
                             str(source.get("build" if canary else "currentBuild") or "")))
@@ -90,7 +104,8 @@ def build_view(obj: Mapping[str, Any], spec: PluginSpec,
         build=str(status.get("currentBuild") or ""),
         phase=str((status.get("rollout") or {}).get("phase") or "Idle"),
         canary_digest=canary_digest, pods=tuple(pods), ready=ready.get("status") == "True",
-        reason=str(ready.get("reason") or ""), message=str(ready.get("message") or ""))
+        reason=str(ready.get("reason") or ""), message=str(ready.get("message") or ""),
+        wave=int(rollout.get("wave") or 0), waves=int(rollout.get("waves") or 0))
 
 
 def pods_status(view: RolloutView, now: str) -> dict[str, Any]:

@@ -91,6 +91,8 @@ class _PodStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PodState.Val
     """The sidecar did not answer GetState."""
     POD_STATE_DISABLED: _PodState.ValueType  # 5
     """The plugin is disabled on this pod."""
+    POD_STATE_NOT_READY: _PodState.ValueType  # 6
+    """The kubelet does not call the pod Ready: its sidecar is not asked, and no wave takes it."""
 
 class PodState(_PodState, metaclass=_PodStateEnumTypeWrapper):
     """PodState is one broker pod's standing in a plugin's rollout."""
@@ -106,6 +108,8 @@ POD_STATE_UNREACHABLE: PodState.ValueType  # 4
 """The sidecar did not answer GetState."""
 POD_STATE_DISABLED: PodState.ValueType  # 5
 """The plugin is disabled on this pod."""
+POD_STATE_NOT_READY: PodState.ValueType  # 6
+"""The kubelet does not call the pod Ready: its sidecar is not asked, and no wave takes it."""
 Global___PodState: _TypeAlias = PodState  # noqa: Y015
 
 @_typing.final
@@ -499,6 +503,8 @@ class Rollout(_message.Message):
     READY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    WAVE_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     """Namespace and name of the BrokerPlugin."""
     plugin: _builtins.str
@@ -510,7 +516,7 @@ class Rollout(_message.Message):
     commit: _builtins.str
     build: _builtins.str
     phase: _builtins.str
-    """Rollout phase: Idle, Canary, Complete, RolledBack."""
+    """Rollout phase: Idle, Canary, Rolling (later waves), Complete, RolledBack."""
     canary_digest: _builtins.str
     """The digest under canary (empty when no canary is running)."""
     pods_ready: _builtins.int
@@ -519,6 +525,9 @@ class Rollout(_message.Message):
     """The BrokerPlugin's Ready condition."""
     reason: _builtins.str
     message: _builtins.str
+    wave: _builtins.int
+    """The wave a rollout in progress is at (1 = the canary when enabled) and how many it plans."""
+    waves: _builtins.int
     @_builtins.property
     def pods(self) -> _containers.RepeatedCompositeFieldContainer[Global___PodRollout]: ...
     def __init__(
@@ -539,10 +548,12 @@ class Rollout(_message.Message):
         ready: _builtins.bool = ...,
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
+        wave: _builtins.int = ...,
+        waves: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["build", b"build", "canary_digest", b"canary_digest", "commit", b"commit", "desired_digest", b"desired_digest", "desired_image", b"desired_image", "message", b"message", "namespace", b"namespace", "phase", b"phase", "plugin", b"plugin", "plugin_name", b"plugin_name", "pods", b"pods", "pods_ready", b"pods_ready", "pods_total", b"pods_total", "ready", b"ready", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["build", b"build", "canary_digest", b"canary_digest", "commit", b"commit", "desired_digest", b"desired_digest", "desired_image", b"desired_image", "message", b"message", "namespace", b"namespace", "phase", b"phase", "plugin", b"plugin", "plugin_name", b"plugin_name", "pods", b"pods", "pods_ready", b"pods_ready", "pods_total", b"pods_total", "ready", b"ready", "reason", b"reason", "wave", b"wave", "waves", b"waves"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
