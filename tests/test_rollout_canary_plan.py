@@ -170,9 +170,9 @@ def test_rollout_view_gives_canary_pods_the_canarys_provenance() -> None:
     reports = {"mq-0": report("mq-0"), "mq-1": report("mq-1", desired=OLD, running=OLD)}
     from builder.rollout.pods import PodInfo
 
-    pods = [PodInfo(n, {"app": "mq"}, ip, True) for n, ip in (("mq-0", "10.0.0.1"),
+    targets = [PodInfo(n, {"app": "mq"}, ip, True) for n, ip in (("mq-0", "10.0.0.1"),
                                                               ("mq-1", "10.0.0.2"))]
-    view = build_view(obj, parse_plugin(obj), reports, pods)
+    view = build_view(obj, parse_plugin(obj), reports, targets)
     assert view.phase == "Canary" and view.canary_digest == NEW and view.desired_digest == OLD
     pods = pods_status(view, "2026-01-01T00:00:00Z")
     assert pods["podsReady"] == 2 and pods["podsTotal"] == 2
