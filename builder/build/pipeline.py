@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from builder.build import recipe as recipes
+from builder.build import toolchains
 from builder.build.registry import Publisher, RegistryAccess, parse_repository
 from builder.build.signing import BuildFacts, BuildSigner
 from builder.build.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
@@ -57,11 +58,14 @@ class Outcome:
     """The full ref the plugin follows (``refs/heads/main``); empty for a pinned revision."""
 
 
-def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, url: str) -> str:
-    """Equal key, equal image: everything that can change the image's bytes goes in."""
+def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, url: str,
+                toolchain: str = "") -> str:
+    """Equal key, equal image: everything that can change the image's bytes goes in (the
+    pinned toolchain image too, when builds run in one)."""
     h = hashlib.sha256()
-    for part in ("plugforge-content-key/1", BUILDER_VERSION, template, broker,
-                 normalize_url(url), tree, hashlib.sha256(recipe_bytes).hexdigest()):
+    parts = ("plugforge-content-key/1", BUILDER_VERSION, template, broker,
+             normalize_url(url), tree, hashlib.sha256(recipe_bytes).hexdigest())
+    for part in (*parts, toolchain) if toolchain else parts:
         data = part.encode()
         h.update(len(data).to_bytes(8, "big") + data)
     return h.hexdigest()
@@ -70,7 +74,8 @@ def content_key(*, tree: str, recipe_bytes: bytes, template: str, broker: str, u
 class Pipeline:
     def __init__(self, sources: SourceCache, read_secret: SecretReader, work_root: Path,
                  max_build_seconds: float, registry_ca: Path | None = None,
-                 docker_url: str | None = None, signer: BuildSigner | None = None) -> None:
+                 docker_url: str | None = None, signer: BuildSigner | None = None,
+                 toolchain_pins: toolchains.Pins | None = None) -> None:
         self.sources = sources
         self.read_secret = read_secret
         self.work_root = work_root
@@ -79,6 +84,15 @@ class Pipeline:
         self.docker_url = docker_url
         self.signer = signer
         """Signs and attests every image pushed; None: unsigned images (logged at start)."""
+        self.toolchain_pins = toolchain_pins
+        """Toolchain name -> pinned image (``--toolchains``); None: no images, for the
+        ``process`` executor only."""
+
+    def toolchain_image(self, recipe: recipes.Recipe) -> str:
+        """The recipe's toolchain pinned by digest, its tools checked; "" without pins."""
+        if self.toolchain_pins is None:
+            return ""
+        return toolchains.resolve(self.toolchain_pins, recipe.toolchain, recipe.tools).image
 
     def git_credentials(self, spec: PluginSpec) -> GitCredentials | None:
         if spec.source.secret is None:
@@ -117,6 +131,8 @@ class Pipeline:
         if recipe.broker != spec.broker:
             raise InvalidSpec(f"spec.template {template!r} builds {recipe.broker} plugins, but "
                               f"spec.broker is {spec.broker!r}; pick a {spec.broker} template")
+        # Before any fetch: an unpinned toolchain or a tool it lacks fails the build here.
+        toolchain_image = _call_recipe(lambda: self.toolchain_image(recipe))
         repo = parse_repository(spec.repository)
         publisher = Publisher(repo.registry, self.registry_access(spec, repo.registry))
 
@@ -137,13 +153,15 @@ class Pipeline:
             checkout = self.sources.checkout(spec.source, commit, work / "source",
                                              namespace=spec.namespace, creds=creds)
             key = content_key(tree=checkout.tree, recipe_bytes=(tdir / "recipe.yaml").read_bytes(),
-                              template=template, broker=spec.broker, url=spec.source.url)
+                              template=template, broker=spec.broker, url=spec.source.url,
+                              toolchain=toolchain_image)
             tag = CONTENT_TAG_PREFIX + key
             log.write(f"==> commit {commit}, tree {checkout.tree}, content key {key}\n")
             facts = BuildFacts(
                 spec.source.url, commit, ref or spec.source.ref, checkout.tree, spec.source.path,
                 template, (tdir / "recipe.yaml").read_bytes(), spec.broker,
-                f"{spec.namespace}/{build_name}", BUILDER_VERSION, recipe.toolchain_image,
+                f"{spec.namespace}/{build_name}", BUILDER_VERSION,
+                toolchain_image or recipe.toolchain,
                 recipe.tools, started_wall)
             digest = publisher.lookup_tag(repo, tag)
             if digest is not None and self.signer is not None and not self.signer.follow_cache(
@@ -163,7 +181,8 @@ class Pipeline:
             log.write(f"==> building with template {template} (limit {limit:g}s)\n")
             log.flush()
             result = _call_recipe(lambda: recipes.run_recipe(
-                recipe, checkout.directory, work / "build", log=log, timeout=limit))
+                recipe, checkout.directory, work / "build", log=log, timeout=limit,
+                toolchain_image=toolchain_image))
             # No revision: the commit is in the provenance, the digest names the artifact.
             metadata = ImageMetadata(
                 source=spec.source.url, revision="", broker=spec.broker,

@@ -136,13 +136,15 @@ def load_recipe(template_dir: Path) -> Recipe:
 def run_recipe(recipe: Recipe, source_dir: Path, work_dir: Path, *, log: TextIO | None = None,
                timeout: float | None = None, cache_root: Path | None = None,
                executor: Executor | None = None, build_name: str = "local",
-               tenant: str = "local") -> BuildResult:
+               tenant: str = "local", toolchain_image: str = "") -> BuildResult:
     """Build ``source_dir`` with ``recipe`` inside ``work_dir`` (created; must be empty).
 
     The source is copied to ``work_dir/src`` first, so the caller's tree is never written; the
     ``executor`` (default: the ``process`` executor, for development) runs the steps there.
     ``timeout`` overrides the recipe's ``timeoutSeconds``; ``cache_root`` defaults to
     ``$PLUGFORGE_CACHE`` (or ``~/.cache/plugforge``) and only matters for recipes with caches.
+    ``toolchain_image``: the recipe's toolchain pinned by digest (``builder.build.toolchains.
+    resolve``), for executors that run steps in it; the ``process`` executor ignores it.
     Layout of ``work_dir``: ``src/``, ``artifact/``, ``build.log`` (and what the executor adds).
     """
     started = time.monotonic()
@@ -165,7 +167,7 @@ def run_recipe(recipe: Recipe, source_dir: Path, work_dir: Path, *, log: TextIO 
     version = _read_metadata(src, recipe.version_source, "version", _PLUGIN_VERSION)
     values = {"name": name, "version": version}
     job = BuildJob(
-        name=build_name, tenant=tenant, toolchain_image=recipe.toolchain_image,
+        name=build_name, tenant=tenant, toolchain_image=toolchain_image,
         steps=tuple(BuildStep(tuple(_interpolate(a, values) for a in step.argv),
                               {k: _interpolate(v, values) for k, v in step.env.items()})
                     for step in recipe.build),

@@ -21,6 +21,8 @@ KIND = "Recipe"
 KNOWN_CACHES = ("maven", "rebar3")
 
 _TOOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+# A toolchain is named after the template whose toolchain.Containerfile defines it.
+_TOOLCHAIN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The runner owns these; a recipe setting them would break isolation or the cache wiring.
 _RESERVED_ENV = frozenset({"PATH", "HOME", "TMPDIR", "LANG"})
@@ -60,7 +62,9 @@ class ArtifactSpec:
 class Recipe:
     broker: str
     description: str
-    toolchain_image: str
+    toolchain: str
+    """The toolchain image the steps run in, by name (builder.build.toolchains resolves it to
+    a pinned image); ``tools`` must be programs it provides. Empty: none named."""
     tools: tuple[str, ...]
     caches: tuple[str, ...]
     name_source: MetadataSource
@@ -76,7 +80,7 @@ def parse_recipe(data: object, *, brokers: Collection[str], origin: str = "recip
     v = _Validator(origin)
     top = v.mapping(data, "", required=("apiVersion", "kind", "broker", "description", "metadata",
                                         "build", "artifacts"),
-                    optional=("toolchainImage", "tools", "caches", "timeoutSeconds"))
+                    optional=("toolchain", "tools", "caches", "timeoutSeconds"))
     if top["apiVersion"] != API_VERSION:
         v.fail("apiVersion", f"expected {API_VERSION!r}, found {top['apiVersion']!r}")
     if top["kind"] != KIND:
@@ -110,7 +114,7 @@ def parse_recipe(data: object, *, brokers: Collection[str], origin: str = "recip
     recipe = Recipe(
         broker=broker,
         description=v.string(top["description"], "description"),
-        toolchain_image=v.string(top.get("toolchainImage", ""), "toolchainImage", empty_ok=True),
+        toolchain=_toolchain(v, top.get("toolchain", "")),
         tools=tools,
         caches=caches,
         name_source=_metadata(v, meta["name"], "metadata.name"),
@@ -121,6 +125,14 @@ def parse_recipe(data: object, *, brokers: Collection[str], origin: str = "recip
         origin=origin,
     )
     return recipe
+
+
+def _toolchain(v: _Validator, data: object) -> str:
+    name = v.string(data, "toolchain", empty_ok=True)
+    if name and (not _TOOLCHAIN.match(name) or ".." in name):
+        v.fail("toolchain", f"expected a toolchain name (a template with a "
+                            f"toolchain.Containerfile, e.g. 'mosquitto-c'), found {name!r}")
+    return name
 
 
 def _metadata(v: _Validator, data: object, path: str) -> MetadataSource:

@@ -130,6 +130,10 @@ def declared_tools(containerfile_text: str) -> tuple[str, ...]:
 
 def resolve(pins: Pins, toolchain: str, tools: Iterable[str]) -> Pin:
     """The pin of ``toolchain``, after checking it provides every one of ``tools``."""
+    if not toolchain:
+        raise ToolchainMissing(
+            "the recipe names no toolchain; add `toolchain: <template>` (a template with a "
+            f"{CONTAINERFILE}, e.g. mosquitto-c) so its build runs in that image", toolchain)
     pin = pins.get(toolchain)
     if pin is None:
         known = ", ".join(sorted(pins)) or "none"

@@ -25,12 +25,13 @@ from plugforge.cli import (
     rollout,
     signing_keys,
     status,
+    toolchains,
     trigger,
     verify,
 )
 
 SUBCOMMANDS: tuple[ModuleType, ...] = (new, init, build, push, trigger, builds, logs, rollout,
-                                       status, api_secrets, signing_keys, verify)
+                                       status, api_secrets, signing_keys, verify, toolchains)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
