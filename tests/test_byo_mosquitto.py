@@ -108,8 +108,8 @@ def test_message_timestamp_adds_a_user_property_on_mqtt5(built: dict[str, Built]
         assert key == "timestamp" and ISO_SECOND.match(value), value
         assert v5.messages == [("ts/a", b"payload")]  # the payload is untouched
         assert v311.user_properties["ts/a"] == []  # MQTT 3.1.1 has no properties
-        for c in (v5, v311, sender):
-            c.close()
+        for closing in (v5, v311, sender):
+            closing.close()
     finally:
         broker.stop()
     assert "mosquitto_message_timestamp.so" in broker.log_tail(400)
