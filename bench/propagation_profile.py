@@ -44,17 +44,19 @@ def _install_spans(record: Callable[[str, int, int], None]) -> None:
 
         setattr(owner, attr, wrapped)
 
-    on_event = watch_files._DirectoryCallback.on_event
+    dispatch = watch_files.DirectoryWatcher.dispatch
 
-    def event_span(self: Any, event: Any) -> None:
+    def event_span(self: Any, events: Any) -> None:
         t0 = time.monotonic_ns()
-        on_event(self, event)
-        name = os.fsdecode(event.name) or "."
-        if name.startswith("..") and name not in ("..data", "..data_tmp"):
-            name = "..<version>"
-        record(f"inotify {name} {_mask_name(event.mask)}", t0, time.monotonic_ns())
+        dispatch(self, events)
+        t1 = time.monotonic_ns()
+        for event in events:
+            name = event.name or "."
+            if name.startswith("..") and name not in ("..data", "..data_tmp"):
+                name = "..<version>"
+            record(f"inotify {name} {_mask_name(event.mask)}", t0, t1)
 
-    watch_files._DirectoryCallback.on_event = event_span  # type: ignore[method-assign]
+    watch_files.DirectoryWatcher.dispatch = event_span  # type: ignore[method-assign]
     span(trigger.Trigger, "notify", "trigger.notify")
     span(trigger.Trigger, "wait", "trigger.wait (returns)")
     span(reconcile.Reconciler, "_reconcile", "reconcile")
@@ -75,10 +77,10 @@ def _install_spans(record: Callable[[str, int, int], None]) -> None:
 
 
 def _mask_name(mask: int) -> str:
-    from watchdog.observers.inotify_c import InotifyConstants as C
+    from sidecar import inotify
 
     names = ("IN_CREATE", "IN_DELETE", "IN_MOVED_FROM", "IN_MOVED_TO", "IN_CLOSE_WRITE")
-    return "|".join(n[3:] for n in names if mask & getattr(C, n)) or hex(mask)
+    return "|".join(n[3:] for n in names if mask & getattr(inotify, n)) or hex(mask)
 
 
 def child(argv: list[str]) -> int:

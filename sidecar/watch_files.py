@@ -8,10 +8,8 @@ entries (``..<timestamp>`` version directories, ``..data_tmp``) are ignored and 
 included) are not even subscribed to: a reconcile started when the new version directory is
 created reads the old state and holds the loop while the swap that matters arrives.
 
-watchdog's inotify layer (``InotifyFD``: one thread reading the descriptor) calls us for each
-event and we notify the trigger directly. Its observer API is not used on purpose: it adds an
-emitter and a dispatcher thread with queues between the kernel and the loop and holds an
-unpaired rename half for up to 0.5 s, which set the tail of the propagation latency.
+One thread polls the inotify descriptor and notifies the trigger from the read itself: no queue,
+no second thread, no coalescing window between the kernel and the loop (``sidecar/inotify.py``).
 
 Events are only a hint: the loop re-reads the state through ``desired.read_documents`` and
 compares content hashes, so a missed, duplicated or reordered event cannot make the sidecar
@@ -24,100 +22,124 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import select
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from watchdog.observers.inotify_c import CallbackId, InotifyEvent, InotifyFD, Mask
-from watchdog.observers.inotify_c import InotifyConstants as C
-
 from sidecar.desired import DATA_LINK, SourceError
+from sidecar.inotify import (
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_IGNORED,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Event,
+    Inotify,
+)
 from sidecar.trigger import Trigger
 
 log = logging.getLogger("plugforge.sidecar")
 
 # Content changes of an entry. IN_MODIFY is left out on purpose: it fires on every write(), so
 # a reader woken by it could see a half-written plain file; IN_CLOSE_WRITE marks the end.
-ENTRY_EVENTS = C.IN_CLOSE_WRITE | C.IN_MOVED_FROM | C.IN_MOVED_TO | C.IN_CREATE | C.IN_DELETE
-GONE_EVENTS = C.IN_DELETE_SELF | C.IN_MOVE_SELF | C.IN_IGNORED
-WATCH_MASK = ENTRY_EVENTS | C.IN_DELETE_SELF | C.IN_MOVE_SELF | C.IN_ONLYDIR
+ENTRY_EVENTS = IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+GONE_EVENTS = IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED
+WATCH_MASK = ENTRY_EVENTS | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR
 
 
 def is_change(mask: int, name: str) -> bool:
     """Whether one inotify event can change what ``read_documents`` returns (``name`` is empty
     for an event on the watched directory itself)."""
-    if mask & (C.IN_Q_OVERFLOW | GONE_EVENTS):
+    if mask & (IN_Q_OVERFLOW | GONE_EVENTS):
         return True
     if not name or not mask & ENTRY_EVENTS:
         return False
     return name == DATA_LINK or not name.startswith("..")
 
 
-class _DirectoryCallback:
-    """watchdog calls this from its reader thread for every event on one directory."""
-
-    def __init__(self, directory: Path, trigger: Trigger) -> None:
-        self.directory = directory
-        self.trigger = trigger
-        self.stopping = False
-
-    def on_event(self, event: InotifyEvent) -> None:
-        if is_change(event.mask, os.fsdecode(event.name)):
-            self.trigger.notify(f"{self.directory} changed")
-
-    def on_watch_deleted(self, wd: int) -> None:
-        if self.stopping:
-            return  # our own stop() removed the watch (a clean shutdown): nothing is wrong
-        log.warning("decision=unwatched dir=%s detail=%r", self.directory,
-                    "the directory was removed or moved; only the periodic resync reads it now")
-        self.trigger.notify(f"{self.directory} changed")
-
-    def on_queue_overflow(self) -> None:
-        # The kernel dropped events but kept the watches: nothing to repair. The re-read waits
-        # for on_events_lost, which watchdog calls once every callback has heard of this.
-        pass
-
-    def on_events_lost(self) -> None:
-        # Which entries changed is unknown now: re-read every directory (the loop always reads
-        # the whole desired state, so one notification is the whole rescan).
-        log.warning("decision=rescan dir=%s detail=%r", self.directory,
-                    "file events were lost (inotify queue overflow); re-reading everything")
-        self.trigger.notify("file events were lost (inotify queue overflow)", urgent=True)
-
-
 class DirectoryWatcher:
     def __init__(self, dirs: Sequence[Path], trigger: Trigger) -> None:
         self._dirs = list(dirs)
         self._trigger = trigger
-        self._inotify: InotifyFD | None = None
-        self._callbacks: list[_DirectoryCallback] = []
+        self._watches: dict[int, Path] = {}  # watch descriptor -> directory
+        self._inotify: Inotify | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
 
     def start(self) -> None:
         try:
-            inotify = InotifyFD()
+            inotify = Inotify()
         except OSError as e:
             raise SourceError(f"cannot watch the config directories: {e.strerror}; raise "
                               "fs.inotify.max_user_instances or use --source api") from e
         for directory in self._dirs:
-            callback = _DirectoryCallback(directory, self._trigger)
-            self._callbacks.append(callback)
             try:
-                inotify.add_callback(os.fsencode(directory), Mask(WATCH_MASK), callback,
-                                     CallbackId(0))
+                self._watches[inotify.add_watch(str(directory), WATCH_MASK)] = directory
             except OSError as e:
                 inotify.close()
+                self._watches.clear()
                 hint = ("expected a mounted ConfigMap directory" if e.errno in
                         (errno.ENOENT, errno.ENOTDIR) else
                         "raise fs.inotify.max_user_watches" if e.errno == errno.ENOSPC else
                         "check the mount and the sidecar's permissions")
                 raise SourceError(f"{directory}: cannot watch it ({e.strerror}); {hint}") from e
-        inotify.start()
         self._inotify = inotify
+        self._wake_r, self._wake_w = os.pipe()
+        self._thread = threading.Thread(target=self._run, args=(inotify,), name="inotify",
+                                        daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
-        if self._inotify is None:
+        """Stop reading, then close: our own watches' removal is never reported as a loss."""
+        if self._thread is None or self._inotify is None:
             return
-        for callback in self._callbacks:
-            callback.stopping = True
-        self._inotify.stop()
-        self._inotify.join(timeout=5)
-        self._inotify = None
+        os.write(self._wake_w, b"x")
+        self._thread.join(timeout=5)
+        self._inotify.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._thread = self._inotify = None
+
+    def _run(self, inotify: Inotify) -> None:
+        poller = select.poll()
+        poller.register(inotify.fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
+        try:
+            while all(fd != self._wake_r for fd, _ in poller.poll()):
+                self.dispatch(inotify.read())
+        except Exception:  # the periodic resync still reads the directories
+            log.exception("decision=unwatched dirs=%s detail=%r", [str(d) for d in self._dirs],
+                          "reading file events failed; only the periodic resync reads them now")
+
+    def dispatch(self, events: Sequence[Event]) -> None:
+        """One read's events: each changed directory notifies once, a lost event rescans."""
+        changed: list[Path] = []
+        for event in events:
+            if event.mask & IN_Q_OVERFLOW:
+                # Which entries changed is unknown now: re-read everything (the loop always
+                # reads the whole desired state, so one notification is the whole rescan).
+                log.warning("decision=rescan dirs=%s detail=%r", [str(d) for d in self._dirs],
+                            "file events were lost (inotify queue overflow); re-reading "
+                            "everything")
+                self._trigger.notify("file events were lost (inotify queue overflow)",
+                                     urgent=True)
+                continue
+            directory = self._watches.get(event.wd)
+            if directory is None:
+                continue
+            if event.mask & IN_IGNORED:
+                # The kernel dropped the watch: the directory was removed or unmounted.
+                del self._watches[event.wd]
+                log.warning("decision=unwatched dir=%s detail=%r", directory,
+                            "the directory was removed or moved; only the periodic resync "
+                            "reads it now")
+            if is_change(event.mask, event.name) and directory not in changed:
+                changed.append(directory)
+        for directory in changed:
+            self._trigger.notify(f"{directory} changed")

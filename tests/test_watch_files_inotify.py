@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from watchdog.observers.inotify_c import InotifyConstants as C
 
+from sidecar import inotify as C
 from sidecar.desired import SourceError, read_documents
 from sidecar.trigger import Trigger
 from sidecar.watch_files import DirectoryWatcher, is_change
