@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TextIO, TypeVar
 
 from builder.build import recipe as recipes
-from builder.build import toolchains
+from builder.build import repo_recipe, toolchains
+from builder.build.executors import Executor
 from builder.build.registry import Publisher, RegistryAccess, parse_repository
 from builder.build.signing import BuildFacts, BuildSigner
 from builder.build.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
@@ -75,7 +76,8 @@ class Pipeline:
     def __init__(self, sources: SourceCache, read_secret: SecretReader, work_root: Path,
                  max_build_seconds: float, registry_ca: Path | None = None,
                  docker_url: str | None = None, signer: BuildSigner | None = None,
-                 toolchain_pins: toolchains.Pins | None = None) -> None:
+                 toolchain_pins: toolchains.Pins | None = None,
+                 executor: Executor | None = None) -> None:
         self.sources = sources
         self.read_secret = read_secret
         self.work_root = work_root
@@ -84,6 +86,8 @@ class Pipeline:
         self.docker_url = docker_url
         self.signer = signer
         """Signs and attests every image pushed; None: unsigned images (logged at start)."""
+        self.executor = executor
+        """Where build steps run (``--executor``); None: the ``process`` executor (tests)."""
         self.toolchain_pins = toolchain_pins
         """Toolchain name -> pinned image (``--toolchains``); None: no images, for the
         ``process`` executor only."""
@@ -152,14 +156,25 @@ class Pipeline:
         try:
             checkout = self.sources.checkout(spec.source, commit, work / "source",
                                              namespace=spec.namespace, creds=creds)
-            key = content_key(tree=checkout.tree, recipe_bytes=(tdir / "recipe.yaml").read_bytes(),
+            recipe_bytes = (tdir / "recipe.yaml").read_bytes()
+            # The repository's own recipe, or a layout it has instead of the template's, decides
+            # from here on (a repository's recipe only where builds are isolated).
+            chosen = _call_recipe(lambda: repo_recipe.for_checkout(
+                checkout.directory, broker=spec.broker, template=spec.template,
+                executor=self.executor.name if self.executor is not None else "process"))
+            if chosen is not None:
+                log.write(f"==> recipe: {chosen.origin}\n")
+                recipe, recipe_bytes = chosen.recipe, chosen.recipe_bytes
+                template = chosen.template or repo_recipe.REPO_RECIPE
+                toolchain_image = _call_recipe(lambda: self.toolchain_image(recipe))
+            key = content_key(tree=checkout.tree, recipe_bytes=recipe_bytes,
                               template=template, broker=spec.broker, url=spec.source.url,
                               toolchain=toolchain_image)
             tag = CONTENT_TAG_PREFIX + key
             log.write(f"==> commit {commit}, tree {checkout.tree}, content key {key}\n")
             facts = BuildFacts(
                 spec.source.url, commit, ref or spec.source.ref, checkout.tree, spec.source.path,
-                template, (tdir / "recipe.yaml").read_bytes(), spec.broker,
+                template, recipe_bytes, spec.broker,
                 f"{spec.namespace}/{build_name}", BUILDER_VERSION,
                 toolchain_image or recipe.toolchain,
                 recipe.tools, started_wall)
@@ -182,7 +197,8 @@ class Pipeline:
             log.flush()
             result = _call_recipe(lambda: recipes.run_recipe(
                 recipe, checkout.directory, work / "build", log=log, timeout=limit,
-                toolchain_image=toolchain_image))
+                toolchain_image=toolchain_image, executor=self.executor, build_name=build_name,
+                tenant=spec.namespace))
             # No revision: the commit is in the provenance, the digest names the artifact.
             metadata = ImageMetadata(
                 source=spec.source.url, revision="", broker=spec.broker,

@@ -101,10 +101,22 @@ def resolve(source_dir: Path, *, broker: str | None = None,
         raise recipes.RecipeError(
             f"{source_dir} matches more than one layout ("
             + "; ".join(d.why for d in found) + f"); say which: {EXAMPLE}")
-    for_broker = f" for broker {broker!r}" if broker else ""
+    for_broker = f" for broker {broker!r}" if broker else " (pass --template or --broker)"
     raise recipes.RecipeError(
         f"cannot tell how to build {source_dir}{for_broker}: no {REPO_RECIPE} and no layout "
         f"a template recognises; {EXAMPLE}")
+
+
+def for_checkout(tree: Path, *, broker: str, template: str | None,
+                 executor: str) -> Resolved | None:
+    """The builder's question after checking out a commit: does something other than the
+    template chosen before the fetch build it? The repository's recipe (only where builds are
+    isolated: ``require_isolation``), or a recognised layout; None: that template."""
+    resolved = resolve(tree, broker=broker, template=template or None)
+    if not resolved.from_repository and resolved.origin.startswith("template "):
+        return None
+    require_isolation(resolved, executor)
+    return resolved
 
 
 def read_repo_recipe(source_dir: Path) -> bytes | None:
