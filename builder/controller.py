@@ -21,7 +21,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
 from builder.metrics import BuildMetrics
 from builder.planning import ACTIVE, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
+from builder.resolving import ResolveCache
 from builder.resources import (
     BuildView,
     PluginSpec,
@@ -72,13 +72,6 @@ def build_name(plugin: str, generation: int, commit: str | None, salt: str = "")
     return f"{plugin[:200]}-{digest}"
 
 
-@dataclass
-class _Resolved:
-    commit: str | None
-    at: float
-    generation: int
-
-
 class Controller:
     def __init__(self, kube: Kube, pipeline: Pipeline, settings: Settings,
                  now: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -92,7 +85,7 @@ class Controller:
         self.queue = WorkQueue()
         self.metrics = BuildMetrics()
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
-        self._resolved: dict[str, _Resolved] = {}
+        self.resolved = ResolveCache(settings.resync_seconds * 0.9)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: set[str] = set()
@@ -226,7 +219,7 @@ class Controller:
         namespace, _, name = key.partition("/")
         obj = self.kube.get_plugin(namespace, name)
         if obj is None:
-            self._resolved.pop(key, None)
+            self.resolved.forget(key)
             for build in self.kube.list_builds(namespace, name):
                 self.kube.delete_build(namespace, build["metadata"]["name"])
             return None
@@ -324,18 +317,18 @@ class Controller:
                                                   "commit": commit or ""}})
 
     def _resolve(self, spec: PluginSpec) -> str | None:
-        """The ref's commit, re-fetched on spec changes and at most once per resync period."""
-        cached = self._resolved.get(spec.key)
-        if cached and cached.generation == spec.generation and \
-                time.monotonic() - cached.at < self.settings.resync_seconds * 0.9:
-            return cached.commit
-        try:
-            commit: str | None = self.pipeline.resolve(spec)
-        except BuilderError as e:
-            log.info("resolving %s: %s", spec.key, e)
-            commit = None
-        self._resolved[spec.key] = _Resolved(commit, time.monotonic(), spec.generation)
-        return commit
+        """The ref's commit, re-fetched on spec changes and at most once per resync period per
+        source (``builder.resolving``: plugins of one repository and ref share a fetch)."""
+        def fetch() -> str | None:
+            try:
+                return self.pipeline.resolve(spec)
+            except BuilderError as e:
+                log.info("resolving %s: %s", spec.key, e)
+                return None
+
+        src = spec.source
+        return self.resolved.resolve(spec.key, spec.generation, (
+            spec.namespace, src.url, src.ref, src.revision, src.secret), fetch)
 
     def _run(self, obj: Obj, spec: PluginSpec, build: Obj) -> None:
         view = parse_build(build)
