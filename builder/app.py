@@ -6,6 +6,7 @@ import logging
 import threading
 
 from builder.api.scopes import parse_caller
+from builder.build.executors.select import select_executor
 from builder.build.pipeline import Pipeline
 from builder.build.signing import BuildSigner, load_signing_key
 from builder.build.source import SourceCache
@@ -38,9 +39,13 @@ class Builder:
                         "signature or provenance, and verifying sidecars will refuse them")
         else:
             log.info("signing images with key %s", signer.key.public.key_id)
+        # Chosen now, so a refused executor stops the start; `process` warns at every start.
+        executor = select_executor(settings.executor, log=log,
+                                   allow_process=settings.allow_process_executor)
+        log.info("builds run with the %s executor", executor.name)
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,
-                                 settings.docker_url, signer)
+                                 settings.docker_url, signer, executor=executor)
         # Token files are read now, so a bad one stops the start with its reason.
         self.api_tokens = read_tokens(settings.grpc_token_file) \
             if settings.grpc_token_file and settings.grpc_address else {}

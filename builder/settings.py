@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from builder.build.executors import EXECUTORS
+
 ENV_PREFIX = "PLUGFORGE_BUILDER_"
 ENV_KUBECONFIG = "KUBECONFIG"
 ENV_CACHE = "PLUGFORGE_CACHE"
@@ -73,6 +75,11 @@ class Settings:
     signing_key: Path | None = None
     """A mounted cosign key pair Secret (``cosign.key``, ``cosign.password``): every image
     pushed is signed and gets a SLSA provenance attestation. None: unsigned, logged at start."""
+    executor: str = "kubernetes"
+    """Where builds' steps run (``builder/build/executors``): ``kubernetes`` (a Job per build),
+    ``container`` (podman on this machine) or ``process`` (subprocesses of the builder)."""
+    allow_process_executor: bool = False
+    """``process`` lets a build read everything the builder can: refused unless this is set."""
 
     @property
     def git_dir(self) -> Path:
@@ -89,6 +96,12 @@ class Settings:
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+
+PROCESS_REFUSED = (
+    "--executor process runs untrusted plugin builds as the builder's own user: they can read "
+    "its ServiceAccount token, mounted Secrets and every tenant's mirrors. It is for "
+    "development only; add --allow-process-executor (PLUGFORGE_BUILDER_ALLOW_PROCESS_EXECUTOR"
+    "=true) to accept that, or use --executor kubernetes or container")
 
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -118,6 +131,11 @@ _HELP = {
     "sidecar_ca": "CA bundle of the sidecars' gRPC certificates",
     "signing_key": "directory of the cosign key pair Secret (cosign.key, cosign.password): "
                    "sign every image and attest its provenance (default: unsigned)",
+    "executor": "where builds run: kubernetes (a Job per build, the default), container "
+                "(podman on this machine) or process (development only; needs "
+                "--allow-process-executor)",
+    "allow_process_executor": "accept --executor process, whose builds can read the "
+                              "builder's token, Secrets and every tenant's sources",
     "workers": "builds running at once, one per plugin at most (default %(default)s)",
     "max_build_seconds": "wall-clock cap for any build (default %(default)s)",
     "resync_seconds": "reconcile every plugin at least this often (default %(default)s)",
@@ -162,6 +180,12 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                  "sidecar_ca", "signing_key"):
         p.add_argument("--" + name.replace("_", "-"), type=Path,
                        default=env.get(ENV_PREFIX + name.upper()), help=_HELP[name])
+    p.add_argument("--executor", choices=EXECUTORS, help=_HELP["executor"],
+                   default=env.get(ENV_PREFIX + "EXECUTOR", d.executor))
+    p.add_argument("--allow-process-executor", action="store_true",
+                   help=_HELP["allow_process_executor"],
+                   default=env.get(ENV_PREFIX + "ALLOW_PROCESS_EXECUTOR", "").lower()
+                   in ("1", "true", "yes"))
     numbers: dict[str, type[int] | type[float]] = {
         "workers": int, "max_build_seconds": float, "resync_seconds": float,
         "watch_timeout_seconds": int, "lease_duration_seconds": float,
@@ -207,6 +231,11 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             raise SettingsError(f"--{name.replace('_', '-')}: expected a namespace name (lower "
                                 f"case letters, digits and '-', at most 63), found "
                                 f"{values[name]!r}")
+    if values["executor"] not in EXECUTORS:  # argparse checks flags, not the variable
+        raise SettingsError(f"${ENV_PREFIX}EXECUTOR: expected one of {', '.join(EXECUTORS)}, "
+                            f"found {values['executor']!r}")
+    if values["executor"] == "process" and not values["allow_process_executor"]:
+        raise SettingsError(PROCESS_REFUSED)
     if values["lease_renew_seconds"] >= values["lease_duration_seconds"]:
         raise SettingsError("--lease-renew-seconds must be shorter than --lease-duration-seconds")
     return Settings(**values)

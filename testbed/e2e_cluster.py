@@ -184,7 +184,8 @@ class Stage:
             identity="builder-flows-0", state_dir=self.workdir / "builder", workers=2,
             resync_seconds=600.0, lease_duration_seconds=4, lease_renew_seconds=1,
             backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
-            registry_ca=self.registry.ca.cert, signing_key=key_dir))
+            registry_ca=self.registry.ca.cert, signing_key=key_dir,
+            executor="process", allow_process_executor=True))
         self.builder.start()
         wait_for(lambda: self.builder.leading, "the builder to take its Lease", say=self.say)
         self._kube = Kube.from_kubeconfig(self.cp.kubeconfig("builder"))

@@ -127,7 +127,9 @@ def fast_settings(cp: ControlPlane, registry_ca: Path, lease: str, identity: str
         watch_namespace=watch_namespace,
         state_dir=state_dir, workers=2, resync_seconds=2.0, lease_duration_seconds=4,
         lease_renew_seconds=1, backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
-        registry_ca=registry_ca)
+        registry_ca=registry_ca,
+        # These test the builder's control flow; build isolation: tests/test_build_isolation.py.
+        executor="process", allow_process_executor=True)
     return settings.with_(**overrides) if overrides else settings
 
 

@@ -181,7 +181,7 @@ def deployed_builder(installed: Installed, control_plane: ControlPlane,
     settings = parse_settings([
         *args, "--kubeconfig", str(control_plane.kubeconfig("builder")),
         "--watch-namespace", installed.namespace, "--lease-name", f"api-{uuid.uuid4().hex[:6]}",
-        "--identity", "api-wiring"], {})
+        "--identity", "api-wiring", "--executor", "process", "--allow-process-executor"], {})
     builder = Builder(settings)
     builder.start()
     try:

@@ -38,7 +38,8 @@ def builder(control_plane: ControlPlane, registry: Registry, podman_service: Pod
         kubeconfig=control_plane.kubeconfig("builder"), lease_name="builder-docker",
         identity="builder-docker", state_dir=tmp_path_factory.mktemp("state"),
         resync_seconds=2.0, lease_duration_seconds=4, lease_renew_seconds=1,
-        registry_ca=registry.ca.cert, docker_url=podman_service.url))
+        registry_ca=registry.ca.cert, docker_url=podman_service.url,
+        executor="process", allow_process_executor=True))
     b.start()
     wait_for(lambda: b.leading, "the builder to lead")
     yield b

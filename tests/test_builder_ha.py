@@ -64,7 +64,8 @@ def _settings(cp: ControlPlane, registry: Registry, lease: str, identity: str,
                     watch_namespace=namespace,
                     state_dir=state, resync_seconds=2.0, lease_duration_seconds=4,
                     lease_renew_seconds=1, backoff_base_seconds=0.5, max_attempts=2,
-                    registry_ca=registry.ca.cert)
+                    registry_ca=registry.ca.cert, executor="process",
+                    allow_process_executor=True)
 
 
 def test_two_replicas_only_the_leader_builds(control_plane: ControlPlane, registry: Registry,
@@ -111,7 +112,8 @@ def _spawn(cp: ControlPlane, registry: Registry, identity: str, state: Path,
         [sys.executable, "-m", "builder", "--kubeconfig", str(cp.kubeconfig("builder")),
          "--lease-name", "ha-restart", "--identity", identity, "--state-dir", str(state),
          "--registry-ca", str(registry.ca.cert), "--lease-duration-seconds", "4",
-         "--lease-renew-seconds", "1", "--resync-seconds", "2"],
+         "--lease-renew-seconds", "1", "--resync-seconds", "2",
+         "--executor", "process", "--allow-process-executor"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -47,7 +47,8 @@ def test_builder_process_serves_webhooks_and_metrics(control_plane: ControlPlane
             [sys.executable, "-m", "builder", "--kubeconfig",
              str(control_plane.kubeconfig("builder")), "--lease-name", "webhook-wiring",
              "--state-dir", str(tmp_path / "state"), "--webhook-address", f"127.0.0.1:{port}",
-             "--metrics-address", f"127.0.0.1:{metrics_port}"],
+             "--metrics-address", f"127.0.0.1:{metrics_port}",
+             "--executor", "process", "--allow-process-executor"],
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out,
             stderr=subprocess.STDOUT)
     try:

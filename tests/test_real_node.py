@@ -190,8 +190,11 @@ def _testbed_overlay(directory: Path, real_node: RealNode, refs: dict[str, str],
              "patch": yaml.safe_dump([
                  {"op": "replace", "path": "/spec/replicas", "value": 1},
                  *ops(spec, 0, [{"op": "add", "path": f"{spec}/containers/0/env/-", "value": {
-                     "name": "PLUGFORGE_BUILDER_REGISTRY_CA",
-                     "value": "/etc/testbed-ca/ca.crt"}}])])},
+                     "name": name, "value": value}} for name, value in (
+                         ("PLUGFORGE_BUILDER_REGISTRY_CA", "/etc/testbed-ca/ca.crt"),
+                         # Until the kubernetes executor runs here (issue 21).
+                         ("PLUGFORGE_BUILDER_EXECUTOR", "process"),
+                         ("PLUGFORGE_BUILDER_ALLOW_PROCESS_EXECUTOR", "true"))])])},
             {"target": {"kind": "Deployment", "name": "mosquitto"},
              "patch": yaml.safe_dump(ops(spec, 1, [
                  {"op": "add", "path": f"{spec}/containers/1/args/-",
