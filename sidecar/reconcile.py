@@ -244,9 +244,13 @@ class Reconciler:
             image = action.image or ""
             tree = self._pull(image)
             if not (tree / "plugin" / action.target).is_dir():
-                raise ImageRefused(image, "WrongArtifact", f"the image has no plugin/"
-                                   f"{action.target}/ directory: not a build of plugin "
-                                   f"{action.target}", final=True)
+                # Name both: a release named differently from the artifact is a common slip.
+                held = sorted(p.name for p in (tree / "plugin").iterdir()) \
+                    if (tree / "plugin").is_dir() else []
+                raise ImageRefused(image, "WrongArtifact", f"the release names plugin "
+                                   f"{action.target!r}, but the image holds "
+                                   f"{', '.join(f'plugin/{h}/' for h in held) or 'no plugin/'}: "
+                                   f"not a build of plugin {action.target}", final=True)
 
     def _execute(self, actions: list[Action]) -> bool:
         """Perform ``actions`` in order; True when a needed broker restart was not performed."""
