@@ -1,0 +1,475 @@
+"""The ``kubernetes`` executor: each build a Job in the build namespace, holding no credential.
+
+The pod: one init container fetches the source tarball over a one-time URL (a static busybox
+image; the URL is the builder's, never the plugin's), one init container per recipe step runs
+its exact argv and env in the toolchain image (no shell), and the last container returns the
+tree over another one-time URL. No ServiceAccount token is mounted and the ServiceAccount has
+no rights; non-root, read-only root filesystem, all capabilities dropped, seccomp
+RuntimeDefault, CPU/memory/ephemeral-storage limits, an emptyDir workspace with a size limit,
+``activeDeadlineSeconds`` = the build's timeout, no retries, deleted a while after it ends.
+
+Each container's log is followed into the build log as it runs. How the pod ended becomes the
+executor's errors: a step's exit code ``BuildFailed``, the deadline ``BuildTimeout``, a program
+the image lacks ``ToolMissing``; pull errors, no node, eviction, a broken transfer
+``ExecutorFailed`` (not the plugin's fault: retried).
+
+Orphans: every Job is labelled with its build, tenant and the builder's identity. ``sweep``,
+called when this replica starts running builds (it holds the Lease), deletes every build Job
+it is not running: a Job cannot be adopted, since its upload URL died with the process that
+made it, so the controller runs the build again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from builder.build import sandbox, toolchains
+from builder.build.executors import BuildJob
+from builder.build.executors.transfer import (
+    Receipt,
+    TransferServer,
+    clear,
+    extract_result,
+    pack_workspace,
+)
+from builder.build.recipe_errors import (
+    BuildFailed,
+    BuildTimeout,
+    ExecutorFailed,
+    ToolMissing,
+)
+from builder.errors import BuilderError
+from builder.kube import Kube
+
+log = logging.getLogger(__name__)
+
+Obj = dict[str, Any]
+
+MANAGED_BY = "plugforge-builder"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_BUILD = "plugforge.dev/build"
+LABEL_TENANT = "plugforge.dev/tenant"
+LABEL_BUILDER = "plugforge.dev/builder"
+LABEL_JOB = "plugforge.dev/build-job"
+LABEL_EGRESS = "plugforge.dev/egress"
+"""``dependencies`` on pods of recipes with dependency caches: the NetworkPolicy that lets
+them reach package registries selects it (manifests/builds/)."""
+WORKSPACE = "/build"
+UNSCHEDULABLE_GRACE = 30.0
+"""Seconds a pod may wait for a node (others' builds finishing) before the build is retried."""
+POLL_SECONDS = 0.2
+PULL_ERRORS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                         "ErrImageNeverPull", "RegistryUnavailable"})
+CREATE_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError",
+                           "RunContainerError", "PreCreateHookError", "PreStartHookError"})
+
+# The transfer containers' scripts are the builder's constants; the URLs come in through env.
+FETCH_SCRIPT = ('set -e -o pipefail; /bin/busybox wget -q -O - "$PLUGFORGE_SOURCE_URL" '
+                f"| /bin/busybox tar -x -f - -C {WORKSPACE}")
+RETURN_SCRIPT = (f"set -e -o pipefail; /bin/busybox tar -c -f - -C {WORKSPACE}/src . "
+                 "| /bin/busybox base64 "
+                 '| /bin/busybox wget -q -O /dev/null --post-file /dev/stdin '
+                 '"$PLUGFORGE_RESULT_URL"')
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Where and how build Jobs run (builder settings; manifests/builder/40-deployment.yaml)."""
+
+    transfer_image: str
+    """A static busybox image (``wget``, ``tar``, ``base64``) for the transfer containers."""
+    identity: str
+    """This builder replica; labels its Jobs."""
+    namespace: str = "plugforge-builds"
+    service_account: str = "plugforge-build"
+    run_as: int = toolchains.BUILD_UID
+    """The toolchain images' build user."""
+    cpu: str = "2"
+    memory: str = "2Gi"
+    ephemeral_storage: str = "4Gi"
+    workspace_size: str = "2Gi"
+    cpu_request: str = "250m"
+    memory_request: str = "256Mi"
+    ttl_after_finished: int = 600
+    """Seconds a finished Job (and its logs) stays for inspection."""
+    max_result_bytes: int = 512 * 1024 * 1024
+
+
+# --- the Job (pure) ----------------------------------------------------------------------------
+
+def job_name(build: str) -> str:
+    slug = re.sub(r"[^a-z0-9-]+", "-", build.lower()).strip("-")[:40].strip("-")
+    return f"build-{slug or 'x'}-{secrets.token_hex(3)}"
+
+
+def label_value(text: str) -> str:
+    """A valid label value for ``text``: shortened with a hash when cut or changed."""
+    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
+    if clean == text and len(text) <= 63 and (not text or (text[0].isalnum()
+                                                           and text[-1].isalnum())):
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return (clean[:54].strip("-._") + "-" + digest).strip("-._")
+
+
+def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: str,
+                 result_url: str) -> Obj:
+    labels = {LABEL_MANAGED: MANAGED_BY, LABEL_BUILD: label_value(job.name),
+              LABEL_TENANT: label_value(job.tenant), LABEL_BUILDER: label_value(settings.identity),
+              LABEL_JOB: name}
+    pod_labels = dict(labels)
+    if job.caches:
+        pod_labels[LABEL_EGRESS] = "dependencies"
+    resources = {"limits": {"cpu": settings.cpu, "memory": settings.memory,
+                            "ephemeral-storage": settings.ephemeral_storage},
+                 "requests": {"cpu": settings.cpu_request, "memory": settings.memory_request}}
+    security = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                "runAsNonRoot": True, "privileged": False, "capabilities": {"drop": ["ALL"]}}
+    mount = [{"name": "workspace", "mountPath": WORKSPACE}]
+
+    def container(cname: str, image: str, command: list[str], env: Mapping[str, str],
+                  workdir: str = WORKSPACE) -> Obj:
+        return {"name": cname, "image": image, "command": command, "workingDir": workdir,
+                "env": [{"name": k, "value": v} for k, v in env.items()],
+                "resources": resources, "securityContext": security, "volumeMounts": mount,
+                "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"}
+
+    base_env = {"HOME": f"{WORKSPACE}/home", "TMPDIR": f"{WORKSPACE}/tmp",  # noqa: S108
+                "LANG": "C.UTF-8",
+                **cache_env(job.caches)}
+    steps = [container(f"step-{i}", job.toolchain_image, list(step.argv),
+                       {**base_env, **step.env}, f"{WORKSPACE}/src")
+             for i, step in enumerate(job.steps, 1)]
+    deadline = max(1, math.ceil(job.timeout))
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": name, "namespace": settings.namespace, "labels": labels,
+                     "annotations": {"plugforge.dev/build-name": job.name,
+                                     "plugforge.dev/tenant": job.tenant,
+                                     "plugforge.dev/builder": settings.identity}},
+        "spec": {
+            "backoffLimit": 0, "activeDeadlineSeconds": deadline,
+            "ttlSecondsAfterFinished": settings.ttl_after_finished,
+            "template": {"metadata": {"labels": pod_labels}, "spec": {
+                "restartPolicy": "Never",
+                "serviceAccountName": settings.service_account,
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,  # no env vars naming the cluster's Services
+                "activeDeadlineSeconds": deadline,  # the kubelet's own stop, with a clear reason
+                "terminationGracePeriodSeconds": 2,
+                "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as,
+                                    "runAsGroup": settings.run_as, "fsGroup": settings.run_as,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "volumes": [{"name": "workspace",
+                             "emptyDir": {"sizeLimit": settings.workspace_size}}],
+                "initContainers": [
+                    container("fetch", settings.transfer_image,
+                              ["/bin/busybox", "sh", "-c", FETCH_SCRIPT],
+                              {"PLUGFORGE_SOURCE_URL": source_url}),
+                    *steps],
+                "containers": [
+                    container("return", settings.transfer_image,
+                              ["/bin/busybox", "sh", "-c", RETURN_SCRIPT],
+                              {"PLUGFORGE_RESULT_URL": result_url})],
+            }},
+        },
+    }
+
+
+def cache_env(caches: tuple[str, ...]) -> dict[str, str]:
+    """Dependency caches in the pod's workspace: per build (not kept between builds yet)."""
+    env: dict[str, str] = {}
+    if "maven" in caches:
+        env["MAVEN_OPTS"] = f"-Dmaven.repo.local={WORKSPACE}/cache/maven"
+    if "rebar3" in caches:
+        env["REBAR_CACHE_DIR"] = f"{WORKSPACE}/cache/rebar3"
+    return env
+
+
+# --- how it ended (pure) -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str
+    """``running``, ``succeeded``, ``step-failed``, ``tool-missing``, ``timeout``, ``infra``."""
+    step: int = 0
+    code: int = 0
+    message: str = ""
+
+
+RUNNING = Verdict("running")
+
+
+def judge(job: Obj | None, pod: Obj | None, *, elapsed: float, timeout: float,
+          now: datetime) -> Verdict:
+    """The build's state from its Job and pod as the apiserver shows them."""
+    if job is None:
+        return Verdict("infra", message="the Job was deleted while the build ran")
+    conditions = (job.get("status") or {}).get("conditions") or []
+    for c in conditions:
+        if c.get("status") == "True" and c.get("type") in ("Failed", "FailureTarget"):
+            if c.get("reason") == "DeadlineExceeded":
+                return Verdict("timeout")
+            if pod is None:
+                return Verdict("infra", message=f"the Job failed: {c.get('reason')}: "
+                                                f"{c.get('message', '')}")
+    if pod is None:
+        return RUNNING
+    status = pod.get("status") or {}
+    if status.get("reason") == "DeadlineExceeded":
+        return Verdict("timeout")
+    if status.get("reason") == "Evicted":
+        return Verdict("infra", message=f"the pod was evicted: {status.get('message', '')}")
+    inits = status.get("initContainerStatuses") or []
+    mains = status.get("containerStatuses") or []
+    for cs in (*inits, *mains):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in PULL_ERRORS:
+            return Verdict("infra", message=f"cannot pull image {cs.get('image')}: "
+                                            f"{waiting['reason']}: {waiting.get('message', '')}")
+        if waiting.get("reason") in CREATE_ERRORS:
+            return Verdict("infra", message=f"container {cs.get('name')} cannot start: "
+                                            f"{waiting['reason']}: {waiting.get('message', '')}")
+    for cs in inits:
+        ended = (cs.get("state") or {}).get("terminated") or {}
+        code = int(ended.get("exitCode", 0))
+        if not ended or code == 0:
+            continue
+        if cs.get("name") == "fetch":
+            return Verdict("infra", code=code, message=f"fetching the source into the pod "
+                           f"failed (exit {code}): {ended.get('message', '').strip()}")
+        step = int(str(cs.get("name", "step-0")).removeprefix("step-") or 0)
+        text = str(ended.get("message", ""))
+        if ended.get("reason") in ("StartError", "ContainerCannotRun") and (
+                "executable file not found" in text or "no such file or directory" in text):
+            return Verdict("tool-missing", step=step, code=code, message=text.strip())
+        if code in (137, 143) and elapsed >= timeout - 1:
+            return Verdict("timeout", step=step)
+        return Verdict("step-failed", step=step, code=code, message=text.strip())
+    for cs in mains:
+        ended = (cs.get("state") or {}).get("terminated") or {}
+        if ended and int(ended.get("exitCode", 0)) != 0:
+            return Verdict("infra", code=int(ended["exitCode"]), message=(
+                f"returning the result from the pod failed (exit {ended['exitCode']}): "
+                f"{ended.get('message', '').strip()}"))
+    if status.get("phase") == "Succeeded":
+        return Verdict("succeeded")
+    if status.get("phase") == "Failed":
+        return Verdict("infra", message=f"the pod failed: {status.get('reason', '')}: "
+                                        f"{status.get('message', '')}")
+    for c in status.get("conditions") or []:
+        if (c.get("type") == "PodScheduled" and c.get("status") == "False"
+                and c.get("reason") == "Unschedulable"
+                and _age(c.get("lastTransitionTime"), now) > UNSCHEDULABLE_GRACE):
+            return Verdict("infra", message=f"no node can run the build: {c.get('message')}")
+    return RUNNING
+
+
+def _age(stamp: str | None, now: datetime) -> float:
+    if not stamp:
+        return 0.0
+    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (now - then).total_seconds()
+
+
+def started(pod: Obj | None, container: str) -> bool:
+    """Whether ``container`` of ``pod`` runs or ran (its log can be followed)."""
+    status = (pod or {}).get("status") or {}
+    for cs in (*(status.get("initContainerStatuses") or []),
+               *(status.get("containerStatuses") or [])):
+        if cs.get("name") == container:
+            state = cs.get("state") or {}
+            return bool(state.get("running") or state.get("terminated"))
+    return False
+
+
+# --- running it (I/O) --------------------------------------------------------------------------
+
+class _Log:
+    """The build log file plus the live echo; at most ``limit`` bytes kept."""
+
+    def __init__(self, path: Path, echo: TextIO | None,
+                 limit: int = sandbox.LOG_LIMIT_BYTES) -> None:
+        self._file = path.open("ab")
+        self._echo, self._left, self._dropped = echo, limit, 0
+
+    def write(self, data: bytes) -> None:
+        kept = data[:max(self._left, 0)]
+        self._dropped += len(data) - len(kept)
+        self._left -= len(kept)
+        if kept:
+            self._file.write(kept)
+            self._file.flush()
+            if self._echo is not None:
+                self._echo.write(kept.decode("utf-8", errors="replace"))
+                self._echo.flush()
+
+    def close(self) -> None:
+        if self._dropped:
+            self._file.write(f"\n!! log truncated: {self._dropped} more bytes of output not "
+                             "kept\n".encode())
+        self._file.close()
+
+
+class KubernetesExecutor:
+    name = "kubernetes"
+
+    def __init__(self, kube: Kube, transfers: TransferServer, settings: JobSettings) -> None:
+        self.kube = kube
+        self.transfers = transfers
+        self.settings = settings
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def sweep(self) -> list[str]:
+        """Delete every build Job in the namespace that this process does not run (left by a
+        builder that died or lost the Lease); returns their names. Call it while holding the
+        Lease: a standby replica must not reap the leader's builds."""
+        try:
+            jobs = self.kube.list_jobs(self.settings.namespace, f"{LABEL_MANAGED}={MANAGED_BY}")
+        except BuilderError as e:
+            raise ExecutorFailed(f"cannot list build Jobs in {self.settings.namespace}: {e}"
+                                 ) from e
+        with self._lock:
+            orphans = [j["metadata"]["name"] for j in jobs
+                       if j["metadata"]["name"] not in self._running]
+        for name in orphans:
+            owner = (j for j in jobs if j["metadata"]["name"] == name)
+            meta = next(owner)["metadata"]
+            log.warning("deleting build Job %s/%s of build %s (tenant %s, builder %s): no "
+                        "builder runs it any more", self.settings.namespace, name,
+                        meta.get("annotations", {}).get("plugforge.dev/build-name"),
+                        meta.get("annotations", {}).get("plugforge.dev/tenant"),
+                        meta.get("annotations", {}).get("plugforge.dev/builder"))
+            self.kube.delete_job(self.settings.namespace, name)
+        return orphans
+
+    def run(self, job: BuildJob, workspace: Path, log_path: Path,
+            echo: TextIO | None = None) -> None:
+        started_at = time.monotonic()
+        ns, name = self.settings.namespace, job_name(job.name)
+        staging = workspace.parent / "transfer"
+        staging.mkdir(exist_ok=True)
+        source_tar, result_tar = staging / "source.tar", staging / "result.tar"
+        pack_workspace(workspace, source_tar)
+        ttl = job.timeout + 300  # the deadline plus time to pull images and schedule
+        source_url = self.transfers.offer(source_tar, ttl)
+        result_url, receipt = self.transfers.expect(result_tar, ttl)
+        out = _Log(log_path, echo)
+        finished = False
+        try:
+            try:
+                with self._lock:
+                    self._running.add(name)
+                self.kube.create_job(ns, job_manifest(job, self.settings, name, source_url,
+                                                      result_url))
+            except BuilderError as e:
+                raise ExecutorFailed(f"cannot create the build Job in {ns}: {e}") from e
+            out.write(f"==> build Job {ns}/{name} ({job.toolchain_image})\n".encode())
+            verdict = self._follow(job, name, out, started_at)
+            # Ended pods stay until the TTL for inspection; anything else is deleted now.
+            finished = verdict.kind in ("succeeded", "step-failed", "tool-missing")
+            self._conclude(job, verdict, out, log_path, receipt, workspace, result_tar,
+                           name, started_at)
+        finally:
+            self.transfers.revoke(source_url)
+            self.transfers.revoke(result_url)
+            out.close()
+            if not finished:
+                # Timed out, stuck or interrupted: nothing of it keeps running.
+                self._delete(name)
+            with self._lock:
+                self._running.discard(name)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.kube.delete_job(self.settings.namespace, name)
+        except BuilderError as e:
+            log.warning("could not delete build Job %s/%s (the next sweep will): %s",
+                        self.settings.namespace, name, e)
+
+    def _follow(self, job: BuildJob, name: str, out: _Log, started_at: float) -> Verdict:
+        """Stream each container's log in order until the build ends; its verdict."""
+        ns = self.settings.namespace
+        containers = ["fetch", *(f"step-{i}" for i in range(1, len(job.steps) + 1)), "return"]
+        followed = 0
+        guard = started_at + job.timeout + 60  # if the cluster never reports the deadline
+        while True:
+            try:
+                current = self.kube.get_job(ns, name)
+                pods = self.kube.list_pods(ns, f"{LABEL_JOB}={name}")
+            except BuilderError as e:
+                raise ExecutorFailed(f"lost track of build Job {ns}/{name}: {e}") from e
+            pod = max(pods, key=lambda p: p["metadata"]["creationTimestamp"], default=None)
+            verdict = judge(current, pod, elapsed=time.monotonic() - started_at,
+                            timeout=job.timeout, now=datetime.now(UTC))
+            if followed < len(containers) and started(pod, containers[followed]) and pod:
+                self._stream(job, pod["metadata"]["name"], containers[followed], out, guard)
+                followed += 1
+                continue  # its state moved on while its log was followed
+            if verdict.kind != "running":
+                return verdict
+            if time.monotonic() > guard:
+                return Verdict("timeout")
+            time.sleep(POLL_SECONDS)
+
+    def _stream(self, job: BuildJob, pod: str, container: str, out: _Log,
+                guard: float) -> None:
+        if container.startswith("step-"):
+            argv = job.steps[int(container.removeprefix("step-")) - 1].argv
+            out.write(f"$ {' '.join(argv)}\n".encode())
+        try:
+            for chunk in self.kube.follow_pod_log(self.settings.namespace, pod, container,
+                                                  max(5.0, guard - time.monotonic())):
+                out.write(chunk)
+        except BuilderError as e:
+            out.write(f"!! the log of {container} broke off: {e}\n".encode())
+
+    def _conclude(self, job: BuildJob, verdict: Verdict, out: _Log, log_path: Path,
+                  receipt: Receipt, workspace: Path, result_tar: Path, name: str,
+                  started_at: float) -> None:
+        ns = self.settings.namespace
+        if verdict.kind == "succeeded":
+            if not receipt.done.wait(10) or receipt.error:
+                raise ExecutorFailed(f"build Job {ns}/{name} ended but its result did not "
+                                     f"arrive: {receipt.error or 'no upload'}")
+            clear(workspace)
+            for note in extract_result(result_tar, workspace, self.settings.max_result_bytes):
+                out.write(f"!! {note}\n".encode())
+            out.write(f"==> build Job {ns}/{name} done in {time.monotonic() - started_at:.1f}s"
+                      f" (result {receipt.size} bytes)\n".encode())
+            return
+        if verdict.kind == "timeout":
+            out.write(f"!! killed: build exceeded its {job.timeout:g}s limit\n".encode())
+            tail = sandbox.log_tail(log_path)
+            raise BuildTimeout(
+                f"build exceeded its time limit of {job.timeout:g}s"
+                + (f" during step {verdict.step}" if verdict.step else "")
+                + f"; its pod ({ns}/{name}) was stopped. Make the build faster or raise "
+                f"timeoutSeconds in the recipe.\n--- last lines of the build log ---\n{tail}",
+                timeout=job.timeout, log_tail=tail)
+        if verdict.kind == "tool-missing":
+            tool = job.steps[verdict.step - 1].argv[0]
+            raise ToolMissing(f"build step {verdict.step}: {tool!r} is not in the toolchain "
+                              f"image {job.toolchain_image} ({verdict.message})", tool=tool)
+        if verdict.kind == "step-failed":
+            argv = job.steps[verdict.step - 1].argv
+            tail = sandbox.log_tail(log_path)
+            raise BuildFailed(
+                f"build step {verdict.step} ({' '.join(argv)}) exited with code "
+                f"{verdict.code}.\n--- last lines of the build log ---\n{tail}",
+                step=verdict.step, exit_code=verdict.code, log_tail=tail)
+        raise ExecutorFailed(f"build Job {ns}/{name}: {verdict.message}")

@@ -1,0 +1,395 @@
+"""The ``kubernetes`` executor on the real node (tests/node_support.py): every build a Job in
+``plugforge-builds`` (manifests/builder/50-builds.yaml applied as shipped), run by the builder's
+own identity with exactly that Role, the source in and the result out over one-time URLs.
+
+The builder here is this test process (the transfer server listens on the node's bridge
+address, where pods reach the host); the toolchain image is the mosquitto-c template's, built
+from its toolchain.Containerfile and pushed to the node's registry. One module shares the
+session's node; when it cannot start, every test fails with the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from node_support import RealNode
+
+from builder.build.executors import BuildJob, BuildStep
+from builder.build.executors.kubernetes import (
+    LABEL_MANAGED,
+    MANAGED_BY,
+    JobSettings,
+    KubernetesExecutor,
+)
+from builder.build.executors.process import ProcessExecutor
+from builder.build.executors.transfer import TransferServer, extract_result
+from builder.build.recipe import load_recipe, run_recipe, template_dir
+from builder.build.recipe_errors import (
+    ArtifactError,
+    BuildFailed,
+    BuildTimeout,
+    ExecutorFailed,
+    ToolMissing,
+)
+from builder.build.scaffold import scaffold
+from builder.kube import Kube, apply_documents, load_documents
+from testbed import node, toolchains
+from testbed.e2e_cluster import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+NS = "plugforge-builds"
+# A cold machine builds the Debian base and the toolchain image in the first test's setup.
+pytestmark = pytest.mark.timeout(1800)
+
+
+@dataclass
+class Builds:
+    real: RealNode
+    kube: Kube  # as the builder's ServiceAccount: only manifests/ grant it anything
+    transfers: TransferServer
+    settings: JobSettings
+    toolchain: str  # the mosquitto-c toolchain, image@digest in the node's registry
+    executor: KubernetesExecutor
+
+    def jobs(self) -> list[dict[str, Any]]:
+        out: dict[str, Any] = self.real.api.ok(
+            "GET", f"/apis/batch/v1/namespaces/{NS}/jobs?labelSelector={LABEL_MANAGED}%3D"
+                   f"{MANAGED_BY}")
+        return list(out["items"])
+
+    def pods(self, selector: str = "") -> list[dict[str, Any]]:
+        query = f"?labelSelector={selector}" if selector else ""
+        out: dict[str, Any] = self.real.api.ok("GET", f"/api/v1/namespaces/{NS}/pods{query}")
+        return list(out["items"])
+
+
+@pytest.fixture(scope="module")
+def builds(real_node: RealNode) -> Iterator[Builds]:
+    cp = real_node.cp
+    admin = Kube.from_kubeconfig(cp.kubeconfig("admin"))
+    try:
+        apply_documents(admin.api, load_documents([ROOT / "manifests" / "builder" /
+                                                   "50-builds.yaml"]))
+    finally:
+        admin.close()
+    t = time.monotonic()
+    toolchain = toolchains.push_toolchain(real_node.podman, "mosquitto-c",
+                                          real_node.registry.host, cp.ca,
+                                          node.NODE_DIR / "images.log")
+    real_node.timings["mosquitto-c toolchain"] = time.monotonic() - t
+    kube = Kube.from_kubeconfig(cp.kubeconfig("builder"))
+    transfers = TransferServer((node.NODE_IP, 0), node.NODE_IP, max_bytes=64 * 1024 * 1024)
+    settings = JobSettings(transfer_image=real_node.busybox, identity="test-builder-1",
+                           namespace=NS, cpu="1", memory="512Mi", ephemeral_storage="1Gi",
+                           workspace_size="256Mi", cpu_request="50m", memory_request="64Mi")
+    executor = KubernetesExecutor(kube, transfers, settings)
+    yield Builds(real_node, kube, transfers, settings, toolchain, executor)
+    transfers.close()
+    kube.close()
+
+
+def job_of(steps: list[list[str]], name: str, image: str, timeout: float = 60) -> BuildJob:
+    return BuildJob(name=name, tenant="tenant-a", toolchain_image=image,
+                    steps=tuple(BuildStep(tuple(s)) for s in steps), caches=(),
+                    timeout=timeout)
+
+
+def workspace(tmp_path: Path, files: dict[str, str] | None = None) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for rel, text in (files or {"README": "hello\n"}).items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    return src
+
+
+# --- the mosquitto template through a Job: the same bytes as the process executor -------------
+
+def test_mosquitto_starter_builds_in_a_job_byte_identical_to_the_process_executor(
+        builds: Builds, tmp_path: Path) -> None:
+    tdir = template_dir("mosquitto-c")
+    recipe = load_recipe(tdir)
+    source = scaffold(tdir, "mosquitto-c", "mosquitto", "deny-test", tmp_path / "repo")
+
+    t = time.monotonic()
+    local = run_recipe(recipe, source, tmp_path / "process", executor=ProcessExecutor(tmp_path))
+    process_seconds = time.monotonic() - t
+    echo = (tmp_path / "echo.txt").open("w")
+    t = time.monotonic()
+    in_job = run_recipe(recipe, source, tmp_path / "job", executor=builds.executor, log=echo,
+                        build_name="deny-test-1", tenant="tenant-a",
+                        toolchain_image=builds.toolchain)
+    job_seconds = time.monotonic() - t
+    echo.close()
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file()}
+
+    assert files(in_job.artifact_dir) == files(local.artifact_dir)
+    assert list(files(in_job.artifact_dir)) == ["deny_test.so"]
+    log = in_job.log_path.read_text()
+    assert "$ gcc -std=gnu11" in log and "==> build Job plugforge-builds/build-deny-test-1-" in log
+    # The live echo (what `plugforge logs -f` shows) saw the same lines.
+    assert "$ gcc -std=gnu11" in (tmp_path / "echo.txt").read_text()
+    # A second run: the images are on the node, as they are for every build but the first.
+    t = time.monotonic()
+    run_recipe(recipe, source, tmp_path / "job2", executor=builds.executor,
+               build_name="deny-test-2", tenant="tenant-a", toolchain_image=builds.toolchain)
+    warm_seconds = time.monotonic() - t
+    print(f"\nmosquitto-c starter: process executor {process_seconds:.2f} s; kubernetes "
+          f"executor {job_seconds:.2f} s (first), {warm_seconds:.2f} s (again): Job overhead "
+          f"{warm_seconds - process_seconds:.2f} s; setup {builds.real.timings}")
+
+
+def test_the_build_pod_is_locked_down(builds: Builds, tmp_path: Path) -> None:
+    """The Pod spec as the apiserver stored it, and the same facts seen from inside."""
+    inside = ("id -u; id -g; "
+              "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo TOKEN-DIR; "
+              "touch /probe 2>/dev/null && echo ROOT-WRITABLE; "
+              "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+              "env | grep -c -i -E 'KUBERNETES|_SERVICE_HOST' || true; "
+              "echo made > out.txt")
+    src = workspace(tmp_path)
+    builds.executor.run(job_of([["sh", "-c", inside]], "locked-down", builds.toolchain),
+                        src, tmp_path / "build.log")
+    log = (tmp_path / "build.log").read_text()
+    assert (src / "out.txt").read_text() == "made\n"
+    assert "TOKEN-DIR" not in log and "ROOT-WRITABLE" not in log, log
+    assert "\n65532\n65532\n" in log, log
+    assert "CapEff:\t0000000000000000" in log and "NoNewPrivs:\t1" in log, log
+    assert "Seccomp:\t2" in log, log  # filter mode: the runtime's default profile
+    assert "\n0\n" in log, log  # no KUBERNETES_* / *_SERVICE_HOST variables
+
+    job = next(j for j in builds.jobs()
+               if j["metadata"]["labels"]["plugforge.dev/build"] == "locked-down")
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 60
+    assert spec["ttlSecondsAfterFinished"] == builds.settings.ttl_after_finished
+    assert job["metadata"]["labels"]["plugforge.dev/tenant"] == "tenant-a"
+    assert job["metadata"]["labels"]["plugforge.dev/builder"] == "test-builder-1"
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "plugforge-build"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["volumes"] == [{"name": "workspace", "emptyDir": {"sizeLimit": "256Mi"}}]
+    containers = [*pod["initContainers"], *pod["containers"]]
+    assert [c["name"] for c in containers] == ["fetch", "step-1", "return"]
+    assert containers[1]["command"] == ["sh", "-c", inside]  # the step's argv, as it is
+    for c in containers:
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert set(c["resources"]["limits"]) == {"cpu", "memory", "ephemeral-storage"}
+    # The pod the Job made has no token volume either (the apiserver adds none).
+    pods = builds.pods(f"plugforge.dev/build-job={job['metadata']['name']}")
+    volumes = [v["name"] for p in pods for v in p["spec"]["volumes"]]
+    assert volumes == ["workspace"], volumes
+
+
+# --- failures: a step's exit code, the deadline, a missing tool, an image that is not there ---
+
+def test_a_failing_step_is_build_failed_with_its_number_and_log_tail(
+        builds: Builds, tmp_path: Path) -> None:
+    steps = [["sh", "-c", "echo first step ok"],
+             ["sh", "-c", "echo 'src/x.c:3: error: expected ;' >&2; exit 3"],
+             ["sh", "-c", "echo never runs"]]
+    with pytest.raises(BuildFailed) as failed:
+        builds.executor.run(job_of(steps, "fails", builds.toolchain), workspace(tmp_path),
+                            tmp_path / "build.log")
+    assert failed.value.step == 2 and failed.value.exit_code == 3
+    assert "src/x.c:3: error: expected ;" in failed.value.log_tail
+    assert "first step ok" in failed.value.log_tail
+    assert "never runs" not in (tmp_path / "build.log").read_text()
+    assert "build step 2 (sh -c echo" in str(failed.value)
+
+
+def test_the_deadline_is_build_timeout_and_stops_the_pod(
+        builds: Builds, tmp_path: Path) -> None:
+    t = time.monotonic()
+    with pytest.raises(BuildTimeout) as timed_out:
+        builds.executor.run(job_of([["sh", "-c", "echo started; sleep 300"]], "slow",
+                                   builds.toolchain, timeout=8),
+                            workspace(tmp_path), tmp_path / "build.log")
+    elapsed = time.monotonic() - t
+    assert "time limit of 8s" in str(timed_out.value)
+    assert "started" in timed_out.value.log_tail
+    assert elapsed < 40, elapsed
+    wait_for(lambda: not any(c.get("state", {}).get("running")
+                             for p in builds.pods("plugforge.dev/build=slow")
+                             for c in p.get("status", {}).get("initContainerStatuses", [])),
+             "the slow build's step to be stopped", timeout=30)
+
+
+def test_a_program_the_toolchain_lacks_is_tool_missing(builds: Builds, tmp_path: Path) -> None:
+    with pytest.raises(ToolMissing) as missing:
+        builds.executor.run(job_of([["rebar3", "compile"]], "no-rebar", builds.toolchain),
+                            workspace(tmp_path), tmp_path / "build.log")
+    assert missing.value.tool == "rebar3"
+    assert builds.toolchain in str(missing.value)
+
+
+def test_an_image_that_cannot_be_pulled_is_executor_failed_and_its_job_deleted(
+        builds: Builds, tmp_path: Path) -> None:
+    image = f"{builds.real.registry.host}/plugforge/no-such-toolchain:1"
+    with pytest.raises(ExecutorFailed) as broken:
+        builds.executor.run(job_of([["true"]], "no-image", image), workspace(tmp_path),
+                            tmp_path / "build.log")
+    assert "cannot pull image" in str(broken.value) and "no-such-toolchain" in str(broken.value)
+    wait_for(lambda: not [j for j in builds.jobs()
+                          if j["metadata"]["labels"]["plugforge.dev/build"] == "no-image"],
+             "the failed Job to be deleted", timeout=30)
+
+
+# --- a killed builder leaves nothing running after the next start -----------------------------
+
+KILLED_BUILDER = """
+import json, sys
+from pathlib import Path
+from builder.build.executors import BuildJob, BuildStep
+from builder.build.executors.kubernetes import JobSettings, KubernetesExecutor
+from builder.build.executors.transfer import TransferServer, extract_result
+from builder.kube import Kube
+cfg = json.loads(sys.argv[1])
+ex = KubernetesExecutor(Kube.from_kubeconfig(Path(cfg["kubeconfig"])),
+                        TransferServer((cfg["ip"], 0), cfg["ip"], 1 << 20),
+                        JobSettings(**cfg["settings"]))
+src = Path(cfg["work"]) / "src"
+src.mkdir(parents=True)
+job = BuildJob("orphaned", "tenant-a", cfg["image"],
+               (BuildStep(("sh", "-c", "echo building; sleep 600")),), (), 300.0)
+ex.run(job, src, Path(cfg["work"]) / "build.log", sys.stdout)
+"""
+
+
+def test_a_killed_builders_job_is_deleted_by_the_next_one(
+        builds: Builds, tmp_path: Path) -> None:
+    settings = replace(builds.settings, identity="test-builder-killed")
+    cfg = {"kubeconfig": str(builds.real.cp.kubeconfig("builder")), "ip": node.NODE_IP,
+           "work": str(tmp_path), "image": builds.toolchain,
+           "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__}}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_BUILDER, json.dumps(cfg)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_for(lambda: any(c.get("state", {}).get("running")
+                             for p in builds.pods("plugforge.dev/build=orphaned")
+                             for c in p.get("status", {}).get("initContainerStatuses", [])),
+                 "the build step to run", timeout=90)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    orphans = [j["metadata"]["name"] for j in builds.jobs()
+               if j["metadata"]["labels"]["plugforge.dev/builder"] == "test-builder-killed"]
+    assert len(orphans) == 1, orphans  # the kill left it running
+
+    # The next builder (this process's executor, holding no build) starts and sweeps.
+    swept = builds.executor.sweep()
+    assert orphans[0] in swept
+    wait_for(lambda: not builds.pods("plugforge.dev/build=orphaned"),
+             "the orphan's pod to be gone", timeout=60)
+    assert not [j for j in builds.jobs() if j["metadata"]["name"] == orphans[0]]
+
+
+# --- the transfer server and the result's extraction (no node needed) -------------------------
+
+def _post(url: str, body: bytes) -> int:
+    req = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, b""
+
+
+def test_transfer_urls_work_once_expire_and_cap_sizes(tmp_path: Path) -> None:
+    server = TransferServer(("127.0.0.1", 0), "127.0.0.1", max_bytes=1000)
+    try:
+        (tmp_path / "source.tar").write_bytes(b"tar bytes")
+        url = server.offer(tmp_path / "source.tar", ttl=30)
+        assert _get(url) == (200, b"tar bytes")
+        assert _get(url)[0] == 404  # single use
+        assert _get(url.rsplit("/", 1)[0] + "/guessed")[0] == 404
+        assert _get(server.offer(tmp_path / "source.tar", ttl=-1))[0] == 404  # expired
+
+        url, receipt = server.expect(tmp_path / "result.tar", ttl=30)
+        assert _get(url)[0] == 404  # an upload URL does not serve, and is not used up by it
+        assert _post(url, base64.b64encode(b"\0result\0")) == 204
+        assert receipt.done.is_set() and receipt.error is None
+        assert (tmp_path / "result.tar").read_bytes() == b"\0result\0"
+        assert _post(url, base64.b64encode(b"again")) == 404
+
+        url, receipt = server.expect(tmp_path / "big.tar", ttl=30)
+        assert _post(url, base64.b64encode(b"x" * 2000)) == 413
+        assert receipt.error is not None and "at most 1000 bytes" in receipt.error
+        assert not (tmp_path / "big.tar").exists()
+    finally:
+        server.close()
+
+
+def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for info, data in members:
+            info.size = len(data) if info.isreg() else 0
+            tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.mode = kind, link, 0o755 if kind == tarfile.DIRTYPE else 0o644
+    return info
+
+
+def test_the_result_is_extracted_without_escapes(tmp_path: Path) -> None:
+    good = _tar(tmp_path / "good.tar", [
+        (_member("./"), b""), (_member("./lib", tarfile.DIRTYPE), b""),
+        (_member("./lib/a.so"), b"\x7fELF"), (_member("./lib/b.so", tarfile.LNKTYPE, "lib/a.so"),
+                                              b""),
+        (_member("./passwd", tarfile.SYMTYPE, "/etc/passwd"), b"")])
+    out = tmp_path / "out"
+    out.mkdir()
+    assert extract_result(good, out, 1 << 20) == []
+    assert (out / "lib" / "b.so").read_bytes() == b"\x7fELF"
+    assert not (out / "lib" / "b.so").is_symlink()  # a hard link becomes a copy
+    assert os.readlink(out / "passwd") == "/etc/passwd"  # kept; artifacts.collect judges it
+
+    bad = {
+        "escape": [(_member("../evil"), b"x")],
+        "absolute": [(_member("/tmp/evil"), b"x")],
+        "through a link": [(_member("up", tarfile.SYMTYPE, "/tmp"), b""),
+                           (_member("up/evil"), b"x")],
+        "device": [(_member("null", tarfile.CHRTYPE), b"")],
+        "twice": [(_member("a"), b"x"), (_member("a", tarfile.SYMTYPE, "/etc/shadow"), b"")],
+        "hard link out": [(_member("h", tarfile.LNKTYPE, "/etc/shadow"), b"")],
+        "too big": [(_member("a"), b"x" * 600), (_member("b"), b"x" * 600)],
+    }
+    for case, members in bad.items():
+        dest = tmp_path / case.replace(" ", "-")
+        dest.mkdir()
+        with pytest.raises(ArtifactError):
+            extract_result(_tar(tmp_path / f"{dest.name}.tar", members), dest, 1000)
+    assert not Path("/tmp/evil").exists()
