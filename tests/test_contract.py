@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 
+from plugforge import contract
 from plugforge.contract import (
     BROKER_KEY,
     ContractError,
@@ -109,7 +111,8 @@ def test_a_probe_password_is_only_a_secret_reference(probe: str, message: str) -
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("a: [", "not valid YAML at line 1"),
+    ("a: [", "not valid YAML at line 1, column 5"),  # libyaml says line 2; the message does not
+    ("a: !!python/object/apply:os.system [id]", "could not determine a constructor"),
     ("- a list", "expected a mapping, found a list"),
     (PLUGIN_DOC.replace("v1alpha1", "v2"), ".apiVersion: expected 'plugforge.dev/v1alpha1'"),
     (PLUGIN_DOC + "colour: blue\n", "unknown field(s) colour"),
@@ -149,3 +152,10 @@ def test_broker_config_errors() -> None:
                              Document("b", BROKER_KEY, BROKER_DOC)])
     with pytest.raises(ContractError, match=r"\.config\.max_inflight_messages: expected a string"):
         parse_desired_state(docs(**{BROKER_KEY: BROKER_DOC.replace('"20"', "20")}))
+
+
+def test_documents_are_parsed_by_libyaml_with_the_same_rules() -> None:
+    # The sidecar parses on every change: libyaml's loader, safe, resolving as PyYAML's does.
+    assert contract._FAST_LOADER.__name__ == "CSafeLoader"
+    text = "a: 0o17\nb: 012\nc: yes\nd: 1_000\ne: &x [1]\nf: *x\n"
+    assert yaml.load(text, Loader=contract._FAST_LOADER) == yaml.safe_load(text)  # noqa: S506
