@@ -6,10 +6,15 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
-from builder.build import repo_recipe
+from builder.build import repo_recipe, toolchains
+from builder.build.executors import Executor
+from builder.build.executors.container import ContainerExecutor
+from builder.build.executors.process import ProcessExecutor
+from builder.build.executors.select import default_cache_root
 from builder.build.recipe import BuildError, run_recipe
 from builder.build.scaffold import PROJECT_FILE, ScaffoldError, read_project_file
 from plugforge.cli import push
@@ -37,8 +42,35 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--source", metavar="URL",
                    help="repository URL recorded in the image (default: the tree's git remote "
                         "'origin'); the BrokerPlugin's source.git.url gives the builder's digest")
+    p.add_argument("--executor", choices=("container", "process"),
+                   help="container: in the recipe's toolchain image with podman (the default "
+                        "when that image is in podman's store: `plugforge toolchains build`); "
+                        "process: as your own processes, with your files in reach")
+    p.add_argument("--toolchain-image", metavar="REF",
+                   help="run the container executor in this image instead of the newest "
+                        f"localhost/{toolchains.REPOSITORY_PREFIX}<toolchain>")
     push.add_registry_flags(p)
     p.set_defaults(run=run)
+
+
+def _executor(args: argparse.Namespace, toolchain: str) -> tuple[Executor, str]:
+    """The executor and toolchain image for this build (see ``--executor``)."""
+    if args.executor == "process":
+        return ProcessExecutor(default_cache_root()), ""
+    container = ContainerExecutor(default_cache_root())
+    image = args.toolchain_image or (container.local_image(
+        f"localhost/{toolchains.REPOSITORY_PREFIX}{toolchain}") if toolchain else None)
+    if image:
+        return container, image
+    missing = f"no toolchain image for {toolchain!r} in podman's store" if toolchain else \
+        "the recipe names no toolchain"
+    if args.executor == "container":
+        raise BuildError(f"--executor container: {missing}; build it with `plugforge "
+                         f"toolchains build {toolchain}` or pass --toolchain-image REF")
+    print(f"==> WARNING: {missing}: building with the process executor, as you, with your "
+          f"files in reach; isolate builds with `plugforge toolchains build {toolchain}`",
+          file=sys.stderr, flush=True)
+    return ProcessExecutor(default_cache_root()), ""
 
 
 def _resolve(args: argparse.Namespace) -> repo_recipe.Resolved:
@@ -73,8 +105,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"==> recipe: {resolved.origin}: {recipe.description}", flush=True)
     print(f"==> work dir {work}", flush=True)
     try:
+        executor, image = _executor(args, recipe.toolchain)
+        print(f"==> {executor.name} executor{f' in {image}' if image else ''}", flush=True)
         result = run_recipe(recipe, source, work, log=None if args.quiet else sys.stdout,
-                            timeout=args.timeout)
+                            timeout=args.timeout, executor=executor, toolchain_image=image,
+                            build_name=f"local-{uuid.uuid4().hex[:12]}")
     except BuildError as e:
         print(f"plugforge build: {e.reason}: {e}", file=sys.stderr)
         print(f"full log: {work / 'build.log'}", file=sys.stderr)

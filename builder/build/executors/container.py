@@ -185,6 +185,17 @@ class ContainerExecutor:
         finally:
             self._call("rm", "--force", "--ignore", "--time", "0", name)
 
+    def local_image(self, repository: str) -> str | None:
+        """The newest image of ``repository`` in podman's store as ``repository@digest``
+        (what ``plugforge toolchains build`` left), or None (no image, or podman fails)."""
+        try:
+            listed = self._call("images", "--format", "{{.Digest}}", "--sort", "created",
+                                "--filter", f"reference={repository}")
+        except ExecutorFailed:
+            return None
+        digests = listed.split()
+        return f"{repository}@{digests[0]}" if digests else None  # newest first
+
     def _cache(self, job: BuildJob, cache: str) -> Path:
         directory = cache_dir(self._cache_root, job.tenant, job.toolchain_image, cache)
         directory.mkdir(parents=True, exist_ok=True)
