@@ -80,6 +80,14 @@ class Settings:
     ``container`` (podman on this machine) or ``process`` (subprocesses of the builder)."""
     allow_process_executor: bool = False
     """``process`` lets a build read everything the builder can: refused unless this is set."""
+    build_namespace: str = "plugforge-builds"
+    """``kubernetes`` executor: where build Jobs run (manifests/builder/50-builds.yaml)."""
+    transfer_address: tuple[str, int] = ("0.0.0.0", 8090)  # noqa: S104 - pods must reach it
+    """``kubernetes`` executor: where build pods fetch sources and return results."""
+    transfer_host: str | None = None
+    """The address build pods reach ``transfer_address`` at: this pod's IP (downward API)."""
+    transfer_image: str | None = None
+    """A static busybox image (wget, tar, base64) for the build pods' transfer containers."""
 
     @property
     def git_dir(self) -> Path:
@@ -134,6 +142,13 @@ _HELP = {
     "executor": "where builds run: kubernetes (a Job per build, the default), container "
                 "(podman on this machine) or process (development only; needs "
                 "--allow-process-executor)",
+    "build_namespace": "kubernetes executor: namespace of build Jobs (default %(default)s)",
+    "transfer_address": "kubernetes executor: serve build pods their sources and take their "
+                        "results on HOST:PORT (default 0.0.0.0:8090)",
+    "transfer_host": "kubernetes executor: the address build pods reach the builder at (its "
+                     "pod IP)",
+    "transfer_image": "kubernetes executor: a static busybox image for the build pods' "
+                      "transfer containers",
     "allow_process_executor": "accept --executor process, whose builds can read the "
                               "builder's token, Secrets and every tenant's sources",
     "workers": "builds running at once, one per plugin at most (default %(default)s)",
@@ -186,6 +201,11 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
                    help=_HELP["allow_process_executor"],
                    default=env.get(ENV_PREFIX + "ALLOW_PROCESS_EXECUTOR", "").lower()
                    in ("1", "true", "yes"))
+    for name in ("build_namespace", "transfer_host", "transfer_image"):
+        p.add_argument("--" + name.replace("_", "-"), help=_HELP[name],
+                       default=env.get(ENV_PREFIX + name.upper(), getattr(d, name)))
+    p.add_argument("--transfer-address", metavar="HOST:PORT", help=_HELP["transfer_address"],
+                   default=env.get(ENV_PREFIX + "TRANSFER_ADDRESS"))
     numbers: dict[str, type[int] | type[float]] = {
         "workers": int, "max_build_seconds": float, "resync_seconds": float,
         "watch_timeout_seconds": int, "lease_duration_seconds": float,
@@ -209,6 +229,8 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if values["metrics_address"] is not None:
         values["metrics_address"] = _address(values["metrics_address"], "--metrics-address",
                                              "METRICS_ADDRESS")
+    values["transfer_address"] = d.transfer_address if values["transfer_address"] is None \
+        else _address(values["transfer_address"], "--transfer-address", "TRANSFER_ADDRESS")
     if values["grpc_address"] is not None:
         values["grpc_address"] = _address(values["grpc_address"], "--grpc-address",
                                           "GRPC_ADDRESS")
@@ -225,7 +247,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         if values[name] < 1:
             raise SettingsError(f"--{name.replace('_', '-')}: expected at least 1, "
                                 f"found {values[name]}")
-    for name in ("namespace", "watch_namespace"):
+    for name in ("namespace", "watch_namespace", "build_namespace"):
         # They end up in API paths: a namespace is a DNS-1123 label.
         if values[name] is not None and not _NAMESPACE.fullmatch(values[name]):
             raise SettingsError(f"--{name.replace('_', '-')}: expected a namespace name (lower "
