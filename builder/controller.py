@@ -131,6 +131,7 @@ class Controller:
         """Stop and wait (up to ``timeout`` in all) for the resync and worker threads."""
         self._stop.set()
         self.queue.shutdown()
+        self.pods.stop()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))

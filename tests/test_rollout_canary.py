@@ -40,6 +40,7 @@ from plugforge.cli import main as plugforge
 from plugforge.v1 import build_pb2 as pb
 from sidecar.app import Sidecar
 from sidecar.grpc_service import serve
+from testbed.broker_pods import PodObjects, free_port_on, pod_ip
 from testbed.certs import CertificateAuthority
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
@@ -107,8 +108,14 @@ def cluster(control_plane: ControlPlane) -> Cluster:
 def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateAuthority,
          registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Pod]]:
     made: list[Pod] = []
+    # StatefulSet pods without a kubelet: Pod objects whose status says Ready at a loopback
+    # IP, each sidecar's gRPC on that IP and one shared port, as in a cluster.
+    objects = PodObjects(control_plane, cluster.ns)
+    ips = [pod_ip(i, subnet=11) for i in range(2)]
+    port = free_port_on(ips)
+    pair = testbed_ca.issue(f"sidecar-{cluster.ns}", sans=(f"*.{cluster.ns}.svc",))
     try:
-        for name in ("mq-0", "mq-1"):
+        for name, ip in zip(("mq-0", "mq-1"), ips, strict=True):
             work = tmp_path_factory.mktemp(name)
             broker = start_dynsec_broker(work / "broker")
             supervisor = Supervisor(broker)
@@ -122,12 +129,13 @@ def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateA
                 kubeconfig=control_plane.kubeconfig("sidecar"), pod_name=name,
                 pod_namespace=cluster.ns)
             sidecar.start()
-            pair = testbed_ca.issue(f"sidecar-{name}")
-            server = serve(sidecar, "127.0.0.1:0", token=SIDECAR_TOKEN,
+            server = serve(sidecar, f"{ip}:{port}", token=SIDECAR_TOKEN,
                            tls=(pair.cert, pair.key))
-            made.append(Pod(name, broker, sidecar, supervisor,
-                            f"127.0.0.1:{server.bound_port}", (pair.cert, pair.key)))
+            made.append(Pod(name, broker, sidecar, supervisor, f"{ip}:{port}",
+                            (pair.cert, pair.key)))
             sidecar._grpc_server = server  # type: ignore[attr-defined]  # stopped below
+            objects.create(name, {"app": "mq"}, statefulset="mq")
+            objects.set_status(name, ip, True)
         yield made
     finally:
         for pod in made:
@@ -186,8 +194,8 @@ def v1(api: Api, cluster: Cluster, pods: list[Pod], source: dict[str, Any],
     cluster.create("brokerplugins", broker_plugin(
         PLUGIN, url=source["url"], repository=f"{registry.host}/plugins/{PLUGIN}",
         configmap=None, probes=PROBES,
-        target={"configMap": CONFIGMAP, "sidecars": [{"pod": p.name, "address": p.address}
-                                                     for p in pods],
+        target={"configMap": CONFIGMAP, "selector": {"matchLabels": {"app": "mq"}},
+                "sidecarPort": int(pods[0].address.rpartition(":")[2]),
                 "strategy": {"canary": {"count": 1, "probeTimeoutSeconds": 120}}}))
     wait_for(lambda: (status(cluster).get("rollout") or {}).get("phase") == "Complete",
              "v1 promoted after its canary", timeout=180)
@@ -348,7 +356,6 @@ def test_pods_ready_follows_the_sidecars(cluster: Cluster, pods: list[Pod], api:
     _, other = pods
     wait_for(lambda: ready(cluster).get("status") == "True" and
              status(cluster).get("podsReady") == 2, "Ready with 2/2", 60)
-    port = int(other.address.rpartition(":")[2])
     other.sidecar._grpc_server.stop(0)  # type: ignore[attr-defined]
     wait_for(lambda: ready(cluster).get("reason") == "PodsNotReady", "PodsNotReady", 60)
     st = status(cluster)
@@ -359,6 +366,6 @@ def test_pods_ready_follows_the_sidecars(cluster: Cluster, pods: list[Pod], api:
     states = {p.pod: p.state for p in rollout.pods}
     assert states == {"mq-0": pb.POD_STATE_CURRENT, "mq-1": pb.POD_STATE_UNREACHABLE}
     other.sidecar._grpc_server = serve(  # type: ignore[attr-defined]
-        other.sidecar, f"127.0.0.1:{port}", token=SIDECAR_TOKEN, tls=other.tls)
+        other.sidecar, other.address, token=SIDECAR_TOKEN, tls=other.tls)
     wait_for(lambda: ready(cluster).get("status") == "True" and
              status(cluster).get("podsReady") == 2, "Ready again", 60)

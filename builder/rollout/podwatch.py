@@ -42,7 +42,7 @@ class PodCache:
             synced = self._synced.get(spec.namespace)
             if synced is None:
                 synced = self._synced[spec.namespace] = threading.Event()
-                threading.Thread(target=self._watch, args=(spec.namespace, synced),
+                threading.Thread(target=self._watch, args=(spec.namespace, synced, self._stop),
                                  name=f"watch-pods-{spec.namespace}", daemon=True).start()
         if not synced.wait(10.0):
             raise BuilderError(f"listing the pods of namespace {spec.namespace} took over 10 s; "
@@ -56,7 +56,12 @@ class PodCache:
             self._interest.pop(key, None)
 
     def stop(self) -> None:
-        self._stop.set()
+        """End every watch (e.g. leadership lost); the next ``pods_for`` starts afresh."""
+        with self._lock:
+            self._stop.set()
+            self._stop = threading.Event()
+            self._synced.clear()
+            self._pods.clear()
 
     def _changed(self, namespace: str, *pods: PodInfo | None) -> None:
         with self._lock:
@@ -65,14 +70,16 @@ class PodCache:
         for key in keys:
             self._on_change(key)
 
-    def _watch(self, namespace: str, synced: threading.Event) -> None:
+    def _watch(self, namespace: str, synced: threading.Event, stop: threading.Event) -> None:
         version: str | None = None
-        while not self._stop.is_set():
+        while not stop.is_set():
             try:
                 if version is None:
                     items, version = self._kube.list_pods_rv(namespace)
                     fresh = {p.name: p for p in map(pod_info, items)}
                     with self._lock:
+                        if stop.is_set():
+                            return
                         old = self._pods.get(namespace, {})
                         self._pods[namespace] = fresh
                     synced.set()
@@ -80,13 +87,15 @@ class PodCache:
                         if old.get(name) != fresh.get(name):
                             self._changed(namespace, old.get(name), fresh.get(name))
                 for kind, obj in self._kube.watch_pods(namespace, version, self._timeout):
-                    if self._stop.is_set():
+                    if stop.is_set():
                         return
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if kind in ("BOOKMARK", "ERROR"):
                         continue
                     pod = pod_info(obj)
                     with self._lock:
+                        if stop.is_set():
+                            return
                         pods = self._pods.setdefault(namespace, {})
                         before = pods.pop(pod.name, None)
                         if kind != "DELETED":
@@ -96,7 +105,7 @@ class PodCache:
             except Gone:
                 version = None
             except BuilderError as e:
-                if self._stop.is_set():
+                if stop.is_set():
                     return
                 log.warning("watch pods in %s: %s; retrying", namespace, e)
-                self._stop.wait(1.0)
+                stop.wait(1.0)

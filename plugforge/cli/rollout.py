@@ -1,4 +1,8 @@
-"""``plugforge rollout <plugin> [--watch]``: what every broker pod runs for a plugin."""
+"""``plugforge rollout <plugin> [--watch]``: what every broker pod runs for a plugin.
+
+Readable at fifty pods: a summary line (wave, how many pods are current, updating, failed,
+not Ready), then only the pods that are not current once there are more than ``ALL_PODS_UP_TO``.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,10 @@ from typing import Any
 
 from plugforge.cli import _common as c
 from plugforge.v1 import build_pb2 as pb
+
+ALL_PODS_UP_TO = 10
+"""Tables list every pod up to this many; beyond, only the pods not current."""
+IN_PROGRESS = ("Canary", "Rolling")
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -36,7 +44,26 @@ def fetch(stub: Any, args: argparse.Namespace) -> pb.Rollout:
 
 
 def settled(r: pb.Rollout) -> bool:
-    return r.phase != "Canary" and r.pods_ready == r.pods_total
+    return r.phase not in IN_PROGRESS and r.pods_ready == r.pods_total
+
+
+def state_of(p: pb.PodRollout) -> str:
+    return c.enum_name(pb.PodState.Name(p.state), "POD_STATE_")
+
+
+def summary(r: pb.Rollout) -> str:
+    """One line: the wave and how many pods stand where."""
+    counts: dict[str, int] = {}
+    for p in r.pods:
+        counts[state_of(p)] = counts.get(state_of(p), 0) + 1
+    others = ", ".join(f"{n} {s.lower().replace('notready', 'not ready')}"
+                       for s, n in sorted(counts.items())
+                       if s not in ("Current", "Disabled"))
+    wave = f" wave {r.wave}/{max(r.wave, r.waves)}" if r.phase in IN_PROGRESS and r.wave else ""
+    return (f"rollout {r.phase}{wave}"
+            + (f" (canary {c.short_digest(r.canary_digest)})" if r.canary_digest else "")
+            + f"  pods ready {r.pods_ready}/{r.pods_total}" + (f" ({others})" if others else "")
+            + f"  Ready={'True' if r.ready else 'False'}" + (f" {r.reason}" if r.reason else ""))
 
 
 def show(r: pb.Rollout, output: str) -> None:
@@ -45,17 +72,20 @@ def show(r: pb.Rollout, output: str) -> None:
         return
     print(f"{r.namespace}/{r.plugin} ({r.plugin_name}): {r.desired_image or 'nothing rolled out'}"
           f"  commit {r.commit[:12] or '-'}  build {r.build or '-'}")
-    print(f"rollout {r.phase}"
-          + (f" (canary {c.short_digest(r.canary_digest)})" if r.canary_digest else "")
-          + f"  pods ready {r.pods_ready}/{r.pods_total}  Ready={'True' if r.ready else 'False'}"
-          + (f" {r.reason}" if r.reason else ""))
+    print(summary(r))
     if r.message and not r.ready:
-        print(f"  {r.message}")
-    c.table(("POD", "STATE", "CANARY", "DESIRED", "RUNNING", "SIDECAR", "LAST ERROR"),
-            [(p.pod, c.enum_name(pb.PodState.Name(p.state), "POD_STATE_"),
-              "yes" if p.canary else "no", c.short_digest(p.desired_digest),
-              c.short_digest(p.running_digest), p.sidecar_phase or "-",
-              (p.last_error.splitlines() or ["-"])[0][:80]) for p in r.pods])
+        print(f"  {r.message[:600]}")
+    pods = list(r.pods)
+    if len(pods) > ALL_PODS_UP_TO:
+        pods = [p for p in pods if state_of(p) not in ("Current", "Disabled")]
+    if pods:
+        c.table(("POD", "STATE", "CANARY", "DESIRED", "RUNNING", "SIDECAR", "LAST ERROR"),
+                [(p.pod, state_of(p), "yes" if p.canary else "no",
+                  c.short_digest(p.desired_digest), c.short_digest(p.running_digest),
+                  p.sidecar_phase or "-", (p.last_error.splitlines() or ["-"])[0][:80])
+                 for p in pods])
+    if len(pods) < len(r.pods):
+        print(f"({len(r.pods) - len(pods)} more pods current, not listed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,10 +95,14 @@ def run(args: argparse.Namespace) -> int:
         show(rollout, args.output)
         return c.EXIT_OK
     deadline = time.monotonic() + args.watch_timeout
+    last = ""
     with c.spinner(f"rollout {args.plugin}") as say:
         while not settled(rollout) and time.monotonic() < deadline:
-            say(f"rollout {args.plugin}: {rollout.phase}, pods ready "
-                f"{rollout.pods_ready}/{rollout.pods_total}")
+            line = summary(rollout)
+            say(line)
+            if line != last and not sys.stdout.isatty() and args.output == "table":
+                print(line, flush=True)  # a log of the progress, one line per change
+            last = line
             time.sleep(args.interval)
             rollout = fetch(stub, args)
     show(rollout, args.output)
