@@ -17,6 +17,7 @@ from mqtt_support import Client
 from sidecar_support import (
     ADMIN,
     PLUGIN,
+    adapter_options,
     broker_yaml,
     make_sidecar,
     plugin_yaml,
@@ -25,6 +26,8 @@ from sidecar_support import (
 )
 
 from plugforge.contract import Document, content_hash
+from sidecar.adapters import mosquitto as mosq
+from sidecar.adapters.mosquitto_dynsec import DynsecAdmin
 from sidecar.state import ApplyEvent, EventKind, Phase
 from testbed.configmap_dir import ConfigMapDir
 from testbed.mosquitto import Mosquitto
@@ -293,3 +296,33 @@ def test_change_refused_by_the_broker_rolls_back_config(broker: Mosquitto,
         assert int(rollbacks.split()[1]) >= 1  # (and retried with backoff since)
     finally:
         sidecar.stop()
+
+
+def test_apply_starts_from_the_state_observe_just_read(broker: Mosquitto) -> None:
+    """One dynsec round trip per change after the loop's observe (the second read cost ~1 ms on
+    every change); a reading that is stale, or already used, is read again."""
+    adapter = mosq.create(adapter_options(broker), broker.workdir / "plugins")
+    admin = DynsecAdmin(broker.host, broker.port, *ADMIN)
+    try:
+        key = "dynsec.role.r.acls"
+        adapter.observe()
+        calls = adapter.admin_calls
+        adapter.apply_config({key: "publishClientSend a allow"})
+        assert adapter.admin_calls == calls + 1  # createRole + addRoleACL, no read first
+        # Someone else changes the role; the next apply has no fresh reading of its own and
+        # reads again, so it removes what is there now (not what the last observe saw).
+        admin.call([{"command": "addRoleACL", "rolename": "r", "acltype": "subscribeLiteral",
+                     "topic": "x", "allow": True}])
+        adapter.apply_config({key: "publishClientSend b allow"})
+        assert adapter.observe().config[key] == "publishClientSend b allow"
+        old, mosq.DYNSEC_FRESH = mosq.DYNSEC_FRESH, 0.0  # every reading is stale at once
+        try:
+            admin.call([{"command": "addRoleACL", "rolename": "r", "acltype": "subscribeLiteral",
+                         "topic": "y", "allow": True}])
+            adapter.apply_config({key: "publishClientSend c allow"})
+        finally:
+            mosq.DYNSEC_FRESH = old
+        assert adapter.observe().config[key] == "publishClientSend c allow"
+    finally:
+        admin.close()
+        adapter.close()

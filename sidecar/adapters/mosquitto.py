@@ -43,6 +43,7 @@ PLUGINS_FILE = "60-plugforge-plugins.conf"
 _HEADER = "# Written by the plugforge sidecar; edits are reverted on the next resync.\n"
 MIN_ADMIN_MESSAGE = 4096
 KEEP_VERSIONS = 3
+DYNSEC_FRESH = 1.0  # s: an observed dynsec state older than this is read again to apply
 _LIMITS_ADMIN = ("message_size_limit", "max_packet_size")
 
 
@@ -88,6 +89,8 @@ class MosquittoAdapter:
         self._admin = (dynsec.DynsecAdmin(settings.host, settings.port,
                                           settings.dynsec_username, settings.dynsec_password)
                        if settings.dynsec_username else None)
+        # The dynsec state observe() read and when; see _dynsec_state.
+        self._dynsec_seen: tuple[float, dict[str, str]] | None = None
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -100,9 +103,11 @@ class MosquittoAdapter:
         config = _read_config(self.settings.conf_dir / CONFIG_FILE)
         if self._admin is not None:
             try:
-                config.update(dynsec.observe(self._admin))
+                seen = dynsec.observe(self._admin)
             except BrokerUnavailable as e:
                 return Observed(False, instance=str(pid), detail=str(e))
+            self._dynsec_seen = (time.monotonic(), seen)
+            config.update(seen)
         plugins = self._observe_plugins(pid)
         return Observed(True, plugins, config, instance=f"{pid}:{_start_time(pid)}")
 
@@ -217,8 +222,7 @@ class MosquittoAdapter:
         if dyn:
             if self._admin is None:
                 raise AdapterError("dynsec keys need the dynamic-security admin credentials")
-            current = dynsec.observe(self._admin)
-            self._admin.call(dynsec.commands_for(dyn, current))
+            self._admin.call(dynsec.commands_for(dyn, self._dynsec_state(self._admin)))
 
     def restart(self) -> None:
         """SIGTERM the broker and wait for its supervisor (the kubelet, in a pod) to start a
@@ -245,6 +249,16 @@ class MosquittoAdapter:
         return self._admin.calls if self._admin is not None else 0
 
     # --- internals -------------------------------------------------------------------------
+
+    def _dynsec_state(self, admin: dynsec.DynsecAdmin) -> dict[str, str]:
+        """What the commands start from: the state observe() read when it is fresh and nothing
+        was sent since (the loop observes, plans and applies within milliseconds; reading it
+        again cost a round trip on every change), else read now. A change made by someone
+        else in between makes a command fail or is found by the loop's verify step."""
+        seen, self._dynsec_seen = self._dynsec_seen, None
+        if seen is not None and time.monotonic() - seen[0] < DYNSEC_FRESH:
+            return seen[1]
+        return dynsec.observe(admin)
 
     def _pid(self) -> int | None:
         if self._cached_pid is not None and self._is_broker(self._cached_pid):
