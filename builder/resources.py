@@ -128,9 +128,11 @@ class PluginSpec:
 
     @property
     def uses_canary(self) -> bool:
-        """A new release goes to the selected pods in waves (canary first, when enabled)
-        through per-pod keys, before it becomes the plugin key."""
-        return self.selector is not None and self.rollout == "Automatic"
+        """A new release goes to the selected pods in waves, canary first, through per-pod
+        keys, before it becomes the plugin key. With the canary disabled it is written to the
+        plugin key at once (every pod takes it together; per-pod status still follows)."""
+        return self.selector is not None and self.canary.enabled and \
+            self.rollout == "Automatic"
 
     @property
     def key(self) -> str:

@@ -120,7 +120,18 @@ class BrokerRig:
         # on loopback here; the manifests' pods use TLS and a token.
         self.grpc = serve_grpc(self.sidecar, "127.0.0.1:0")
         self.grpc_address = f"127.0.0.1:{self.grpc.bound_port}"
+        self._register_pod()
         return self
+
+    def _register_pod(self) -> None:
+        """The rig's Pod object, Ready at 127.0.0.1 (as a kubelet would report it), labelled
+        ``app: <broker>``: the BrokerPlugins select it and dial its sidecar at that IP."""
+        from testbed.broker_pods import PodObjects
+
+        pods = PodObjects(self.stage.cp, NAMESPACE)
+        pods.delete(self.pod)
+        pods.create(self.pod, {"app": self.broker})
+        pods.set_status(self.pod, "127.0.0.1", True)
 
     def _mount_probe_secret(self) -> Path:
         """The probe Secret as the kubelet mounts it (a directory per Secret, a file per key):
