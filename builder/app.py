@@ -6,8 +6,11 @@ import logging
 import threading
 
 from builder.api.scopes import parse_caller
-from builder.build.executors.select import select_executor
+from builder.build.executors.kubernetes import JobSettings, KubernetesExecutor
+from builder.build.executors.select import ExecutorRefused, select_executor
+from builder.build.executors.transfer import TransferServer
 from builder.build.pipeline import Pipeline
+from builder.build.recipe_errors import BuildError
 from builder.build.signing import BuildSigner, load_signing_key
 from builder.build.source import SourceCache
 from builder.controller import Controller
@@ -22,6 +25,24 @@ from builder.webhooks.service import start_with_kube as start_webhooks
 from plugforge.grpc_auth import TokenFileError, read_client_token, read_tokens
 
 log = logging.getLogger(__name__)
+
+
+def kubernetes_executor(kube: Kube, settings: Settings) -> KubernetesExecutor:
+    """The ``kubernetes`` executor with its transfer server listening (``--transfer-*``)."""
+    missing = [flag for flag, value in (("--transfer-host", settings.transfer_host),
+                                        ("--transfer-image", settings.transfer_image))
+               if not value]
+    if missing or not settings.transfer_host or not settings.transfer_image:
+        raise ExecutorRefused(f"--executor kubernetes needs {' and '.join(missing)}: the "
+                              "address build pods reach this builder at (its pod IP) and a "
+                              "static busybox image for their transfer containers")
+    job = JobSettings(transfer_image=settings.transfer_image, identity=settings.identity,
+                      namespace=settings.build_namespace)
+    transfers = TransferServer(settings.transfer_address, settings.transfer_host,
+                               job.max_result_bytes)
+    log.info("build Jobs in namespace %s; build pods reach this builder at %s",
+             settings.build_namespace, transfers.base_url.split("/v1/")[0])
+    return KubernetesExecutor(kube, transfers, job)
 
 
 class Builder:
@@ -41,7 +62,9 @@ class Builder:
             log.info("signing images with key %s", signer.key.public.key_id)
         # Chosen now, so a refused executor stops the start; `process` warns at every start.
         executor = select_executor(settings.executor, log=log,
-                                   allow_process=settings.allow_process_executor)
+                                   allow_process=settings.allow_process_executor,
+                                   kubernetes=lambda: kubernetes_executor(self.kube, settings))
+        self.executor = executor
         log.info("builds run with the %s executor", executor.name)
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,
@@ -63,7 +86,7 @@ class Builder:
         self.elector = LeaderElector(
             self.kube, settings.namespace, settings.lease_name, settings.identity,
             settings.lease_duration_seconds, settings.lease_renew_seconds,
-            on_started=self.controller.start, on_stopped=self._lost)
+            on_started=self._leading, on_stopped=self._lost)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost_leadership = threading.Event()
@@ -75,6 +98,19 @@ class Builder:
     @property
     def leading(self) -> bool:
         return self.elector.leading
+
+    def _leading(self) -> None:
+        # Jobs of builds no builder runs any more (a killed or deposed leader's): deleted
+        # before this one runs builds; the controller resumes those builds.
+        if isinstance(self.executor, KubernetesExecutor):
+            try:
+                for name in self.executor.sweep():
+                    log.warning("deleted orphaned build Job %s/%s",
+                                self.settings.build_namespace, name)
+            except BuildError as e:
+                log.warning("could not look for orphaned build Jobs (retried at the next "
+                            "leadership): %s", e)
+        self.controller.start()
 
     def _lost(self) -> None:
         self.controller.stop()

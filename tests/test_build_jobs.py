@@ -154,16 +154,18 @@ def test_mosquitto_starter_builds_in_a_job_byte_identical_to_the_process_executo
     warm_seconds = time.monotonic() - t
     print(f"\nmosquitto-c starter: process executor {process_seconds:.2f} s; kubernetes "
           f"executor {job_seconds:.2f} s (first), {warm_seconds:.2f} s (again): Job overhead "
-          f"{warm_seconds - process_seconds:.2f} s; setup {builds.real.timings}")
+          f"{warm_seconds - process_seconds:.2f} s; containers (seen started, log ended) "
+          f"{builds.executor.timings}; setup {builds.real.timings}")
 
 
 def test_the_build_pod_is_locked_down(builds: Builds, tmp_path: Path) -> None:
     """The Pod spec as the apiserver stored it, and the same facts seen from inside."""
+    # (The markers are split so the echoed command line does not contain them.)
     inside = ("id -u; id -g; "
-              "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo TOKEN-DIR; "
-              "touch /probe 2>/dev/null && echo ROOT-WRITABLE; "
+              "test -e /var/run/secrets/kubernetes.io/serviceaccount && echo TOKEN''-DIR; "
+              "touch /probe 2>/dev/null && echo ROOT''-WRITABLE; "
               "grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
-              "env | grep -c -i -E 'KUBERNETES|_SERVICE_HOST' || true; "
+              "env | grep _SERVICE_HOST= | grep -v ^KUBERNETES_ | wc -l; "
               "echo made > out.txt")
     src = workspace(tmp_path)
     builds.executor.run(job_of([["sh", "-c", inside]], "locked-down", builds.toolchain),
@@ -174,7 +176,9 @@ def test_the_build_pod_is_locked_down(builds: Builds, tmp_path: Path) -> None:
     assert "\n65532\n65532\n" in log, log
     assert "CapEff:\t0000000000000000" in log and "NoNewPrivs:\t1" in log, log
     assert "Seccomp:\t2" in log, log  # filter mode: the runtime's default profile
-    assert "\n0\n" in log, log  # no KUBERNETES_* / *_SERVICE_HOST variables
+    # No Service variables but the apiserver's own, which the kubelet always sets (an address,
+    # no credential).
+    assert "\n0\n" in log, log
 
     job = next(j for j in builds.jobs()
                if j["metadata"]["labels"]["plugforge.dev/build"] == "locked-down")

@@ -332,6 +332,9 @@ class KubernetesExecutor:
         self.settings = settings
         self._running: set[str] = set()
         self._lock = threading.Lock()
+        self.timings: list[tuple[str, float, float]] = []
+        """(container, seen started, log ended) in seconds after the Job's creation: where the
+        overhead of the last build went (read by bench/ and tests)."""
 
     def sweep(self) -> list[str]:
         """Delete every build Job in the namespace that this process does not run (left by a
@@ -353,7 +356,7 @@ class KubernetesExecutor:
                         meta.get("annotations", {}).get("plugforge.dev/build-name"),
                         meta.get("annotations", {}).get("plugforge.dev/tenant"),
                         meta.get("annotations", {}).get("plugforge.dev/builder"))
-            self.kube.delete_job(self.settings.namespace, name)
+            self._delete(name)
         return orphans
 
     def run(self, job: BuildJob, workspace: Path, log_path: Path,
@@ -368,6 +371,7 @@ class KubernetesExecutor:
         source_url = self.transfers.offer(source_tar, ttl)
         result_url, receipt = self.transfers.expect(result_tar, ttl)
         out = _Log(log_path, echo)
+        self.timings = []
         finished = False
         try:
             try:
@@ -417,7 +421,9 @@ class KubernetesExecutor:
             verdict = judge(current, pod, elapsed=time.monotonic() - started_at,
                             timeout=job.timeout, now=datetime.now(UTC))
             if followed < len(containers) and started(pod, containers[followed]) and pod:
+                seen = time.monotonic() - started_at
                 self._stream(job, pod["metadata"]["name"], containers[followed], out, guard)
+                self.timings.append((containers[followed], seen, time.monotonic() - started_at))
                 followed += 1
                 continue  # its state moved on while its log was followed
             if verdict.kind != "running":
