@@ -27,6 +27,7 @@ BENCHMARKS: dict[str, str] = {
     "memory": "bench.memory",
     "webhooks": "bench.webhooks",
     "hot-swap": "bench.hot_swap",
+    "rollout-scale": "bench.rollout_scale",
 }
 
 Measure = Callable[[Path, bool], list[Metric]]
