@@ -382,7 +382,7 @@ class KubernetesExecutor:
             except BuilderError as e:
                 raise ExecutorFailed(f"cannot create the build Job in {ns}: {e}") from e
             out.write(f"==> build Job {ns}/{name} ({job.toolchain_image})\n".encode())
-            verdict = self._follow(job, name, out, started_at)
+            verdict = self._follow(job, name, out, started_at, receipt)
             # Ended pods stay until the TTL for inspection; anything else is deleted now.
             finished = verdict.kind in ("succeeded", "step-failed", "tool-missing")
             self._conclude(job, verdict, out, log_path, receipt, workspace, result_tar,
@@ -405,8 +405,14 @@ class KubernetesExecutor:
             log.warning("could not delete build Job %s/%s (the next sweep will): %s",
                         self.settings.namespace, name, e)
 
-    def _follow(self, job: BuildJob, name: str, out: _Log, started_at: float) -> Verdict:
-        """Stream each container's log in order until the build ends; its verdict."""
+    def _follow(self, job: BuildJob, name: str, out: _Log, started_at: float,
+                receipt: Receipt) -> Verdict:
+        """Stream each container's log in order until the build ends; its verdict.
+
+        A complete result upload ends it at once: the return container runs only after every
+        step succeeded, and waiting for the pod's phase costs the kubelet's next status sync
+        (about a second).
+        """
         ns = self.settings.namespace
         containers = ["fetch", *(f"step-{i}" for i in range(1, len(job.steps) + 1)), "return"]
         followed = 0
@@ -428,6 +434,8 @@ class KubernetesExecutor:
                 continue  # its state moved on while its log was followed
             if verdict.kind != "running":
                 return verdict
+            if receipt.done.is_set() and receipt.error is None:
+                return Verdict("succeeded")
             if time.monotonic() > guard:
                 return Verdict("timeout")
             time.sleep(POLL_SECONDS)
