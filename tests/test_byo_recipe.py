@@ -168,7 +168,8 @@ def test_without_recipe_or_layout_one_error_says_what_to_add(tmp_path: Path) -> 
 def test_order_recipe_then_template_then_default_layout(tmp_path: Path) -> None:
     starter = tmp_path / "starter"
     (starter / "src").mkdir(parents=True)
-    (starter / "src" / "plugin_info.h").write_text('#define PLUGIN_NAME "x"\n')
+    (starter / "src" / "plugin_info.h").write_text(
+        '#define PLUGIN_NAME "x"\n#define PLUGIN_VERSION "1"\n')
     # The default template's layout: its own recipe, trusted.
     default = resolve(starter, broker="mosquitto")
     assert default.origin == "template mosquitto-c" and not default.from_repository

@@ -172,9 +172,13 @@ def _template(name: str) -> Resolved:
 
 
 def _has_layout(source_dir: Path, recipe: Recipe) -> bool:
-    """The tree holds exactly one file for each of the template's metadata globs."""
+    """The template can read the tree's name and version: one file per metadata glob, and
+    its pattern matches there (a pom.xml alone does not make a tree the template's)."""
     for source in (recipe.name_source, recipe.version_source):
-        if source.pattern is not None and len(list(source_dir.glob(source.file))) != 1:
+        if source.pattern is None:
+            continue
+        files = [p for p in source_dir.glob(source.file) if p.is_file()]
+        if len(files) != 1 or not source.pattern.search(files[0].read_text(errors="replace")):
             return False
     return True
 
