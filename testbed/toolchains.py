@@ -15,10 +15,14 @@ API (for tests and fixtures)::
         # push_toolchain for each, with the tools each image declares: what
         # builder.build.toolchains.resolve() reads (dump_pins() writes it as the pin file)
 
-    run(podman, ref, argv, workspace=None, env=None, log=None) -> str
+    run(podman, ref, argv, workspace=None, env=None, volumes=None, log=None) -> str
         # one step in a container the way a build's step runs: the image's non-root user,
         # read-only root, fresh HOME and /tmp, no network, no capabilities, the workspace
-        # (chowned to the build user) as working directory; returns the output
+        # (chowned to the build user) as working directory, ``volumes`` (host dir -> path,
+        # chowned too: caches); returns the output
+    cli_env(podman) -> dict[str, str]
+        # environment for a plain ``podman`` (e.g. under ``plugforge toolchains build``) with
+        # this store and the settings podman needs here, through podman's own config files
 
     podman = images.Podman.in_cache()
     image = build_toolchain(podman, "mosquitto-c")
@@ -27,6 +31,7 @@ API (for tests and fixtures)::
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -66,16 +71,46 @@ def declared_tools(template: str) -> tuple[str, ...]:
 
 
 def run(podman: images.Podman, ref: str, argv: Sequence[str], workspace: Path | None = None,
-        env: Mapping[str, str] | None = None, log: Path | None = None) -> str:
+        env: Mapping[str, str] | None = None, volumes: Mapping[Path, str] | None = None,
+        log: Path | None = None) -> str:
+    with tempfile.TemporaryDirectory(prefix="pf-build-home-") as home:
+        return _run_in(podman, ref, argv, Path(home), workspace, env or {}, volumes or {}, log)
+
+
+def _run_in(podman: images.Podman, ref: str, argv: Sequence[str], home: Path,
+            workspace: Path | None, env: Mapping[str, str], volumes: Mapping[Path, str],
+            log: Path | None) -> str:
     flags = ["--rm", "--network=none", "--cgroupns=host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
              "--read-only", "--cap-drop=all", "--security-opt=no-new-privileges",
-             "--tmpfs", f"{toolchains.BUILD_HOME}:rw,exec,mode=0700",
-             # /tmp of the container, a fresh tmpfs per run
+             # A fresh HOME (an emptyDir in a pod) owned by the build user; /tmp of the
+             # container, a fresh tmpfs per run.
+             "-v", f"{home}:{toolchains.BUILD_HOME}:U",
              "--tmpfs", "/tmp:rw,exec,mode=1777", "--env", "TMPDIR=/tmp"]  # noqa: S108
-    for key, value in (env or {}).items():
+    for key, value in env.items():
         flags += ["--env", f"{key}={value}"]
     if workspace is not None:
         # :U chowns the directory to the container's user (uid BUILD_UID), as an emptyDir's
         # fsGroup would in a pod.
         flags += ["-v", f"{workspace}:/workspace:U", "--workdir", "/workspace"]
+    for host, inside in volumes.items():
+        flags += ["-v", f"{host}:{inside}:U"]
     return podman("run", *flags, ref, *argv, timeout=900, log=log)
+
+
+def cli_env(podman: images.Podman) -> dict[str, str]:
+    """``podman``'s environment with ``podman``'s store (same graph and run roots, so the two
+    share images and locks) and this machine's settings, as podman's own config files."""
+    env = dict(podman.env)
+    conf_dir = podman.home / "cli"
+    conf_dir.mkdir(exist_ok=True)
+    (conf_dir / "storage.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{podman.home / "storage"}"\n'
+        f'runroot = "{env["XDG_RUNTIME_DIR"]}"\n')
+    (conf_dir / "containers.conf").write_text(
+        '[containers]\ndefault_ulimits = []\ncgroupns = "host"\nnetns = "host"\n'
+        'volumes = ["/sys/fs/cgroup:/sys/fs/cgroup:ro"]\n'
+        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n'
+        f'[engine.runtimes]\nrunc = ["{images.RUNC}"]\n')
+    env["CONTAINERS_CONF"] = str(conf_dir / "containers.conf")
+    env["CONTAINERS_STORAGE_CONF"] = str(conf_dir / "storage.conf")
+    return env
