@@ -42,6 +42,7 @@ duplicate plugin names reject the whole state, with the path of the bad value in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -179,7 +180,8 @@ def parse_desired_state(documents: Iterable[Document]) -> DesiredState:
     broker: str | None = None
     config: dict[str, str] = {}
     if broker_docs:
-        broker, config = _parse_broker_config(broker_docs[0])
+        broker, parsed = _parse_broker_config(broker_docs[0])
+        config = dict(parsed)  # the cached result stays unchanged
 
     plugins: list[PluginRelease] = []
     seen: dict[str, str] = {}
@@ -306,6 +308,10 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
     return result
 
 
+# Parsed per document text (documents are immutable values): a resync or an edit of one key
+# re-parses only what changed, not every release of a 1,000-key ConfigMap. One broker.yaml
+# matters at a time (it may be large); releases are small.
+@functools.lru_cache(maxsize=4)
 def _parse_broker_config(doc: Document) -> tuple[str, dict[str, str]]:
     where = f"{doc.origin}/{doc.key}"
     data = _load(doc, "BrokerConfig")
@@ -317,6 +323,7 @@ def _parse_broker_config(doc: Document) -> tuple[str, dict[str, str]]:
     return broker, _string_map(data.get("config"), f"{where}: .config")
 
 
+@functools.lru_cache(maxsize=8192)
 def _parse_plugin_release(doc: Document) -> PluginRelease:
     where = f"{doc.origin}/{doc.key}"
     data = _load(doc, "PluginRelease")
