@@ -10,6 +10,7 @@ from types import FrameType
 
 from builder.app import Builder
 from builder.build.executors.select import ExecutorRefused
+from builder.build.toolchains import PinsInvalid
 from builder.settings import SettingsError, parse_settings
 from plugforge.grpc_auth import TokenFileError
 from plugforge.signing import KeyFileError
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         builder = Builder(settings)
-    except (TokenFileError, KeyFileError, ExecutorRefused, OSError) as e:
+    except (TokenFileError, KeyFileError, ExecutorRefused, PinsInvalid, OSError) as e:
         print(f"builder: {e}", file=sys.stderr)
         return 2
 

@@ -6,6 +6,7 @@ import logging
 import threading
 
 from builder.api.scopes import parse_caller
+from builder.build import toolchains
 from builder.build.executors.kubernetes import JobSettings, KubernetesExecutor
 from builder.build.executors.select import ExecutorRefused, select_executor
 from builder.build.executors.transfer import TransferServer
@@ -25,6 +26,20 @@ from builder.webhooks.service import start_with_kube as start_webhooks
 from plugforge.grpc_auth import TokenFileError, read_client_token, read_tokens
 
 log = logging.getLogger(__name__)
+
+
+def toolchain_pins(settings: Settings, executor: str) -> toolchains.Pins | None:
+    """The pins, read now so a bad file stops the start; none: every isolated build fails
+    naming its toolchain and the command that pins it (the process executor needs none)."""
+    if settings.toolchains is not None:
+        pins = toolchains.load_pins(settings.toolchains)
+        log.info("toolchains pinned: %s", ", ".join(f"{k}={v.image}" for k, v in pins.items()))
+        return pins
+    if executor == "process":
+        return None
+    log.warning("decision=no-toolchains: no --toolchains pin file; every build fails with "
+                "ToolchainMissing until one is given (%s)", toolchains.FIX_COMMAND)
+    return {}
 
 
 def kubernetes_executor(kube: Kube, settings: Settings) -> KubernetesExecutor:
@@ -68,7 +83,8 @@ class Builder:
         log.info("builds run with the %s executor", executor.name)
         self.pipeline = Pipeline(sources, self.kube.read_secret, settings.work_dir,
                                  settings.max_build_seconds, settings.registry_ca,
-                                 settings.docker_url, signer, executor=executor)
+                                 settings.docker_url, signer, executor=executor,
+                                 toolchain_pins=toolchain_pins(settings, executor.name))
         # Token files are read now, so a bad one stops the start with its reason.
         self.api_tokens = read_tokens(settings.grpc_token_file) \
             if settings.grpc_token_file and settings.grpc_address else {}

@@ -75,6 +75,10 @@ class Settings:
     signing_key: Path | None = None
     """A mounted cosign key pair Secret (``cosign.key``, ``cosign.password``): every image
     pushed is signed and gets a SLSA provenance attestation. None: unsigned, logged at start."""
+    toolchains: Path | None = None
+    """The toolchain pin file (``plugforge toolchains build --out``; in ``manifests/`` the
+    ``plugforge-toolchains`` ConfigMap): each recipe's toolchain as ``image@digest``. Read at
+    start; without it, builds outside the ``process`` executor fail with ToolchainMissing."""
     executor: str = "kubernetes"
     """Where builds' steps run (``builder/build/executors``): ``kubernetes`` (a Job per build),
     ``container`` (podman on this machine) or ``process`` (subprocesses of the builder)."""
@@ -139,6 +143,8 @@ _HELP = {
     "sidecar_ca": "CA bundle of the sidecars' gRPC certificates",
     "signing_key": "directory of the cosign key pair Secret (cosign.key, cosign.password): "
                    "sign every image and attest its provenance (default: unsigned)",
+    "toolchains": "the toolchain pin file (plugforge toolchains build --push REGISTRY --out "
+                  "FILE): the image each recipe's steps run in",
     "executor": "where builds run: kubernetes (a Job per build, the default), container "
                 "(podman on this machine) or process (development only; needs "
                 "--allow-process-executor)",
@@ -192,7 +198,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     p.add_argument("--grpc-address", metavar="HOST:PORT",
                    default=env.get(ENV_PREFIX + "GRPC_ADDRESS"), help=_HELP["grpc_address"])
     for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
-                 "sidecar_ca", "signing_key"):
+                 "sidecar_ca", "signing_key", "toolchains"):
         p.add_argument("--" + name.replace("_", "-"), type=Path,
                        default=env.get(ENV_PREFIX + name.upper()), help=_HELP[name])
     p.add_argument("--executor", choices=EXECUTORS, help=_HELP["executor"],
@@ -240,7 +246,7 @@ def parse_settings(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             raise SettingsError(f"--grpc-address needs {', '.join(missing)}: the API is only "
                                 "served over TLS to callers with a token")
     for name in ("grpc_token_file", "grpc_tls_cert", "grpc_tls_key", "sidecar_token_file",
-                 "sidecar_ca", "signing_key"):
+                 "sidecar_ca", "signing_key", "toolchains"):
         if values[name] is not None:
             values[name] = Path(values[name])
     for name in ("workers", "max_attempts"):
