@@ -30,13 +30,15 @@ log = logging.getLogger(__name__)
 
 def toolchain_pins(settings: Settings, executor: str) -> toolchains.Pins | None:
     """The pins, read now so a bad file stops the start; none: every isolated build fails
-    naming its toolchain and the command that pins it (the process executor needs none)."""
-    if settings.toolchains is not None:
-        pins = toolchains.load_pins(settings.toolchains)
-        log.info("toolchains pinned: %s", ", ".join(f"{k}={v.image}" for k, v in pins.items()))
-        return pins
+    naming its toolchain and the command that pins it. The process executor uses the host's
+    tools: no pins (a given file is still checked)."""
+    pins = toolchains.load_pins(settings.toolchains) if settings.toolchains else None
     if executor == "process":
         return None
+    if pins is not None:
+        log.info("toolchains pinned: %s",
+                 ", ".join(f"{k}={v.image}" for k, v in pins.items()) or "none")
+        return pins
     log.warning("decision=no-toolchains: no --toolchains pin file; every build fails with "
                 "ToolchainMissing until one is given (%s)", toolchains.FIX_COMMAND)
     return {}
