@@ -14,6 +14,8 @@ import base64
 import io
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -23,24 +25,30 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import evil_repos
 import pytest
 from node_support import RealNode
 
+from builder.build import repo_recipe
 from builder.build.executors import BuildJob, BuildStep
 from builder.build.executors.kubernetes import (
     LABEL_MANAGED,
     MANAGED_BY,
     JobSettings,
     KubernetesExecutor,
+    judge,
+    label_value,
 )
 from builder.build.executors.process import ProcessExecutor
 from builder.build.executors.transfer import TransferServer, extract_result
-from builder.build.recipe import load_recipe, run_recipe, template_dir
+from builder.build.recipe import BuildResult, load_recipe, run_recipe, template_dir
 from builder.build.recipe_errors import (
     ArtifactError,
+    BuildError,
     BuildFailed,
     BuildTimeout,
     ExecutorFailed,
@@ -206,6 +214,37 @@ def test_the_build_pod_is_locked_down(builds: Builds, tmp_path: Path) -> None:
     assert volumes == ["workspace"], volumes
 
 
+def test_rights_builder_manages_jobs_in_the_build_namespace_only_and_builds_have_none(
+        builds: Builds) -> None:
+    cp = builds.real.cp
+
+    def allowed(user: str, namespace: str, verb: str, resource: str, group: str = "",
+                sub: str = "") -> bool:
+        code, out = cp.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                               body={"spec": {"user": user, "groups": [
+                                   "system:serviceaccounts",
+                                   f"system:serviceaccounts:{user.split(':')[2]}"],
+                                   "resourceAttributes": {
+                                       "namespace": namespace, "verb": verb, "group": group,
+                                       "resource": resource, "subresource": sub}}})
+        assert code == 201, out
+        status: Any = out["status"]
+        return bool(status.get("allowed"))
+
+    builder = "system:serviceaccount:plugforge-system:plugforge-builder"
+    assert allowed(builder, NS, "create", "jobs", "batch")
+    assert allowed(builder, NS, "get", "pods", sub="log")
+    assert not allowed(builder, "default", "create", "jobs", "batch")
+    assert not allowed(builder, NS, "create", "pods")  # Jobs only: their pods are the Job's
+    assert not allowed(builder, NS, "get", "secrets")
+    build = f"system:serviceaccount:{NS}:plugforge-build"
+    for verb, resource, group in (("get", "secrets", ""), ("list", "pods", ""),
+                                  ("create", "jobs", "batch"), ("get", "configmaps", ""),
+                                  ("list", "brokerplugins", "plugforge.dev")):
+        for namespace in (NS, "default", "plugforge-system"):
+            assert not allowed(build, namespace, verb, resource, group), (verb, resource)
+
+
 # --- failures: a step's exit code, the deadline, a missing tool, an image that is not there ---
 
 def test_a_failing_step_is_build_failed_with_its_number_and_log_tail(
@@ -265,6 +304,7 @@ def test_an_image_that_cannot_be_pulled_is_executor_failed_and_its_job_deleted(
 KILLED_BUILDER = """
 import json, sys
 from pathlib import Path
+from builder.build import repo_recipe
 from builder.build.executors import BuildJob, BuildStep
 from builder.build.executors.kubernetes import JobSettings, KubernetesExecutor
 from builder.build.executors.transfer import TransferServer, extract_result
@@ -397,3 +437,149 @@ def test_the_result_is_extracted_without_escapes(tmp_path: Path) -> None:
         with pytest.raises(ArtifactError):
             extract_result(_tar(tmp_path / f"{dest.name}.tar", members), dest, 1000)
     assert not Path("/tmp/evil").exists()
+
+
+# --- the evil repositories (tests/evil_repos.py) through Jobs ---------------------------------
+
+@pytest.fixture(scope="module")
+def targets(builds: Builds, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[evil_repos.Targets]:
+    """What a build must not reach, planted on the node's host with one random secret."""
+    root = tmp_path_factory.mktemp("planted")
+    secret = "pf-secret-" + secrets.token_hex(16)
+    token = root / "serviceaccount" / "token"
+    secret_dir = root / "builder-secrets"
+    other = root / "state" / "work" / "tenant-b" / "build-1" / "source" / "src" / "auth.c"
+    for path, text in ((token, secret), (secret_dir / "api-tokens", f"ci@*:{secret}\n"),
+                       (other, f"// {secret}\n")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    holder = subprocess.Popen(["sleep", "3600"], env={"PATH": os.environ["PATH"],
+                                                      evil_repos.SECRET_VARIABLE: secret})
+    try:
+        yield evil_repos.Targets(
+            secret=secret, token_file=token, secret_dir=secret_dir, other_tenant_files=(other,),
+            other_cache=root / "caches" / "tenant-b" / "maven", builder_pid=holder.pid,
+            ports=((builds.real.cp.host, builds.real.cp.port),),
+            marker=f"pf-evil-{secrets.token_hex(5)}")
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# Contained: the build goes on without what it wanted; or it fails, saying why.
+ATTACKS: dict[str, tuple[type[BuildError] | None, str]] = {
+    "sa_token": (None, ""), "builder_secrets": (None, ""), "other_tenant": (None, ""),
+    "host_proc": (None, ""), "cache_write": (None, ""), "daemon": (None, ""),
+    "network": (None, ""),
+    "incbin": (BuildFailed, "No such file"),
+    "disk_fill": (BuildFailed, "No space left on device"),
+}
+
+
+@pytest.mark.parametrize("attack", sorted(ATTACKS))
+def test_attack_is_contained_in_a_build_job(builds: Builds, targets: evil_repos.Targets,
+                                            attack: str, tmp_path: Path) -> None:
+    # A tmpfs workspace: disk_fill then hits a hard cap instead of this machine's disk.
+    executor = KubernetesExecutor(builds.kube, builds.transfers, replace(
+        builds.settings, workspace_in_memory=True, workspace_size="64Mi"))
+    repo = evil_repos.write_repo(tmp_path / "repo", attack, targets)
+    resolved = repo_recipe.resolve(repo)
+    name = f"evil-{attack.replace('_', '-')}"
+    try:
+        result: BuildResult | BuildError = run_recipe(
+            resolved.recipe, repo, tmp_path / "work", executor=executor, build_name=name,
+            tenant="tenant-a", toolchain_image=builds.toolchain)
+    except BuildError as e:
+        result = e
+    log = (tmp_path / "work" / "build.log").read_text(errors="replace")
+    expected, words = ATTACKS[attack]
+    if attack != "incbin":
+        assert f"ATTACK {attack}:" in log, log  # the repository's code did run
+    assert "SUCCEEDED" not in log, log
+    assert targets.secret not in log
+    if expected is None:
+        assert isinstance(result, BuildResult), f"{result}\n{log}"
+        for f in result.artifact_dir.rglob("*"):
+            assert not f.is_file() or targets.secret.encode() not in f.read_bytes(), f
+    else:
+        assert isinstance(result, expected), f"{result!r}\n{log}"
+        assert words in str(result), str(result)
+        assert targets.secret not in str(result)
+    assert not targets.other_cache.exists()
+    # Nothing of the build runs on: no marked process on the host, no running container.
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline")
+                if targets.marker.encode() in _read(p)]
+    wait_for(lambda: not [c for p in builds.pods(f"plugforge.dev/build={name}")
+                          for c in (*p["status"].get("initContainerStatuses", []),
+                                    *p["status"].get("containerStatuses", []))
+                          if c.get("state", {}).get("running")],
+             f"{name}'s containers to end", timeout=30)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+# --- judge(): the apiserver's view of a Job and its pod -> how the build ended (pure) ---------
+
+NOW = datetime(2026, 12, 6, 19, 0, 0, tzinfo=UTC)
+
+
+def _pod(phase: str = "Pending", inits: list[dict[str, Any]] | None = None,
+         mains: list[dict[str, Any]] | None = None, **status: Any) -> dict[str, Any]:
+    return {"status": {"phase": phase, "initContainerStatuses": inits or [],
+                       "containerStatuses": mains or [], **status}}
+
+
+def _ended(name: str, code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
+    return {"name": name, "state": {"terminated": {"exitCode": code, "reason": reason,
+                                                   "message": message}}}
+
+
+def _verdict(job: dict[str, Any] | None, pod: dict[str, Any] | None,
+             elapsed: float = 5) -> tuple[str, int, int]:
+    v = judge(job, pod, elapsed=elapsed, timeout=60, now=NOW)
+    return v.kind, v.step, v.code
+
+
+def test_judge_maps_what_the_cluster_shows_to_the_build_outcome() -> None:
+    job: dict[str, Any] = {"status": {}}
+    deadline = {"status": {"conditions": [{"type": "FailureTarget", "status": "True",
+                                           "reason": "DeadlineExceeded"}]}}
+    ok = [_ended("fetch", 0, "Completed")]
+    assert _verdict(job, None) == ("running", 0, 0)
+    assert _verdict(None, None)[0] == "infra"  # deleted under us
+    assert _verdict(deadline, _pod("Running"))[0] == "timeout"
+    assert _verdict(job, _pod("Failed", reason="DeadlineExceeded"))[0] == "timeout"
+    assert _verdict(job, _pod("Failed", [*ok, _ended("step-1", 137)]), elapsed=60)[0] == \
+        "timeout"  # killed at the deadline before the cluster said so
+    assert _verdict(job, _pod("Failed", [*ok, _ended("step-1", 0), _ended("step-2", 2)])) == \
+        ("step-failed", 2, 2)
+    assert _verdict(job, _pod("Failed", [_ended("fetch", 1)]))[0] == "infra"
+    missing = _ended("step-1", 128, "StartError",
+                     'exec: "rebar3": executable file not found in $PATH')
+    assert _verdict(job, _pod("Failed", [*ok, missing])) == ("tool-missing", 1, 128)
+    pulling = {"name": "step-1", "image": "r/x:1", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "not found"}}}
+    assert _verdict(job, _pod("Pending", [*ok, pulling]))[0] == "infra"
+    assert _verdict(job, _pod("Failed", reason="Evicted", message="disk"))[0] == "infra"
+    assert _verdict(job, _pod("Running", ok, [_ended("return", 1)]))[0] == "infra"
+    assert _verdict(job, _pod("Succeeded"))[0] == "succeeded"
+    waiting = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "lastTransitionTime": "2026-12-06T18:59:50Z", "message": "0/1 nodes"}]
+    assert _verdict(job, _pod("Pending", conditions=waiting))[0] == "running"  # 10 s: waits
+    waiting[0]["lastTransitionTime"] = "2026-12-06T18:58:00Z"
+    assert _verdict(job, _pod("Pending", conditions=waiting))[0] == "infra"
+
+
+def test_label_values_stay_valid() -> None:
+    assert label_value("deny-test-1") == "deny-test-1"
+    for text in ("x" * 100, "a/b c", "-lead", "plugforge-builder-7d9f8c-abcde.example.com" * 2):
+        value = label_value(text)
+        assert len(value) <= 63 and value[0].isalnum() and value[-1].isalnum(), value
+        assert re.fullmatch(r"[A-Za-z0-9._-]+", value), value
+    assert label_value("a/b") != label_value("a:b")  # hashed, so no two builds collide

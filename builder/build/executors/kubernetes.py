@@ -100,6 +100,10 @@ class JobSettings:
     memory: str = "2Gi"
     ephemeral_storage: str = "4Gi"
     workspace_size: str = "2Gi"
+    workspace_in_memory: bool = False
+    """A tmpfs workspace: ``workspace_size`` is then a hard cap (a write past it fails at
+    once) and counts against ``memory``; on disk the kubelet evicts a pod past it, on its
+    next check (about every 10 s)."""
     cpu_request: str = "250m"
     memory_request: str = "256Mi"
     ttl_after_finished: int = 600
@@ -172,8 +176,9 @@ def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: st
                 "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as,
                                     "runAsGroup": settings.run_as, "fsGroup": settings.run_as,
                                     "seccompProfile": {"type": "RuntimeDefault"}},
-                "volumes": [{"name": "workspace",
-                             "emptyDir": {"sizeLimit": settings.workspace_size}}],
+                "volumes": [{"name": "workspace", "emptyDir": {
+                    "sizeLimit": settings.workspace_size,
+                    **({"medium": "Memory"} if settings.workspace_in_memory else {})}}],
                 "initContainers": [
                     container("fetch", settings.transfer_image,
                               ["/bin/busybox", "sh", "-c", FETCH_SCRIPT],
