@@ -135,6 +135,12 @@ class Gone(KubeError):
     reason = "Gone"
 
 
+class ExecutorUnavailable(TransientError):
+    """Where builds run refused or broke (cluster, runtime, transfer): not the plugin's fault."""
+
+    reason = "ExecutorFailed"
+
+
 class BuildStepFailed(PermanentError):
     """The recipe failed (compile error, timeout, missing tool, bad metadata or artifacts).
 

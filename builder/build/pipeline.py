@@ -18,10 +18,11 @@ from typing import TextIO, TypeVar
 from builder.build import recipe as recipes
 from builder.build import repo_recipe, toolchains
 from builder.build.executors import Executor
+from builder.build.recipe_errors import ExecutorFailed
 from builder.build.registry import Publisher, RegistryAccess, parse_repository
 from builder.build.signing import BuildFacts, BuildSigner
 from builder.build.source import GitCredentials, SourceCache, credentials_from_secret, normalize_url
-from builder.errors import BuilderError, BuildStepFailed, InvalidSpec
+from builder.errors import BuilderError, BuildStepFailed, ExecutorUnavailable, InvalidSpec
 from builder.resources import PluginSpec
 from builder.secrets import Secret, Use, check_use
 from plugforge.oci import (
@@ -232,6 +233,8 @@ class Pipeline:
 def _call_recipe(fn: Callable[[], T]) -> T:
     try:
         return fn()
+    except ExecutorFailed as e:  # the cluster or runtime, not the recipe: retried
+        raise ExecutorUnavailable(str(e)) from e
     except recipes.BuildError as e:
         tail = str(getattr(e, "log_tail", ""))
         raise BuildStepFailed(str(e), e.reason, tail) from e
