@@ -20,7 +20,7 @@ Steps run with ``podman exec`` (argv lists, no shell); output streams through
 success the container is removed with ``rm -f``: every process of the build dies with it. Its
 PID 1 is ``sleep`` for the timeout plus a margin, so a container whose builder died stops
 (and, started with ``--rm``, removes itself) on its own; a restarted builder retrying the same
-build removes it first (the name is derived from tenant and build). The toolchain image must
+build replaces it (the name is derived from tenant and build). The toolchain image must
 provide ``sleep`` (coreutils: every Debian-based image does).
 
 Machine quirks (runtime, cgroup manager, ulimits) belong in podman's own configuration
@@ -108,7 +108,8 @@ def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limit
              user: str, network: str | None) -> list[str]:
     """``podman run`` arguments that start the build's (idle) container. Pure."""
     argv = [
-        "run", "--detach", "--rm", "--name", name,
+        # --replace: an earlier attempt's leftover (its builder died) goes first.
+        "run", "--detach", "--rm", "--replace", "--name", name,
         "--label", f"{LABEL_BUILD}={job.name}", "--label", f"{LABEL_TENANT}={job.tenant}",
         "--user", user, "--read-only", "--cap-drop=all",
         "--security-opt", "no-new-privileges", "--http-proxy=false", "--log-driver=none",
@@ -160,7 +161,6 @@ class ContainerExecutor:
         if not job.toolchain_image:
             raise ExecutorFailed("the recipe names no toolchain image; the container executor "
                                  "runs every build in one")
-        self._call("rm", "--force", "--ignore", "--time", "0", name)  # an earlier attempt's
         caches = {c: self._cache(job, c) for c in job.caches}
         self._call(*run_argv(job, name, caches, self._limits, f"{BUILD_UID}:{BUILD_UID}",
                              self._network))
