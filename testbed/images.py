@@ -28,6 +28,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.build import toolchains
 from testbed.certs import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,7 +296,8 @@ CONTAINERFILES = {"sidecar": ROOT / "containers" / "sidecar.Containerfile",
 
 
 def prebuild(log: Path | None = None) -> dict[str, Built]:
-    """Every image the real-node tests use, into the cache's podman store (none pushed)."""
+    """Every image the real-node and toolchain tests use, into the cache's podman store (none
+    pushed)."""
     podman = Podman.in_cache()
     base = debian_base(podman, log)
     built = {"debian": base}
@@ -304,6 +306,11 @@ def prebuild(log: Path | None = None) -> dict[str, Built]:
     built["pause"] = static_image(podman, "pause", {"/pause": pause_binary(log)}, ["/pause"], log)
     built["busybox"] = static_image(podman, "busybox", {"/bin/busybox": Path("/bin/busybox")},
                                     ["/bin/busybox"], log)
+    # The templates' toolchain images, as testbed/toolchains.py names them (same keys).
+    templates = ROOT / "plugin-templates"
+    for name in toolchains.names(templates):
+        built[f"toolchain-{name}"] = build(podman, toolchains.containerfile(templates, name),
+                                           f"toolchain-{name}", base, log)
     return built
 
 
