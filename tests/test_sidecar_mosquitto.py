@@ -326,3 +326,27 @@ def test_apply_starts_from_the_state_observe_just_read(broker: Mosquitto) -> Non
     finally:
         admin.close()
         adapter.close()
+
+
+def test_plugins_mapped_by_a_broker_instance_are_read_once(
+        broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mosquitto maps its plugins only while starting: /proc/<pid>/maps is read once per broker
+    instance that has answered, and again after a restart (a new instance)."""
+    reads: list[int] = []
+    real_read = mosq._read_maps
+
+    def counting(pid: int) -> str:
+        reads.append(pid)
+        return real_read(pid)
+
+    monkeypatch.setattr(mosq, "_read_maps", counting)
+    adapter = mosq.create(adapter_options(broker), broker.workdir / "plugins")
+    try:
+        first = adapter.observe()
+        assert adapter.observe().instance == first.instance
+        assert len(reads) == 1
+        broker.restart()
+        assert adapter.observe().instance != first.instance
+        assert len(reads) == 2
+    finally:
+        adapter.close()
