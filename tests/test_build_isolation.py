@@ -9,7 +9,10 @@ machine's quirks (runc, cgroupfs, no default ulimits) come from podman's own con
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
+import json
 import logging
 import os
 import secrets
@@ -23,6 +26,14 @@ from pathlib import Path
 
 import evil_repos
 import pytest
+from builder_support import (
+    Cluster,
+    broker_plugin,
+    fast_settings,
+    install,
+    running_builder,
+    tenant_namespace,
+)
 
 from builder.build import repo_recipe
 from builder.build.executors import BuildJob, BuildStep
@@ -37,9 +48,12 @@ from builder.build.executors.process import ProcessExecutor
 from builder.build.executors.select import PROCESS_WARNING, ExecutorRefused, select_executor
 from builder.build.recipe import BuildResult, run_recipe
 from builder.build.recipe_errors import BuildError, BuildFailed, BuildTimeout, ExecutorFailed
+from builder.build.toolchains import Pin, dump_pins
 from builder.settings import SettingsError, parse_settings
 from testbed import images, toolchains
+from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
+from testbed.registry import Registry
 
 LIMITS = Limits(memory="768m", cpus=1.0, pids=128, workspace="64m", tmp="64m", home="16m")
 TENANT, OTHER_TENANT = "tenant-a", "tenant-b"
@@ -317,3 +331,63 @@ def test_process_executor_is_refused_unless_allowed_and_warns_at_start(
     assert PROCESS_WARNING in caplog.text and "ServiceAccount token" in caplog.text
     assert select_executor("container", allow_process=False, log=logging.getLogger("t"),
                            cache_root=tmp_path).name == "container"
+
+
+def _blobs_hold(storage: Path, needle: bytes) -> list[Path]:
+    """Registry blobs (gunzipped when gzip) that contain ``needle``."""
+    found = []
+    for blob in storage.rglob("data"):
+        data = blob.read_bytes()
+        if data[:2] == b"\x1f\x8b":
+            with contextlib.suppress(OSError, EOFError):
+                data = gzip.decompress(data)
+        if needle in data:
+            found.append(blob)
+    return found
+
+
+def test_through_the_builder_the_secret_is_in_no_status_event_log_or_image(
+        control_plane: ControlPlane, registry: Registry, git_server: GitServer,
+        targets: evil_repos.Targets, toolchain: str, env: dict[str, str],
+        tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder with ``--executor container`` builds two evil repositories (a hook reading
+    the token, an ``.incbin`` of it): one is contained and pushed, one fails with the
+    assembler's reason; the secret is in no PluginBuild, BrokerPlugin, Event, build log or
+    registry blob."""
+    install(control_plane)
+    cluster = Cluster(control_plane, tenant_namespace(control_plane, "iso"))
+    state = tmp_path_factory.mktemp("iso-builder")
+    pins = state / "toolchains.yaml"
+    pins.write_text(dump_pins({"mosquitto-c": Pin(toolchain, ("gcc",))}))
+    for name in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"):  # podman's own config
+        monkeypatch.setenv(name, env[name])
+    settings = fast_settings(control_plane, registry.ca.cert, "iso", "iso-builder",
+                             state / "state", watch_namespace=cluster.ns, executor="container",
+                             allow_process_executor=False, toolchains=pins)
+    outcomes = {}
+    with running_builder(settings) as builder:
+        for attack in ("sa_token", "incbin"):
+            plugin = attack.replace("_", "-")
+            url = git_server.create_repo(f"{cluster.ns}/{plugin}.git")
+            repo = evil_repos.write_repo(tmp_path_factory.mktemp("src") / plugin, attack,
+                                         targets)
+            run_git(repo, "add", "-A")
+            run_git(repo, "commit", "-qm", "innocent change")
+            run_git(repo, "push", "-q", url, "HEAD:main")
+            cluster.create("brokerplugins", broker_plugin(
+                plugin, url=url, repository=f"{registry.host}/plugins/{plugin}",
+                configmap=None))
+            build = cluster.wait_build(plugin, timeout=180)
+            log = builder.controller.log_path(cluster.ns, build["metadata"]["name"]).read_text()
+            outcomes[attack] = (build["status"], log)
+            for text in (json.dumps(build), json.dumps(cluster.plugin(plugin)), log):
+                assert targets.secret not in text
+    _, events = control_plane.request("GET", f"/api/v1/namespaces/{cluster.ns}/events")
+    assert targets.secret not in json.dumps(events)
+    assert not _blobs_hold(registry.storage, targets.secret.encode())
+    status, log = outcomes["sa_token"]
+    assert status["phase"] == "Succeeded", status
+    assert "ATTACK sa_token: blocked" in log and "[container executor]" in log, log
+    status, log = outcomes["incbin"]
+    assert (status["phase"], status.get("reason")) == ("Failed", "BuildFailed"), status
+    assert "file not found" in status.get("message", "") + log, status
