@@ -134,7 +134,8 @@ def serve(config: Path) -> None:
     settings = Settings(
         kubeconfig=Path(cfg["kubeconfig"]), lease_name="bench", identity="bench-builder",
         state_dir=Path(cfg["state_dir"]), workers=2, resync_seconds=3600.0,
-        webhook_address=("127.0.0.1", 0), lease_duration_seconds=15, lease_renew_seconds=5)
+        webhook_address=("127.0.0.1", 0), lease_duration_seconds=15, lease_renew_seconds=5,
+        executor="process", allow_process_executor=True)  # measures reconciles, not builds
     builder = Builder(settings)
     recorder = Recorder(builder.controller.reconcile)
     builder.controller.reconcile = recorder.reconcile  # type: ignore[method-assign]
