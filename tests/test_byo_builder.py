@@ -13,29 +13,39 @@ import base64
 import io
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
+import yaml
+from builder_support import (
+    Cluster,
+    broker_plugin,
+    fast_settings,
+    install,
+    running_builder,
+    tenant_namespace,
+)
 from sidecar_support import ADMIN, broker_yaml, make_sidecar, start_dynsec_broker, wait_for
 from test_byo_mosquitto import ISO_SECOND, PropertiesClient, third_party_repo
 
+from builder.build import toolchains
 from builder.build.executors.container import ContainerExecutor
 from builder.build.pipeline import Outcome, Pipeline
 from builder.build.source import SourceCache
 from builder.errors import BuildStepFailed
 from builder.resources import GitSource, PluginSpec
 from plugforge.cli import main
-from plugforge.contract import PluginRelease, render_plugin_release
+from plugforge.contract import PluginRelease, plugin_key, render_plugin_release
 from sidecar.state import Phase
 from testbed import images
 from testbed import toolchains as testbed_toolchains
 from testbed.certs import CertificateAuthority
 from testbed.configmap_dir import ConfigMapDir
 from testbed.gitserver import GitServer, run_git
+from testbed.kube import ControlPlane
 from testbed.mosquitto import Mosquitto
 from testbed.procs import Supervisor
 from testbed.registry import Registry
@@ -71,25 +81,31 @@ def _spec(url: str, registry: Registry, repository: str) -> PluginSpec:
 
 
 @pytest.fixture(scope="module")
-def built(source: Source, registry: Registry, testbed_ca: CertificateAuthority,
-          tmp_path_factory: pytest.TempPathFactory) -> tuple[Outcome, str, float]:
-    """The builder's build: container executor, the toolchain pinned in the registry."""
-    root = tmp_path_factory.mktemp("byo-pipeline")
+def pins(registry: Registry, testbed_ca: CertificateAuthority,
+         tmp_path_factory: pytest.TempPathFactory) -> dict[str, toolchains.Pin]:
+    """The mosquitto-c toolchain image pushed to the registry and pinned by digest."""
     podman = images.Podman.in_cache()
-    started = time.monotonic()
-    pins = testbed_toolchains.pins(podman, registry.host, testbed_ca, templates=("mosquitto-c",),
-                                   log=root / "toolchain.log")
+    log = tmp_path_factory.mktemp("toolchain") / "toolchain.log"
+    pinned = testbed_toolchains.pins(podman, registry.host, testbed_ca,
+                                     templates=("mosquitto-c",), log=log)
     # What a node's runtime does with a registry it trusts: the executor then runs it by digest.
     podman("pull", "--cert-dir", str(podman.home / "certs.d" / registry.host),
-           pins["mosquitto-c"].image, timeout=600)
-    pin_seconds = time.monotonic() - started
+           pinned["mosquitto-c"].image, timeout=600)
+    return pinned
+
+
+@pytest.fixture(scope="module")
+def built(source: Source, registry: Registry, pins: dict[str, toolchains.Pin],
+          tmp_path_factory: pytest.TempPathFactory) -> tuple[Outcome, str]:
+    """The builder's build: container executor, the toolchain pinned in the registry."""
+    root = tmp_path_factory.mktemp("byo-pipeline")
     executor = ContainerExecutor(root / "caches",
-                                 podman_env=testbed_toolchains.cli_env(podman))
+                                 podman_env=testbed_toolchains.cli_env(images.Podman.in_cache()))
     pipeline = Pipeline(SourceCache(root / "git"), _no_secret, root / "work", 300,
                         registry_ca=registry.ca.cert, toolchain_pins=pins, executor=executor)
     log = io.StringIO()
     outcome = pipeline.run(_spec(source.url, registry, "byo/timestamp"), None, "ts-1", log)
-    return outcome, log.getvalue(), pin_seconds
+    return outcome, log.getvalue()
 
 
 def test_process_executor_refuses_a_repository_recipe(source: Source, registry: Registry,
@@ -106,8 +122,8 @@ def test_process_executor_refuses_a_repository_recipe(source: Source, registry: 
     assert "'process' executor" in message
 
 
-def test_builder_honours_the_repository_recipe(built: tuple[Outcome, str, float]) -> None:
-    outcome, log, _ = built
+def test_builder_honours_the_repository_recipe(built: tuple[Outcome, str]) -> None:
+    outcome, log = built
     assert "==> recipe: .plugforge/recipe.yaml over template mosquitto-c" in log
     assert "[container executor]" in log, log
     assert (outcome.plugin_name, outcome.plugin_version) == (PLUGIN, "2.0.11")
@@ -115,7 +131,7 @@ def test_builder_honours_the_repository_recipe(built: tuple[Outcome, str, float]
 
 
 def test_local_build_and_push_give_the_builders_digest(
-        built: tuple[Outcome, str, float], source: Source, registry_auth: Registry,
+        built: tuple[Outcome, str], source: Source, registry_auth: Registry,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     outcome = built[0]
     assert registry_auth.credentials is not None
@@ -169,7 +185,7 @@ def _release(name: str, image: str) -> str:
 
 
 def test_sidecar_loads_the_builders_image_into_mosquitto(
-        built: tuple[Outcome, str, float], broker: Mosquitto, registry: Registry,
+        built: tuple[Outcome, str], broker: Mosquitto, registry: Registry,
         tmp_path: Path) -> None:
     outcome = built[0]
     cm = ConfigMapDir(tmp_path / "cm")
@@ -206,3 +222,34 @@ def test_sidecar_loads_the_builders_image_into_mosquitto(
     finally:
         sidecar.stop()
         supervisor.stop()
+
+
+def test_in_the_cluster_a_brokerplugin_builds_with_the_repository_recipe(
+        built: tuple[Outcome, str], source: Source, control_plane: ControlPlane,
+        registry: Registry, pins: dict[str, toolchains.Pin], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The builder process itself (controller, real apiserver, --executor container): the
+    BrokerPlugin names only the repository; the release it writes names the artifact."""
+    install(control_plane)
+    cluster = Cluster(control_plane, tenant_namespace(control_plane, "byo"))
+    pin_file = tmp_path / "toolchains.yaml"
+    pin_file.write_text(toolchains.dump_pins(pins))
+    # The executor's podman uses the test store (where the pinned toolchain was pulled).
+    podman_env = testbed_toolchains.cli_env(images.Podman.in_cache())
+    for key in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"):
+        monkeypatch.setenv(key, podman_env[key])
+    settings = fast_settings(control_plane, registry.ca.cert, "builder-byo", "builder-byo-1",
+                             tmp_path / "state", watch_namespace=cluster.ns,
+                             executor="container", toolchains=pin_file)
+    cluster.create_configmap("broker-plugins", {"broker.yaml": BROKER})
+    with running_builder(settings):
+        cluster.create("brokerplugins", broker_plugin(
+            "timestamp", url=source.url, repository=f"{registry.host}/byo/in-cluster"))
+        build = cluster.wait_build("timestamp", timeout=180)
+    status = build["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["cacheHit"] is False  # another repository: no content tag there yet
+    assert status["digest"] == built[0].digest  # the pipeline's (and build --local's) digest
+    release = yaml.safe_load(cluster.configmap("broker-plugins")[plugin_key(PLUGIN)])
+    assert release["name"] == PLUGIN
+    assert release["image"] == f"{registry.host}/byo/in-cluster@{built[0].digest}"
