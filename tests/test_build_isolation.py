@@ -47,7 +47,13 @@ from builder.build.executors.container import (
 from builder.build.executors.process import ProcessExecutor
 from builder.build.executors.select import PROCESS_WARNING, ExecutorRefused, select_executor
 from builder.build.recipe import BuildResult, run_recipe
-from builder.build.recipe_errors import BuildError, BuildFailed, BuildTimeout, ExecutorFailed
+from builder.build.recipe_errors import (
+    BuildError,
+    BuildFailed,
+    BuildTimeout,
+    ExecutorFailed,
+    ToolMissing,
+)
 from builder.build.toolchains import Pin, dump_pins
 from builder.settings import SettingsError, parse_settings
 from testbed import images, toolchains
@@ -313,6 +319,10 @@ def test_a_retried_build_removes_its_predecessors_container(
                        steps=(BuildStep(("true",)),))
     with pytest.raises(ExecutorFailed, match="no-such-toolchain"):
         container.run(missing, tmp_path, tmp_path.parent / "missing.log")
+    absent = BuildJob(name="absent", tenant=TENANT, caches=(), timeout=60,
+                      toolchain_image=toolchain, steps=(BuildStep(("rebar3", "compile")),))
+    with pytest.raises(ToolMissing, match="'rebar3' is not in the toolchain image"):
+        container.run(absent, tmp_path, tmp_path.parent / "absent.log")
 
 
 def test_process_executor_is_refused_unless_allowed_and_warns_at_start(
