@@ -43,8 +43,9 @@ TOOL_CHECKS: dict[str, tuple[list[str], dict[str, str], str]] = {
     "erl": (["erl", "-noshell", "-eval",
              'io:format("OTP ~s~n", [erlang:system_info(otp_release)]), halt().'], {}, "OTP 25"),
     "erlc": (["erlc", "hello.erl"], {"hello.erl": HELLO_ERL}, ""),
-    "escript": (["escript", "hello.escript"],
-                {"hello.escript": "#!/usr/bin/env escript\nmain(_) -> io:format(\"escript ok~n\").\n"}, "escript ok"),
+    "escript": (["escript", "hello.escript"], {"hello.escript": "#!/usr/bin/env escript\n"
+                                               "main(_) -> io:format(\"escript ok~n\").\n"},
+                "escript ok"),
     "rebar3": (["rebar3", "version"], {}, "rebar 3"),
     "mvn": (["mvn", "--version"], {}, "Apache Maven 3"),
     "java": (["java", "-version"], {}, "17."),
@@ -90,6 +91,8 @@ def test_image_provides_the_recipe_tools(toolchain: tuple[str, images.Built], po
         output = testbed_toolchains.run(podman, image.ref, ["sh", "-c", '"$@" 2>&1', "-", *argv],
                                         work)
         assert expected in output, f"{name}: {argv} printed {output!r}"
+    if "erlc" in declared:
+        assert (tmp_path / "erlc" / "hello.beam").is_file()
 
 
 def test_image_runs_as_the_build_user_and_holds_only_that_home(
