@@ -30,7 +30,7 @@ from testbed.manifests import (
 KUSTOMIZATIONS = [
     MANIFESTS, MANIFESTS / "base", MANIFESTS / "brokers" / "mosquitto",
     MANIFESTS / "brokers" / "hivemq", MANIFESTS / "brokers" / "vernemq",
-    MANIFESTS / "brokers" / "emqx",
+    MANIFESTS / "brokers" / "emqx", MANIFESTS / "brokers" / "rabbitmq",
     MANIFESTS / "overlays" / "mosquitto", MANIFESTS / "overlays" / "all-brokers",
 ]
 
@@ -129,8 +129,8 @@ def test_broker_examples_wire_the_sidecar() -> None:
     pods = _pods(docs)
     pdbs = {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] for d in docs
             if d["kind"] == "PodDisruptionBudget"}
-    assert pdbs == {"mosquitto", "hivemq", "vernemq"}
-    for broker in ("mosquitto", "hivemq", "vernemq"):
+    assert pdbs == {"mosquitto", "hivemq", "vernemq", "rabbitmq"}
+    for broker in ("mosquitto", "hivemq", "vernemq", "rabbitmq"):
         pod = pods[broker]
         containers = {c["name"]: c for c in pod["containers"]}
         sidecar, main = containers["plugforge-sidecar"], containers[broker]
@@ -147,3 +147,17 @@ def test_broker_examples_wire_the_sidecar() -> None:
     statefulset = next(d for d in docs if d["kind"] == "StatefulSet")
     headless = next(d for d in docs if d["metadata"]["name"] == statefulset["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None"
+
+
+@pytest.mark.parametrize("broker", ["mosquitto", "hivemq", "vernemq", "emqx", "rabbitmq"])
+def test_every_broker_example_sidecar_args_parse(broker: str) -> None:
+    """The sidecar refuses to start on arguments it cannot accept (e.g. no trust policy and no
+    --allow-unsigned-images): each example's container args must pass its own parser."""
+    from sidecar.settings import parse_args
+
+    sidecars = [c for pod in _pods(render(MANIFESTS / "brokers" / broker)).values()
+                for c in pod["containers"] if c["name"] == "plugforge-sidecar"]
+    assert len(sidecars) == 1, broker
+    settings = parse_args(sidecars[0]["args"], {"POD_NAMESPACE": "default"})
+    assert settings.broker == broker
+    assert settings.trust_policy is not None, "images must be verified"
