@@ -142,7 +142,11 @@ def test_init_infers_a_recipe_that_builds_the_same_plugin(tmp_path: Path,
     assert main(["init", str(repo)]) == 1  # never overwrites
     work = tmp_path / "work"
     assert main(["build", "--local", str(repo), "--work-dir", str(work), "--quiet"]) == 0
-    assert (work / "artifact" / "mosquitto_message_timestamp.so").is_file()
+    # Name from the plugin's Makefile, version from config.mk: what the written recipe says,
+    # and the same compiler flags give the same bytes.
+    assert "version: {file: config.mk" in text
+    inferred = (work / "artifact" / "mosquitto_message_timestamp.so").read_bytes()
+    assert inferred == built["message-timestamp"].so.read_bytes()
 
 
 def test_init_on_the_whole_tree_is_ambiguous_and_says_so(

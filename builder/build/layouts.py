@@ -35,6 +35,7 @@ _VMQ_HOOK = re.compile(r"-behaviou?r\(\s*(auth_on_\w+_hook|on_\w+_hook)\s*\)"
 _RABBIT = re.compile(r"-behaviou?r\(\s*(rabbit_authn_backend|rabbit_authz_backend)\s*\)")
 _EMQX = re.compile(r"\bemqx_plugrel\b|\bemqx_plugin_helper\b")
 _APP_SRC_NAME = re.compile(r"^\{application,\s*([a-z][a-z0-9_]*)\s*,", re.MULTILINE)
+_VERSION_LINE = re.compile(r"^VERSION\s*:?=\s*([0-9][A-Za-z0-9._+~-]*)\s*$", re.MULTILINE)
 _MAKE_NAME = re.compile(r"^PLUGIN_NAME\s*:?=\s*(\S+)\s*$", re.MULTILINE)
 _POM_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 _POM_NESTED = re.compile(r"<(parent|dependencies|dependencyManagement|build|profiles|reporting"
@@ -117,9 +118,17 @@ def _mosquitto_plugin(root: Path, files: list[Path], source: Path) -> Layout:
         if len(hits) == 1:
             inc = hits[0].parent.relative_to(root).as_posix()
             includes.append(f"-I{inc}" if inc != "." else "-I.")
+    version: dict[str, str] = {"value": "0.1.0"}
+    for candidate in (source.parent / "Makefile", root / "config.mk", root / "VERSION"):
+        text = _read(candidate) if candidate in files else ""
+        if _VERSION_LINE.search(text) or (candidate.name == "VERSION" and text.strip()):
+            version = {"file": candidate.relative_to(root).as_posix(),
+                       "pattern": _VERSION_LINE.pattern if candidate.name != "VERSION"
+                       else r"^\s*(\S+)"}
+            break
     recipe = _overlay(
         "mosquitto-c",
-        metadata={"name": name, "version": {"value": "0.1.0"}},
+        metadata={"name": name, "version": version},
         build=[{"argv": ["gcc", "-std=gnu11", "-O2", "-g0", "-Wall", "-fPIC", "-shared",
                          *includes, "-o", "{name}.so", rel]}],
         artifacts=[{"path": "{name}.so", "to": "."}])
