@@ -260,3 +260,12 @@ def test_cache_dir_is_per_tenant_and_toolchain_digest(tmp_path: Path) -> None:
 
 def _no_secret(namespace: str, name: str) -> Secret:
     raise AssertionError(f"no Secret expected, asked for {namespace}/{name}")
+
+
+def test_cli_refuses_unknown_toolchains_and_pins_without_push(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["toolchains", "build", "no-such"]) == 2
+    assert "no toolchain 'no-such'" in capsys.readouterr().err
+    assert main(["toolchains", "build", "--out", str(tmp_path / "pins.yaml")]) == 2
+    assert "--out needs --push" in capsys.readouterr().err
+    assert not (tmp_path / "pins.yaml").exists()
