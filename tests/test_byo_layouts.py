@@ -150,3 +150,24 @@ def test_init_writes_the_recipe_and_says_what_it_saw(tmp_path: Path,
     assert main(["init", str(other), "--broker", "vernemq"]) == 1
     err = capsys.readouterr().err
     assert "has no layout plugforge recognises" in err and "for example:" in err
+
+
+def test_init_never_writes_through_a_symlinked_plugforge_dir(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = _tree(tmp_path / "repo", {"pom.xml": POM})
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (repo / ".plugforge").symlink_to(elsewhere)
+    assert main(["init", str(repo)]) == 1
+    assert "is not a directory of the repository" in capsys.readouterr().err
+    assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.parametrize(("url", "public"), [
+    ("https://bob:ghp_secret@git.example.com/team/x.git", "https://git.example.com/team/x.git"),
+    ("https://git.example.com/team/x.git", "https://git.example.com/team/x.git"),
+    ("git@github.com:team/x.git", "git@github.com:team/x.git"),  # scp-like: a user, no secret
+])
+def test_the_source_url_in_an_image_carries_no_credentials(url: str, public: str) -> None:
+    from plugforge.cli.build import public_url
+    assert public_url(url) == public

@@ -101,7 +101,7 @@ def _mosquitto_plugin(root: Path, files: list[Path], source: Path) -> Layout:
     rel = source.relative_to(root).as_posix()
     makefile = source.parent / "Makefile"
     name: dict[str, str]
-    make_match = _MAKE_NAME.search(_read(makefile)) if makefile.is_file() else None
+    make_match = _MAKE_NAME.search(_read(makefile)) if makefile in files else None
     if make_match and PLUGIN_NAME.match(make_match.group(1)):
         name = {"file": makefile.relative_to(root).as_posix(),
                 "pattern": _MAKE_NAME.pattern.replace(r"(\S+)", r"([a-z][a-z0-9_-]*)")}

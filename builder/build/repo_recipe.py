@@ -177,8 +177,13 @@ def _has_layout(source_dir: Path, recipe: Recipe) -> bool:
     for source in (recipe.name_source, recipe.version_source):
         if source.pattern is None:
             continue
-        files = [p for p in source_dir.glob(source.file) if p.is_file()]
-        if len(files) != 1 or not source.pattern.search(files[0].read_text(errors="replace")):
+        # Regular files only, read capped: the tree is untrusted (a link to /dev/zero...).
+        files = [p for p in source_dir.glob(source.file) if p.is_file() and not p.is_symlink()]
+        if len(files) != 1:
+            return False
+        with files[0].open("rb") as f:
+            head = f.read(MAX_RECIPE_BYTES * 4).decode("utf-8", errors="replace")
+        if not source.pattern.search(head):
             return False
     return True
 

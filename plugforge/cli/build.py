@@ -6,6 +6,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,16 @@ def _origin_url(tree: Path) -> str:
                              capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    return public_url(out.stdout.strip()) if out.returncode == 0 else ""
+
+
+def public_url(url: str) -> str:
+    """``url`` without user or token (``https://user:token@host/x`` → ``https://host/x``): it is
+    written into the image, and a BrokerPlugin's URL carries none (credentials are Secrets)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme and "@" in parts.netloc:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    return url
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"log: {result.log_path}")
     push.write_record(work, push.BuildRecord(
         result.name, result.version, recipe.broker,
-        args.source if args.source is not None else _origin_url(source)))
+        public_url(args.source) if args.source is not None else _origin_url(source)))
     if args.push:
         try:
             print(push.push_build(work, args.push, docker_config=args.docker_config,

@@ -42,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"plugforge init: {root} is not a directory", file=sys.stderr)
         return EXIT_USAGE
     target = root / repo_recipe.REPO_RECIPE
+    if target.parent.is_symlink() or (target.parent.exists() and not target.parent.is_dir()):
+        print(f"plugforge init: {target.parent} is not a directory of the repository",
+              file=sys.stderr)
+        return EXIT_FAILED
     if target.exists() or target.is_symlink():
         print(f"plugforge init: {target} already exists; edit it, or remove it to infer anew",
               file=sys.stderr)
