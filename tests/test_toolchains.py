@@ -19,6 +19,7 @@ from typing import TextIO
 import pytest
 import yaml
 
+from builder.app import toolchain_pins
 from builder.build import toolchains
 from builder.build.executors import BuildJob
 from builder.build.pipeline import Pipeline
@@ -27,6 +28,7 @@ from builder.build.recipe_errors import BuildError, RecipeError, ToolMissing
 from builder.build.recipe_schema import parse_recipe
 from builder.build.source import SourceCache
 from builder.secrets import Secret
+from builder.settings import parse_settings
 from plugforge.cli import main
 from testbed import images
 from testbed import toolchains as testbed_toolchains
@@ -269,3 +271,17 @@ def test_cli_refuses_unknown_toolchains_and_pins_without_push(
     assert main(["toolchains", "build", "--out", str(tmp_path / "pins.yaml")]) == 2
     assert "--out needs --push" in capsys.readouterr().err
     assert not (tmp_path / "pins.yaml").exists()
+
+
+def test_builder_reads_the_pin_file_at_start(pin_file: Path, tmp_path: Path) -> None:
+    settings = parse_settings(["--toolchains", str(pin_file)], {})
+    assert settings.toolchains == pin_file
+    assert toolchain_pins(settings, "kubernetes") == toolchains.load_pins(pin_file)
+    assert toolchain_pins(settings, "process") is None  # host tools; the file is still read
+    assert toolchain_pins(parse_settings([], {}), "container") == {}  # every build names the fix
+    bad = tmp_path / "toolchains.yaml"
+    bad.write_text("apiVersion: plugforge.dev/v1alpha1\nkind: ToolchainPins\ntoolchains:\n"
+                   "  mosquitto-c: {image: 'r.example/x:latest', tools: [gcc]}\n")
+    for executor in ("kubernetes", "process"):
+        with pytest.raises(toolchains.PinsInvalid, match=r"toolchains\.mosquitto-c\.image"):
+            toolchain_pins(parse_settings(["--toolchains", str(bad)], {}), executor)

@@ -3,7 +3,8 @@
 # the pause image) and the templates' toolchain images (plugin-templates/*/toolchain.Containerfile,
 # tests/test_toolchains.py), built with podman into $PLUGFORGE_CACHE/images, each keyed by its inputs
 # (testbed/images.py). In the background: these builds wait mostly on Debian's archive and
-# dpkg, beside the CPU-bound Go builds. Cold: about 6-9 minutes; cached: seconds.
+# dpkg, beside the CPU-bound Go builds. Cold: about 6-9 minutes (the toolchains ~2 of them);
+# cached: seconds.
 
 [ "$PURPOSE" = test ] || return 0  # only the tests use it
 
