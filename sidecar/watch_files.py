@@ -8,8 +8,9 @@ entries (``..<timestamp>`` version directories, ``..data_tmp``) are ignored and 
 included) are not even subscribed to: a reconcile started when the new version directory is
 created reads the old state and holds the loop while the swap that matters arrives.
 
-One thread polls the inotify descriptor and notifies the trigger from the read itself: no queue,
-no second thread, no coalescing window between the kernel and the loop (``sidecar/inotify.py``).
+No thread of its own: the inotify descriptor is a source of the trigger, read by the reconcile
+loop's own thread when it is readable (``trigger.add_source``), so a kernel event wakes the
+loop itself: no reader thread, queue or coalescing window between (``sidecar/inotify.py``).
 
 Events are only a hint: the loop re-reads the state through ``desired.read_documents`` and
 compares content hashes, so a missed, duplicated or reordered event cannot make the sidecar
@@ -21,9 +22,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
-import select
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,8 +67,6 @@ class DirectoryWatcher:
         self._trigger = trigger
         self._watches: dict[int, Path] = {}  # watch descriptor -> directory
         self._inotify: Inotify | None = None
-        self._thread: threading.Thread | None = None
-        self._wake_r = self._wake_w = -1
 
     def start(self) -> None:
         try:
@@ -90,32 +86,26 @@ class DirectoryWatcher:
                         "check the mount and the sidecar's permissions")
                 raise SourceError(f"{directory}: cannot watch it ({e.strerror}); {hint}") from e
         self._inotify = inotify
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, args=(inotify,), name="inotify",
-                                        daemon=True)
-        self._thread.start()
+        self._trigger.add_source(inotify.fd, self._on_ready)
 
     def stop(self) -> None:
         """Stop reading, then close: our own watches' removal is never reported as a loss."""
-        if self._thread is None or self._inotify is None:
-            return
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=5)
-        self._inotify.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        self._thread = self._inotify = None
+        if self._inotify is not None:
+            self._trigger.remove_source(self._inotify.fd, self._inotify.close)
+            self._inotify = None
 
-    def _run(self, inotify: Inotify) -> None:
-        poller = select.poll()
-        poller.register(inotify.fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+    def _on_ready(self) -> None:
+        inotify = self._inotify
+        if inotify is None:
+            return
         try:
-            while all(fd != self._wake_r for fd, _ in poller.poll()):
-                self.dispatch(inotify.read())
-        except Exception:  # the periodic resync still reads the directories
+            events = inotify.read()
+        except OSError:  # the periodic resync still reads the directories
             log.exception("decision=unwatched dirs=%s detail=%r", [str(d) for d in self._dirs],
                           "reading file events failed; only the periodic resync reads them now")
+            self.stop()
+            return
+        self.dispatch(events)
 
     def dispatch(self, events: Sequence[Event]) -> None:
         """One read's events: each changed directory notifies once, a lost event rescans."""

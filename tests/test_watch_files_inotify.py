@@ -3,7 +3,9 @@ kernel interface (the event filter is also checked as a pure function)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,6 +71,70 @@ def test_a_swap_wakes_the_loop_at_once(watched: tuple[ConfigMapDir, Trigger]) ->
     assert time.monotonic() - started < QUIET
 
 
+def test_the_loop_reads_the_events_itself(tmp_path: Path) -> None:
+    # No reader thread: the waiting loop polls the inotify descriptor (one thread hand-off
+    # fewer between the kernel and the reconcile).
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": "0"})
+    trigger = Trigger(debounce=0, resync_interval=3600)
+    threads = threading.active_count()
+    watcher = DirectoryWatcher([cm.path], trigger)
+    watcher.start()
+    try:
+        assert threading.active_count() == threads
+        cm.update({"broker.yaml": "1"})
+        assert trigger.wait() == f"{cm.path} changed"
+    finally:
+        trigger.close()
+        watcher.stop()
+
+
+def test_pending_reads_ready_events(watched: tuple[ConfigMapDir, Trigger]) -> None:
+    # Asked during a long reconcile (an image pull), when nobody waits: a swap is seen.
+    cm, trigger = watched
+    assert not trigger.pending
+    cm.update({"broker.yaml": "1"})
+    deadline = time.monotonic() + 5
+    while not trigger.pending:
+        assert time.monotonic() < deadline, "the swap was never seen"
+        time.sleep(0.01)
+    assert trigger.wait() == f"{cm.path} changed"
+
+
+def test_notify_from_another_thread_wakes_the_wait() -> None:
+    trigger = Trigger(debounce=0, resync_interval=3600)
+    timer = threading.Timer(0.05, trigger.notify, args=("retry",))
+    timer.start()
+    started = time.monotonic()
+    assert trigger.wait() == "retry"
+    assert time.monotonic() - started < 2
+    trigger.close()
+    assert trigger.wait() is None
+
+
+def test_stop_while_the_loop_polls_closes_after_the_poll(tmp_path: Path) -> None:
+    # The descriptor is closed only once no poll uses it: closed under a running poll, its
+    # number could be reused by another file and read as this one.
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({"broker.yaml": "0"})
+    trigger = Trigger(debounce=0, resync_interval=0.3)
+    watcher = DirectoryWatcher([cm.path], trigger)
+    watcher.start()
+    reasons: list[str | None] = []
+    loop = threading.Thread(target=lambda: reasons.append(trigger.wait()))
+    loop.start()
+    time.sleep(0.1)  # the loop is in its poll now
+    fd = watcher._inotify.fd if watcher._inotify else -1
+    watcher.stop()
+    loop.join(5)
+    assert reasons == ["periodic resync"]
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    cm.update({"broker.yaml": "1"})  # not watched any more: only the resync wakes the loop
+    assert trigger.wait() == "periodic resync"
+    trigger.close()
+
+
 def test_version_dirs_and_reads_do_not_wake_the_loop(
         watched: tuple[ConfigMapDir, Trigger]) -> None:
     cm, trigger = watched
@@ -106,9 +172,11 @@ def test_removed_directory_wakes_the_loop_and_is_explained(
             read_documents([cm.path])
         # The first wake-up may come from the entries' deletions, before the kernel drops the
         # watch itself (IN_IGNORED); the explanation follows that, so wait for it before stop().
+        # Events are read by whoever waits on the trigger (or asks whether one is pending).
         deadline = time.monotonic() + 10
         while "only the periodic resync reads it now" not in caplog.text:
             assert time.monotonic() < deadline, "the removed directory was never explained"
+            _ = trigger.pending  # reads what is ready
             time.sleep(0.01)
     finally:
         trigger.close()
