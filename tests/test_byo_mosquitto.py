@@ -175,3 +175,24 @@ def test_build_of_a_tree_without_recipe_or_layout_says_what_to_add(
     err = capsys.readouterr().err
     assert "no .plugforge/recipe.yaml and no layout a template recognises" in err
     assert "template: mosquitto-c" in err
+
+
+def test_a_name_that_cannot_name_a_release_is_refused_with_a_fix(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(MOSQUITTO_TREE, repo)
+    recipe = (THIRD_PARTY / "recipes" / "mosquitto-payload-modification.yaml").read_text()
+    recipe = recipe.replace(
+        "  name: {file: plugins/payload-modification/Makefile, pattern: '^PLUGIN_NAME=(\\S+)'}",
+        "  name: {value: Payload.Modification}").replace(
+        '"plugins/payload-modification/{name}.c"',
+        "plugins/payload-modification/mosquitto_payload_modification.c")
+    (repo / ".plugforge").mkdir()
+    (repo / REPO_RECIPE).write_text(recipe)
+    capsys.readouterr()
+    assert main(["build", "--local", str(repo), "--work-dir", str(tmp_path / "w"),
+                 "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "MetadataInvalid: plugin name 'Payload.Modification' (from .plugforge/recipe.yaml " \
+           "over template mosquitto-c) cannot name a release" in err
+    assert "{value: payload_modification}" in err

@@ -200,6 +200,8 @@ class Pipeline:
                 recipe, checkout.directory, work / "build", log=log, timeout=limit,
                 toolchain_image=toolchain_image, executor=self.executor, build_name=build_name,
                 tenant=spec.namespace))
+            _call_recipe(lambda: repo_recipe.check_release_name(result.name, chosen)
+                         if chosen is not None else result.name)
             # No revision: the commit is in the provenance, the digest names the artifact.
             metadata = ImageMetadata(
                 source=spec.source.url, revision="", broker=spec.broker,

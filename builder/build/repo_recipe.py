@@ -24,6 +24,7 @@ recognises, else one error saying what to add.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,9 @@ import yaml
 
 from builder.build import layouts, toolchains
 from builder.build import recipe as recipes
+from builder.build.recipe_errors import MetadataError
 from builder.build.recipe_schema import API_VERSION, KIND, Recipe, parse_recipe
+from plugforge.contract import PLUGIN_NAME
 
 REPO_RECIPE = ".plugforge/recipe.yaml"
 MAX_RECIPE_BYTES = 64 * 1024
@@ -163,6 +166,23 @@ def require_isolation(resolved: Resolved, executor: str) -> None:
             f"{resolved.origin}: a repository's recipe runs only in isolated builds "
             f"(executor {' or '.join(sorted(ISOLATED_EXECUTORS))}); this builder uses the "
             f"{executor!r} executor, whose steps could read the builder's credentials")
+
+
+def check_release_name(name: str, resolved: Resolved) -> str:
+    """The built plugin's name is also its ConfigMap release's name and its image directory
+    (``/plugin/<name>/``): it must be one the contract accepts, said here rather than by a
+    sidecar refusing the release later."""
+    if not PLUGIN_NAME.match(name):
+        raise MetadataError(
+            f"plugin name {name!r} (from {resolved.origin}) cannot name a release: expected "
+            f"{PLUGIN_NAME.pattern} (lower case); set metadata.name to one, e.g. "
+            f"{{value: {_release_name(name)}}}")
+    return name
+
+
+def _release_name(name: str) -> str:
+    clean = re.sub(r"[^a-z0-9_-]+", "_", name.lower()).strip("_-")
+    return clean if clean[:1].isalpha() else f"plugin_{clean}"
 
 
 def _template(name: str) -> Resolved:

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_recipe(recipe, source, work, log=None if args.quiet else sys.stdout,
                             timeout=args.timeout, executor=executor, toolchain_image=image,
                             build_name=f"local-{uuid.uuid4().hex[:12]}")
+        repo_recipe.check_release_name(result.name, resolved)
     except BuildError as e:
         print(f"plugforge build: {e.reason}: {e}", file=sys.stderr)
         print(f"full log: {work / 'build.log'}", file=sys.stderr)
