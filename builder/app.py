@@ -7,6 +7,7 @@ import threading
 
 from builder.api.scopes import parse_caller
 from builder.build import toolchains
+from builder.build.executors.container import ContainerExecutor
 from builder.build.executors.kubernetes import JobSettings, KubernetesExecutor
 from builder.build.executors.select import ExecutorRefused, select_executor
 from builder.build.executors.transfer import TransferServer
@@ -80,6 +81,7 @@ class Builder:
         # Chosen now, so a refused executor stops the start; `process` warns at every start.
         executor = select_executor(settings.executor, log=log,
                                    allow_process=settings.allow_process_executor,
+                                   owner=f"{settings.namespace}/{settings.lease_name}",
                                    kubernetes=lambda: kubernetes_executor(self.kube, settings))
         self.executor = executor
         log.info("builds run with the %s executor", executor.name)
@@ -120,11 +122,10 @@ class Builder:
     def _leading(self) -> None:
         # Jobs of builds no builder runs any more (a killed or deposed leader's): deleted
         # before this one runs builds; the controller resumes those builds.
-        if isinstance(self.executor, KubernetesExecutor):
+        if isinstance(self.executor, (KubernetesExecutor, ContainerExecutor)):
             try:
                 for name in self.executor.sweep():
-                    log.warning("deleted orphaned build Job %s/%s",
-                                self.settings.build_namespace, name)
+                    log.warning("deleted orphaned build %s %s", self.executor.name, name)
             except BuildError as e:
                 log.warning("could not look for orphaned build Jobs (retried at the next "
                             "leadership): %s", e)

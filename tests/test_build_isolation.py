@@ -39,6 +39,7 @@ from builder.build import repo_recipe
 from builder.build.executors import BuildJob, BuildStep
 from builder.build.executors.container import (
     LABEL_BUILD,
+    LABEL_OWNER,
     ContainerExecutor,
     Limits,
     cache_dir,
@@ -401,3 +402,23 @@ def test_through_the_builder_the_secret_is_in_no_status_event_log_or_image(
     status, log = outcomes["incbin"]
     assert (status["phase"], status.get("reason")) == ("Failed", "BuildFailed"), status
     assert "file not found" in status.get("message", "") + log, status
+
+
+def test_a_new_leader_sweeps_its_predecessors_containers_only(
+        env: dict[str, str], cache_root: Path, toolchain: str) -> None:
+    """``sweep`` (called when a builder takes the Lease) removes the build containers its
+    owner left, and no one else's (another builder's, a CLI build's)."""
+    owner, other = f"plugforge-system/{uuid.uuid4().hex[:6]}", f"else/{uuid.uuid4().hex[:6]}"
+    names = {who: f"sweep-{uuid.uuid4().hex[:8]}" for who in (owner, other)}
+    for who, name in names.items():
+        subprocess.run(["podman", "run", "-d", "--rm", "--name", name, "--label",
+                        f"{LABEL_OWNER}={who}", "--network=none", toolchain, "sleep", "600"],
+                       env=env, check=True, capture_output=True)
+    try:
+        swept = ContainerExecutor(cache_root, podman_env=env, owner=owner).sweep()
+        assert swept == [names[owner]]
+        assert _containers(env, f"{LABEL_OWNER}={other}") == names[other]
+        assert not ContainerExecutor(cache_root, podman_env=env).sweep()
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *names.values()], env=env,
+                       check=False, capture_output=True)

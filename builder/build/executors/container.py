@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ TMP = "/tmp"  # noqa: S108 - the container's own, a fresh tmpfs
 CACHE_MOUNT = "/var/cache/plugforge"
 LABEL_BUILD = "dev.plugforge.build"
 LABEL_TENANT = "dev.plugforge.tenant"
+LABEL_OWNER = "dev.plugforge.owner"
 # PID 1 outlives the deadline by this much, so the builder is always the one that kills it.
 _SELF_EXPIRY_MARGIN = 60
 _PODMAN_SECONDS = 120.0
@@ -105,12 +107,13 @@ def cache_env(caches: Sequence[str]) -> dict[str, str]:
 
 
 def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limits,
-             user: str, network: str | None) -> list[str]:
+             user: str, network: str | None, owner: str = "") -> list[str]:
     """``podman run`` arguments that start the build's (idle) container. Pure."""
     argv = [
         # --replace: an earlier attempt's leftover (its builder died) goes first.
         "run", "--detach", "--rm", "--replace", "--name", name,
         "--label", f"{LABEL_BUILD}={job.name}", "--label", f"{LABEL_TENANT}={job.tenant}",
+        "--label", f"{LABEL_OWNER}={owner}",
         "--user", user, "--read-only", "--cap-drop=all",
         "--security-opt", "no-new-privileges", "--http-proxy=false", "--log-driver=none",
         "--memory", limits.memory, "--memory-swap", limits.memory,
@@ -144,15 +147,32 @@ class ContainerExecutor:
 
     def __init__(self, cache_root: Path, *, podman: Sequence[str] = ("podman",),
                  podman_env: Mapping[str, str] | None = None, limits: Limits = Limits(),
-                 network: str | None = None) -> None:
+                 network: str | None = None, owner: str = "") -> None:
         """``podman``/``podman_env``: how to call podman (default: ``podman`` with the caller's
         environment; podman passes none of it into containers). ``network``: for recipes with
-        caches, the podman network (None: podman's default)."""
+        caches, the podman network (None: podman's default). ``owner``: labels this builder's
+        containers, so ``sweep`` finds its predecessors' (e.g. the Lease's name)."""
         self._cache_root = cache_root
         self._podman = list(podman)
         self._env = dict(podman_env) if podman_env is not None else dict(os.environ)
         self._limits = limits
         self._network = network
+        self._owner = owner
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def sweep(self) -> list[str]:
+        """Remove every build container of ``owner`` this process does not run (a dead or
+        deposed builder's); returns their names. Call it while holding the Lease."""
+        if not self._owner:  # unowned containers are concurrent CLI builds': never swept
+            return []
+        listed = self._call("ps", "--all", "--format", "{{.Names}}",
+                            "--filter", f"label={LABEL_OWNER}={self._owner}")
+        with self._lock:
+            orphans = [n for n in listed.split() if n not in self._running]
+        for name in orphans:
+            self._call("rm", "--force", "--ignore", "--time", "0", name)
+        return orphans
 
     def run(self, job: BuildJob, workspace: Path, log_path: Path,
             echo: TextIO | None = None) -> None:
@@ -162,9 +182,11 @@ class ContainerExecutor:
             raise ExecutorFailed("the recipe names no toolchain image; the container executor "
                                  "runs every build in one")
         caches = {c: self._cache(job, c) for c in job.caches}
-        self._call(*run_argv(job, name, caches, self._limits, f"{BUILD_UID}:{BUILD_UID}",
-                             self._network))
+        with self._lock:
+            self._running.add(name)
         try:
+            self._call(*run_argv(job, name, caches, self._limits, f"{BUILD_UID}:{BUILD_UID}",
+                                 self._network, self._owner))
             self._call("cp", f"{workspace}/.", f"{name}:{WORKSPACE}/")
             steps = [([*self._podman, *exec_argv(name, step.env, step.argv)], self._env)
                      for step in job.steps]
@@ -183,7 +205,11 @@ class ContainerExecutor:
                     entry.unlink()
             self._call("cp", f"{name}:{WORKSPACE}/.", f"{workspace}/")
         finally:
-            self._call("rm", "--force", "--ignore", "--time", "0", name)
+            try:
+                self._call("rm", "--force", "--ignore", "--time", "0", name)
+            finally:
+                with self._lock:
+                    self._running.discard(name)
 
     def local_image(self, repository: str) -> str | None:
         """The newest image of ``repository`` in podman's store as ``repository@digest``

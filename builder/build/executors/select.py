@@ -30,11 +30,12 @@ def default_cache_root() -> Path:
 
 
 def select_executor(kind: str, *, allow_process: bool, log: logging.Logger,
-                    cache_root: Path | None = None,
+                    cache_root: Path | None = None, owner: str = "",
                     kubernetes: Callable[[], Executor] | None = None) -> Executor:
     """The executor named ``kind``. ``kubernetes`` builds that one (it needs the cluster's
     client and settings, which the caller has); ``process`` needs ``allow_process`` and is
-    logged as a WARNING each time it is chosen. ``cache_root``: default_cache_root()."""
+    logged as a WARNING each time it is chosen. ``cache_root``: default_cache_root();
+    ``owner``: the builder the ``container`` executor labels its containers with."""
     cache_root = cache_root or default_cache_root()
     if kind == "process":
         if not allow_process:
@@ -44,7 +45,7 @@ def select_executor(kind: str, *, allow_process: bool, log: logging.Logger,
         log.warning(PROCESS_WARNING)
         return ProcessExecutor(cache_root)
     if kind == "container":
-        return ContainerExecutor(cache_root)
+        return ContainerExecutor(cache_root, owner=owner)
     if kind == "kubernetes":
         if kubernetes is None:
             raise ExecutorRefused("the kubernetes executor is not available to this caller; "
