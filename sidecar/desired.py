@@ -21,6 +21,10 @@ DATA_LINK = "..data"
 MAX_DOCUMENT_BYTES = 1024 * 1024  # a ConfigMap holds at most 1 MiB in total
 
 
+# Per directory: each file read last time, by path, with its (device, inode, mtime, size).
+_texts: dict[str, dict[str, tuple[tuple[int, int, int, int], Document]]] = {}
+
+
 class SourceError(Exception):
     """A configured source cannot be read (missing directory, unreadable file)."""
 
@@ -64,6 +68,8 @@ def _read_once(directory: Path) -> list[Document]:
         root = directory
         names = _visible(os.listdir(directory))
     documents = []
+    known = _texts.get(str(directory), {})
+    seen: dict[str, tuple[tuple[int, int, int, int], Document]] = {}
     for name in names:
         path = root / name
         info = path.stat()  # FileNotFoundError: the version was removed; the caller retries
@@ -72,11 +78,22 @@ def _read_once(directory: Path) -> list[Document]:
         size = info.st_size
         if size > MAX_DOCUMENT_BYTES:
             raise SourceError(f"{path}: {size} bytes, larger than a ConfigMap can hold")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise SourceError(f"{directory}/{name}: not UTF-8 text ({e.reason})") from e
-        documents.append(Document(str(directory), name, text))
+        # The same file of the same version as the last read (a resync): not read again. Only
+        # under ``..data``: the atomic writer never rewrites a version's files in place, while
+        # in a plain directory two same-size writes within one mtime tick look alike.
+        stamp = (info.st_dev, info.st_ino, info.st_mtime_ns, size)
+        cached = known.get(str(path)) if version is not None else None
+        if cached is not None and cached[0] == stamp:
+            document = cached[1]
+        else:
+            try:
+                text = path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise SourceError(f"{directory}/{name}: not UTF-8 text ({e.reason})") from e
+            document = Document(str(directory), name, text)
+        seen[str(path)] = (stamp, document)
+        documents.append(document)
+    _texts[str(directory)] = seen  # only the files of this read are remembered
     if version is not None and os.readlink(link) != version:
         # Swapped while we read: the old version may have been half deleted under us (the
         # writer removes it after the swap). Still current at the end means it was intact.

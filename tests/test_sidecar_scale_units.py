@@ -3,10 +3,15 @@ see bench/sidecar_scale.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 
 from plugforge import contract
 from plugforge.contract import Document, PluginRelease, parse_desired_state, render_plugin_release
+from sidecar.desired import read_documents
+from testbed.configmap_dir import ConfigMapDir
 
 
 def _docs(n: int, changed: int = -1) -> list[Document]:
@@ -44,3 +49,30 @@ def test_cached_config_is_not_shared_with_callers() -> None:
     assert isinstance(state.config, dict)
     state.config["max_keepalive"] = "1"
     assert parse_desired_state(_docs(1)).config["max_keepalive"] == "60"
+
+
+def test_a_resync_reads_no_unchanged_file_again(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    real = Path.read_text
+
+    def counting(self: Path, *args: Any, **kwargs: Any) -> str:
+        reads.append(self.name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counting)
+    cm = ConfigMapDir(tmp_path / "cm")
+    cm.update({f"plugin.p{i}.yaml": f"text {i}" for i in range(300)})
+    first = read_documents([cm.path])
+    assert len(reads) == 300
+    assert read_documents([cm.path]) == first
+    assert len(reads) == 300, "an unchanged version is not read again"
+    cm.update({**{f"plugin.p{i}.yaml": f"text {i}" for i in range(300)}, "plugin.p7.yaml": "new"})
+    assert [d.text for d in read_documents([cm.path]) if d.key == "plugin.p7.yaml"] == ["new"]
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "broker.yaml").write_text("a: 1")
+    read_documents([plain])
+    (plain / "broker.yaml").write_text("a: 2")  # same size, maybe the same mtime tick
+    assert read_documents([plain])[0].text == "a: 2", "a plain directory is always read"
