@@ -51,7 +51,7 @@ from builder.build.recipe_errors import (
     ToolMissing,
 )
 from builder.errors import BuilderError
-from builder.kube import Kube
+from builder.kube import Kube, LogStream
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,21 @@ CREATE_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError",
                            "RunContainerError", "PreCreateHookError", "PreStartHookError"})
 
 # The transfer containers' scripts are the builder's constants; the URLs come in through env.
-FETCH_SCRIPT = ('set -e -o pipefail; /bin/busybox wget -q -O - "$PLUGFORGE_SOURCE_URL" '
-                f"| /bin/busybox tar -x -f - -C {WORKSPACE}")
-RETURN_SCRIPT = (f"set -e -o pipefail; /bin/busybox tar -c -f - -C {WORKSPACE}/src . "
-                 "| /bin/busybox base64 "
-                 '| /bin/busybox wget -q -O /dev/null --post-file /dev/stdin '
-                 '"$PLUGFORGE_RESULT_URL"')
+# A try that could not connect is repeated (the URL is used up only by a request that arrived);
+# Each try gets 60 s (busybox 1.35's wget -T crashes). Their files live beside src/, home/ and
+# tmp/, never inside them.
+_BB = "/bin/busybox"
+_FILES = f"{WORKSPACE}/.transfer"
+_TRY = ('for try in 1 2 3 4 5; do {bb} timeout 60 {bb} wget -q {args} "${url}" && break; '
+        '[ "$try" = 5 ] && exit 1; {bb} sleep 1; done')
+FETCH_SCRIPT = (f"set -e; {_BB} mkdir -p {_FILES}; "
+                + _TRY.format(bb=_BB, args=f"-O {_FILES}/source.tar", url="PLUGFORGE_SOURCE_URL")
+                + f"; {_BB} tar -x -f {_FILES}/source.tar -C {WORKSPACE}"
+                + f"; {_BB} rm {_FILES}/source.tar")
+RETURN_SCRIPT = (f"set -e -o pipefail; {_BB} tar -c -f - -C {WORKSPACE}/src . "
+                 f"| {_BB} base64 > {_FILES}/result.b64; "
+                 + _TRY.format(bb=_BB, args=f"-O /dev/null --post-file {_FILES}/result.b64",
+                               url="PLUGFORGE_RESULT_URL"))
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,8 @@ def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: st
         return {"name": cname, "image": image, "command": command, "workingDir": workdir,
                 "env": [{"name": k, "value": v} for k, v in env.items()],
                 "resources": resources, "securityContext": security, "volumeMounts": mount,
-                "terminationMessagePolicy": "File", "imagePullPolicy": "IfNotPresent"}
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "imagePullPolicy": "IfNotPresent"}
 
     base_env = {"HOME": f"{WORKSPACE}/home", "TMPDIR": f"{WORKSPACE}/tmp",  # noqa: S108
                 "LANG": "C.UTF-8",
@@ -300,6 +310,16 @@ def started(pod: Obj | None, container: str) -> bool:
     return False
 
 
+def ended(pod: Obj | None, container: str) -> bool:
+    """Whether ``container`` of ``pod`` has terminated (its log is complete)."""
+    status = (pod or {}).get("status") or {}
+    for cs in (*(status.get("initContainerStatuses") or []),
+               *(status.get("containerStatuses") or [])):
+        if cs.get("name") == container:
+            return bool((cs.get("state") or {}).get("terminated"))
+    return False
+
+
 # --- running it (I/O) --------------------------------------------------------------------------
 
 class _Log:
@@ -326,6 +346,61 @@ class _Log:
             self._file.write(f"\n!! log truncated: {self._dropped} more bytes of output not "
                              "kept\n".encode())
         self._file.close()
+
+
+class _Follower:
+    """Follows one container's log into the build log on a thread of its own.
+
+    The kubelet ends a followed log only on its next look at the container (seconds after it
+    exited, longer under load), so ``finish`` does not wait for that: it gives the stream a
+    moment, cuts it, and appends what the stream had not delivered yet from a plain read.
+    """
+
+    GRACE = 0.5
+
+    def __init__(self, kube: Kube, namespace: str, pod: str, container: str, out: _Log,
+                 seen: float, read_timeout: float) -> None:
+        self.container, self.seen = container, seen
+        self._kube, self._ns, self._pod, self._out = kube, namespace, pod, out
+        self._written = 0
+        self._cut = self._complete = False
+        self._stream: LogStream | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, args=(read_timeout,), daemon=True,
+                                        name=f"log-{container}")
+        self._thread.start()
+
+    def _run(self, read_timeout: float) -> None:
+        try:
+            self._stream = self._kube.follow_pod_log(self._ns, self._pod, self.container,
+                                                     read_timeout)
+            for chunk in self._stream.chunks():
+                with self._lock:
+                    if self._cut:
+                        return
+                    self._out.write(chunk)
+                    self._written += len(chunk)
+            self._complete = True
+        except BuilderError:
+            pass  # cut, or broken: finish() reads the rest
+
+    def finish(self) -> None:
+        self._thread.join(self.GRACE)
+        if self._thread.is_alive() and self._stream is not None:
+            self._stream.close()
+        self._thread.join(10)
+        with self._lock:
+            self._cut = True  # a chunk still in flight is not written after the rest
+            if self._complete:
+                return
+            written = self._written
+        try:
+            rest = self._kube.read_pod_log(self._ns, self._pod, self.container,
+                                           sandbox.LOG_LIMIT_BYTES)[written:]
+        except BuilderError as e:
+            self._out.write(f"!! the log of {self.container} is incomplete: {e}\n".encode())
+            return
+        self._out.write(rest)
 
 
 class KubernetesExecutor:
@@ -412,50 +487,54 @@ class KubernetesExecutor:
 
     def _follow(self, job: BuildJob, name: str, out: _Log, started_at: float,
                 receipt: Receipt) -> Verdict:
-        """Stream each container's log in order until the build ends; its verdict.
+        """Stream the fetch's and each step's log in order until the build ends; its verdict.
 
         A complete result upload ends it at once: the return container runs only after every
         step succeeded, and waiting for the pod's phase costs the kubelet's next status sync
         (about a second).
         """
         ns = self.settings.namespace
-        containers = ["fetch", *(f"step-{i}" for i in range(1, len(job.steps) + 1)), "return"]
+        logged = ["fetch", *(f"step-{i}" for i in range(1, len(job.steps) + 1))]
+        follower: _Follower | None = None
         followed = 0
         guard = started_at + job.timeout + 60  # if the cluster never reports the deadline
-        while True:
-            try:
-                current = self.kube.get_job(ns, name)
-                pods = self.kube.list_pods(ns, f"{LABEL_JOB}={name}")
-            except BuilderError as e:
-                raise ExecutorFailed(f"lost track of build Job {ns}/{name}: {e}") from e
-            pod = max(pods, key=lambda p: p["metadata"]["creationTimestamp"], default=None)
-            verdict = judge(current, pod, elapsed=time.monotonic() - started_at,
-                            timeout=job.timeout, now=datetime.now(UTC))
-            if followed < len(containers) and started(pod, containers[followed]) and pod:
-                seen = time.monotonic() - started_at
-                self._stream(job, pod["metadata"]["name"], containers[followed], out, guard)
-                self.timings.append((containers[followed], seen, time.monotonic() - started_at))
-                followed += 1
-                continue  # its state moved on while its log was followed
-            if verdict.kind != "running":
-                return verdict
-            if receipt.done.is_set() and receipt.error is None:
-                return Verdict("succeeded")
-            if time.monotonic() > guard:
-                return Verdict("timeout")
-            time.sleep(POLL_SECONDS)
-
-    def _stream(self, job: BuildJob, pod: str, container: str, out: _Log,
-                guard: float) -> None:
-        if container.startswith("step-"):
-            argv = job.steps[int(container.removeprefix("step-")) - 1].argv
-            out.write(f"$ {' '.join(argv)}\n".encode())
         try:
-            for chunk in self.kube.follow_pod_log(self.settings.namespace, pod, container,
-                                                  max(5.0, guard - time.monotonic())):
-                out.write(chunk)
-        except BuilderError as e:
-            out.write(f"!! the log of {container} broke off: {e}\n".encode())
+            while True:
+                try:
+                    current = self.kube.get_job(ns, name)
+                    pods = self.kube.list_pods(ns, f"{LABEL_JOB}={name}")
+                except BuilderError as e:
+                    raise ExecutorFailed(f"lost track of build Job {ns}/{name}: {e}") from e
+                pod = max(pods, key=lambda p: p["metadata"]["creationTimestamp"], default=None)
+                verdict = judge(current, pod, elapsed=time.monotonic() - started_at,
+                                timeout=job.timeout, now=datetime.now(UTC))
+                done = verdict.kind != "running" or receipt.done.is_set()
+                if follower is not None and (done or ended(pod, follower.container)):
+                    follower.finish()
+                    self.timings.append((follower.container, follower.seen,
+                                         time.monotonic() - started_at))
+                    follower = None
+                    followed += 1
+                    continue  # the next container may have started meanwhile
+                if follower is None and pod and followed < len(logged) \
+                        and started(pod, logged[followed]):
+                    container = logged[followed]
+                    if followed:
+                        out.write(f"$ {' '.join(job.steps[followed - 1].argv)}\n".encode())
+                    follower = _Follower(self.kube, ns, pod["metadata"]["name"], container,
+                                         out, time.monotonic() - started_at,
+                                         max(5.0, guard - time.monotonic()))
+                    continue
+                if verdict.kind != "running":
+                    return verdict
+                if receipt.done.is_set() and receipt.error is None:
+                    return Verdict("succeeded")
+                if time.monotonic() > guard:
+                    return Verdict("timeout")
+                time.sleep(POLL_SECONDS)
+        finally:
+            if follower is not None:
+                follower.finish()
 
     def _conclude(self, job: BuildJob, verdict: Verdict, out: _Log, log_path: Path,
                   receipt: Receipt, workspace: Path, result_tar: Path, name: str,
