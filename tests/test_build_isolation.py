@@ -47,7 +47,7 @@ from builder.build.executors.container import (
 )
 from builder.build.executors.process import ProcessExecutor
 from builder.build.executors.select import PROCESS_WARNING, ExecutorRefused, select_executor
-from builder.build.recipe import BuildResult, run_recipe
+from builder.build.recipe import BuildResult, run_recipe, template_dir
 from builder.build.recipe_errors import (
     BuildError,
     BuildFailed,
@@ -55,8 +55,10 @@ from builder.build.recipe_errors import (
     ExecutorFailed,
     ToolMissing,
 )
+from builder.build.scaffold import scaffold
 from builder.build.toolchains import Pin, dump_pins
 from builder.settings import SettingsError, parse_settings
+from plugforge.cli import main as plugforge_main
 from testbed import images, toolchains
 from testbed.gitserver import GitServer, run_git
 from testbed.kube import ControlPlane
@@ -422,3 +424,27 @@ def test_a_new_leader_sweeps_its_predecessors_containers_only(
     finally:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *names.values()], env=env,
                        check=False, capture_output=True)
+
+
+def test_build_local_runs_in_the_toolchain_image_when_podman_has_it(
+        env: dict[str, str], toolchain: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``plugforge build --local`` picks the container executor when the recipe's toolchain
+    image is in podman's store, and says so; ``--executor container`` without one fails with
+    the command that builds it."""
+    for name in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF"):
+        monkeypatch.setenv(name, env[name])
+    repo = scaffold(template_dir("mosquitto-c"), "mosquitto-c", "mosquitto", "local-iso",
+                    tmp_path / "repo")
+    assert plugforge_main(["build", "--local", str(repo), "--work-dir", str(tmp_path / "w"),
+                           "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "==> container executor in localhost/plugforge/toolchain-mosquitto-c@sha256:" in out
+    assert (tmp_path / "w" / "artifact" / "local_iso.so").is_file()
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(tmp_path / "empty-store.conf"))
+    (tmp_path / "empty-store.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{tmp_path / "store"}"\n'
+        f'runroot = "{tmp_path / "run"}"\n')
+    assert plugforge_main(["build", "--local", str(repo), "--work-dir", str(tmp_path / "w2"),
+                           "--executor", "container"]) == 1
+    assert "plugforge toolchains build mosquitto-c" in capsys.readouterr().err
