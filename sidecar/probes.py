@@ -84,8 +84,10 @@ def _attempt(probe: Probe, password: str, host: str, port: int, timeout: float,
     connected = threading.Event()
     acked = threading.Event()
     result: dict[str, str] = {}
+    # No paho reconnects: after a refused CONNECT its loop thread would sleep up to 1 s in
+    # its reconnect wait, and loop_stop below waits for it (1 s added to a refusal probe).
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"plugforge-probe-"
-                         f"{uuid.uuid4().hex[:8]}", protocol=protocol)
+                         f"{uuid.uuid4().hex[:8]}", protocol=protocol, reconnect_on_failure=False)
     if probe.username:
         client.username_pw_set(probe.username, password or None)
 

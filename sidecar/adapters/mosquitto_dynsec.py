@@ -247,13 +247,17 @@ class DynsecAdmin:
             return self._client
         self._drop()
         self._lost.clear()
+        # No paho reconnects: its loop thread would sleep up to 1 s in its reconnect wait, and
+        # _drop's loop_stop waits for that thread (~0.9 s added to every apply after a broker
+        # restart); a dropped connection is started over here anyway.
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"plugforge-sidecar-"
-                             f"{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+                             f"{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311,
+                             reconnect_on_failure=False)
         client.username_pw_set(self._username, self._password)
         subscribed = threading.Event()
         client.on_message = self._on_message
         client.on_subscribe = lambda *_: subscribed.set()
-        # paho would reconnect by itself, but without our subscription: start over instead.
+        # A reconnect needs our subscription again: start over instead.
         client.on_disconnect = lambda *_: self._lost.set()
         try:
             client.connect(self._host, self._port, keepalive=30)
