@@ -177,8 +177,8 @@ def one_n(n: int, cp: ControlPlane, stage: dict[str, Any], work: Path) -> dict[s
             rig.stop()
 
 
-def measure(workdir: Path, quick: bool) -> list[Metric]:
-    sizes = [1, 10] if quick else [1, 10, 50]
+def measure(workdir: Path, quick: bool, sizes: list[int] | None = None) -> list[Metric]:
+    sizes = sizes or ([1, 10] if quick else [1, 10, 50])
     ca = make_ca(workdir / "ca")
     cp = start_control_plane(workdir / "kube")
     registry = start_registry(workdir / "registry", ca)
