@@ -44,6 +44,7 @@ from builder.build.executors.container import (
     Limits,
     cache_dir,
     container_name,
+    run_argv,
 )
 from builder.build.executors.process import ProcessExecutor
 from builder.build.executors.select import PROCESS_WARNING, ExecutorRefused, select_executor
@@ -312,9 +313,8 @@ def test_a_retried_build_removes_its_predecessors_container(
     job = BuildJob(name=f"retry-{uuid.uuid4().hex[:6]}", tenant=TENANT,
                    toolchain_image=toolchain, caches=(), timeout=60,
                    steps=(BuildStep(("true",)),))
-    subprocess.run(["podman", "run", "-d", "--name", container_name(job), "--label",
-                    f"{LABEL_BUILD}={job.name}", "--network=none", toolchain, "sleep", "600"],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(["podman", *run_argv(job, container_name(job), {}, LIMITS, "65532:65532",
+                                        None)], env=env, check=True, capture_output=True)
     container.run(job, tmp_path, tmp_path.parent / "retry.log")
     assert not _containers(env, f"{LABEL_BUILD}={job.name}")
     missing = BuildJob(name="missing", tenant=TENANT, caches=(), timeout=60,

@@ -111,7 +111,8 @@ def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limit
     """``podman run`` arguments that start the build's (idle) container. Pure."""
     argv = [
         # --replace: an earlier attempt's leftover (its builder died) goes first.
-        "run", "--detach", "--rm", "--replace", "--name", name,
+        # --stop-timeout 0: nothing of a build deserves a graceful stop (replace, rm, kill).
+        "run", "--detach", "--rm", "--replace", "--stop-timeout", "0", "--name", name,
         "--label", f"{LABEL_BUILD}={job.name}", "--label", f"{LABEL_TENANT}={job.tenant}",
         "--label", f"{LABEL_OWNER}={owner}",
         "--user", user, "--read-only", "--cap-drop=all",
