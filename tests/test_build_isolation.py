@@ -42,7 +42,6 @@ from builder.build.executors.container import (
     LABEL_OWNER,
     ContainerExecutor,
     Limits,
-    cache_dir,
     container_name,
     run_argv,
 )
@@ -57,7 +56,7 @@ from builder.build.recipe_errors import (
     ToolMissing,
 )
 from builder.build.scaffold import scaffold
-from builder.build.toolchains import Pin, dump_pins
+from builder.build.toolchains import Pin, cache_dir, dump_pins
 from builder.settings import SettingsError, parse_settings
 from plugforge.cli import main as plugforge_main
 from testbed import images, toolchains

@@ -7,8 +7,9 @@ One container per build, started with nothing in reach but what the build needs:
 - the workspace is a size-limited tmpfs at ``/workspace`` (the source is copied in, the tree
   copied back out when the steps succeed), so a build that fills it gets ENOSPC, not the
   machine's disk; ``HOME`` and ``/tmp`` are small tmpfs too;
-- only the recipe's named caches, from ``<cache root>/build-caches/<tenant>/<toolchain>/<name>``,
-  bind-mounted read-write: never another tenant's;
+- only the recipe's named caches, from ``toolchains.cache_dir`` (per tenant and toolchain
+  digest: the image must be pinned when the recipe has caches), bind-mounted read-write:
+  never another tenant's;
 - memory, CPU and pids limits; ``--network=none`` unless the recipe has caches (its dependency
   registries: then the machine's default podman network, which reaches whatever the host
   reaches: this executor has no egress filter, the ``kubernetes`` one has a NetworkPolicy);
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import threading
@@ -41,24 +41,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from builder.build import sandbox
+from builder.build import sandbox, toolchains
 from builder.build.executors import BuildJob
 from builder.build.recipe_errors import BuildError, BuildFailed, ExecutorFailed, ToolMissing
 
-BUILD_UID = 65532
 WORKSPACE = "/workspace"
-HOME = "/home/build"
 TMP = "/tmp"  # noqa: S108 - the container's own, a fresh tmpfs
-CACHE_MOUNT = "/var/cache/plugforge"
 LABEL_BUILD = "dev.plugforge.build"
 LABEL_TENANT = "dev.plugforge.tenant"
 LABEL_OWNER = "dev.plugforge.owner"
 # PID 1 outlives the deadline by this much, so the builder is always the one that kills it.
 _SELF_EXPIRY_MARGIN = 60
 _PODMAN_SECONDS = 120.0
-_TENANT = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_CACHE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_DIGEST = re.compile(r"@(sha256):([0-9a-f]{64})$")
 
 
 @dataclass(frozen=True)
@@ -79,30 +73,14 @@ def container_name(job: BuildJob) -> str:
     return f"plugforge-build-{key}"
 
 
-def cache_dir(root: Path, tenant: str, image: str, cache: str) -> Path:
-    """``<root>/build-caches/<tenant>/<toolchain>/<cache>``: per tenant and per toolchain.
-
-    The toolchain part is the image's digest (``sha256-<hex>``) when pinned, else a hash of the
-    reference: a new toolchain starts with an empty cache either way.
-    """
-    if not _TENANT.match(tenant):
-        raise ExecutorFailed(f"tenant {tenant!r} is not a namespace name; refusing it in a path")
-    if not _CACHE.match(cache):
-        raise ExecutorFailed(f"cache name {cache!r} is invalid")
-    pinned = _DIGEST.search(image)
-    toolchain = f"{pinned.group(1)}-{pinned.group(2)}" if pinned else \
-        "ref-" + hashlib.sha256(image.encode()).hexdigest()[:32]
-    return root / "build-caches" / tenant / toolchain / cache
-
-
 def cache_env(caches: Sequence[str]) -> dict[str, str]:
     """Point each tool at its mounted cache (Maven by system property, rebar3 by variable)."""
     env: dict[str, str] = {}
     for name in caches:
         if name == "maven":
-            env["MAVEN_OPTS"] = f"-Dmaven.repo.local={CACHE_MOUNT}/maven"
+            env["MAVEN_OPTS"] = f"-Dmaven.repo.local={toolchains.cache_mount(name)}"
         elif name == "rebar3":
-            env["REBAR_CACHE_DIR"] = f"{CACHE_MOUNT}/rebar3"
+            env["REBAR_CACHE_DIR"] = toolchains.cache_mount(name)
     return env
 
 
@@ -121,18 +99,18 @@ def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limit
         "--cpus", f"{limits.cpus:g}", "--pids-limit", str(limits.pids),
         "--tmpfs", f"{WORKSPACE}:rw,exec,nosuid,nodev,size={limits.workspace},mode=1777",
         "--tmpfs", f"{TMP}:rw,exec,nosuid,nodev,size={limits.tmp},mode=1777",
-        "--tmpfs", f"{HOME}:rw,exec,nosuid,nodev,size={limits.home},mode=1777",
+        "--tmpfs", f"{toolchains.BUILD_HOME}:rw,exec,nosuid,nodev,size={limits.home},mode=1777",
         "--workdir", WORKSPACE,
     ]
     if not job.caches:
         argv.append("--network=none")
     elif network is not None:
         argv.append(f"--network={network}")
-    env = {"HOME": HOME, "TMPDIR": TMP, "LANG": "C.UTF-8", **cache_env(job.caches)}
+    env = {"HOME": toolchains.BUILD_HOME, "TMPDIR": TMP, "LANG": "C.UTF-8", **cache_env(job.caches)}
     for key, value in env.items():
         argv += ["--env", f"{key}={value}"]
     for cache, directory in sorted(caches.items()):
-        argv += ["--volume", f"{directory}:{CACHE_MOUNT}/{cache}:rw,nosuid,nodev"]
+        argv += ["--volume", f"{directory}:{toolchains.cache_mount(cache)}:rw,nosuid,nodev"]
     expiry = int(job.timeout) + _SELF_EXPIRY_MARGIN
     return [*argv, "--entrypoint", "sleep", job.toolchain_image, str(expiry)]
 
@@ -183,11 +161,12 @@ class ContainerExecutor:
             raise ExecutorFailed("the recipe names no toolchain image; the container executor "
                                  "runs every build in one")
         caches = {c: self._cache(job, c) for c in job.caches}
+        uid = toolchains.BUILD_UID
         with self._lock:
             self._running.add(name)
         try:
-            self._call(*run_argv(job, name, caches, self._limits, f"{BUILD_UID}:{BUILD_UID}",
-                                 self._network, self._owner))
+            self._call(*run_argv(job, name, caches, self._limits, f"{uid}:{uid}", self._network,
+                                 self._owner))
             self._call("cp", f"{workspace}/.", f"{name}:{WORKSPACE}/")
             steps = [([*self._podman, *exec_argv(name, step.env, step.argv)], self._env)
                      for step in job.steps]
@@ -224,10 +203,10 @@ class ContainerExecutor:
         return f"{repository}@{digests[0]}" if digests else None  # newest first
 
     def _cache(self, job: BuildJob, cache: str) -> Path:
-        directory = cache_dir(self._cache_root, job.tenant, job.toolchain_image, cache)
+        directory = toolchains.cache_dir(self._cache_root, job.tenant, job.toolchain_image, cache)
         directory.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            os.chown(directory, BUILD_UID, BUILD_UID)
+            os.chown(directory, toolchains.BUILD_UID, toolchains.BUILD_UID)
         return directory
 
     def _call(self, *args: str) -> str:
