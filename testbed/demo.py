@@ -83,7 +83,13 @@ def main(argv: list[str] | None = None) -> int:
                              "rabbitmq, mosquitto, emqx, then vernemq)")
     parser.add_argument("--keep-logs", type=Path, metavar="DIR",
                         help="copy the servers' logs here before cleaning up")
+    parser.add_argument("--cluster", action="store_true",
+                        help="run the flows as pods on a real node (kubelet, containerd; "
+                             "testbed/node_demo.py) instead of processes: mosquitto, rabbitmq "
+                             "and hivemq; slower (images, pod starts, the kubelet's sync)")
     args = parser.parse_args(argv)
+    if args.cluster:
+        return _cluster(args.broker)
     brokers = ["hivemq", "rabbitmq", "mosquitto", "emqx", "vernemq"] if args.broker == "all" \
         else [args.broker]
 
@@ -131,6 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Done in {time.monotonic() - _T0:.0f}s; nothing left running.")
     print()
     print(NEXT_STEPS)
+    return 0
+
+
+def _cluster(broker: str) -> int:
+    from testbed import node_demo  # the real node's pieces, only in this mode
+
+    if broker != "all" and broker not in node_demo.BROKERS:
+        say(f"--cluster runs {', '.join(node_demo.BROKERS)}; {broker} pods are not in it yet")
+        return 2
+    logging.basicConfig(level=logging.WARNING)
+    results = node_demo.run(list(node_demo.BROKERS) if broker == "all" else [broker], say)
+    print()
+    print(summary(results))
+    print()
+    print(f"Done in {time.monotonic() - _T0:.0f}s; the node and everything on it removed.")
     return 0
 
 

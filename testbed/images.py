@@ -148,7 +148,7 @@ def _size(podman: Podman, ref: str) -> int:
     return int(podman("image", "inspect", "--format", "{{.Size}}", ref, timeout=60).strip())
 
 
-def context_files(containerfile: Path) -> list[Path]:
+def context_files(containerfile: Path, context: Path = ROOT) -> list[Path]:
     """The build-context files a Containerfile's ``COPY`` instructions read."""
     text = re.sub(r"\\\n", " ", containerfile.read_text())
     files: list[Path] = []
@@ -157,7 +157,7 @@ def context_files(containerfile: Path) -> list[Path]:
         if len(words) < 3 or words[0].upper() != "COPY" or words[1].startswith("--from="):
             continue
         for source in words[1:-1]:
-            path = ROOT / source
+            path = context / source
             if path.is_dir():
                 files += sorted(p for p in path.rglob("*") if p.is_file() and not _ignored(p))
             else:
@@ -171,11 +171,14 @@ def _ignored(path: Path) -> bool:
 
 
 def build(podman: Podman, containerfile: Path, name: str, base: Built,
-          log: Path | None = None) -> Built:
-    """``podman build`` of a Containerfile FROM ``base``; skipped when its inputs are cached."""
-    inputs = [containerfile, *context_files(containerfile)]
-    key = _digest(base.ref.encode(), *(str(p.relative_to(ROOT)).encode() + p.read_bytes()
-                                       for p in inputs))
+          log: Path | None = None, context: Path | None = None) -> Built:
+    """``podman build`` of a Containerfile FROM ``base``; skipped when its inputs are cached.
+    ``context``: the build context (default: the repository), e.g. a cached broker release."""
+    context = context or ROOT
+    key = _digest(base.ref.encode(),
+                  str(containerfile.relative_to(ROOT)).encode() + containerfile.read_bytes(),
+                  *(str(p.relative_to(context)).encode() + p.read_bytes()
+                    for p in context_files(containerfile, context)))
     ref = f"localhost/plugforge/{name}:{key}"
     if podman.exists(ref):
         return Built(ref, 0.0, _size(podman, ref))
@@ -185,7 +188,7 @@ def build(podman: Podman, containerfile: Path, name: str, base: Built,
                "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
                *_proxy_trust(Path(tmp)),
                "--build-arg", f"BASE_IMAGE={base.ref}",
-               "-f", str(containerfile), "-t", ref, str(ROOT), log=log)
+               "-f", str(containerfile), "-t", ref, str(context), log=log)
     _drop_older(podman, ref)
     return Built(ref, time.monotonic() - started, _size(podman, ref))
 
@@ -292,7 +295,18 @@ def _has_manifest(registry_host: str, repository: str, digest: str,
 # background, beside the Go builds: these builds wait mostly on Debian's archive and dpkg).
 CONTAINERFILES = {"sidecar": ROOT / "containers" / "sidecar.Containerfile",
                   "builder": ROOT / "containers" / "builder.Containerfile",
-                  "mosquitto": ROOT / "testbed" / "containers" / "mosquitto.Containerfile"}
+                  "mosquitto": ROOT / "testbed" / "containers" / "mosquitto.Containerfile",
+                  "rabbitmq": ROOT / "testbed" / "containers" / "rabbitmq.Containerfile",
+                  "hivemq": ROOT / "testbed" / "containers" / "hivemq.Containerfile"}
+
+
+def broker_context(name: str) -> Path | None:
+    """The build context of a broker image made from a cached distribution (None: the
+    repository): HiveMQ CE's jars and launcher (testbed/hivemq.py)."""
+    if name == "hivemq":
+        from testbed.hivemq import ensure_runtime  # Maven, only when this image is built
+        return ensure_runtime().lib_dir.parent
+    return None
 
 
 def prebuild(log: Path | None = None) -> dict[str, Built]:
@@ -302,7 +316,7 @@ def prebuild(log: Path | None = None) -> dict[str, Built]:
     base = debian_base(podman, log)
     built = {"debian": base}
     for name, containerfile in CONTAINERFILES.items():
-        built[name] = build(podman, containerfile, name, base, log)
+        built[name] = build(podman, containerfile, name, base, log, broker_context(name))
     built["pause"] = static_image(podman, "pause", {"/pause": pause_binary(log)}, ["/pause"], log)
     built["busybox"] = static_image(podman, "busybox", {"/bin/busybox": Path("/bin/busybox")},
                                     ["/bin/busybox"], log)
