@@ -321,6 +321,16 @@ def test_a_retried_build_removes_its_predecessors_container(
                        steps=(BuildStep(("true",)),))
     with pytest.raises(ExecutorFailed, match="no-such-toolchain"):
         container.run(missing, tmp_path, tmp_path.parent / "missing.log")
+    vanishing = BuildJob(name=f"vanish-{uuid.uuid4().hex[:6]}", tenant=TENANT, caches=(),
+                         timeout=60, toolchain_image=toolchain,
+                         steps=(BuildStep(("sleep", "30")),))
+    remover = threading.Timer(2, lambda: subprocess.run(
+        ["podman", "rm", "-f", "-t", "0", container_name(vanishing)], env=env,
+        capture_output=True, check=False))
+    remover.start()
+    with pytest.raises(ExecutorFailed, match="vanished during step 1"):
+        container.run(vanishing, tmp_path, tmp_path.parent / "vanish.log")
+    remover.join()
     absent = BuildJob(name="absent", tenant=TENANT, caches=(), timeout=60,
                       toolchain_image=toolchain, steps=(BuildStep(("rebar3", "compile")),))
     with pytest.raises(ToolMissing, match="'rebar3' is not in the toolchain image"):

@@ -175,6 +175,10 @@ class ContainerExecutor:
                                   deadline=deadline, timeout=job.timeout,
                                   shown=[step.argv for step in job.steps])
             except BuildFailed as e:
+                if not self._alive(name):  # removed or died under the build: not its fault
+                    raise ExecutorFailed(f"the build's container {name} vanished during step "
+                                         f"{e.step} (removed, or its PID 1 was killed): {e}"
+                                         ) from None
                 raise self._explained(e, job) from None
             # The tree goes back as the steps left it: cleared first, so nothing of the
             # original can redirect the copy (a symlink where the build made a directory).
@@ -208,6 +212,13 @@ class ContainerExecutor:
         if os.geteuid() == 0:
             os.chown(directory, toolchains.BUILD_UID, toolchains.BUILD_UID)
         return directory
+
+    def _alive(self, name: str) -> bool:
+        try:
+            state = self._call("container", "inspect", "--format", "{{.State.Running}}", name)
+        except ExecutorFailed:
+            return False
+        return state.strip() == "true"
 
     def _call(self, *args: str) -> str:
         argv = [*self._podman, *args]
