@@ -117,3 +117,14 @@ def test_moved_cache_tag_is_not_followed(plugin_repo: tuple[Path, str], registry
                      300, registry_ca=registry.ca.cert, signer=BuildSigner(generate()))
     third, log = _build(other, spec, "moved-3")
     assert not third.cache_hit, log
+
+
+def test_provenance_of_an_isolated_build_names_the_pinned_toolchain_not_the_builders_tools(
+) -> None:
+    from builder.build.signing import BuildFacts, _provenance
+
+    image = "registry.example/plugforge/toolchain-mosquitto-c@sha256:" + "a" * 64
+    facts = BuildFacts("https://git.example/acl.git", "c" * 40, "refs/heads/main", "t" * 40, "",
+                       "mosquitto-c", b"recipe", "mosquitto", "ns/acl-1", "0.2.0", image,
+                       ("gcc",), 0.0)
+    assert _provenance(facts, KEY).toolchain == {"image": image, "tools": "gcc"}

@@ -110,9 +110,15 @@ class BuildSigner:
 
 
 def _provenance(facts: BuildFacts, key: SigningKey) -> Provenance:
-    toolchain = dict(tool_versions(facts.tools))
-    if facts.toolchain_image:
-        toolchain["image"] = facts.toolchain_image
+    if "@sha256:" in facts.toolchain_image:
+        # An isolated build: the pinned image names every tool; the builder's own PATH says
+        # nothing about what compiled the plugin.
+        toolchain = {"image": facts.toolchain_image, "tools": " ".join(facts.tools)}
+    else:
+        # The process executor ran the host's tools: record their versions.
+        toolchain = dict(tool_versions(facts.tools))
+        if facts.toolchain_image:
+            toolchain["toolchain"] = facts.toolchain_image
     return Provenance(
         source_url=facts.source_url, commit=facts.commit, ref=facts.ref, tree=facts.tree,
         path=facts.path, template=facts.template,
