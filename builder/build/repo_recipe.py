@@ -43,7 +43,6 @@ MAX_RECIPE_BYTES = 64 * 1024
 OVERLAY_KEYS = ("apiVersion", "kind", "template", "description", "metadata", "extraArgs",
                 "build", "artifacts", "timeoutSeconds")
 # A complete recipe names its toolchain under one of these (the key is being renamed).
-_TOOLCHAIN_KEYS = ("toolchain", "toolchainImage")
 ISOLATED_EXECUTORS = frozenset({"container", "kubernetes"})
 
 EXAMPLE = f"""add {REPO_RECIPE}, for example:
@@ -290,12 +289,6 @@ def _check_toolchain(data: Mapping[str, Any], recipe: Recipe, brokers: Mapping[s
         known = [doc for doc in _template_docs(root) if doc.get("broker") == recipe.broker]
         provided = sorted({str(t) for doc in known for t in doc.get("tools", [])})
         what = f"any {recipe.broker} toolchain"
-        for key in _TOOLCHAIN_KEYS:
-            if key in data and data[key] not in {doc.get(key) for doc in known}:
-                choices = sorted(str(doc[key]) for doc in known if key in doc)
-                raise recipes.RecipeError(
-                    f"{origin}: {key}: {data[key]!r} is not a toolchain the builder provides "
-                    f"for {recipe.broker} (known: {'; '.join(choices) or 'none'})")
     for i, tool in enumerate(recipe.tools):
         if tool not in provided:
             raise recipes.RecipeError(
