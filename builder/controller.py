@@ -144,10 +144,13 @@ class Controller:
         while not stop.is_set():
             try:
                 if resource_version is None:
-                    items, resource_version = (self.kube.list_plugins() if plural == PLUGINS
-                                               else self.kube.list_builds_rv())
-                    for obj in items:
-                        _enqueue_for(queue, plural, obj)
+                    # Page by page: only keys are kept, never every object at once.
+                    listed = ""
+                    for items, page_version in self.kube.pages(plural):
+                        listed = page_version
+                        for obj in items:
+                            _enqueue_for(queue, plural, obj)
+                    resource_version = listed
                 for kind, obj in self.kube.watch(plural, resource_version,
                                                  self.settings.watch_timeout_seconds):
                     if stop.is_set():
@@ -168,21 +171,22 @@ class Controller:
     def _resync_loop(self, stop: threading.Event, queue: WorkQueue) -> None:
         next_prune = time.monotonic() + MIRROR_PRUNE_SECONDS
         while not stop.wait(self.settings.resync_seconds):
+            urls: list[str] = []
             try:
-                items, _ = self.kube.list_plugins()
+                for items, _ in self.kube.pages(PLUGINS):
+                    for obj in items:
+                        _enqueue_for(queue, PLUGINS, obj)
+                        urls.append(str((((obj.get("spec") or {}).get("source") or {})
+                                         .get("git") or {}).get("url", "")))
             except BuilderError as e:
                 log.warning("resync: %s", e)
-                continue
-            for obj in items:
-                _enqueue_for(queue, PLUGINS, obj)
+                continue  # an incomplete list prunes nothing
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + MIRROR_PRUNE_SECONDS
-                self._prune_mirrors(items)
+                self._prune_mirrors(urls)
 
-    def _prune_mirrors(self, plugins: list[dict[str, Any]]) -> None:
+    def _prune_mirrors(self, urls: list[str]) -> None:
         """Git mirrors of repositories no plugin names any more, idle a day, are removed."""
-        urls = [str((((o.get("spec") or {}).get("source") or {}).get("git") or {}).get("url", ""))
-                for o in plugins]
         try:
             removed = self.pipeline.sources.prune(urls, MIRROR_IDLE_SECONDS)
         except OSError as e:

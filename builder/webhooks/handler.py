@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ from builder.errors import BuilderError
 from builder.webhooks import matching
 from builder.webhooks.dedupe import BuildRequest, DeliveryCache, Offer, Trigger
 from builder.webhooks.events import Ignored, PayloadError, Ping, PushEvent, parse
-from builder.webhooks.matching import PluginSource
+from builder.webhooks.matching import PluginSource, SecretRef
 from builder.webhooks.plugins import PluginProvider
 from builder.webhooks.signatures import Forge, has_credentials, verify
 
@@ -60,6 +60,22 @@ class Stats:
                     "offers": dict(self.offers)}
 
 
+@dataclass(frozen=True)
+class _Index:
+    plugins: Sequence[PluginSource]
+    """The provider's list it was built from (compared by identity)."""
+    by_secret: dict[SecretRef, list[int]]
+    """Positions in ``plugins``, per webhook Secret."""
+
+    @classmethod
+    def of(cls, plugins: Sequence[PluginSource]) -> _Index:
+        by_secret: dict[SecretRef, list[int]] = {}
+        for i, plugin in enumerate(plugins):
+            if plugin.secret is not None:
+                by_secret.setdefault(plugin.secret, []).append(i)
+        return cls(plugins, by_secret)
+
+
 class WebhookHandler:
     def __init__(self, provider: PluginProvider, deliveries: DeliveryCache,
                  offer: Callable[[BuildRequest], Offer]) -> None:
@@ -67,6 +83,8 @@ class WebhookHandler:
         self._deliveries = deliveries
         self._offer = offer
         self.stats = Stats()
+        self._index_lock = threading.Lock()
+        self._indexed: _Index | None = None
 
     def handle(self, forge: Forge, headers: Mapping[str, str], body: bytes,
                plugin: str | None = None) -> Response:
@@ -113,19 +131,32 @@ class WebhookHandler:
 
     def _verified_plugins(self, forge: Forge, headers: Mapping[str, str], body: bytes,
                           only: str | None = None) -> list[PluginSource]:
-        verified: list[PluginSource] = []
+        index = self._index()
         results: dict[bytes, bool] = {}  # one HMAC per distinct secret, not per plugin
-        for plugin in self._provider.plugins():
-            if (only is not None and plugin.key != only) or plugin.secret is None:
-                continue
-            secret = self._provider.secret(plugin.secret)
+        positions: list[int] = []
+        for ref, members in index.by_secret.items():
+            if only is not None:
+                members = [i for i in members if index.plugins[i].key == only]
+                if not members:
+                    continue
+            secret = self._provider.secret(ref)
             if secret is None:
                 continue
             if secret not in results:
                 results[secret] = verify(forge, headers, body, secret)
             if results[secret]:
-                verified.append(plugin)
-        return verified
+                positions.extend(members)
+        return [index.plugins[i] for i in sorted(positions)]
+
+    def _index(self) -> _Index:
+        """The provider's plugins grouped by webhook Secret, rebuilt only when the provider
+        hands out a new list: a delivery then costs one secret look-up and HMAC per Secret,
+        not a secret look-up per plugin."""
+        plugins = self._provider.plugins()
+        with self._index_lock:
+            if self._indexed is None or self._indexed.plugins is not plugins:
+                self._indexed = _Index.of(plugins)
+            return self._indexed
 
     def _push(self, event: PushEvent, plugins: list[PluginSource]) -> Response:
         decisions = matching.plan(event, plugins)

@@ -1,8 +1,10 @@
 """The BrokerPlugins and webhook secrets the endpoint checks deliveries against (thin I/O).
 
-Read through the apiserver as the builder identity: the plugin list is cached and re-listed on
-demand when older than ``max_age`` (a push waits for at most one list call, and a burst shares
-it); Secrets are read one by one by name (the builder may ``get`` but not list them) and cached
+Read through the apiserver as the builder identity: the plugin list is listed once and then
+followed with a watch (``follow``), so a delivery reads no plugin from the apiserver (re-listing
+10,000 plugins every few seconds put seconds into a push's acknowledgement); until the watch has
+listed, or while it is down, the list is re-read on demand when older than ``max_age``. Secrets
+are read one by one by name (the builder may ``get`` but not list them) and cached
 briefly so that a rotated secret takes effect within ``secret_ttl``. Secret values are never
 logged; log lines name the Secret only.
 """
@@ -14,8 +16,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from builder.errors import BuilderError, SecretRefused
-from builder.kube import Kube
+from builder.errors import BuilderError, Gone, SecretRefused
+from builder.kube import PLUGINS, Kube
 from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.webhooks.matching import PluginSource, SecretRef
 
@@ -68,14 +70,20 @@ class KubePlugins:
         self._clock = clock
         self._max_age = max_age
         self._secret_ttl = secret_ttl
-        self._plugins: list[PluginSource] = []
+        self._plugins: Sequence[PluginSource] = ()
         self._listed_at: float | None = None
         self._secrets: dict[SecretRef, tuple[bytes | None, float]] = {}
         self._list_lock = threading.Lock()
         self._secret_lock = threading.Lock()
+        self._watched: dict[str, PluginSource] | None = None  # key -> plugin, while followed
+        self._changed = False
 
     def plugins(self) -> Sequence[PluginSource]:
         with self._list_lock:
+            if self._watched is not None:
+                if self._changed:  # rebuilt on the first delivery after a change, not per event
+                    self._plugins, self._changed = tuple(self._watched.values()), False
+                return self._plugins
             now = self._clock()
             if self._listed_at is None or now - self._listed_at >= self._max_age:
                 try:
@@ -90,6 +98,57 @@ class KubePlugins:
                 self._plugins = [p for p in map(plugin_source, items) if p is not None]
                 self._listed_at = now
             return self._plugins
+
+    def plugin(self, key: str) -> PluginSource | None:
+        """One plugin by ``namespace/name`` (a dict lookup while followed)."""
+        with self._list_lock:
+            if self._watched is not None:
+                return self._watched.get(key)
+        return next((p for p in self.plugins() if p.key == key), None)
+
+    def follow(self, stop: threading.Event, timeout_seconds: int = 240) -> None:
+        """List, then apply watch events until ``stop``; relist when the watch is too old.
+        Meanwhile (and whenever the watch fails) ``plugins`` lists on demand."""
+        version: str | None = None
+        while not stop.is_set():
+            try:
+                if version is None:
+                    listed: dict[str, PluginSource] = {}
+                    at = ""
+                    for items, at in self._kube.pages(PLUGINS):  # noqa: B007 - the last page's
+                        listed.update((p.key, p) for p in map(plugin_source, items) if p)
+                    with self._list_lock:
+                        self._watched, self._changed = listed, True
+                    version = at
+                for kind, obj in self._kube.watch(PLUGINS, version, timeout_seconds):
+                    if stop.is_set():
+                        return
+                    version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                    if kind != "BOOKMARK":
+                        self._apply(kind, obj)
+            except Gone:
+                version = None
+            except BuilderError as e:
+                if stop.is_set():
+                    return
+                log.warning("watching BrokerPlugins: %s; listing on demand meanwhile", e)
+                with self._list_lock:
+                    self._watched, self._listed_at = None, None
+                version = None
+                stop.wait(1.0)
+
+    def _apply(self, kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        source = plugin_source(obj) if kind != "DELETED" else None
+        with self._list_lock:
+            if self._watched is None:
+                return
+            if source is None:
+                self._changed |= self._watched.pop(key, None) is not None
+            elif self._watched.get(key) != source:
+                self._watched[key] = source
+                self._changed = True
 
     def secret(self, ref: SecretRef) -> bytes | None:
         now = self._clock()

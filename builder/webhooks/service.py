@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,6 @@ from builder.kube import Kube
 from builder.webhooks.dedupe import Coalescer, DeliveryCache
 from builder.webhooks.enqueue import BuildSink, Enqueuer, PluginBuildSink
 from builder.webhooks.handler import WebhookHandler
-from builder.webhooks.matching import PluginSource
 from builder.webhooks.plugins import KubePlugins, PluginProvider
 from builder.webhooks.server import ServerSettings, WebhookServer
 
@@ -35,12 +35,15 @@ class Webhooks:
     enqueuer: Enqueuer
     coalescer: Coalescer
     handler: WebhookHandler
+    stopping: threading.Event = field(default_factory=threading.Event)
+    """Ends the plugin watch (``KubePlugins.follow``) of an endpoint over the apiserver."""
 
     @property
     def url(self) -> str:
         return self.server.url
 
     def stop(self) -> None:
+        self.stopping.set()
         self.server.stop()
         self.enqueuer.stop()
 
@@ -70,7 +73,7 @@ def start_with_kube(kube: Kube, settings: WebhookSettings | None = None) -> Webh
     settings = settings or WebhookSettings()
     provider = KubePlugins(kube, time.monotonic, max_age=settings.plugin_list_max_age)
 
-    def lookup(key: str) -> PluginSource | None:
-        return next((p for p in provider.plugins() if p.key == key), None)
-
-    return start(provider, PluginBuildSink(kube, lookup), settings)
+    webhooks = start(provider, PluginBuildSink(kube, provider.plugin), settings)
+    threading.Thread(target=provider.follow, args=(webhooks.stopping,), name="webhook-plugins",
+                     daemon=True).start()  # blocked in a watch read at stop: not joined
+    return webhooks
