@@ -193,9 +193,9 @@ def measure(workdir: Path, quick: bool, sizes: list[int] | None = None) -> list[
         with templates_in_use(workdir / "templates", slow_seconds=1):
             settings = fast_settings(cp, registry.ca.cert, "bench-rollout",
                                      f"bench-{uuid.uuid4().hex[:6]}", state,
-                                     watch_namespace=None,
+                                     watch_namespace="default",
                                      sidecar_token_file=state / "sidecar.token",
-                                     sidecar_ca=ca.cert)
+                                     sidecar_ca=ca.cert).with_(watch_namespace=None)
             builder = Builder(settings)
             builder.start()
             try:

@@ -45,6 +45,9 @@ class SidecarClient:
         # Pod IPs come and go: keep the most recently used channels only.
         self._channels: OrderedDict[tuple[str, str], grpc.Channel] = OrderedDict()
         self._lock = threading.Lock()
+        # One pool for every gather (a rollout asks every 0.25 s): at most 16 calls at once.
+        self._pool = futures.ThreadPoolExecutor(max_workers=16,
+                                                thread_name_prefix="sidecar-getstate")
 
     def _stub(self, address: str, namespace: str) -> pb_grpc.SidecarServiceStub:
         key = (address, namespace)
@@ -88,12 +91,11 @@ class SidecarClient:
         """Every (pod, address)'s report, asked in parallel (an unreachable one says so)."""
         if not targets:
             return {}
-        with futures.ThreadPoolExecutor(max_workers=min(16, len(targets))) as pool:
-            reports = list(pool.map(lambda t: self.report(t[0], t[1], namespace, plugin),
-                                    targets))
+        reports = self._pool.map(lambda t: self.report(t[0], t[1], namespace, plugin), targets)
         return {r.pod: r for r in reports}
 
     def close(self) -> None:
+        self._pool.shutdown(wait=False)
         with self._lock:
             for channel in self._channels.values():
                 channel.close()
