@@ -8,6 +8,10 @@ Baseline, same run: ``git clone`` + the recipe's own build commands run directly
 ``skopeo copy`` of the same one-layer image from an OCI layout to the same registry.
 Repetitions: 3 per figure (``--quick``: 1) after one untimed warm-up build; medians reported.
 Goals: cold <= 1.5 x baseline; cache hit < 1 s.
+
+kubernetes: the mosquitto-c starter's recipe through the ``kubernetes`` executor (a Job on the
+real node, testbed/node.py; the toolchain image pushed to its registry) against the ``process``
+executor, images already on the node. Goal: the Job's overhead (pod start + transfers) <= 3 s.
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ from typing import NoReturn
 
 from bench.report import Metric
 from builder.build import recipe as recipes
+from builder.build.executors.kubernetes import JobSettings, KubernetesExecutor
+from builder.build.executors.process import ProcessExecutor
+from builder.build.executors.transfer import TransferServer
 from builder.build.pipeline import Pipeline
 from builder.build.scaffold import scaffold
 from builder.build.source import SourceCache
+from builder.kube import Kube, apply_documents, load_documents
 from builder.resources import GitSource, PluginSpec
 from plugforge.oci import ImageMetadata, pack_image
+from testbed import node, toolchains
 from testbed.certs import make_ca
 from testbed.gitserver import run_git, start_git_server
+from testbed.node_session import real_node_session
 from testbed.registry import Registry, start_registry
 
 TEMPLATES = (("mosquitto-c", "mosquitto"), ("vernemq-erlang", "vernemq"))
@@ -47,7 +57,7 @@ def measure(workdir: Path, quick: bool) -> list[Metric]:
     finally:
         git.stop()
         registry.stop()
-    return metrics
+    return metrics + _measure_kubernetes(workdir / "kubernetes", reps)
 
 
 def _measure_template(work: Path, template: str, broker: str, registry: Registry, url: str,
@@ -150,3 +160,43 @@ def _by_hand(work: Path, url: str, template: str, broker: str, registry: Registr
     subprocess.run(["skopeo", "copy", "-q", "--dest-cert-dir", str(certs), f"oci:{layout}:latest",
                     f"docker://{registry.host}/bench/by-hand-{n}:latest"], check=True)
     return compiled - started + time.perf_counter() - copy_started
+
+
+def _measure_kubernetes(work: Path, reps: int) -> list[Metric]:
+    tdir = recipes.template_dir("mosquitto-c")
+    recipe = recipes.load_recipe(tdir)
+    source = scaffold(tdir, "mosquitto-c", "mosquitto", "bench_plugin", work / "repo")
+    manifest = Path(__file__).resolve().parent.parent / "manifests" / "builder" / "50-builds.yaml"
+    with real_node_session() as session:
+        admin = Kube.from_kubeconfig(session.cp.kubeconfig("admin"))
+        apply_documents(admin.api, load_documents([manifest]))
+        admin.close()
+        toolchain = toolchains.push_toolchain(session.podman, "mosquitto-c",
+                                              session.registry.host, session.cp.ca, session.log)
+        kube = Kube.from_kubeconfig(session.cp.kubeconfig("builder"))
+        transfers = TransferServer((node.NODE_IP, 0), node.NODE_IP, 64 * 1024 * 1024)
+        executor = KubernetesExecutor(kube, transfers, JobSettings(
+            transfer_image=session.busybox, identity="bench", cpu="1", memory="512Mi",
+            cpu_request="50m", memory_request="64Mi"))
+        try:
+            def run(kind: str, n: int) -> float:
+                started = time.perf_counter()
+                recipes.run_recipe(
+                    recipe, source, work / f"{kind}-{n}", build_name=f"bench-{n}",
+                    toolchain_image=toolchain,
+                    executor=executor if kind == "job" else ProcessExecutor(work / "cache"))
+                return time.perf_counter() - started
+
+            run("job", 0)  # pulls the images onto the node
+            jobs = [run("job", i + 1) for i in range(reps)]
+            local = [run("process", i) for i in range(reps)]
+        finally:
+            transfers.close()
+            kube.close()
+    job, base = statistics.median(jobs), statistics.median(local)
+    return [
+        Metric("builds/kubernetes", "mosquitto-c recipe as a Job (images on the node)", "s",
+               job, base, "process executor"),
+        Metric("builds/kubernetes", "Job overhead: pod start + transfers", "s", job - base,
+               max_value=3.0),
+    ]

@@ -472,7 +472,7 @@ ATTACKS: dict[str, tuple[type[BuildError] | None, str]] = {
     "sa_token": (None, ""), "builder_secrets": (None, ""), "other_tenant": (None, ""),
     "host_proc": (None, ""), "cache_write": (None, ""), "daemon": (None, ""),
     "network": (None, ""),
-    "incbin": (BuildFailed, "No such file"),
+    "incbin": (BuildFailed, "file not found"),
     "disk_fill": (BuildFailed, "No space left on device"),
 }
 
@@ -494,6 +494,8 @@ def test_attack_is_contained_in_a_build_job(builds: Builds, targets: evil_repos.
         result = e
     log = (tmp_path / "work" / "build.log").read_text(errors="replace")
     expected, words = ATTACKS[attack]
+    print(f"\n{attack}: {type(result).__name__}; " + "; ".join(
+        line for line in log.splitlines() if line.startswith("ATTACK")))
     if attack != "incbin":
         assert f"ATTACK {attack}:" in log, log  # the repository's code did run
     assert "SUCCEEDED" not in log, log

@@ -356,7 +356,7 @@ class _Follower:
     moment, cuts it, and appends what the stream had not delivered yet from a plain read.
     """
 
-    GRACE = 0.5
+    GRACE = 0.05  # the plain read below is cheaper than waiting for the kubelet
 
     def __init__(self, kube: Kube, namespace: str, pod: str, container: str, out: _Log,
                  seen: float, read_timeout: float) -> None:
