@@ -9,8 +9,11 @@ ConfigMap from the apiserver (API mode) and know their pod name (canary keys).
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +21,8 @@ from typing import Any
 
 import grpc
 
+from plugforge.grpc_auth import secure_channel
+from plugforge.v1 import sidecar_pb2, sidecar_pb2_grpc
 from sidecar.adapters.mosquitto import MosquittoAdapter, MosquittoSettings
 from sidecar.app import Sidecar
 from sidecar.grpc_service import serve
@@ -116,22 +121,42 @@ def start_dynsec_broker(workdir: Path) -> Mosquitto:
 @dataclass
 class BrokerPod:
     """One broker pod: mosquitto (restarted by a supervisor, as by the kubelet), its sidecar
-    in API mode, and the sidecar's gRPC service on ``ip:port``."""
+    in API mode — in this process, or as its own ``python -m sidecar`` process — and the
+    sidecar's gRPC service on ``ip:port``."""
 
     name: str
     ip: str
     broker: Mosquitto
     supervisor: Supervisor
-    sidecar: Sidecar
-    server: grpc.Server
+    sidecar: Sidecar | None
+    server: grpc.Server | None
+    process: subprocess.Popen[bytes] | None = None
+    channel: grpc.Channel | None = None
 
     def plugin_digest(self, plugin: str) -> str | None:
-        p = next((p for p in self.sidecar.state.plugins if p.name == plugin), None)
-        return p.running_digest if p else None
+        if self.sidecar is not None:
+            p = next((p for p in self.sidecar.state.plugins if p.name == plugin), None)
+            return p.running_digest if p else None
+        if self.channel is None:
+            return None
+        try:
+            state = sidecar_pb2_grpc.SidecarServiceStub(self.channel).GetState(
+                sidecar_pb2.GetStateRequest(), timeout=2)
+        except grpc.RpcError:
+            return None
+        entry = next((p for p in state.plugins if p.name == plugin), None)
+        return entry.running_digest if entry else None
 
     def stop(self) -> None:
-        self.server.stop(0)
-        self.sidecar.stop()
+        if self.server is not None:
+            self.server.stop(0)
+        if self.sidecar is not None:
+            self.sidecar.stop()
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        if self.channel is not None:
+            self.channel.close()
         self.supervisor.stop()
         self.broker.stop()
 
@@ -139,7 +164,9 @@ class BrokerPod:
 def start_broker_pod(name: str, ip: str, port: int, workdir: Path, *, cp: ControlPlane,
                      namespace: str, configmap: str, registry_ca: Path, token: str,
                      tls: tuple[Path, Path], probe_secrets: dict[str, dict[str, str]],
-                     extra: dict[str, Any] | None = None) -> BrokerPod:
+                     ca: Path | None = None, process: bool = False) -> BrokerPod:
+    """``process``: the sidecar runs as ``python -m sidecar`` (its own RSS; ``ca`` checks its
+    gRPC certificate when we ask it what it runs)."""
     broker = start_dynsec_broker(workdir / "broker")
     supervisor = Supervisor(broker)
     mounted = workdir / "probe-secrets"  # the probe Secrets, as the kubelet mounts them
@@ -151,16 +178,55 @@ def start_broker_pod(name: str, ip: str, port: int, workdir: Path, *, cp: Contro
                "conf_dir": str(broker.include_dir), "config_path": str(broker.conf_path),
                "dynsec_username": ADMIN[0], "dynsec_password": ADMIN[1],
                "restart_timeout": "20"}
+    if process:
+        return _sidecar_process(name, ip, port, workdir, broker, supervisor, options, cp=cp,
+                                namespace=namespace, configmap=configmap,
+                                registry_ca=registry_ca, token=token, tls=tls,
+                                mounted=mounted, ca=ca)
     settings = Settings(
         broker="mosquitto", config_dirs=(), source="api", configmaps=(configmap,),
         namespace=namespace, kubeconfig=cp.kubeconfig("sidecar"), pod_name=name,
         pod_namespace=namespace, adapter_options=options, plugin_dir=workdir / "plugins",
         cache_dir=workdir / "cache", allow_broker_restart=True, debounce=0.05,
         resync_interval=2.0, http_address="127.0.0.1:0", registry_ca=registry_ca,
-        probe_host=broker.host, probe_port=broker.port, probe_secrets_dir=mounted,
-        **(extra or {}))
+        probe_host=broker.host, probe_port=broker.port, probe_secrets_dir=mounted)
     adapter = MosquittoAdapter(MosquittoSettings.from_options(options, settings.plugin_dir))
     sidecar = Sidecar(settings, adapter=adapter)
     sidecar.start()
     server = serve(sidecar, f"{ip}:{port}", token=token, tls=tls)
     return BrokerPod(name, ip, broker, supervisor, sidecar, server)
+
+
+def _sidecar_process(name: str, ip: str, port: int, workdir: Path, broker: Mosquitto,
+                     supervisor: Supervisor, options: dict[str, str], *, cp: ControlPlane,
+                     namespace: str, configmap: str, registry_ca: Path, token: str,
+                     tls: tuple[Path, Path], mounted: Path, ca: Path | None) -> BrokerPod:
+    tokens = workdir / "grpc-tokens"
+    tokens.write_text(f"builder:{token}\n")
+    argv = [sys.executable, "-m", "sidecar", "--broker=mosquitto", "--source=api",
+            f"--configmap={configmap}", f"--namespace={namespace}",
+            f"--kubeconfig={cp.kubeconfig('sidecar')}", f"--plugin-dir={workdir / 'plugins'}",
+            f"--cache-dir={workdir / 'cache'}", "--allow-broker-restart", "--debounce=0.05",
+            "--resync-interval=2", "--http-address=127.0.0.1:0", f"--grpc-address={ip}:{port}",
+            f"--grpc-token-file={tokens}", f"--grpc-tls-cert={tls[0]}",
+            f"--grpc-tls-key={tls[1]}", f"--registry-ca={registry_ca}",
+            "--allow-unsigned-images", f"--probe-secrets-dir={mounted}",
+            *(f"--adapter-opt={k}={v}" for k, v in options.items())]
+    env = {**os.environ, "POD_NAME": name, "POD_NAMESPACE": namespace}
+    log = (workdir / "sidecar.log").open("wb")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child has its own descriptor
+    channel = secure_channel(f"{ip}:{port}", ca, token,
+                             server_name=f"plugforge-sidecar.{namespace}.svc")
+    pod = BrokerPod(name, ip, broker, supervisor, None, None, proc, channel)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sidecar {name} exited: see {workdir / 'sidecar.log'}")
+        try:
+            grpc.channel_ready_future(channel).result(timeout=0.5)
+            return pod
+        except grpc.FutureTimeoutError:
+            continue
+    pod.stop()
+    raise RuntimeError(f"sidecar {name} did not serve gRPC within 60 s")
