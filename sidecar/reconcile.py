@@ -80,6 +80,9 @@ class Reconciler:
                  policy_version: Callable[[], str] = lambda: "") -> None:
         self.adapter = adapter
         self._read = read_documents
+        # An adapter may ask the broker for its state before the files are read and parsed,
+        # so the answer comes meanwhile (MosquittoAdapter.prefetch); observe() takes it.
+        self._prefetch: Callable[[], None] = getattr(adapter, "prefetch", lambda: None)
         self._pull = pull_image
         self._probe = run_probe
         self._allow_restart = allow_broker_restart
@@ -120,6 +123,7 @@ class Reconciler:
 
     def _reconcile(self, reason: str) -> Outcome:
         started = self._clock()
+        self._prefetch()
         try:
             documents = self._read()
             desired = self._validated(documents)

@@ -28,6 +28,8 @@ from sidecar_support import (
 from plugforge.contract import Document, content_hash
 from sidecar.adapters import mosquitto as mosq
 from sidecar.adapters.mosquitto_dynsec import DynsecAdmin
+from sidecar.probes import ProbeResult
+from sidecar.reconcile import Reconciler
 from sidecar.state import ApplyEvent, EventKind, Phase
 from testbed.configmap_dir import ConfigMapDir
 from testbed.mosquitto import Mosquitto
@@ -348,5 +350,40 @@ def test_plugins_mapped_by_a_broker_instance_are_read_once(
         broker.restart()
         assert adapter.observe().instance != first.instance
         assert len(reads) == 2
+    finally:
+        adapter.close()
+
+
+def test_the_loop_asks_for_the_broker_state_before_reading_the_files(
+        broker: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reconcile prefetches the dynsec state, so the broker answers while the sidecar reads
+    and parses the files; observe() takes that answer (no second request), unless it is
+    stale."""
+    adapter = mosq.create(adapter_options(broker), broker.workdir / "plugins")
+    sent: list[int] = []
+    real_prefetch = adapter.prefetch
+
+    def prefetch() -> None:
+        real_prefetch()
+        sent.append(adapter.admin_calls)
+
+    monkeypatch.setattr(adapter, "prefetch", prefetch)
+    documents = [Document("cm", "broker.yaml", broker_yaml(
+        {"dynsec.role.r.acls": "publishClientSend a allow"}))]
+    reconciler = Reconciler(adapter, lambda: documents, lambda image: Path(image),
+                            lambda probe: ProbeResult(probe.name, True, "accepted", ""))
+    try:
+        assert reconciler.reconcile("test").phase is Phase.APPLIED
+        # prefetch (1), apply from that state (1), verify (1): three round trips in all
+        assert sent == [1] and adapter.admin_calls == 3
+        assert adapter.observe().config["dynsec.role.r.acls"] == "publishClientSend a allow"
+        calls = adapter.admin_calls
+        adapter.prefetch()
+        adapter.observe()
+        assert adapter.admin_calls == calls + 1  # the prefetched answer
+        monkeypatch.setattr(mosq, "DYNSEC_FRESH", 0.0)
+        adapter.prefetch()
+        adapter.observe()
+        assert adapter.admin_calls == calls + 3  # too old: asked again
     finally:
         adapter.close()

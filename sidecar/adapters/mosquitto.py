@@ -91,9 +91,19 @@ class MosquittoAdapter:
                        if settings.dynsec_username else None)
         # The dynsec state observe() read and when; see _dynsec_state.
         self._dynsec_seen: tuple[float, dict[str, str]] | None = None
+        self._prefetched: tuple[float, dynsec.Reply] | None = None  # see prefetch
         self._mapped: tuple[str, dict[str, str]] | None = None  # see _running_plugins
 
     # --- reading ---------------------------------------------------------------------------
+
+    def prefetch(self) -> None:
+        """Ask for the dynsec state now; the next observe() (within DYNSEC_FRESH) takes the
+        answer. The loop calls this before it reads and parses the desired state, so the
+        broker answers meanwhile instead of after (a round trip on every change)."""
+        self._prefetched = None
+        if self._admin is not None:
+            with contextlib.suppress(BrokerUnavailable):  # observe() will say so
+                self._prefetched = (time.monotonic(), dynsec.request_state(self._admin))
 
     def observe(self) -> Observed:
         pid = self._pid()
@@ -106,7 +116,7 @@ class MosquittoAdapter:
         answered = ""  # the instance, once it has answered (it has loaded its plugins then)
         if self._admin is not None:
             try:
-                seen = dynsec.observe(self._admin)
+                seen = dynsec.state_from(self._state_reply(self._admin).wait())
             except BrokerUnavailable as e:
                 return Observed(False, instance=str(pid), detail=str(e))
             self._dynsec_seen = (time.monotonic(), seen)
@@ -253,6 +263,13 @@ class MosquittoAdapter:
         return self._admin.calls if self._admin is not None else 0
 
     # --- internals -------------------------------------------------------------------------
+
+    def _state_reply(self, admin: dynsec.DynsecAdmin) -> dynsec.Reply:
+        """The prefetched state request when it is fresh, else a new one."""
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and time.monotonic() - prefetched[0] < DYNSEC_FRESH:
+            return prefetched[1]
+        return dynsec.request_state(admin)
 
     def _dynsec_state(self, admin: dynsec.DynsecAdmin) -> dict[str, str]:
         """What the commands start from: the state observe() read when it is fresh and nothing

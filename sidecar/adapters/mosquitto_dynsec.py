@@ -112,11 +112,19 @@ def split_roles(value: str) -> list[str]:
 
 def observe(admin: DynsecAdmin) -> dict[str, str]:
     """The dynsec state as broker.yaml keys (passwords excepted: dynsec never returns them)."""
-    replies = admin.call([
+    return state_from(request_state(admin).wait())
+
+
+def request_state(admin: DynsecAdmin) -> Reply:
+    """Ask for the dynsec state now; ``state_from(reply.wait())`` reads it later."""
+    return admin.send([
         {"command": "getDefaultACLAccess"},
         {"command": "listRoles", "verbose": True, "count": -1, "offset": 0},
         {"command": "listClients", "verbose": True, "count": -1, "offset": 0},
     ])
+
+
+def state_from(replies: list[dict[str, Any]]) -> dict[str, str]:
     state: dict[str, str] = {}
     for entry in replies[0].get("data", {}).get("acls", []):
         state[f"dynsec.default_acl.{entry['acltype']}"] = "allow" if entry["allow"] else "deny"
@@ -199,44 +207,50 @@ class DynsecAdmin:
         self._username, self._password = username, password
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[threading.Event, list[Any]]] = {}
+        self._pending: dict[str, Reply] = {}
         self._lost = threading.Event()  # the connection dropped: reconnect and resubscribe
         self.calls = 0  # admin round trips, for tests and metrics
 
     def call(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send ``commands`` in one message; raise AdapterError naming the first refused one."""
+        return self.send(commands).wait()
+
+    def send(self, commands: list[dict[str, Any]]) -> Reply:
+        """Send ``commands`` in one message now and return at once: the broker answers while
+        the caller does other work, ``wait`` then collects the answer."""
+        tag = uuid.uuid4().hex
+        reply = Reply(self, commands, tag)
         if not commands:
-            return []
+            reply.deliver([])
+            return reply
         with self._lock:
             client = self._connected()
-            tag = uuid.uuid4().hex
             for i, command in enumerate(commands):
                 command["correlationData"] = f"{tag}:{i}"
-            done = threading.Event()
-            box: list[Any] = []
-            self._pending[tag] = (done, box)
+            self._pending[tag] = reply
             self.calls += 1
             # QoS 0: the response is the acknowledgement. With QoS 1 the broker's PUBACK and its
             # response leave back to back, and Nagle holds the second until the first is
             # ACKed (a delayed ACK: ~40 ms per call on Linux).
             info = client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=0)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS or not done.wait(self._timeout):
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 self._pending.pop(tag, None)
                 self._drop()
-                raise BrokerUnavailable(
-                    f"dynamic-security did not answer within {self._timeout}s on "
-                    f"{self._host}:{self._port} (is the plugin loaded?)")
+                raise BrokerUnavailable(f"cannot send to mosquitto at {self._host}:"
+                                        f"{self._port}: {mqtt.error_string(info.rc)}")
+        return reply
+
+    def unanswered(self, tag: str) -> BrokerUnavailable:
+        """A reply did not come in time: the connection is started over at the next call."""
+        with self._lock:
             self._pending.pop(tag, None)
-        responses = sorted(box[0], key=lambda r: int(str(r.get("correlationData", ":0"))
-                                                      .rsplit(":", 1)[1]))
-        for command, response in zip(commands, responses, strict=False):
-            if response.get("error"):
-                safe = {k: v for k, v in command.items()
-                        if k not in ("password", "correlationData")}
-                raise AdapterError(
-                    f"dynamic-security refused {json.dumps(safe, sort_keys=True)}: "
-                    f"{response['error']}")
-        return responses
+            self._drop()
+        return BrokerUnavailable(f"dynamic-security did not answer within {self._timeout}s on "
+                                 f"{self._host}:{self._port} (is the plugin loaded?)")
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
 
     def close(self) -> None:
         with self._lock:
@@ -290,7 +304,34 @@ class DynsecAdmin:
         if not responses:
             return
         tag = str(responses[0].get("correlationData", "")).rsplit(":", 1)[0]
-        entry = self._pending.get(tag)
-        if entry is not None:
-            entry[1].append(responses)
-            entry[0].set()
+        reply = self._pending.pop(tag, None)
+        if reply is not None:
+            reply.deliver(responses)
+
+
+class Reply:
+    """The broker's answer to one message of commands, on its way."""
+
+    def __init__(self, admin: DynsecAdmin, commands: list[dict[str, Any]], tag: str) -> None:
+        self._admin, self._commands, self._tag = admin, commands, tag
+        self._done = threading.Event()
+        self._responses: list[dict[str, Any]] = []
+
+    def deliver(self, responses: list[dict[str, Any]]) -> None:
+        self._responses = responses
+        self._done.set()
+
+    def wait(self) -> list[dict[str, Any]]:
+        """The responses in command order; AdapterError names the first refused command."""
+        if not self._done.wait(self._admin.timeout):
+            raise self._admin.unanswered(self._tag)
+        responses = sorted(self._responses, key=lambda r: int(
+            str(r.get("correlationData", ":0")).rsplit(":", 1)[1]))
+        for command, response in zip(self._commands, responses, strict=False):
+            if response.get("error"):
+                safe = {k: v for k, v in command.items()
+                        if k not in ("password", "correlationData")}
+                raise AdapterError(
+                    f"dynamic-security refused {json.dumps(safe, sort_keys=True)}: "
+                    f"{response['error']}")
+        return responses
