@@ -225,6 +225,7 @@ class Controller:
         obj = self.kube.get_plugin(namespace, name)
         if obj is None:
             self.resolved.forget(key)
+            self.pods.forget(key)
             for build in self.kube.list_builds(namespace, name):
                 self.kube.delete_build(namespace, build["metadata"]["name"])
             return None
