@@ -68,11 +68,12 @@ def _read_once(directory: Path) -> list[Document]:
         root = directory
         names = _visible(os.listdir(directory))
     documents = []
-    known = _texts.get(str(directory), {})
+    origin = str(directory)
+    known = _texts.get(origin, {})
     seen: dict[str, tuple[tuple[int, int, int, int], Document]] = {}
     for name in names:
-        path = root / name
-        info = path.stat()  # FileNotFoundError: the version was removed; the caller retries
+        path = os.path.join(root, name)  # not pathlib: ~1 µs instead of ~8 per key
+        info = os.stat(path)  # FileNotFoundError: the version was removed; the caller retries
         if not stat.S_ISREG(info.st_mode):
             continue
         size = info.st_size
@@ -82,18 +83,19 @@ def _read_once(directory: Path) -> list[Document]:
         # under ``..data``: the atomic writer never rewrites a version's files in place, while
         # in a plain directory two same-size writes within one mtime tick look alike.
         stamp = (info.st_dev, info.st_ino, info.st_mtime_ns, size)
-        cached = known.get(str(path)) if version is not None else None
+        cached = known.get(path) if version is not None else None
         if cached is not None and cached[0] == stamp:
             document = cached[1]
         else:
             try:
-                text = path.read_text(encoding="utf-8")
+                with open(path, encoding="utf-8") as file:
+                    text = file.read()
             except UnicodeDecodeError as e:
                 raise SourceError(f"{directory}/{name}: not UTF-8 text ({e.reason})") from e
-            document = Document(str(directory), name, text)
-        seen[str(path)] = (stamp, document)
+            document = Document(origin, name, text)
+        seen[path] = (stamp, document)
         documents.append(document)
-    _texts[str(directory)] = seen  # only the files of this read are remembered
+    _texts[origin] = seen  # only the files of this read are remembered
     if version is not None and os.readlink(link) != version:
         # Swapped while we read: the old version may have been half deleted under us (the
         # writer removes it after the swap). Still current at the end means it was intact.

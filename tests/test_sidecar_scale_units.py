@@ -3,13 +3,15 @@ see bench/sidecar_scale.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO
 
 import pytest
 
 from plugforge import contract
 from plugforge.contract import Document, PluginRelease, parse_desired_state, render_plugin_release
+from sidecar import desired
 from sidecar.desired import read_documents
 from testbed.configmap_dir import ConfigMapDir
 
@@ -54,13 +56,12 @@ def test_cached_config_is_not_shared_with_callers() -> None:
 def test_a_resync_reads_no_unchanged_file_again(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[str] = []
-    real = Path.read_text
 
-    def counting(self: Path, *args: Any, **kwargs: Any) -> str:
-        reads.append(self.name)
-        return real(self, *args, **kwargs)
+    def counting(path: str, encoding: str) -> IO[str]:
+        reads.append(os.path.basename(path))
+        return open(path, encoding=encoding)
 
-    monkeypatch.setattr(Path, "read_text", counting)
+    monkeypatch.setattr(desired, "open", counting, raising=False)
     cm = ConfigMapDir(tmp_path / "cm")
     cm.update({f"plugin.p{i}.yaml": f"text {i}" for i in range(300)})
     first = read_documents([cm.path])

@@ -14,6 +14,7 @@ goes back to mosquitto's default.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -46,6 +47,9 @@ class DynsecKey:
     field: str     # "" for default_acl; acls | roles | password
 
 
+# parse_key and parse_acls are pure and run for every dynsec key at each validate, plan and
+# resync: 1,000 keys cost milliseconds a resync. Cached on the key and value strings.
+@functools.lru_cache(maxsize=16384)
 def parse_key(key: str) -> DynsecKey | None:
     match = _KEY.match(key)
     if not match:
@@ -85,6 +89,11 @@ Acl = tuple[str, str, bool, int]  # aclType, topic, allow, priority
 
 
 def parse_acls(value: str) -> list[Acl]:
+    return list(_parse_acls(value))  # a copy: callers may change their list
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_acls(value: str) -> tuple[Acl, ...]:
     acls = []
     # Only ASCII spaces separate fields: any other character may be part of a topic.
     for entry in filter(None, (e.strip(" ") for e in value.split(";"))):
@@ -97,7 +106,7 @@ def parse_acls(value: str) -> list[Acl]:
                 f"aclType one of {', '.join(ACL_TYPES)}")
         priority = int(parts[3]) if len(parts) == 4 else 0
         acls.append((parts[0], parts[1], parts[2] == "allow", priority))
-    return sorted(acls)
+    return tuple(sorted(acls))
 
 
 def format_acls(acls: list[Acl]) -> str:
