@@ -55,6 +55,7 @@ from builder.rollout import configmap as rollout
 from builder.rollout.podwatch import PodCache
 from builder.rollout.sidecars import SidecarClient
 from builder.rollout.tracker import RolloutTracker
+from builder.secret_cache import SecretCache
 from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.settings import Settings
 from builder.webhooks.plugins import plugin_source
@@ -86,6 +87,7 @@ class Controller:
         self.metrics = BuildMetrics()
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
         self.resolved = ResolveCache(settings.resync_seconds * 0.9)
+        self.secrets = SecretCache(kube.read_secret)  # webhook Secrets, shared by plugins
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: set[str] = set()
@@ -589,7 +591,7 @@ class Controller:
         ref = source.secret
         where = f"Secret {ref.namespace}/{ref.name} key {ref.key!r} (webhook.secretRef)"
         try:
-            data = check_use(self.kube.read_secret(ref.namespace, ref.name), Use.WEBHOOK)
+            data = check_use(self.secrets.read(ref.namespace, ref.name), Use.WEBHOOK)
             problem = webhook_secret_problem(data.get(ref.key))
         except NotFound:
             problem = ("WebhookSecretMissing", "the Secret does not exist; create it: kubectl "

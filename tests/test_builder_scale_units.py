@@ -8,11 +8,15 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import pytest
 from builder_support import Cluster, broker_plugin, install, tenant_namespace, wait_for
 from webhooks_support import Commit, Push, encode, github_headers, github_push
 
+from builder.errors import NotFound
 from builder.kube import PLUGINS, Kube
 from builder.resolving import ResolveCache
+from builder.secret_cache import SecretCache
+from builder.secrets import Secret
 from builder.webhooks.dedupe import BuildRequest, DeliveryCache, Offer
 from builder.webhooks.handler import WebhookHandler
 from builder.webhooks.matching import PluginSource, SecretRef
@@ -176,3 +180,24 @@ def test_lists_come_in_pages(control_plane: ControlPlane) -> None:
         assert sorted(o["metadata"]["name"] for o in items) == [f"paged-{i}" for i in range(7)]
     finally:
         kube.close()
+
+
+def test_a_shared_webhook_secret_is_read_once_per_ttl() -> None:
+    clock = Clock()
+    reads: list[tuple[str, str]] = []
+
+    def read(namespace: str, name: str) -> Secret:
+        reads.append((namespace, name))
+        if name == "absent":
+            raise NotFound(f"secret {namespace}/{name}")
+        return Secret(namespace, name, "Opaque", {"secret": b"x" * 32})
+
+    cache = SecretCache(read, ttl=10.0, clock=clock)
+    for _ in range(1000):  # a resync over a tenant's plugins
+        assert cache.read("t", "hook").data["secret"] == b"x" * 32
+        with pytest.raises(NotFound):
+            cache.read("t", "absent")
+    assert reads == [("t", "hook"), ("t", "absent")]
+    clock.now += 10  # a rotated or created Secret shows within the ttl
+    cache.read("t", "hook")
+    assert len(reads) == 3
