@@ -28,6 +28,8 @@ BENCHMARKS: dict[str, str] = {
     "webhooks": "bench.webhooks",
     "hot-swap": "bench.hot_swap",
     "rollout-scale": "bench.rollout_scale",
+    "sidecar-scale": "bench.sidecar_scale",
+    "builder-scale": "bench.builder_scale",
 }
 
 Measure = Callable[[Path, bool], list[Metric]]
