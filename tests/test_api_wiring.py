@@ -60,19 +60,34 @@ def _container(kustomization: Path, workload: str, container: str) -> dict[str, 
     return found
 
 
+TOOLCHAINS_CONFIGMAP = "plugforge-toolchains"  # manifests/builder/45-toolchains.yaml
+
+
+def _configmap(cp: ControlPlane, namespace: str, name: str) -> dict[str, bytes]:
+    code, body = cp.request("GET", f"/api/v1/namespaces/{namespace}/configmaps/{name}")
+    assert code == 200, body
+    data: dict[str, str] = body["data"]  # type: ignore[assignment]
+    return {k: v.encode() for k, v in data.items()}
+
+
 def _mount_secrets(cp: ControlPlane, container: dict[str, Any], namespace: str,
                    root: Path) -> dict[str, str]:
-    """Lay out the gRPC Secret volumes as the kubelet would; {mountPath: local path}."""
+    """Lay out the gRPC Secret volumes and the toolchain pins as the kubelet would;
+    {mountPath: local path}."""
     volumes = {v["name"]: v for v in container["_volumes"]}
     moved = {}
     for mount in container["volumeMounts"]:
         volume = volumes[mount["name"]]
-        if volume.get("secret", {}).get("secretName") not in (BUILDER_SECRET, SIDECAR_SECRET,
-                                                              KEY_SECRET):
+        if volume.get("configMap", {}).get("name") == TOOLCHAINS_CONFIGMAP:
+            files = _configmap(cp, namespace, volume["configMap"]["name"])
+        elif volume.get("secret", {}).get("secretName") in (BUILDER_SECRET, SIDECAR_SECRET,
+                                                            KEY_SECRET):
+            files = _secret(cp, namespace, volume["secret"]["secretName"])
+        else:
             continue
         local = root / mount["mountPath"].strip("/")
         local.mkdir(parents=True, exist_ok=True)
-        for key, value in _secret(cp, namespace, volume["secret"]["secretName"]).items():
+        for key, value in files.items():
             (local / key).write_bytes(value)
         moved[mount["mountPath"]] = str(local)
     return moved
