@@ -35,10 +35,9 @@ from builder.build.source import SourceCache
 from builder.kube import Kube, apply_documents, load_documents
 from builder.resources import GitSource, PluginSpec
 from plugforge.oci import ImageMetadata, pack_image
-from testbed import node, toolchains
+from testbed import node, node_cluster, toolchains
 from testbed.certs import make_ca
 from testbed.gitserver import run_git, start_git_server
-from testbed.node_session import real_node_session
 from testbed.registry import Registry, start_registry
 
 TEMPLATES = (("mosquitto-c", "mosquitto"), ("vernemq-erlang", "vernemq"))
@@ -167,7 +166,8 @@ def _measure_kubernetes(work: Path, reps: int) -> list[Metric]:
     recipe = recipes.load_recipe(tdir)
     source = scaffold(tdir, "mosquitto-c", "mosquitto", "bench_plugin", work / "repo")
     manifest = Path(__file__).resolve().parent.parent / "manifests" / "builder" / "50-builds.yaml"
-    with real_node_session() as session:
+    session = node_cluster.start_session()
+    try:
         admin = Kube.from_kubeconfig(session.cp.kubeconfig("admin"))
         apply_documents(admin.api, load_documents([manifest]))
         admin.close()
@@ -193,6 +193,8 @@ def _measure_kubernetes(work: Path, reps: int) -> list[Metric]:
         finally:
             transfers.close()
             kube.close()
+    finally:
+        session.stop()
     job, base = statistics.median(jobs), statistics.median(local)
     return [
         Metric("builds/kubernetes", "mosquitto-c recipe as a Job (images on the node)", "s",

@@ -414,7 +414,7 @@ class KubernetesExecutor:
         self._lock = threading.Lock()
         self.timings: list[tuple[str, float, float]] = []
         """(container, seen started, log ended) in seconds after the Job's creation: where the
-        overhead of the last build went (read by bench/ and tests)."""
+        overhead of the last build to end went (read by bench/ and tests)."""
 
     def sweep(self) -> list[str]:
         """Delete every build Job in the namespace that this process does not run (left by a
@@ -451,7 +451,6 @@ class KubernetesExecutor:
         source_url = self.transfers.offer(source_tar, ttl)
         result_url, receipt = self.transfers.expect(result_tar, ttl)
         out = _Log(log_path, echo)
-        self.timings = []
         finished = False
         try:
             try:
@@ -497,6 +496,7 @@ class KubernetesExecutor:
         logged = ["fetch", *(f"step-{i}" for i in range(1, len(job.steps) + 1))]
         follower: _Follower | None = None
         followed = 0
+        timings: list[tuple[str, float, float]] = []
         guard = started_at + job.timeout + 60  # if the cluster never reports the deadline
         try:
             while True:
@@ -511,8 +511,8 @@ class KubernetesExecutor:
                 done = verdict.kind != "running" or receipt.done.is_set()
                 if follower is not None and (done or ended(pod, follower.container)):
                     follower.finish()
-                    self.timings.append((follower.container, follower.seen,
-                                         time.monotonic() - started_at))
+                    timings.append((follower.container, follower.seen,
+                                    time.monotonic() - started_at))
                     follower = None
                     followed += 1
                     continue  # the next container may have started meanwhile
@@ -535,6 +535,7 @@ class KubernetesExecutor:
         finally:
             if follower is not None:
                 follower.finish()
+            self.timings = timings
 
     def _conclude(self, job: BuildJob, verdict: Verdict, out: _Log, log_path: Path,
                   receipt: Receipt, workspace: Path, result_tar: Path, name: str,
