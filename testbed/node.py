@@ -37,6 +37,7 @@ NODE_DIR = Path(os.environ.get("PLUGFORGE_NODE_DIR", "/var/lib/plugforge-node"))
 NODE_NAME = "plugforge-node"
 BRIDGE = "pfnode0"
 NODE_IP = "10.217.0.1"
+BRIDGE_MAC = "02:70:66:00:00:01"  # locally administered
 POD_SUBNET = "10.217.0.0/24"
 CGROUP = "plugforge-node"
 CGROUPS = Path("/sys/fs/cgroup")
@@ -210,7 +211,10 @@ def record(server: ServerProcess) -> ServerProcess:
 
 
 def _make_bridge() -> None:
-    _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    # A fixed MAC: otherwise the bridge takes the lowest MAC of its ports and changes it when
+    # that pod's veth goes away, and every pod's ARP entry for NODE_IP points nowhere for
+    # ~30 s (connections from pods to the node's address time out meanwhile).
+    _sh("ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
     _sh("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
     _sh("ip", "link", "set", BRIDGE, "up")
 
