@@ -91,8 +91,8 @@ class BrokerPod:
     broker: NodeBroker
     pod: str
     ip: str
-    plugin: str  # the BrokerPlugin's name (and its key in the ConfigMap)
-    digest: str = ""
+    plugin: str  # the BrokerPlugin's name
+    key: str = ""  # its key in the ConfigMap, plugin.<the plugin's own name>.yaml (once built)
     docs: list[dict[str, Any]] = field(default_factory=list)  # what was applied
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -253,13 +253,15 @@ def wait_built(api: Api, pod: BrokerPod, timeout: float = 600) -> str:
     path = f"/apis/plugforge.dev/v1alpha1/namespaces/{NS}/brokerplugins/{pod.plugin}"
 
     def built() -> str | None:
-        plugin = api.ok("GET", path)
-        conditions = {c["type"]: c for c in (plugin.get("status") or {}).get("conditions", [])}
+        status = api.ok("GET", path).get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
         if conditions.get("Built", {}).get("status") != "True":
             return None
+        # The key names the artifact (an Erlang application's name has no dashes).
+        pod.key = f"plugin.{status.get('currentPluginName') or pod.plugin}.yaml"
         data = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/"
                       f"{pod.broker.configmap}")["data"]
-        release = data.get(f"plugin.{pod.plugin}.yaml")
+        release = data.get(pod.key)
         return str(yaml.safe_load(release)["image"]) if release else None
 
     try:
@@ -281,10 +283,9 @@ def set_deny_users(api: Api, pod: BrokerPod, users: str) -> float:
     """Edit the plugin's settings in the ConfigMap (as an operator does); the write's time."""
     path = f"/api/v1/namespaces/{NS}/configmaps/{pod.broker.configmap}"
     cm = api.ok("GET", path)
-    key = f"plugin.{pod.plugin}.yaml"
-    release = yaml.safe_load(cm["data"][key])
+    release = yaml.safe_load(cm["data"][pod.key])
     release["settings"] = {"deny_users": users}
-    cm["data"][key] = yaml.safe_dump(release, sort_keys=False)
+    cm["data"][pod.key] = yaml.safe_dump(release, sort_keys=False)
     api.ok("PUT", path, cm)
     return time.monotonic()
 
