@@ -66,14 +66,26 @@ def _install_spans(record: Callable[[str, int, int], None]) -> None:
     span(mosquitto.MosquittoAdapter, "observe", "observe (all)")
     span(mosquitto.MosquittoAdapter, "_pid", "observe: find broker pid")
     span(mosquitto.MosquittoAdapter, "_observe_plugins", "observe: plugins (/proc maps)")
-    span(mosquitto_dynsec, "observe", "dynsec observe")
+    span(mosquitto.MosquittoAdapter, "prefetch", "prefetch (dynsec state asked)")
+    span(mosquitto_dynsec.DynsecAdmin, "send", "dynsec send")
+    span(mosquitto_dynsec.Reply, "wait", "dynsec reply wait")
     span(reconcile, "plan", "plan")
     span(mosquitto.MosquittoAdapter, "apply_config", "apply_config")
-    span(mosquitto_dynsec.DynsecAdmin, "call", "dynsec admin call")
     span(mosquitto_dynsec.DynsecAdmin, "_on_message", "dynsec response (paho thread)")
     span(reconcile.Reconciler, "_verify", "verify (observe again + plan)")
     span(reconcile.Reconciler, "_event", "event (log + metrics)")
     span(last_good, "save", "last-good save")
+
+    import gc
+    started: dict[str, int] = {}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started["t"] = time.monotonic_ns()
+        elif "t" in started:
+            record(f"gc generation {info['generation']}", started.pop("t"), time.monotonic_ns())
+
+    gc.callbacks.append(on_gc)
 
 
 def _mask_name(mask: int) -> str:
