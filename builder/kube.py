@@ -409,7 +409,8 @@ class LogStream:
         try:
             # stream(): each HTTP chunk as it arrives (read(n) would wait for n bytes).
             yield from (bytes(chunk) for chunk in self._resp.stream(65536))
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError) as e:
+            # (AttributeError: urllib3 drops its file object when close() cuts a read short)
             raise KubeError(f"{self._what}: stream ended: {e}") from e
         finally:
             self._resp.release_conn()
