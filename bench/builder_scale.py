@@ -16,7 +16,8 @@ RBAC); its ``Controller.reconcile`` is wrapped to record when each key finished.
 - a full resync (list + N reconciles, each re-resolving its ref as at a period's expiry): wall
   seconds and builder CPU seconds;
 - event → reconcile: a BrokerPlugin annotation patch → that key's reconcile finished (p50, p99
-  of 20);
+  of 20); baseline: the same patch → seen by a plain watch of this process (the apiserver's
+  own delivery);
 - one push matched and acked: a signed GitHub push for one plugin's path, sequentially, dial
   → 202 with that plugin queued (p50, p99 of 100; 40 in --quick). Each queued push becomes a
   PluginBuild of an unknown commit that fails UnknownRef a second later: the background load.
@@ -395,6 +396,45 @@ def make_repos(git: GitServer, work: Path, count: int) -> tuple[list[str], list[
 # --- measuring ---------------------------------------------------------------------------------
 
 
+class EventWatch:
+    """A plain watch on BrokerPlugins (raw HTTP, this process): when each ``bench/touch``
+    annotation arrived. The baseline for event → reconcile: the apiserver's own delivery."""
+
+    def __init__(self, api: Api) -> None:
+        self.arrivals: dict[str, float] = {}
+        self.cond = threading.Condition()
+        version = api.call("GET", "/apis/plugforge.dev/v1alpha1/brokerplugins?limit=1")[
+            "metadata"]["resourceVersion"]
+        self.conn = http.client.HTTPSConnection(api.cp.host, api.cp.port, context=api.ctx,
+                                                timeout=600)
+        self.conn.request("GET", "/apis/plugforge.dev/v1alpha1/brokerplugins?watch=1&"
+                          f"resourceVersion={version}&allowWatchBookmarks=true",
+                          headers={"Authorization": f"Bearer {api.token}"})
+        self.resp = self.conn.getresponse()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self.resp:
+                now = time.monotonic()
+                obj = json.loads(line).get("object") or {}
+                touch = ((obj.get("metadata") or {}).get("annotations") or {}).get("bench/touch")
+                if touch is not None:
+                    with self.cond:
+                        self.arrivals.setdefault(touch, now)
+                        self.cond.notify_all()
+        except (OSError, ValueError, http.client.HTTPException):
+            return
+
+    def wait(self, touch: str, timeout: float = 60.0) -> float:
+        with self.cond:
+            self.cond.wait_for(lambda: touch in self.arrivals, timeout)
+            return self.arrivals.get(touch, math.nan)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 def push_ack(url: str, layout: Layout, i: int, n: int) -> tuple[float, bool]:
     """One signed push touching plugin i's path; (seconds, plugin i queued)."""
     parts = urllib.parse.urlsplit(layout.repos[layout.ns(i)])
@@ -463,17 +503,20 @@ def measure_n(workdir: Path, n: int, pushes: int) -> dict[str, float]:
         resync_cpu = builder.cpu_seconds() - cpu
 
         rng = random.Random(n)
-        event = []
+        event, delivered = [], []
+        watch = EventWatch(api)
         for k in range(20):
             i = rng.randrange(n)
             ns, name = layout.namespaces[layout.ns(i)], layout.name(i)
             t = time.monotonic()
             api.call("PATCH", f"/apis/plugforge.dev/v1alpha1/namespaces/{ns}/brokerplugins/"
-                     f"{name}", {"metadata": {"annotations": {"bench/touch": str(k)}}},
+                     f"{name}", {"metadata": {"annotations": {"bench/touch": f"t{k}"}}},
                      "application/merge-patch+json")
             end = float(builder.ask(op="wait_key", key=layout.key(i), after=t,
                                     timeout=60)["end"])
             event.append(end - t)
+            delivered.append(watch.wait(f"t{k}") - t)
+        watch.close()
         if os.environ.get("BENCH_PROFILE"):
             keys = [layout.key(rng.randrange(n)) for _ in range(30)]
             prof = builder.ask(op="profile", keys=keys)
@@ -487,6 +530,7 @@ def measure_n(workdir: Path, n: int, pushes: int) -> dict[str, float]:
         return {"start": start_s, "rss": rss, "peak": peak, "resync": resync_s,
                 "resync_cpu": resync_cpu,
                 "event_p50": summarize(event).p50, "event_p99": summarize(event).p99,
+                "watch_p50": summarize(delivered).p50,
                 "ack_p50": summarize(acks).p50, "ack_p99": summarize(acks).p99,
                 "health_p50": summarize(health).p50, "matched": matched, "pushes": pushes}
     finally:
@@ -513,6 +557,7 @@ ROWS: tuple[tuple[str, str, str, float, float | None], ...] = (
     ("resync_cpu", "full resync, builder CPU", "s", 1.0, None),
     ("event_p50", "event → reconcile p50", "ms", 1e3, None),
     ("event_p99", "event → reconcile p99", "ms", 1e3, None),
+    ("watch_p50", "  baseline: event → a plain watch p50", "ms", 1e3, None),
     ("ack_p50", "push matched + acked p50", "ms", 1e3, None),
     ("ack_p99", "push matched + acked p99", "ms", 1e3, GOAL_ACK_P99_MS),
 )

@@ -244,8 +244,8 @@ class Controller:
         views = [parse_build(b) for b in builds]
 
         if spec.enabled and not any(v.phase in ACTIVE for v in views):
-            commit = self._resolve(spec)
             last = (obj.get("status") or {}).get("lastRequest") or {}
+            commit = self._resolve(spec, settled=last.get("generation") == spec.generation)
             if needs_request(spec.generation, commit, views, last):
                 self._request(spec, commit)
                 builds = sorted(self.kube.list_builds(namespace, name), key=_created)
@@ -324,9 +324,10 @@ class Controller:
         self._patch_status(spec, {"lastRequest": {"generation": spec.generation,
                                                   "commit": commit or ""}})
 
-    def _resolve(self, spec: PluginSpec) -> str | None:
+    def _resolve(self, spec: PluginSpec, settled: bool) -> str | None:
         """The ref's commit, re-fetched on spec changes and at most once per resync period per
-        source (``builder.resolving``: plugins of one repository and ref share a fetch)."""
+        source (``builder.resolving``: plugins of one repository and ref share a fetch);
+        ``settled``: a build was already requested for this generation (not a new plugin)."""
         def fetch() -> str | None:
             try:
                 return self.pipeline.resolve(spec)
@@ -336,7 +337,7 @@ class Controller:
 
         src = spec.source
         return self.resolved.resolve(spec.key, spec.generation, (
-            spec.namespace, src.url, src.ref, src.revision, src.secret), fetch)
+            spec.namespace, src.url, src.ref, src.revision, src.secret), fetch, settled)
 
     def _run(self, obj: Obj, spec: PluginSpec, build: Obj) -> None:
         view = parse_build(build)

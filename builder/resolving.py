@@ -6,10 +6,11 @@ one repository (a monorepo's paths, one tenant's forks of nothing) paid it again
 Results are kept per source (namespace — the tenant's mirror and credentials — URL, ref,
 pinned revision, credential Secret) and per plugin:
 - a plugin whose generation is unchanged reuses its own result within ``max_age``;
-- otherwise a result for its source fetched within ``share_seconds`` (and after the plugin's
-  own last one) is reused: a sweep over the plugins of one source (start, resync) costs one
-  fetch per ``share_seconds`` instead of one per plugin, and a plugin created right after a
-  push sees a tip at most that old;
+- otherwise a result for its source newer than the plugin's own last one is reused: within
+  ``max_age`` for a *settled* plugin (its build for this generation was requested already:
+  a resync or a restart, where the old per-plugin rule allowed a tip a period old too), within
+  ``share_seconds`` for a new one (created right after a push, it sees a tip at most that
+  old). A sweep over the plugins of one source costs one fetch, not one per plugin;
 - a spec change (new generation) always fetches, as before.
 """
 
@@ -39,7 +40,7 @@ class ResolveCache:
         self._lock = threading.Lock()
 
     def resolve(self, plugin: str, generation: int, source: Hashable,
-                fetch: Callable[[], str | None]) -> str | None:
+                fetch: Callable[[], str | None], settled: bool = False) -> str | None:
         """The commit for ``plugin`` (at ``generation``) whose source is ``source``; ``fetch``
         runs only when no fresh result can be reused (it returns None when the ref cannot be
         resolved, which is remembered like a commit)."""
@@ -50,7 +51,8 @@ class ResolveCache:
                     now - own.at < self.max_age:
                 return own.commit
             shared = self._sources.get(source)
-            if shared is not None and now - shared.at < self.share_seconds and \
+            window = self.max_age if settled else self.share_seconds
+            if shared is not None and now - shared.at < window and \
                     (own is None or (own.generation == generation and shared.at > own.at)):
                 self._plugins[plugin] = _Result(shared.commit, shared.at, generation)
                 return shared.commit

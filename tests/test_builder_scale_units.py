@@ -54,6 +54,24 @@ def test_plugins_of_one_source_share_a_fetch() -> None:
     assert len(fetches) == 2, "another tenant's mirror and credentials: its own fetch"
 
 
+def test_a_resync_sweep_of_settled_plugins_fetches_each_source_once() -> None:
+    clock = Clock()
+    cache = ResolveCache(max_age=270.0, share_seconds=5.0, clock=clock)
+    fetches: list[str] = []
+
+    def fetch() -> str:
+        fetches.append("x")
+        return f"c{len(fetches)}"
+
+    source = ("t", "https://git.test/mono.git", "main", None, None)
+    for sweep in range(3):  # a sweep of 10,000 plugins takes longer than share_seconds
+        for i in range(300):
+            clock.now += 0.5
+            assert cache.resolve(f"t/p{i}", 1, source, fetch, settled=True) == f"c{sweep + 1}"
+        clock.now += 270  # the period expires
+    assert len(fetches) == 3, "one fetch per source per period for settled plugins"
+
+
 def test_spec_change_fetches_and_shared_results_age_out() -> None:
     clock = Clock()
     cache = ResolveCache(max_age=270.0, share_seconds=5.0, clock=clock)
