@@ -143,6 +143,12 @@ def broker_flows(session: node_cluster.NodeSession, deployed: node_cluster.Deplo
         results.add("1 CR -> broker", "build (CR applied -> image pushed)", f"{built:.1f} s")
         results.add("1 CR -> broker", "rollout (pushed -> loaded, probes pass)",
                     f"{rolled:.1f} s")
+        # The builder's last write of the release ends its rollout: an edit before it is lost.
+        state = wait_for(lambda: (s := node_brokers.pod_state(api, pod.plugin, pod.pod))
+                         and s.get("digest") == digest and s,
+                         "the builder to report the pod's state", timeout=120, interval=0.5)
+        say(f"  the builder pod found the pod by selector and asked its sidecar: {state['pod']} "
+            f"{state.get('state')} {str(state.get('digest'))[:19]}...")
         say(f"Flow 3 on {name} pods: deny_users edited in the ConfigMap")
         written = node_brokers.set_deny_users(api, pod, "mallory,trent")
         wait_for(lambda: pod.outcome("connect", "trent") == "refused",
