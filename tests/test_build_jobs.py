@@ -439,6 +439,21 @@ def test_the_result_is_extracted_without_escapes(tmp_path: Path) -> None:
     assert not Path("/tmp/evil").exists()
 
 
+def test_the_apiserver_answers_a_build_pod_as_anonymous(builds: Builds, tmp_path: Path) -> None:
+    """This node's bridge enforces no NetworkPolicy (manifests/builder/50-builds.yaml denies
+    it where the CNI does): a build pod reaches the apiserver here, and holds nothing to show
+    it. busybox's TLS client, as a step."""
+    cp = builds.real.cp
+    url = f"https://{cp.host}:{cp.port}/api/v1/namespaces/plugforge-system/secrets"
+    with pytest.raises(BuildFailed) as refused:
+        builds.executor.run(job_of([["/bin/busybox", "wget", "-q", "-O", "-", url]],
+                                   "anonymous", builds.real.busybox),
+                            workspace(tmp_path), tmp_path / "build.log")
+    assert ("401 Unauthorized" in refused.value.log_tail
+            or "403 Forbidden" in refused.value.log_tail), refused.value.log_tail
+    assert '"kind":"SecretList"' not in refused.value.log_tail.replace(" ", "")
+
+
 # --- the evil repositories (tests/evil_repos.py) through Jobs ---------------------------------
 
 @pytest.fixture(scope="module")
