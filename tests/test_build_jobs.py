@@ -31,8 +31,10 @@ from typing import Any
 
 import evil_repos
 import pytest
+from kubernetes.client import ApiClient
 from node_support import RealNode
 
+from builder.app import kubernetes_executor
 from builder.build import repo_recipe
 from builder.build.executors import BuildJob, BuildStep
 from builder.build.executors.kubernetes import (
@@ -44,6 +46,7 @@ from builder.build.executors.kubernetes import (
     label_value,
 )
 from builder.build.executors.process import ProcessExecutor
+from builder.build.executors.select import ExecutorRefused
 from builder.build.executors.transfer import TransferServer, extract_result
 from builder.build.recipe import BuildResult, load_recipe, run_recipe, template_dir
 from builder.build.recipe_errors import (
@@ -56,6 +59,7 @@ from builder.build.recipe_errors import (
 )
 from builder.build.scaffold import scaffold
 from builder.kube import Kube, apply_documents, load_documents
+from builder.settings import Settings
 from testbed import node, toolchains
 from testbed.e2e_cluster import wait_for
 
@@ -569,6 +573,8 @@ def test_judge_maps_what_the_cluster_shows_to_the_build_outcome() -> None:
                                            "reason": "DeadlineExceeded"}]}}
     ok = [_ended("fetch", 0, "Completed")]
     assert _verdict(job, None) == ("running", 0, 0)
+    refused = {"metadata": {"creationTimestamp": "2026-12-06T18:59:00Z"}, "status": {}}
+    assert _verdict(refused, None)[0] == "infra"  # no pod for a minute: admission refused it
     assert _verdict(None, None)[0] == "infra"  # deleted under us
     assert _verdict(deadline, _pod("Running"))[0] == "timeout"
     assert _verdict(job, _pod("Failed", reason="DeadlineExceeded"))[0] == "timeout"
@@ -591,6 +597,17 @@ def test_judge_maps_what_the_cluster_shows_to_the_build_outcome() -> None:
     assert _verdict(job, _pod("Pending", conditions=waiting))[0] == "running"  # 10 s: waits
     waiting[0]["lastTransitionTime"] = "2026-12-06T18:58:00Z"
     assert _verdict(job, _pod("Pending", conditions=waiting))[0] == "infra"
+
+
+def test_kubernetes_executor_needs_the_transfer_settings() -> None:
+    kube = Kube(ApiClient())
+    try:
+        with pytest.raises(ExecutorRefused, match="--transfer-host and --transfer-image"):
+            kubernetes_executor(kube, Settings())
+        with pytest.raises(ExecutorRefused, match="needs --transfer-image"):
+            kubernetes_executor(kube, Settings(transfer_host="10.0.0.7"))
+    finally:
+        kube.close()
 
 
 def test_label_values_stay_valid() -> None:

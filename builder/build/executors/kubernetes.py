@@ -241,6 +241,10 @@ def judge(job: Obj | None, pod: Obj | None, *, elapsed: float, timeout: float,
                 return Verdict("infra", message=f"the Job failed: {c.get('reason')}: "
                                                 f"{c.get('message', '')}")
     if pod is None:
+        if _age((job.get("metadata") or {}).get("creationTimestamp"), now) > UNSCHEDULABLE_GRACE:
+            return Verdict("infra", message=(
+                f"the Job made no pod in {UNSCHEDULABLE_GRACE:g} s: a quota, Pod Security or an "
+                "admission webhook refuses it (the Job's Events say which)"))
         return RUNNING
     status = pod.get("status") or {}
     if status.get("reason") == "DeadlineExceeded":
