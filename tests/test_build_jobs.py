@@ -575,6 +575,8 @@ def test_judge_maps_what_the_cluster_shows_to_the_build_outcome() -> None:
     assert _verdict(job, None) == ("running", 0, 0)
     refused = {"metadata": {"creationTimestamp": "2026-12-06T18:59:00Z"}, "status": {}}
     assert _verdict(refused, None)[0] == "infra"  # no pod for a minute: admission refused it
+    young = {"metadata": {"creationTimestamp": "2026-12-06T18:59:59+00:00"}, "status": {}}
+    assert _verdict(young, None)[0] == "running"  # (as the typed client re-serializes it)
     assert _verdict(None, None)[0] == "infra"  # deleted under us
     assert _verdict(deadline, _pod("Running"))[0] == "timeout"
     assert _verdict(job, _pod("Failed", reason="DeadlineExceeded"))[0] == "timeout"

@@ -299,8 +299,9 @@ def judge(job: Obj | None, pod: Obj | None, *, elapsed: float, timeout: float,
 def _age(stamp: str | None, now: datetime) -> float:
     if not stamp:
         return 0.0
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (now - then).total_seconds()
+    # "...Z" from the wire, "...+00:00" once the typed client has parsed and re-serialized it.
+    then = datetime.fromisoformat(stamp)
+    return (now - (then if then.tzinfo else then.replace(tzinfo=UTC))).total_seconds()
 
 
 def started(pod: Obj | None, container: str) -> bool:
