@@ -280,13 +280,15 @@ def pod_state(api: Api, plugin: str, pod: str) -> dict[str, Any] | None:
 
 
 def set_deny_users(api: Api, pod: BrokerPod, users: str) -> float:
-    """Edit the plugin's settings in the ConfigMap (as an operator does); the write's time."""
-    path = f"/api/v1/namespaces/{NS}/configmaps/{pod.broker.configmap}"
-    cm = api.ok("GET", path)
-    release = yaml.safe_load(cm["data"][pod.key])
-    release["settings"] = {"deny_users": users}
-    cm["data"][pod.key] = yaml.safe_dump(release, sort_keys=False)
-    api.ok("PUT", path, cm)
+    """Change the plugin's ``deny_users`` in the BrokerPlugin (merge patch); the write's time.
+
+    Not in the ConfigMap: with an Automatic rollout the builder keeps the release key in step
+    with the BrokerPlugin's spec, so a direct edit of that key is undone at its next reconcile
+    (seen here within a second of a rollout). The builder writes the new settings into the
+    ConfigMap without a build; the sidecar applies them live."""
+    api.ok("PATCH", f"/apis/plugforge.dev/v1alpha1/namespaces/{NS}/brokerplugins/{pod.plugin}",
+           {"spec": {"settings": {"deny_users": users}}},
+           content_type="application/merge-patch+json")
     return time.monotonic()
 
 

@@ -149,7 +149,8 @@ def broker_flows(session: node_cluster.NodeSession, deployed: node_cluster.Deplo
                          "the builder to report the pod's state", timeout=120, interval=0.5)
         say(f"  the builder pod found the pod by selector and asked its sidecar: {state['pod']} "
             f"{state.get('state')} {str(state.get('digest'))[:19]}...")
-        say(f"Flow 3 on {name} pods: deny_users edited in the ConfigMap")
+        say(f"Flow 3 on {name} pods: deny_users changed in the BrokerPlugin (the builder "
+            "writes it into the ConfigMap)")
         written = node_brokers.set_deny_users(api, pod, "mallory,trent")
         wait_for(lambda: pod.outcome("connect", "trent") == "refused",
                  "the setting to take effect", timeout=120, interval=0.1)

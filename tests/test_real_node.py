@@ -360,7 +360,9 @@ def test_broker_pod_loads_the_builder_pods_plugin_and_applies_a_settings_edit_li
         tmp_path: Path, name: str) -> None:
     """manifests/brokers/<name> as users apply it: the builder pod builds the starter plugin,
     the sidecar container loads it into the live broker (a real MQTT client sees the policy),
-    and a plugin setting edited in the ConfigMap applies live, the broker container untouched."""
+    the builder reports the pod's state (found by selector, its sidecar asked at the pod IP),
+    and a plugin setting changed in the BrokerPlugin reaches the pod's ConfigMap (written by the
+    builder) and applies live, the broker container untouched."""
     api, broker = real_node.api, node_brokers.BROKERS[name]
     cluster = node_brokers.Cluster(real_node.cp, real_node.registry.host, real_node.cp.ca,
                                    real_node.podman, deployed.git, node.NODE_DIR / "images.log")
@@ -394,7 +396,7 @@ def test_broker_pod_loads_the_builder_pods_plugin_and_applies_a_settings_edit_li
         applied = time.monotonic() - written
         assert restarts(api, pod.pod) == before, "a plugin setting restarted a container"
         print(f"\n{name} on real pods: apply -> built {built:.1f} s, built -> running "
-              f"{rolled:.1f} s, ConfigMap settings edit -> applied {applied:.2f} s (same "
+              f"{rolled:.1f} s, BrokerPlugin settings edit -> applied {applied:.2f} s (same "
               f"containers); image {pod.timings['image build + push']:.1f} s")
     finally:
         node_brokers.remove(real_node.cp, pod)
