@@ -48,8 +48,9 @@ class DynsecKey:
 
 
 # parse_key and parse_acls are pure and run for every dynsec key at each validate, plan and
-# resync: 1,000 keys cost milliseconds a resync. Cached on the key and value strings.
-@functools.lru_cache(maxsize=16384)
+# resync: 1,000 keys cost milliseconds a resync. Cached on the key and value strings, bounded
+# (2,048 entries, well under 1 MB) so a sidecar that sees many distinct values stays flat.
+@functools.lru_cache(maxsize=2048)
 def parse_key(key: str) -> DynsecKey | None:
     match = _KEY.match(key)
     if not match:
@@ -92,7 +93,7 @@ def parse_acls(value: str) -> list[Acl]:
     return list(_parse_acls(value))  # a copy: callers may change their list
 
 
-@functools.lru_cache(maxsize=16384)
+@functools.lru_cache(maxsize=2048)
 def _parse_acls(value: str) -> tuple[Acl, ...]:
     acls = []
     # Only ASCII spaces separate fields: any other character may be part of a topic.
