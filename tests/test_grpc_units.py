@@ -133,5 +133,6 @@ def test_builder_refuses_to_start_with_a_bad_token_file(tmp_path: Path,
                           "user: {token: x}}]\n")
     assert main(["--kubeconfig", str(kubeconfig), "--state-dir", str(tmp_path / "s"),
                  "--grpc-address", "127.0.0.1:0", "--grpc-token-file", str(empty),
-                 "--grpc-tls-cert", "/c", "--grpc-tls-key", "/k"]) == 2
+                 "--grpc-tls-cert", "/c", "--grpc-tls-key", "/k",
+                 "--executor", "process", "--allow-process-executor"]) == 2
     assert "no token in it" in capsys.readouterr().err
