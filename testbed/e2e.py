@@ -100,6 +100,15 @@ def _build_for(api: Api, plugin: str, commit: str) -> dict[str, Any] | None:
     return None
 
 
+def _rollout_settled(api: Api, name: str) -> bool:
+    """The BrokerPlugin's current generation is built and its rollout finished (Complete)."""
+    bp = api.plugin(name)
+    status = bp.get("status") or {}
+    return (status.get("observedGeneration") == bp["metadata"].get("generation")
+            and (status.get("latestBuild") or {}).get("phase") == "Succeeded"
+            and (status.get("rollout") or {}).get("phase") in (None, "Complete"))
+
+
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
     conds = (obj.get("status") or {}).get("conditions") or []
     return next((c for c in conds if c["type"] == type_), {})
@@ -312,11 +321,11 @@ def _edit_configmap(api: Api, name: str, edit: Callable[[dict[str, str]], None])
 
 def flow3_configmap_edits(stage: Stage, rig: BrokerRig, plugin: Plugin, results: Results,
                           say: Say = quiet) -> None:
-    """Broker config and plugin settings edited in the ConfigMap reach the running broker; a
-    broken edit is refused with the reason in the sidecar's state (and Events in API mode)."""
+    """Broker config edited in the ConfigMap and plugin settings edited in the BrokerPlugin
+    reach the running broker; a broken ConfigMap edit is refused with the reason in the
+    sidecar's state (and Events in API mode)."""
     api = stage.api
     pid0 = rig.pid()
-    key = f"plugin.{plugin.key_name}.yaml"
     if rig.live_config is not None:
         option, value = rig.live_config
         say(f"  broker config: a 6000-byte message is delivered: "
@@ -336,20 +345,26 @@ def flow3_configmap_edits(stage: Stage, rig: BrokerRig, plugin: Plugin, results:
         say(f"  broker config: {rig.no_live_config}")
         results.add("3 ConfigMap edits", "apply latency: broker config", "not shown (see log)")
 
-    def set_settings(data: dict[str, str]) -> None:
-        release = yaml.safe_load(data[key])
-        release["settings"] = {"deny_users": "mallory,eve,trent"}
-        data[key] = yaml.safe_dump(release, sort_keys=False)
-
+    # A plugin's settings are edited in its BrokerPlugin: the builder owns the plugin's key in
+    # the ConfigMap and keeps it in step with the spec (no build needed), so a direct edit of
+    # that key would be undone at its next reconcile.
     pid1 = rig.pid()
     say(f"  plugin setting: trent {rig.outcome('connect', 'trent')} before")
-    started = _edit_configmap(api, rig.configmap, set_settings)
+    started = time.monotonic()
+    api.ok("PATCH", f"/apis/plugforge.dev/v1alpha1/namespaces/{NAMESPACE}/brokerplugins/"
+           f"{plugin.name}", {"spec": {"settings": {"deny_users": "mallory,eve,trent"}}},
+           content_type="application/merge-patch+json")
     wait_for(lambda: rig.outcome("connect", "trent") == "refused",
              "deny_users=mallory,eve,trent to take effect", timeout=120, say=say)
     latency = time.monotonic() - started
     wait_for(rig.applied, "the sidecar to report Applied", timeout=60, say=say)
+    # One change at a time, as a user would: the settings reach the pods through a build (a
+    # content-key hit) and its canary; the next edit waits until that rollout is complete.
+    wait_for(lambda: _rollout_settled(api, plugin.name), "the settings' rollout to complete",
+             timeout=120, say=say)
     same = rig.pid() == pid1
-    say(f"  set deny_users=mallory,eve,trent -> trent refused after {latency * 1000:.0f} ms; "
+    say(f"  set deny_users=mallory,eve,trent in the BrokerPlugin -> trent refused after "
+        f"{latency * 1000:.0f} ms; "
         f"broker pid unchanged: {same}"
         + ("" if rig.hot_plugins else " (plugin options load at broker start: restarted)"))
     results.facts.update(flow3_settings_latency=latency, flow3_settings_same_pid=same,

@@ -128,10 +128,10 @@ def _cgroup_dirs() -> Iterator[Path]:
         for hierarchy in sorted(CGROUPS.iterdir()):
             top = hierarchy / CGROUP
             if top.is_dir():
-                # Deepest first, so a walk that removes directories can use the same order.
-                yield from sorted((p for p in top.rglob("*") if p.is_dir()),
-                                  key=lambda p: -len(p.parts))
-                yield top
+                # Children before parents, so a walk that removes directories can use the same
+                # order; os.walk skips a directory the kubelet removes under it (rglob raised).
+                for directory, _, _ in os.walk(top, topdown=False):
+                    yield Path(directory)
 
 
 def _kill_cgroup_processes() -> None:
