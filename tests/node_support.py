@@ -19,7 +19,8 @@ import pytest
 from testbed import images, node
 from testbed.e2e_cluster import Api, wait_for
 from testbed.kube import ControlPlane
-from testbed.registry import Registry, start_registry
+from testbed.node_cluster import start_session
+from testbed.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 NS = "default"
@@ -42,44 +43,10 @@ class RealNode:
 
 @pytest.fixture(scope="session")
 def real_node() -> Iterator[RealNode]:
-    timings: dict[str, float] = {}
-    started = time.monotonic()
-    tunables = node.prepare()
-    cp = node.start_control_plane_for_node()
-    # The registry's blobs persist in the cache: a warm session pushes only what changed.
-    storage = images.cache_dir() / "images" / "node-registry"
-    storage.mkdir(parents=True, exist_ok=True)
-    (node.NODE_DIR / "registry").mkdir()
-    (node.NODE_DIR / "registry" / "storage").symlink_to(storage)
-    registry = start_registry(node.NODE_DIR / "registry", cp.ca, address=node.NODE_IP)
-    node.record(registry.server)
-    timings["control plane + registry"] = time.monotonic() - started
-    podman = images.Podman.in_cache()
-    log = node.NODE_DIR / "images.log"
-    try:
-        t = time.monotonic()
-        pause = images.static_image(podman, "pause", {"/pause": images.pause_binary(log)},
-                                    ["/pause"], log)
-        busybox = images.static_image(podman, "busybox", {"/bin/busybox": Path("/bin/busybox")},
-                                      ["/bin/busybox"], log)
-        pause_ref = images.push(podman, pause.ref, registry.host, cp.ca, "pause", log)
-        busybox_ref = images.push(podman, busybox.ref, registry.host, cp.ca, "busybox", log)
-        timings["pause + busybox images"] = time.monotonic() - t
-        t = time.monotonic()
-        n = node.start_node(cp, registry, pause_ref, tunables)
-        timings["node Ready"] = time.monotonic() - t
-    except BaseException:
-        registry.stop()
-        cp.stop()
-        node.teardown(tunables=tunables)
-        node.release()
-        raise
-    yield RealNode(cp, registry, n, podman, Api(cp), busybox_ref, timings)
-    n.stop()
-    registry.stop()
-    cp.stop()
-    node.teardown()
-    node.release()
+    session = start_session()  # the machine's node lock, control plane, registry, node
+    yield RealNode(session.cp, session.registry, session.node, session.podman, session.api,
+                   session.busybox, session.timings)
+    session.stop()
 
 
 def pod_status(api: Api, name: str) -> dict[str, Any]:
