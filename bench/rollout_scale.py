@@ -44,7 +44,6 @@ from mqtt_support import Client  # noqa: E402
 
 from bench.report import Metric  # noqa: E402
 from builder.app import Builder  # noqa: E402
-from builder.kube import Kube, apply_documents, load_documents  # noqa: E402
 from testbed.broker_pods import (  # noqa: E402
     BrokerPod,
     PodObjects,
@@ -61,7 +60,6 @@ GOAL_SECONDS_AT_50 = 10.0
 PROBE_PASSWORD = "pw"  # noqa: S105  # the test brokers' probe user, mounted as a Secret key
 CONFIGMAP = "mq-plugins"
 PLUGIN = "gate"
-SIDECAR_RBAC = ROOT / "manifests" / "sidecar" / "rbac.yaml"
 PROBES = [{"name": "mallory-refused", "action": "connect", "username": "mallory",
            "expect": "refused"},
           {"name": "alice-accepted", "action": "connect", "username": "alice",
@@ -99,14 +97,7 @@ def push_deny(repo: Path, url: str, users: str) -> str:
 
 def one_n(n: int, cp: ControlPlane, stage: dict[str, Any], work: Path) -> dict[str, float]:
     c = Cluster(cp, tenant_namespace(cp, f"fan{n}"))
-    admin = Kube.from_kubeconfig(cp.kubeconfig("admin"))
-    try:
-        docs = [d for d in load_documents([SIDECAR_RBAC]) if d["kind"] in ("Role", "RoleBinding")]
-        for d in docs:
-            d["metadata"]["namespace"] = c.ns
-        apply_documents(admin.api, docs)
-    finally:
-        admin.close()
+    c.grant_sidecar_rights()
     c.create_configmap(CONFIGMAP, {})
     objects = PodObjects(cp, c.ns)
     ips = [pod_ip(i, subnet=12) for i in range(n)]

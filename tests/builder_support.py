@@ -18,6 +18,7 @@ from testbed.kube import ControlPlane
 ROOT = Path(__file__).resolve().parent.parent
 CRDS = ROOT / "manifests" / "crds"
 BUILDER_MANIFESTS = ROOT / "manifests" / "builder"
+SIDECAR_RBAC = ROOT / "manifests" / "sidecar" / "rbac.yaml"
 TENANT_RBAC = BUILDER_MANIFESTS / "30-tenant-rbac.yaml"
 
 T = TypeVar("T")
@@ -176,6 +177,18 @@ class Cluster:
     def __init__(self, cp: ControlPlane, namespace: str) -> None:
         self.cp = cp
         self.ns = namespace
+
+    def grant_sidecar_rights(self) -> None:
+        """The sidecar's Role and RoleBinding from the manifests, in this namespace."""
+        admin = Kube.from_kubeconfig(self.cp.kubeconfig("admin"))
+        try:
+            docs = [d for d in load_documents([SIDECAR_RBAC])
+                    if d["kind"] in ("Role", "RoleBinding")]
+            for d in docs:
+                d["metadata"]["namespace"] = self.ns
+            apply_documents(admin.api, docs)
+        finally:
+            admin.close()
 
     def create(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
         code, out = self.cp.request(

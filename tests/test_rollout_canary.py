@@ -35,7 +35,6 @@ from grpc_support import SIDECAR_TOKEN, Api, start_builder_api
 from mqtt_support import Client
 from sidecar_support import broker_yaml, make_sidecar, start_dynsec_broker
 
-from builder.kube import Kube, apply_documents, load_documents
 from plugforge.cli import main as plugforge
 from plugforge.v1 import build_pb2 as pb
 from sidecar.app import Sidecar
@@ -50,8 +49,6 @@ from testbed.registry import Registry
 
 pytestmark = pytest.mark.timeout(600)
 
-ROOT = Path(__file__).resolve().parent.parent
-SIDECAR_RBAC = ROOT / "manifests" / "sidecar" / "rbac.yaml"
 CONFIGMAP = "mq-plugins"
 PLUGIN = "gate"
 PROBES = [{"name": "mallory-refused", "action": "connect", "username": "mallory",
@@ -92,14 +89,7 @@ def cluster(control_plane: ControlPlane) -> Cluster:
     install(control_plane)
     c = Cluster(control_plane, tenant_namespace(control_plane, "canary"))
     # The sidecars' own RBAC (manifests/sidecar/rbac.yaml), bound in this namespace.
-    admin = Kube.from_kubeconfig(control_plane.kubeconfig("admin"))
-    try:
-        docs = [d for d in load_documents([SIDECAR_RBAC]) if d["kind"] in ("Role", "RoleBinding")]
-        for d in docs:
-            d["metadata"]["namespace"] = c.ns
-        apply_documents(admin.api, docs)
-    finally:
-        admin.close()
+    c.grant_sidecar_rights()
     c.create_configmap(CONFIGMAP, {"broker.yaml": broker_yaml({"max_inflight_messages": "20"})})
     return c
 

@@ -28,7 +28,6 @@ from builder_support import (
 )
 from grpc_support import SIDECAR_TOKEN, Api, start_builder_api
 
-from builder.kube import Kube, apply_documents, load_documents
 from builder.resources import CanaryStrategy, WaveStrategy
 from builder.rollout.canary import PodReport
 from builder.rollout.pods import PodInfo, choose_canaries, pod_info, rollout_order
@@ -206,14 +205,7 @@ class Pods:
 def cluster(control_plane: ControlPlane) -> Cluster:
     install(control_plane)
     c = Cluster(control_plane, tenant_namespace(control_plane, "sel"))
-    admin = Kube.from_kubeconfig(control_plane.kubeconfig("admin"))
-    try:
-        docs = [d for d in load_documents([SIDECAR_RBAC]) if d["kind"] in ("Role", "RoleBinding")]
-        for d in docs:
-            d["metadata"]["namespace"] = c.ns
-        apply_documents(admin.api, docs)
-    finally:
-        admin.close()
+    c.grant_sidecar_rights()
     c.create_configmap(CONFIGMAP, {})
     return c
 
