@@ -78,7 +78,7 @@ class SidecarServicer(pb_grpc.SidecarServiceServicer):
             broker=self._sidecar.settings.broker, pod_name=self._sidecar.settings.pod_name,
             phase=_PHASES[s.phase.value], ready=s.ready, ready_reason=s.ready_reason,
             desired_hash=s.desired_hash, applied_hash=s.last_applied.content_hash,
-            failed_hash=s.failed_hash,
+            failed_hash=s.failed_hash, failed_keys=list(s.failed_keys),
             refused_image=s.refused_image, refused_reason=s.refused_reason,
             last_error=s.last_error, restart_required=s.restart_required,
             broker_reachable=bool(observed and observed.reachable),

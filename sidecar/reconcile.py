@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from plugforge.contract import (
+    BROKER_KEY,
     ContractError,
     DesiredState,
     Document,
     Probe,
     content_hash,
     parse_desired_state,
+    plugin_key,
 )
 from plugforge.oci.errors import OciError, PullAbandoned
 from sidecar import last_good
@@ -95,6 +97,9 @@ class Reconciler:
         self._failed_hash = ""
         self._failures = 0
         self._rejected_hash = ""
+        # The documents a failure while applying is attributed to (state.failed_keys): what
+        # the step that failed came from, narrowed as applying goes on.
+        self._blame: tuple[str, ...] = ()
         self._policy_version = policy_version
         # (desired hash, policy version) whose image was refused for good: not pulled again
         # until one of the two changes.
@@ -131,7 +136,8 @@ class Reconciler:
             log.info("decision=wait reason=%r detail=%r", reason, str(e))
             return Outcome(self.state.phase, retry_after=self._backoff.initial)
         except (ContractError, SourceError, AdapterError) as e:
-            return self._reject(reason, documents_hash(self._safe_read()), str(e))
+            read = self._safe_read()
+            return self._reject(reason, documents_hash(read), str(e), self._invalid_keys(read))
         self.state.desired = desired
         self.state.desired_hash = desired.content_hash
 
@@ -160,6 +166,7 @@ class Reconciler:
                 self.state.phase = self._good_phase
                 self.state.last_error = ""
                 self.state.failed_hash = ""
+                self.state.failed_keys = ()
                 self._rejected_hash = self._failed_hash = ""
                 self._failures = 0
                 self._refused = None
@@ -193,6 +200,7 @@ class Reconciler:
                started: float, documents: Sequence[Document] = ()) -> Outcome:
         for action in actions:
             log.info("decision=plan action=%r", action.describe())
+        self._blame = action_keys(actions)
         try:
             # Every image before any change: a refused or unreachable image changes nothing.
             self._pull_all(actions)
@@ -209,8 +217,9 @@ class Reconciler:
             observed = self._verify(desired)
             self._run_probes(desired, observed)
         except SettingsRejected as e:
+            blame = self._blame
             self._roll_back(desired)  # what earlier actions of this plan changed
-            return self._reject(reason, desired.content_hash, str(e))
+            return self._reject(reason, desired.content_hash, str(e), blame)
         except ImageRefused as e:  # pulled again (evicted meanwhile) and refused this time
             self._roll_back(desired)
             return self._refuse(reason, desired, e, started)
@@ -230,6 +239,7 @@ class Reconciler:
         self.state.applied_once = True
         self.state.last_error = ""
         self.state.failed_hash = ""
+        self.state.failed_keys = ()
         self.state.restart_required = restart_pending
         self.state.phase = Phase.RESTART_REQUIRED if restart_pending else Phase.APPLIED
         self._good_phase = self.state.phase
@@ -261,6 +271,7 @@ class Reconciler:
         config: dict[str, str | None] = {}
         restart_pending = False
         for action in actions:
+            self._blame = action_keys([action])
             if action.kind is ActionKind.INSTALL_PLUGIN:
                 tree = self._pull(action.image or "")
                 self.adapter.install_plugin(action.target, action.value or "", tree)
@@ -273,7 +284,10 @@ class Reconciler:
             elif action.kind is ActionKind.UNSET_CONFIG:
                 config[action.target] = None
         if config:
+            self._blame = (BROKER_KEY,)
             self.adapter.apply_config(config)
+        # A broker that fails to come back, or to converge, may owe it to any of the changes.
+        self._blame = action_keys(actions)
         if any(a.kind is ActionKind.RESTART_BROKER for a in actions):
             if self._allow_restart:
                 log.info("decision=restart reason=%r", "staged changes need a broker restart")
@@ -292,6 +306,7 @@ class Reconciler:
         remaining = [a for a in plan(desired, observed, applied, classifier_for(self.adapter))
                      if not (a.kind is ActionKind.RESTART_BROKER and not self._allow_restart)]
         if remaining:
+            self._blame = action_keys(remaining)
             raise ApplyFailed("the broker did not converge; still to do: "
                               + "; ".join(a.describe() for a in remaining))
         return observed
@@ -306,6 +321,7 @@ class Reconciler:
             self._probe_results[release.name] = results
             failed = [r for r in results if not r.passed]
             if failed:
+                self._blame = (plugin_key(release.name),)
                 raise ApplyFailed(f"plugin {release.name} {release.digest}: "
                                   + "; ".join(str(r) for r in failed))
         self._probed_instance = observed.instance
@@ -316,9 +332,11 @@ class Reconciler:
         message = f"{type(error).__name__}: {error}"
         log.warning("decision=%s reason=%r error=%r", "rollback" if changed else "fail",
                     reason, message)
+        blame = self._blame
         rolled_back = changed and self._roll_back(desired)
         self.state.last_error = message
         self.state.failed_hash = desired.content_hash
+        self.state.failed_keys = blame
         changed_anything = any(a.kind is not ActionKind.INSTALL_PLUGIN for a in actions)
         if rolled_back:
             self.state.phase = Phase.ROLLED_BACK
@@ -356,6 +374,8 @@ class Reconciler:
         self.state.phase = Phase.REJECTED
         self.state.last_error = str(refused)
         self.state.failed_hash = self.state.desired_hash = desired.content_hash
+        self.state.failed_keys = tuple(sorted({plugin_key(p.name) for p in desired.plugins
+                                               if p.digest == refused.digest}))
         self.state.refused_image, self.state.refused_reason = refused.image, refused.reason
         self._update_readiness(self._last_good, self.state.observed)
         # What is desired (and refused), not the last good state's digests.
@@ -399,10 +419,12 @@ class Reconciler:
             return False
         return True
 
-    def _reject(self, reason: str, content_hash: str, message: str) -> Outcome:
+    def _reject(self, reason: str, content_hash: str, message: str,
+                keys: tuple[str, ...]) -> Outcome:
         self.state.phase = Phase.REJECTED
         self.state.last_error = message
         self.state.failed_hash = content_hash
+        self.state.failed_keys = keys
         self.state.desired_hash = content_hash
         if content_hash != self._rejected_hash:
             self._rejected_hash = content_hash
@@ -424,6 +446,17 @@ class Reconciler:
             raise ContractError("broker.yaml: the broker would refuse: "
                                 + "; ".join(str(p) for p in problems))
         return desired
+
+    def _invalid_keys(self, documents: Sequence[Document]) -> tuple[str, ...]:
+        """The documents a rejection is attributed to: those invalid on their own (none when
+        only their combination is, e.g. two keys naming one plugin)."""
+        bad = set()
+        for doc in documents:
+            try:
+                self._validated([doc])
+            except (ContractError, AdapterError):
+                bad.add(doc.key)
+        return tuple(sorted(bad))
 
     def _safe_read(self) -> list[Document]:
         try:
@@ -488,4 +521,12 @@ class Reconciler:
 
 def documents_hash(documents: Sequence[Document]) -> str:
     return content_hash(documents)
+
+
+def action_keys(actions: Sequence[Action]) -> tuple[str, ...]:
+    """The documents ``actions`` come from: broker.yaml for config, a plugin's own key."""
+    keys = {BROKER_KEY if a.kind in (ActionKind.SET_CONFIG, ActionKind.UNSET_CONFIG)
+            else plugin_key(a.target) for a in actions
+            if a.kind is not ActionKind.RESTART_BROKER}
+    return tuple(sorted(keys))
 

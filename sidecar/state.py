@@ -57,6 +57,10 @@ class SidecarState:
     """Content hash of the desired state whose last apply failed or was rejected; "" after a
     success. With ``desired_hash`` alone a caller cannot tell an old failure from one of the
     state being applied right now."""
+    failed_keys: tuple[str, ...] = ()
+    """The documents (keys as this pod sees them) the failure of ``failed_hash`` is attributed
+    to; () when it cannot be: a rollout of one plugin must not take a broken broker.yaml for
+    its own failure."""
     observed: Observed | None = None
     last_applied: Applied = field(default_factory=lambda: Applied({}, {}))
     last_error: str = ""

@@ -187,3 +187,47 @@ def test_a_canary_the_sidecar_is_retrying_waits_then_times_out() -> None:
     assert plan_canary(NEW, ("mq-0",), reports, 1, 60).kind is StepKind.WAIT
     step = plan_canary(NEW, ("mq-0",), reports, 61, 60)
     assert step.kind is StepKind.ROLLBACK and "60s" in step.reason
+
+
+def rejected(keys: tuple[str, ...], *, plugin: str = "gate", failed: str = "sha256:ours",
+             phase: str = "Rejected") -> PodReport:
+    """The sidecar refused the whole state with our release in it, for ``keys``."""
+    return PodReport("mq-0", "a", True, phase=phase, last_error="broker.yaml: not valid YAML",
+                     desired_digest=NEW, running_digest=OLD, status="Missing",
+                     desired_hash="sha256:ours", applied_hash="sha256:old", failed_hash=failed,
+                     failed_keys=keys, plugin=plugin)
+
+
+def test_a_rejection_for_broker_yaml_holds_the_canary_without_a_timeout() -> None:
+    rep = rejected(("broker.yaml",))
+    assert rep.failed_elsewhere
+    assert pod_state(rep, NEW, True, "sha256:ours") is PodState.UPDATING
+    for elapsed in (1, 61, 10_000):  # no verdict: neither a failure nor a timeout
+        step = plan_canary(NEW, ("mq-0",), {"mq-0": rep}, elapsed, 60, {"mq-0": "sha256:ours"})
+        assert step.kind is StepKind.HOLD
+    assert "mq-0: Rejected for broker.yaml: broker.yaml: not valid YAML" in step.reason
+    # Without hashes (the ConfigMap unreadable) the same report holds too.
+    assert plan_canary(NEW, ("mq-0",), {"mq-0": rep}, 61, 60).kind is StepKind.HOLD
+
+
+def test_another_plugins_key_holds_but_our_own_key_fails() -> None:
+    assert plan_canary(NEW, ("mq-0",), {"mq-0": rejected(("plugin.other.yaml",))}, 1, 60,
+                       {"mq-0": "sha256:ours"}).kind is StepKind.HOLD
+    for keys in (("plugin.gate.yaml",), ("broker.yaml", "plugin.gate.yaml"), ()):
+        rep = rejected(keys, phase="RolledBack")
+        assert pod_state(rep, NEW, True, "sha256:ours") is PodState.FAILED, keys
+        assert plan_canary(NEW, ("mq-0",), {"mq-0": rep}, 1, 60,
+                           {"mq-0": "sha256:ours"}).kind is StepKind.ROLLBACK
+    # A sidecar that does not attribute (older, or a conflict between keys): as before.
+    assert not rejected((), plugin="gate").failed_elsewhere
+
+
+def test_a_hold_needs_the_rejection_to_be_of_our_state() -> None:
+    # An older rejection (another hash) is no hold: the pod is only updating, and times out.
+    old = rejected(("broker.yaml",), failed="sha256:older")
+    assert plan_canary(NEW, ("mq-0",), {"mq-0": old}, 1, 60,
+                       {"mq-0": "sha256:ours"}).kind is StepKind.WAIT
+    # A genuine failure on one canary still rolls back while another is held.
+    reports = {"mq-0": rejected(("broker.yaml",)),
+               "mq-1": report("mq-1", running=OLD, phase="RolledBack", error="probe failed")}
+    assert plan_canary(NEW, ("mq-0", "mq-1"), reports, 1, 60).kind is StepKind.ROLLBACK

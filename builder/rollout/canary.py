@@ -4,6 +4,11 @@ The tracker writes the new release under ``canary.<pod>.plugin.<name>.yaml`` for
 (``waves``), asks their sidecars (GetState) on every reconcile, and performs what
 ``plan_canary`` decides for the wave: wait, pass (promote, or on to the next wave), or roll back
 (remove the per-pod keys; those pods return to the stable release, the others never saw it).
+
+A release is judged on what is its own: a sidecar that refuses the whole desired state for
+another document (an operator's broken broker.yaml, another plugin's key; ``failed_keys``)
+has not tried this release, so the wave holds, saying why, and resumes with a fresh timeout
+once that is fixed. Rolling back would blame the plugin; promoting would skip the test.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from plugforge.contract import plugin_key
 
 # Sidecar phases that mean "applying the desired state failed" (sidecar.state.Phase values).
 # Verdicts on a release. "Failed" is not one: the sidecar retries a failed apply with backoff
@@ -42,6 +49,16 @@ class PodReport:
     """Content hash of the desired state whose last apply failed ("" after a success)."""
     pod_ready: bool = True
     """False: the kubelet does not call the pod Ready, so its sidecar was not asked."""
+    failed_keys: tuple[str, ...] = ()
+    """The documents the sidecar attributes its failure to (() when it cannot say)."""
+    plugin: str = ""
+    """The plugin name this report is reduced to."""
+
+    @property
+    def failed_elsewhere(self) -> bool:
+        """The sidecar's failure is attributed to documents, none of them this plugin's."""
+        return bool(self.failed_keys and self.plugin) and \
+            plugin_key(self.plugin) not in self.failed_keys
 
 
 class PodState(enum.Enum):
@@ -74,12 +91,14 @@ def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
         # The hash alone says the failure is of our state: the digest may equal an earlier
         # release's (a settings change), and the sidecar names its new desired hash before it
         # has applied it, while phase and error still tell of the previous attempt.
-        if report.failed_hash == expected_hash and report.phase in FAILED_PHASES:
+        if report.failed_hash == expected_hash and report.phase in FAILED_PHASES and \
+                not report.failed_elsewhere:
             return PodState.FAILED
         asked = report.desired_hash == expected_hash
     else:
         asked = report.desired_digest == expected_digest
-        if asked and (report.phase in FAILED_PHASES or report.status == "ProbeFailed"):
+        if asked and (report.status == "ProbeFailed" or (
+                report.phase in FAILED_PHASES and not report.failed_elsewhere)):
             return PodState.FAILED
     applied = not expected_hash or report.applied_hash == expected_hash
     if asked and applied and report.running_digest == expected_digest and \
@@ -88,8 +107,20 @@ def pod_state(report: PodReport, expected_digest: str, enabled: bool = True,
     return PodState.UPDATING
 
 
+def held_by(report: PodReport, expected_hash: str = "") -> str:
+    """Why ``report``'s pod cannot try the release: its sidecar refused the state it should
+    apply for other documents ("" when it is not held)."""
+    if report.phase not in FAILED_PHASES or not report.failed_elsewhere:
+        return ""
+    if expected_hash and report.failed_hash != expected_hash:
+        return ""
+    return (f"{report.pod}: {report.phase} for {', '.join(report.failed_keys)}: "
+            f"{report.last_error or 'no detail'}")
+
+
 class StepKind(enum.Enum):
     WAIT = "Wait"
+    HOLD = "Hold"
     PROMOTE = "Promote"
     ROLLBACK = "Rollback"
 
@@ -105,7 +136,8 @@ def plan_canary(digest: str, canaries: Sequence[str], reports: Mapping[str, PodR
                 expected_hashes: Mapping[str, str] | None = None) -> Step:
     """The next step of a canary of ``digest`` on ``canaries`` after ``elapsed_seconds``.
 
-    A failure reported by any canary rolls back at once; promotion needs every canary running
+    A failure reported by any canary rolls back at once; a canary whose sidecar refuses the
+    state for another document holds the wave (no timeout); promotion needs every canary running
     the digest with probes passing; anything else waits until ``timeout_seconds``.
     """
     hashes = expected_hashes or {}
@@ -116,6 +148,11 @@ def plan_canary(digest: str, canaries: Sequence[str], reports: Mapping[str, PodR
         details = "; ".join(f"{pod}: {reports[pod].phase}: "
                             f"{reports[pod].last_error or 'probe failed'}" for pod in failed)
         return Step(StepKind.ROLLBACK, f"canary failed on {details}")
+    held = [why for pod in canaries if states[pod] is PodState.UPDATING and pod in reports
+            for why in [held_by(reports[pod], hashes.get(pod, ""))] if why]
+    if held:  # not this release's failure, nor a chance to test it: no timeout either
+        return Step(StepKind.HOLD, "held, the release untried: " + "; ".join(held)
+                    + "; the canary goes on once that is fixed")
     if all(state is PodState.CURRENT for state in states.values()):
         return Step(StepKind.PROMOTE, f"canary {', '.join(canaries)} runs {_short(digest)} "
                                       "with probes passing")

@@ -84,7 +84,7 @@ class SidecarClient:
             status=_STATUS.get(entry.status, "") if entry else "",
             probe_results=tuple(entry.probe_results) if entry else (),
             applied_hash=state.applied_hash, desired_hash=state.desired_hash,
-            failed_hash=state.failed_hash)
+            failed_hash=state.failed_hash, failed_keys=tuple(state.failed_keys), plugin=plugin)
 
     def gather(self, targets: Sequence[tuple[str, str]], namespace: str,
                plugin: str) -> dict[str, PodReport]:

@@ -86,7 +86,23 @@ class RolloutTracker:
         if in_progress:
             again = POLL_SECONDS
             plan = self._plan(spec, current, pods, reports, now)
-            if plan.action is Action.NEXT_WAVE:
+            if current.get("heldSince") and plan.action is not Action.HOLD:
+                # The hold is over: the wave's timeout starts again from now.
+                current = {**current, "heldSince": None, "waveStartedAt": stamp}
+                patch["rollout"] = current
+                log.info("%s: hold over: %s", spec.key, plan.reason)
+            if plan.action is Action.HOLD:
+                if not current.get("heldSince") or current.get("message") != plan.reason[:4000]:
+                    patch["rollout"] = {**current, "message": plan.reason[:4000],
+                                        "heldSince": current.get("heldSince") or stamp}
+                    conditions = set_condition(
+                        conditions, "Ready", "Unknown", "RolloutHeld",
+                        f"wave {current.get('wave')}/{current.get('waves')} of "
+                        f"{current.get('image')}: {plan.reason}"[:4000], stamp, spec.generation)
+                if not current.get("heldSince"):
+                    self._event(obj, "Warning", "RolloutHeld", plan.reason[:1000])
+                    log.warning("%s: %s", spec.key, plan.reason)
+            elif plan.action is Action.NEXT_WAVE:
                 rollout.start_canary(self.kube, spec, plan.updated, self._release(spec, current))
                 wave = int(current.get("wave") or 0) + 1
                 patch["rollout"] = {
@@ -165,7 +181,9 @@ class RolloutTracker:
         if not spec.uses_canary:  # selector or Automatic turned off mid-rollout: no gate left
             return WavePlan(Action.PROMOTE, "staged rollout turned off")
         wave_pods = tuple(current.get("wavePods") or ())
-        started = parse_time(current.get("waveStartedAt")) or now
+        # While held, no time counts against the wave; it starts afresh when the hold ends.
+        started = now if current.get("heldSince") else \
+            parse_time(current.get("waveStartedAt")) or now
         progress = Progress(int(current.get("wave") or 0), wave_pods,
                             tuple(current.get("updatedPods") or ()),
                             (now - started).total_seconds())

@@ -39,6 +39,8 @@ class Progress:
 
 class Action(enum.Enum):
     WAIT = "Wait"
+    HOLD = "Hold"
+    """A wave pod's sidecar refuses its state for another document: no verdict, no timeout."""
     NEXT_WAVE = "NextWave"
     PROMOTE = "Promote"
     ROLLBACK = "Rollback"
@@ -86,6 +88,8 @@ def plan_waves(digest: str, progress: Progress, pods: Sequence[PodInfo],
                                              f"({_what(progress.wave, canary)}): {step.reason}")
         if step.kind is StepKind.WAIT:
             return WavePlan(Action.WAIT, f"wave {progress.wave}: {step.reason}")
+        if step.kind is StepKind.HOLD:
+            return WavePlan(Action.HOLD, f"wave {progress.wave}: {step.reason}")
     handed = set(progress.updated)
     ready = [p.name for p in pods if p.ready and p.name not in handed]
     skipped = [p for p in pods if not p.ready and p.name not in handed]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aplugforge/v1/sidecar.proto\x12\x0cplugforge.v1\"5\n\x08\x44ocument\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06origin\x18\x03 \x01(\t\"\xb1\x01\n\x06\x41\x63tion\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.plugforge.v1.ActionKind\x12\x0e\n\x06target\x18\x02 \x01(\t\x12)\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x19.plugforge.v1.ChangeClass\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\t\x12\x10\n\x08previous\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"\x89\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x65sired_digest\x18\x02 \x01(\t\x12\x16\n\x0erunning_digest\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.plugforge.v1.PluginStatus\x12\x15\n\rprobe_results\x18\x05 \x03(\t\"\x11\n\x0fGetStateRequest\"\x8b\x06\n\x10GetStateResponse\x12\x0e\n\x06\x62roker\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\"\n\x05phase\x18\x03 \x01(\x0e\x32\x13.plugforge.v1.Phase\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x14\n\x0cready_reason\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65sired_hash\x18\x06 \x01(\t\x12\x14\n\x0c\x61pplied_hash\x18\x07 \x01(\t\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x18\n\x10restart_required\x18\t \x01(\x08\x12\x18\n\x10\x62roker_reachable\x18\n \x01(\x08\x12I\n\x0e\x64\x65sired_config\x18\x0b \x03(\x0b\x32\x31.plugforge.v1.GetStateResponse.DesiredConfigEntry\x12K\n\x0fobserved_config\x18\x0c \x03(\x0b\x32\x32.plugforge.v1.GetStateResponse.ObservedConfigEntry\x12I\n\x0e\x61pplied_config\x18\r \x03(\x0b\x32\x31.plugforge.v1.GetStateResponse.AppliedConfigEntry\x12%\n\x07plugins\x18\x0e \x03(\x0b\x32\x14.plugforge.v1.Plugin\x12\'\n\tlast_plan\x18\x0f \x03(\x0b\x32\x14.plugforge.v1.Action\x12\x13\n\x0b\x66\x61iled_hash\x18\x10 \x01(\t\x12\x15\n\rrefused_image\x18\x11 \x01(\t\x12\x16\n\x0erefused_reason\x18\x12 \x01(\t\x1a\x34\n\x12\x44\x65siredConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13ObservedConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x41ppliedConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0bPlanRequest\x12)\n\tdocuments\x18\x01 \x03(\x0b\x32\x16.plugforge.v1.Document\"d\n\x0cPlanResponse\x12%\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x14.plugforge.v1.Action\x12-\n\nmax_change\x18\x02 \x01(\x0e\x32\x19.plugforge.v1.ChangeClass\"\"\n\x10ReconcileRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"r\n\x11ReconcileResponse\x12\"\n\x05phase\x18\x01 \x01(\x0e\x32\x13.plugforge.v1.Phase\x12%\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x14.plugforge.v1.Action\x12\x12\n\nlast_error\x18\x03 \x01(\t\"\x14\n\x12WatchEventsRequest\"\xad\x01\n\nApplyEvent\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.plugforge.v1.EventKind\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\x16\n\x0etime_unix_nano\x18\x06 \x01(\x03\x12\x0f\n\x07\x61\x63tions\x18\x07 \x03(\t\">\n\x13WatchEventsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.plugforge.v1.ApplyEvent*\xb4\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PENDING\x10\x01\x12\x11\n\rPHASE_APPLIED\x10\x02\x12\x1a\n\x16PHASE_RESTART_REQUIRED\x10\x03\x12\x12\n\x0ePHASE_REJECTED\x10\x04\x12\x15\n\x11PHASE_ROLLED_BACK\x10\x05\x12\x10\n\x0cPHASE_FAILED\x10\x06\x12\x15\n\x11PHASE_UNAVAILABLE\x10\x07*\x82\x01\n\x0b\x43hangeClass\x12\x1c\n\x18\x43HANGE_CLASS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HANGE_CLASS_HOT\x10\x01\x12\x1e\n\x1a\x43HANGE_CLASS_PLUGIN_RELOAD\x10\x02\x12\x1f\n\x1b\x43HANGE_CLASS_BROKER_RESTART\x10\x03*\xe2\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41\x43TION_KIND_INSTALL_PLUGIN\x10\x01\x12\x1d\n\x19\x41\x43TION_KIND_ENABLE_PLUGIN\x10\x02\x12\x1e\n\x1a\x41\x43TION_KIND_DISABLE_PLUGIN\x10\x03\x12\x1a\n\x16\x41\x43TION_KIND_SET_CONFIG\x10\x04\x12\x1c\n\x18\x41\x43TION_KIND_UNSET_CONFIG\x10\x05\x12\x1e\n\x1a\x41\x43TION_KIND_RESTART_BROKER\x10\x06*\xd4\x01\n\x0cPluginStatus\x12\x1d\n\x19PLUGIN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15PLUGIN_STATUS_RUNNING\x10\x01\x12\x18\n\x14PLUGIN_STATUS_STAGED\x10\x02\x12\x1a\n\x16PLUGIN_STATUS_DISABLED\x10\x03\x12\x19\n\x15PLUGIN_STATUS_MISSING\x10\x04\x12\x1e\n\x1aPLUGIN_STATUS_PROBE_FAILED\x10\x05\x12\x19\n\x15PLUGIN_STATUS_REFUSED\x10\x06*\xac\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_APPLIED\x10\x01\x12\x17\n\x13\x45VENT_KIND_REJECTED\x10\x02\x12\x1a\n\x16\x45VENT_KIND_ROLLED_BACK\x10\x03\x12\x15\n\x11\x45VENT_KIND_FAILED\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_RESTART_REQUIRED\x10\x05\x32\xbe\x02\n\x0eSidecarService\x12I\n\x08GetState\x12\x1d.plugforge.v1.GetStateRequest\x1a\x1e.plugforge.v1.GetStateResponse\x12=\n\x04Plan\x12\x19.plugforge.v1.PlanRequest\x1a\x1a.plugforge.v1.PlanResponse\x12L\n\tReconcile\x12\x1e.plugforge.v1.ReconcileRequest\x1a\x1f.plugforge.v1.ReconcileResponse\x12T\n\x0bWatchEvents\x12 .plugforge.v1.WatchEventsRequest\x1a!.plugforge.v1.WatchEventsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aplugforge/v1/sidecar.proto\x12\x0cplugforge.v1\"5\n\x08\x44ocument\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06origin\x18\x03 \x01(\t\"\xb1\x01\n\x06\x41\x63tion\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.plugforge.v1.ActionKind\x12\x0e\n\x06target\x18\x02 \x01(\t\x12)\n\x06\x63hange\x18\x03 \x01(\x0e\x32\x19.plugforge.v1.ChangeClass\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05value\x18\x05 \x01(\t\x12\x10\n\x08previous\x18\x06 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x07 \x01(\t\"\x89\x01\n\x06Plugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x64\x65sired_digest\x18\x02 \x01(\t\x12\x16\n\x0erunning_digest\x18\x03 \x01(\t\x12*\n\x06status\x18\x04 \x01(\x0e\x32\x1a.plugforge.v1.PluginStatus\x12\x15\n\rprobe_results\x18\x05 \x03(\t\"\x11\n\x0fGetStateRequest\"\xa0\x06\n\x10GetStateResponse\x12\x0e\n\x06\x62roker\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\"\n\x05phase\x18\x03 \x01(\x0e\x32\x13.plugforge.v1.Phase\x12\r\n\x05ready\x18\x04 \x01(\x08\x12\x14\n\x0cready_reason\x18\x05 \x01(\t\x12\x14\n\x0c\x64\x65sired_hash\x18\x06 \x01(\t\x12\x14\n\x0c\x61pplied_hash\x18\x07 \x01(\t\x12\x12\n\nlast_error\x18\x08 \x01(\t\x12\x18\n\x10restart_required\x18\t \x01(\x08\x12\x18\n\x10\x62roker_reachable\x18\n \x01(\x08\x12I\n\x0e\x64\x65sired_config\x18\x0b \x03(\x0b\x32\x31.plugforge.v1.GetStateResponse.DesiredConfigEntry\x12K\n\x0fobserved_config\x18\x0c \x03(\x0b\x32\x32.plugforge.v1.GetStateResponse.ObservedConfigEntry\x12I\n\x0e\x61pplied_config\x18\r \x03(\x0b\x32\x31.plugforge.v1.GetStateResponse.AppliedConfigEntry\x12%\n\x07plugins\x18\x0e \x03(\x0b\x32\x14.plugforge.v1.Plugin\x12\'\n\tlast_plan\x18\x0f \x03(\x0b\x32\x14.plugforge.v1.Action\x12\x13\n\x0b\x66\x61iled_hash\x18\x10 \x01(\t\x12\x15\n\rrefused_image\x18\x11 \x01(\t\x12\x16\n\x0erefused_reason\x18\x12 \x01(\t\x12\x13\n\x0b\x66\x61iled_keys\x18\x13 \x03(\t\x1a\x34\n\x12\x44\x65siredConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x35\n\x13ObservedConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x34\n\x12\x41ppliedConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0bPlanRequest\x12)\n\tdocuments\x18\x01 \x03(\x0b\x32\x16.plugforge.v1.Document\"d\n\x0cPlanResponse\x12%\n\x07\x61\x63tions\x18\x01 \x03(\x0b\x32\x14.plugforge.v1.Action\x12-\n\nmax_change\x18\x02 \x01(\x0e\x32\x19.plugforge.v1.ChangeClass\"\"\n\x10ReconcileRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"r\n\x11ReconcileResponse\x12\"\n\x05phase\x18\x01 \x01(\x0e\x32\x13.plugforge.v1.Phase\x12%\n\x07\x61\x63tions\x18\x02 \x03(\x0b\x32\x14.plugforge.v1.Action\x12\x12\n\nlast_error\x18\x03 \x01(\t\"\x14\n\x12WatchEventsRequest\"\xad\x01\n\nApplyEvent\x12%\n\x04kind\x18\x01 \x01(\x0e\x32\x17.plugforge.v1.EventKind\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x05 \x01(\x01\x12\x16\n\x0etime_unix_nano\x18\x06 \x01(\x03\x12\x0f\n\x07\x61\x63tions\x18\x07 \x03(\t\">\n\x13WatchEventsResponse\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.plugforge.v1.ApplyEvent*\xb4\x01\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PENDING\x10\x01\x12\x11\n\rPHASE_APPLIED\x10\x02\x12\x1a\n\x16PHASE_RESTART_REQUIRED\x10\x03\x12\x12\n\x0ePHASE_REJECTED\x10\x04\x12\x15\n\x11PHASE_ROLLED_BACK\x10\x05\x12\x10\n\x0cPHASE_FAILED\x10\x06\x12\x15\n\x11PHASE_UNAVAILABLE\x10\x07*\x82\x01\n\x0b\x43hangeClass\x12\x1c\n\x18\x43HANGE_CLASS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HANGE_CLASS_HOT\x10\x01\x12\x1e\n\x1a\x43HANGE_CLASS_PLUGIN_RELOAD\x10\x02\x12\x1f\n\x1b\x43HANGE_CLASS_BROKER_RESTART\x10\x03*\xe2\x01\n\nActionKind\x12\x1b\n\x17\x41\x43TION_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x41\x43TION_KIND_INSTALL_PLUGIN\x10\x01\x12\x1d\n\x19\x41\x43TION_KIND_ENABLE_PLUGIN\x10\x02\x12\x1e\n\x1a\x41\x43TION_KIND_DISABLE_PLUGIN\x10\x03\x12\x1a\n\x16\x41\x43TION_KIND_SET_CONFIG\x10\x04\x12\x1c\n\x18\x41\x43TION_KIND_UNSET_CONFIG\x10\x05\x12\x1e\n\x1a\x41\x43TION_KIND_RESTART_BROKER\x10\x06*\xd4\x01\n\x0cPluginStatus\x12\x1d\n\x19PLUGIN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15PLUGIN_STATUS_RUNNING\x10\x01\x12\x18\n\x14PLUGIN_STATUS_STAGED\x10\x02\x12\x1a\n\x16PLUGIN_STATUS_DISABLED\x10\x03\x12\x19\n\x15PLUGIN_STATUS_MISSING\x10\x04\x12\x1e\n\x1aPLUGIN_STATUS_PROBE_FAILED\x10\x05\x12\x19\n\x15PLUGIN_STATUS_REFUSED\x10\x06*\xac\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_APPLIED\x10\x01\x12\x17\n\x13\x45VENT_KIND_REJECTED\x10\x02\x12\x1a\n\x16\x45VENT_KIND_ROLLED_BACK\x10\x03\x12\x15\n\x11\x45VENT_KIND_FAILED\x10\x04\x12\x1f\n\x1b\x45VENT_KIND_RESTART_REQUIRED\x10\x05\x32\xbe\x02\n\x0eSidecarService\x12I\n\x08GetState\x12\x1d.plugforge.v1.GetStateRequest\x1a\x1e.plugforge.v1.GetStateResponse\x12=\n\x04Plan\x12\x19.plugforge.v1.PlanRequest\x1a\x1a.plugforge.v1.PlanResponse\x12L\n\tReconcile\x12\x1e.plugforge.v1.ReconcileRequest\x1a\x1f.plugforge.v1.ReconcileResponse\x12T\n\x0bWatchEvents\x12 .plugforge.v1.WatchEventsRequest\x1a!.plugforge.v1.WatchEventsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATERESPONSE_OBSERVEDCONFIGENTRY']._serialized_options = b'8\001'
   _globals['_GETSTATERESPONSE_APPLIEDCONFIGENTRY']._loaded_options = None
   _globals['_GETSTATERESPONSE_APPLIEDCONFIGENTRY']._serialized_options = b'8\001'
-  _globals['_PHASE']._serialized_start=1795
-  _globals['_PHASE']._serialized_end=1975
-  _globals['_CHANGECLASS']._serialized_start=1978
-  _globals['_CHANGECLASS']._serialized_end=2108
-  _globals['_ACTIONKIND']._serialized_start=2111
-  _globals['_ACTIONKIND']._serialized_end=2337
-  _globals['_PLUGINSTATUS']._serialized_start=2340
-  _globals['_PLUGINSTATUS']._serialized_end=2552
-  _globals['_EVENTKIND']._serialized_start=2555
-  _globals['_EVENTKIND']._serialized_end=2727
+  _globals['_PHASE']._serialized_start=1816
+  _globals['_PHASE']._serialized_end=1996
+  _globals['_CHANGECLASS']._serialized_start=1999
+  _globals['_CHANGECLASS']._serialized_end=2129
+  _globals['_ACTIONKIND']._serialized_start=2132
+  _globals['_ACTIONKIND']._serialized_end=2358
+  _globals['_PLUGINSTATUS']._serialized_start=2361
+  _globals['_PLUGINSTATUS']._serialized_end=2573
+  _globals['_EVENTKIND']._serialized_start=2576
+  _globals['_EVENTKIND']._serialized_end=2748
   _globals['_DOCUMENT']._serialized_start=44
   _globals['_DOCUMENT']._serialized_end=97
   _globals['_ACTION']._serialized_start=100
@@ -56,27 +56,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATEREQUEST']._serialized_start=419
   _globals['_GETSTATEREQUEST']._serialized_end=436
   _globals['_GETSTATERESPONSE']._serialized_start=439
-  _globals['_GETSTATERESPONSE']._serialized_end=1218
-  _globals['_GETSTATERESPONSE_DESIREDCONFIGENTRY']._serialized_start=1057
-  _globals['_GETSTATERESPONSE_DESIREDCONFIGENTRY']._serialized_end=1109
-  _globals['_GETSTATERESPONSE_OBSERVEDCONFIGENTRY']._serialized_start=1111
-  _globals['_GETSTATERESPONSE_OBSERVEDCONFIGENTRY']._serialized_end=1164
-  _globals['_GETSTATERESPONSE_APPLIEDCONFIGENTRY']._serialized_start=1166
-  _globals['_GETSTATERESPONSE_APPLIEDCONFIGENTRY']._serialized_end=1218
-  _globals['_PLANREQUEST']._serialized_start=1220
-  _globals['_PLANREQUEST']._serialized_end=1276
-  _globals['_PLANRESPONSE']._serialized_start=1278
-  _globals['_PLANRESPONSE']._serialized_end=1378
-  _globals['_RECONCILEREQUEST']._serialized_start=1380
-  _globals['_RECONCILEREQUEST']._serialized_end=1414
-  _globals['_RECONCILERESPONSE']._serialized_start=1416
-  _globals['_RECONCILERESPONSE']._serialized_end=1530
-  _globals['_WATCHEVENTSREQUEST']._serialized_start=1532
-  _globals['_WATCHEVENTSREQUEST']._serialized_end=1552
-  _globals['_APPLYEVENT']._serialized_start=1555
-  _globals['_APPLYEVENT']._serialized_end=1728
-  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1730
-  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1792
-  _globals['_SIDECARSERVICE']._serialized_start=2730
-  _globals['_SIDECARSERVICE']._serialized_end=3048
+  _globals['_GETSTATERESPONSE']._serialized_end=1239
+  _globals['_GETSTATERESPONSE_DESIREDCONFIGENTRY']._serialized_start=1078
+  _globals['_GETSTATERESPONSE_DESIREDCONFIGENTRY']._serialized_end=1130
+  _globals['_GETSTATERESPONSE_OBSERVEDCONFIGENTRY']._serialized_start=1132
+  _globals['_GETSTATERESPONSE_OBSERVEDCONFIGENTRY']._serialized_end=1185
+  _globals['_GETSTATERESPONSE_APPLIEDCONFIGENTRY']._serialized_start=1187
+  _globals['_GETSTATERESPONSE_APPLIEDCONFIGENTRY']._serialized_end=1239
+  _globals['_PLANREQUEST']._serialized_start=1241
+  _globals['_PLANREQUEST']._serialized_end=1297
+  _globals['_PLANRESPONSE']._serialized_start=1299
+  _globals['_PLANRESPONSE']._serialized_end=1399
+  _globals['_RECONCILEREQUEST']._serialized_start=1401
+  _globals['_RECONCILEREQUEST']._serialized_end=1435
+  _globals['_RECONCILERESPONSE']._serialized_start=1437
+  _globals['_RECONCILERESPONSE']._serialized_end=1551
+  _globals['_WATCHEVENTSREQUEST']._serialized_start=1553
+  _globals['_WATCHEVENTSREQUEST']._serialized_end=1573
+  _globals['_APPLYEVENT']._serialized_start=1576
+  _globals['_APPLYEVENT']._serialized_end=1749
+  _globals['_WATCHEVENTSRESPONSE']._serialized_start=1751
+  _globals['_WATCHEVENTSRESPONSE']._serialized_end=1813
+  _globals['_SIDECARSERVICE']._serialized_start=2751
+  _globals['_SIDECARSERVICE']._serialized_end=3069
 # @@protoc_insertion_point(module_scope)

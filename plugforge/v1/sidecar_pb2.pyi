@@ -387,6 +387,7 @@ class GetStateResponse(_message.Message):
     FAILED_HASH_FIELD_NUMBER: _builtins.int
     REFUSED_IMAGE_FIELD_NUMBER: _builtins.int
     REFUSED_REASON_FIELD_NUMBER: _builtins.int
+    FAILED_KEYS_FIELD_NUMBER: _builtins.int
     broker: _builtins.str
     """The adapter (broker) this sidecar drives, e.g. "mosquitto"."""
     pod_name: _builtins.str
@@ -427,6 +428,14 @@ class GetStateResponse(_message.Message):
     def last_plan(self) -> _containers.RepeatedCompositeFieldContainer[Global___Action]:
         """The plan computed by the last reconcile."""
 
+    @_builtins.property
+    def failed_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The documents (ConfigMap keys as this pod sees them, e.g. "broker.yaml",
+        "plugin.acl.yaml"; a canary key counts as the plugin key it replaces) that the failure or
+        rejection named by failed_hash is attributed to; empty when it cannot be attributed (an
+        unreadable source, a conflict between documents). A rollout judges its own key only.
+        """
+
     def __init__(
         self,
         *,
@@ -448,10 +457,11 @@ class GetStateResponse(_message.Message):
         failed_hash: _builtins.str = ...,
         refused_image: _builtins.str = ...,
         refused_reason: _builtins.str = ...,
+        failed_keys: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_config", b"applied_config", "applied_hash", b"applied_hash", "broker", b"broker", "broker_reachable", b"broker_reachable", "desired_config", b"desired_config", "desired_hash", b"desired_hash", "failed_hash", b"failed_hash", "last_error", b"last_error", "last_plan", b"last_plan", "observed_config", b"observed_config", "phase", b"phase", "plugins", b"plugins", "pod_name", b"pod_name", "ready", b"ready", "ready_reason", b"ready_reason", "refused_image", b"refused_image", "refused_reason", b"refused_reason", "restart_required", b"restart_required"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_config", b"applied_config", "applied_hash", b"applied_hash", "broker", b"broker", "broker_reachable", b"broker_reachable", "desired_config", b"desired_config", "desired_hash", b"desired_hash", "failed_hash", b"failed_hash", "failed_keys", b"failed_keys", "last_error", b"last_error", "last_plan", b"last_plan", "observed_config", b"observed_config", "phase", b"phase", "plugins", b"plugins", "pod_name", b"pod_name", "ready", b"ready", "ready_reason", b"ready_reason", "refused_image", b"refused_image", "refused_reason", b"refused_reason", "restart_required", b"restart_required"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
