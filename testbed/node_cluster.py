@@ -19,10 +19,12 @@ from typing import Any
 
 import yaml
 
+from builder.build import toolchains
 from builder.build.recipe import template_dir
 from builder.build.scaffold import scaffold
 from builder.webhooks.signatures import github_header
 from testbed import images, node
+from testbed import toolchains as testbed_toolchains
 from testbed.e2e_cluster import Api, wait_for
 from testbed.gitserver import GitServer, run_git, start_git_server
 from testbed.kube import ControlPlane
@@ -127,10 +129,11 @@ class Deployed:
 
 
 def testbed_overlay(directory: Path, session: NodeSession, refs: dict[str, str],
-                    git_url: str) -> Path:
+                    git_url: str, pins: toolchains.Pins) -> Path:
     """The user's overlay plus what this cluster differs in: image names (the node's registry),
-    the registry's private CA, and the apiserver's address for in-cluster clients (no kube-proxy
-    here: the ``kubernetes`` Service's IP does not route)."""
+    the registry's private CA, the apiserver's address for in-cluster clients (no kube-proxy
+    here: the ``kubernetes`` Service's IP does not route), the toolchain pins and the transfer
+    image the builder's build Jobs run (made and pushed here, as a release would)."""
     ca_volume = {"name": "testbed-ca", "configMap": {"name": CA_CONFIGMAP}}
     ca_mount = {"name": "testbed-ca", "mountPath": CA_MOUNT, "readOnly": True}
 
@@ -146,25 +149,32 @@ def testbed_overlay(directory: Path, session: NodeSession, refs: dict[str, str],
                 {"op": "add", "path": f"{c}/volumeMounts/-", "value": ca_mount}, *extra]
 
     spec = "/spec/template/spec"
-    # No route leaves the node's network, so Maven Central is out of the builder pod's reach:
-    # its Maven cache starts as a copy of this machine's (what the process-level tests
-    # filled), as a cluster's builder would start from a warm cache or a repository mirror.
+    # No route leaves the node's network, so Maven Central is out of the build pods' reach:
+    # the tenant's Maven cache for the hivemq-java toolchain starts as a copy of this machine's
+    # (what the process-level tests filled), as a cluster's builder would start from a warm
+    # cache or a repository mirror. The kubernetes executor hands it to the tenant's builds.
     seed = images.cache_dir() / "build-caches" / "maven"
     cache = "/var/lib/plugforge/cache"
+    tenant_maven = toolchains.cache_dir(Path(cache), NS, pins["hivemq-java"].image, "maven")
     hardened = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                 "capabilities": {"drop": ["ALL"]}}
     maven_seed = [
         {"op": "add", "path": f"{spec}/initContainers", "value": [{
             "name": "testbed-maven-cache", "image": session.busybox,
             "command": ["/bin/busybox", "sh", "-c",
-                        f"/bin/busybox mkdir -p {cache}/build-caches/maven && "
-                        f"/bin/busybox cp -R /seed/. {cache}/build-caches/maven/"],
+                        f"/bin/busybox mkdir -p {tenant_maven} && "
+                        f"/bin/busybox cp -R /seed/. {tenant_maven}/"],
             "securityContext": hardened,
             "volumeMounts": [{"name": "state", "mountPath": "/var/lib/plugforge"},
                              {"name": "testbed-maven", "mountPath": "/seed",
                               "readOnly": True}]}]},
         {"op": "add", "path": f"{spec}/volumes/-", "value": {
             "name": "testbed-maven", "hostPath": {"path": str(seed), "type": "Directory"}}}]
+    builder_env = [e["name"] for e in yaml.safe_load((
+        ROOT / "manifests" / "builder" / "40-deployment.yaml").read_text())[
+        "spec"]["template"]["spec"]["containers"][0]["env"]]
+    transfer_image = {"op": "replace", "value": session.busybox, "path": (
+        f"{spec}/containers/0/env/{builder_env.index('PLUGFORGE_BUILDER_TRANSFER_IMAGE')}/value")}
     overlay = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(ROOT / "manifests" / "overlays" / "mosquitto", directory),
@@ -179,10 +189,10 @@ def testbed_overlay(directory: Path, session: NodeSession, refs: dict[str, str],
                  *ops(spec, 0, [{"op": "add", "path": f"{spec}/containers/0/env/-", "value": {
                      "name": name, "value": value}} for name, value in (
                          ("PLUGFORGE_BUILDER_REGISTRY_CA", f"{CA_MOUNT}/ca.crt"),
-                         # Until the kubernetes executor runs here (issue 21).
-                         ("PLUGFORGE_BUILDER_EXECUTOR", "process"),
-                         ("PLUGFORGE_BUILDER_ALLOW_PROCESS_EXECUTOR", "true"),
-                         ("PLUGFORGE_CACHE", cache))]), *maven_seed])},
+                         ("PLUGFORGE_CACHE", cache))]), transfer_image, *maven_seed])},
+            {"target": {"kind": "ConfigMap", "name": "plugforge-toolchains"},
+             "patch": yaml.safe_dump([{"op": "replace", "path": "/data/toolchains.yaml",
+                                       "value": toolchains.dump_pins(pins)}])},
             {"target": {"kind": "Deployment", "name": "mosquitto"},
              "patch": yaml.safe_dump(ops(spec, 1, [
                  {"op": "add", "path": f"{spec}/containers/1/args/-",
@@ -218,7 +228,11 @@ def deploy_plugforge(session: NodeSession, refs: dict[str, str], work: Path) -> 
         raise AssertionError("kustomize is not installed: scripts/ensure.d/kustomize.sh builds it")
     api, kubeconfig = session.api, session.cp.kubeconfig("admin")
     t = time.monotonic()
-    docs = render(testbed_overlay(work / "overlay", session, refs, url))
+    pins = testbed_toolchains.pins(session.podman, session.registry.host, session.cp.ca,
+                                   log=session.log)
+    session.timings["toolchain images + push"] = time.monotonic() - t
+    t = time.monotonic()
+    docs = render(testbed_overlay(work / "overlay", session, refs, url, pins))
     ca = next(d for d in docs if d["kind"] == "ConfigMap"
               and d["metadata"]["name"] == CA_CONFIGMAP)
     # The same ConfigMap in the builder's namespace.
