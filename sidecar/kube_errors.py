@@ -15,6 +15,10 @@ class KubeConnectionError(KubeError):
     """No answer: connection refused or reset, TLS failure, or a read timeout."""
 
 
+class KubeWatchIdle(KubeConnectionError):
+    """A watch sent nothing, not even a bookmark, for its idle timeout: resume it."""
+
+
 class KubeApiError(KubeError):
     """The apiserver answered with an error status (or an ERROR event in a watch)."""
 

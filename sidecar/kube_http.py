@@ -27,6 +27,7 @@ from sidecar.kube_errors import (
     KubeConfigError,
     KubeConnectionError,
     KubeGone,
+    KubeWatchIdle,
 )
 
 log = logging.getLogger("plugforge.sidecar")
@@ -135,6 +136,9 @@ class KubeClient:
                     raise _status_error(event.object, 0, rbac_request("GET", path, query),
                                         self.config.server)
                 yield event
+        except urllib3.exceptions.ReadTimeoutError as e:
+            raise KubeWatchIdle(f"watch {url}: nothing for {idle_timeout:g} s (read timed "
+                                "out)") from e
         except (urllib3.exceptions.HTTPError, OSError) as e:
             raise KubeConnectionError(
                 f"watch {url}: the connection failed: {_reason(e)}") from e

@@ -17,7 +17,13 @@ from pathlib import Path
 from plugforge.contract import Document
 from sidecar.desired import SourceError
 from sidecar.kube_config import load_config
-from sidecar.kube_errors import KubeApiError, KubeConnectionError, KubeError, KubeGone
+from sidecar.kube_errors import (
+    KubeApiError,
+    KubeConnectionError,
+    KubeError,
+    KubeGone,
+    KubeWatchIdle,
+)
 from sidecar.kube_http import KubeClient
 from sidecar.trigger import Trigger
 
@@ -91,8 +97,12 @@ class ConfigMapWatcher:
                 self.relists += 1
                 log.info("decision=relist configmap=%s reason=%r", name, str(e))
                 rv = None
+            except KubeWatchIdle as e:
+                # A quiet ConfigMap on an apiserver that sends no bookmarks while nothing
+                # changes looks the same as a dead watch: resume at once, without a warning.
+                self.restarts += 1
+                log.info("decision=watch-resume configmap=%s reason=%r", name, str(e))
             except KubeConnectionError as e:
-                # Includes the read timeout: nothing, not even a bookmark, for idle_timeout.
                 self.restarts += 1
                 log.warning("decision=watch-restart configmap=%s reason=%r", name, str(e))
                 self._stop.wait(min(backoff, 1.0))

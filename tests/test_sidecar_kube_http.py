@@ -20,7 +20,13 @@ import yaml
 from builder.kube import api_client_from_kubeconfig, apply_documents, load_documents
 from sidecar.events import SERIES_WINDOW, EventRecorder, post_event
 from sidecar.kube_config import ClusterConfig, TokenSource, load_config, load_incluster
-from sidecar.kube_errors import KubeApiError, KubeConfigError, KubeConnectionError, KubeGone
+from sidecar.kube_errors import (
+    KubeApiError,
+    KubeConfigError,
+    KubeConnectionError,
+    KubeGone,
+    KubeWatchIdle,
+)
 from sidecar.kube_http import KubeClient, rbac_request
 from sidecar.state import ApplyEvent, EventKind
 from testbed.kube import SIDECAR_USER, ControlPlane
@@ -286,7 +292,7 @@ def test_watch_streams_changes_bookmarks_and_ends_in_gone_or_timeout(cp: Control
                                        "timeoutSeconds": "1"}, idle_timeout=10))
     assert all(e.type == "BOOKMARK" for e in done)
     # Nothing at all for idle_timeout: the read timeout is the dead-watch detector.
-    with pytest.raises(KubeConnectionError, match="timed out"):
+    with pytest.raises(KubeWatchIdle, match="nothing for 1 s"):
         list(api.watch(CONFIGMAPS, {**query, "resourceVersion": event.resource_version},
                        idle_timeout=1))
     # A version older than the watch cache: 410, as an HTTP status or an ERROR event.
