@@ -54,7 +54,7 @@ from builder.resources import (
 from builder.rollout import configmap as rollout
 from builder.rollout.podwatch import PodCache
 from builder.rollout.sidecars import SidecarClient
-from builder.rollout.tracker import RolloutTracker
+from builder.rollout.tracker import RolloutTracker, report_reverted
 from builder.secret_cache import SecretCache
 from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.settings import Settings
@@ -449,7 +449,8 @@ class Controller:
                 + f"; the other pods keep {current}", stamp, spec.generation)
         elif spec.configmap and spec.rollout == "Automatic":
             try:
-                rollout.write_release(self.kube, spec, outcome, name)
+                report_reverted(self._event, obj, spec,
+                                rollout.write_release(self.kube, spec, outcome, name))
             except BuilderError as e:
                 conditions = self._rollout_failed(obj, conditions, spec, e, stamp)
             else:
@@ -578,7 +579,7 @@ class Controller:
         release = rollout.current_release(spec, name, image, status.get("currentCommit", ""),
                                           status.get("currentBuild", ""))
         try:
-            rollout.write(self.kube, spec, release)
+            report_reverted(self._event, obj, spec, rollout.write(self.kube, spec, release))
         except BuilderError as e:
             log.warning("syncing %s into %s: %s", spec.key, spec.configmap, e)
 

@@ -5,6 +5,11 @@ sidecars. The write uses optimistic concurrency (the resourceVersion read) and r
 so concurrent writers of other keys (other plugins, operators) are never overwritten. A
 BrokerPlugin writes only the keys of a plugin name it owns in that ConfigMap
 (``builder.rollout.ownership``): a repository cannot pick another plugin's key.
+
+The BrokerPlugin is the source of truth for its keys: a direct edit of one is overwritten at
+the builder's next write of it. Each write returns the keys it so reverted (told apart from the
+builder's own earlier values by the fingerprints in ``plugforge.dev/written``), for the caller
+to report once, as a Warning Event and a log line.
 """
 
 from __future__ import annotations
@@ -45,13 +50,15 @@ def current_release(spec: PluginSpec, plugin_name: str, image: str, commit: str,
         source=Provenance(commit=commit, build=build, repository=spec.source.url))
 
 
-def write_release(kube: Kube, spec: PluginSpec, outcome: Outcome, build: str) -> str:
-    """Write ``plugin.<name>.yaml`` into ``spec.configmap``; return the key written."""
+def write_release(kube: Kube, spec: PluginSpec, outcome: Outcome, build: str) -> list[str]:
+    """Write ``plugin.<name>.yaml`` into ``spec.configmap``; the directly edited keys it
+    reverted."""
     return write(kube, spec, release_for(spec, outcome, build))
 
 
-def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> str:
-    """Write ``release`` as its key of ``spec.configmap`` (no-op if already equal)."""
+def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> list[str]:
+    """Write ``release`` as its key of ``spec.configmap`` (no-op if already equal); the
+    directly edited keys it reverted."""
     key = plugin_key(release.name)
     text = render_plugin_release(release)
 
@@ -59,14 +66,21 @@ def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> str:
         data[key] = text
         return data
 
-    update_data(kube, spec, release.name, change)
-    return key
+    return update_data(kube, spec, release.name, change)
+
+
+def reverted_note(spec: PluginSpec, keys: Sequence[str]) -> str:
+    """What a Warning Event says of reverted keys (names only: values may hold secrets)."""
+    return (f"{', '.join(keys)} in ConfigMap {spec.namespace}/{spec.configmap} had been edited "
+            f"directly; written back from BrokerPlugin {spec.name}, which owns "
+            f"{'it' if len(keys) == 1 else 'them'}: change the BrokerPlugin's spec instead")
 
 
 def update_data(kube: Kube, spec: PluginSpec, name: str,
-                change: Callable[[dict[str, str]], dict[str, str]]) -> None:
+                change: Callable[[dict[str, str]], dict[str, str]]) -> list[str]:
     """Apply ``change`` (to plugin ``name``'s keys) to the target ConfigMap's data in one
-    optimistic write, once ``spec``'s BrokerPlugin owns plugin ``name`` there."""
+    optimistic write, once ``spec``'s BrokerPlugin owns plugin ``name`` there; the keys of
+    plugin ``name`` someone else had edited that this write overwrote."""
     if spec.configmap is None:
         raise ValueError(f"{spec.key} has no target.configMap to roll out to")
     for _ in range(MAX_CONFLICTS):
@@ -80,19 +94,23 @@ def update_data(kube: Kube, spec: PluginSpec, name: str,
             legacy=lambda: _owner_by_status(kube, spec, name),
             where=f"ConfigMap {spec.namespace}/{spec.configmap}")
         new = change(dict(data))
+        keys = [k for k in {*data, *new} if _of_plugin(k, name)]
+        recorded = ownership.written(annotations)
+        wrote = ownership.record(recorded, new, keys)
         try:
             if cm is None:
                 _refuse_recreating(kube, spec)
                 kube.create_configmap(spec.namespace, spec.configmap, new,
-                                      ownership.annotate({}, claimed))
-                return
-            if new == data and claimed == owners:
-                return
+                                      ownership.annotate_written(
+                                          ownership.annotate({}, claimed), wrote))
+                return []
+            if new == data and claimed == owners and wrote == recorded:
+                return []
             cm["data"] = new
-            cm.setdefault("metadata", {})["annotations"] = ownership.annotate(annotations,
-                                                                               claimed)
+            cm.setdefault("metadata", {})["annotations"] = ownership.annotate_written(
+                ownership.annotate(annotations, claimed), wrote)
             kube.replace_configmap(cm)
-            return
+            return ownership.reverted(data, new, recorded, keys)
         except Conflict:
             continue
     raise KubeError(f"ConfigMap {spec.namespace}/{spec.configmap} kept changing under us "
@@ -127,6 +145,12 @@ def _owner_by_status(kube: Kube, spec: PluginSpec, name: str) -> str | None:
 # --- canary (spec.target.strategy.canary with spec.target.sidecars) ---------------------------
 
 
+def _of_plugin(key: str, name: str) -> bool:
+    """``key`` holds plugin ``name``'s release: its plugin key or one of its canary keys."""
+    return key == plugin_key(name) or (key.startswith(CANARY_KEY_PREFIX)
+                                       and key.endswith("." + plugin_key(name)))
+
+
 def _without_canaries(data: dict[str, str], name: str) -> dict[str, str]:
     suffix = "." + plugin_key(name)
     return {k: v for k, v in data.items()
@@ -134,7 +158,7 @@ def _without_canaries(data: dict[str, str], name: str) -> dict[str, str]:
 
 
 def start_canary(kube: Kube, spec: PluginSpec, pods: Sequence[str],
-                 release: PluginRelease) -> None:
+                 release: PluginRelease) -> list[str]:
     """``release`` for ``pods`` only (their canary keys); the plugin key stays as it is."""
     text = render_plugin_release(release)
 
@@ -143,10 +167,10 @@ def start_canary(kube: Kube, spec: PluginSpec, pods: Sequence[str],
         data.update({canary_key(pod, release.name): text for pod in pods})
         return data
 
-    update_data(kube, spec, release.name, change)
+    return update_data(kube, spec, release.name, change)
 
 
-def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> None:
+def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> list[str]:
     """Fan out: ``release`` as the plugin key and no canary keys, in one write (the canary
     pods see the same release, so they do not move)."""
     text = render_plugin_release(release)
@@ -156,12 +180,12 @@ def promote(kube: Kube, spec: PluginSpec, release: PluginRelease) -> None:
         data[plugin_key(release.name)] = text
         return data
 
-    update_data(kube, spec, release.name, change)
+    return update_data(kube, spec, release.name, change)
 
 
-def abort_canary(kube: Kube, spec: PluginSpec, name: str) -> None:
+def abort_canary(kube: Kube, spec: PluginSpec, name: str) -> list[str]:
     """Remove plugin ``name``'s canary keys: the canary pods return to the plugin key."""
-    update_data(kube, spec, name, lambda data: _without_canaries(data, name))
+    return update_data(kube, spec, name, lambda data: _without_canaries(data, name))
 
 
 def expected_hashes(kube: Kube, spec: PluginSpec, pods: Sequence[str]) -> dict[str, str]:

@@ -11,8 +11,9 @@ owners were recorded belongs to the BrokerPlugin whose status says it rolled it 
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from builder.errors import KeyConflict
 
@@ -47,3 +48,52 @@ def claim(recorded: Mapping[str, str], key: str, plugin: str, present: bool, *,
 def annotate(annotations: Mapping[str, str], recorded: Mapping[str, str]) -> dict[str, str]:
     return {**annotations,
             OWNERS_ANNOTATION: json.dumps(dict(recorded), sort_keys=True, separators=(",", ":"))}
+
+
+# --- what the builder wrote: a direct edit of an owned key is reverted, and said so ---------
+
+WRITTEN_ANNOTATION = "plugforge.dev/written"
+"""key -> fingerprint of the value the builder last wrote there (no values: they may be
+settings a reader of annotations should not see)."""
+
+
+def fingerprint(value: str) -> str:
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def written(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The recorded fingerprints; anything unreadable counts as none (nothing is reported)."""
+    try:
+        value = json.loads(annotations.get(WRITTEN_ANNOTATION) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+
+
+def reverted(before: Mapping[str, str], after: Mapping[str, str],
+             recorded: Mapping[str, str], keys: Iterable[str]) -> list[str]:
+    """Of ``keys`` (one plugin's), those someone else changed or removed since the builder
+    wrote them, which this write (``before`` -> ``after``) overwrites. A key with no record
+    (written before records were kept) is never reported."""
+    return sorted(k for k in keys if k in recorded and after.get(k) != before.get(k)
+                  and (k not in before or fingerprint(before[k]) != recorded[k]))
+
+
+def record(recorded: Mapping[str, str], after: Mapping[str, str],
+           keys: Iterable[str]) -> dict[str, str]:
+    """The records once ``after`` is written: ``keys`` (one plugin's) as written now."""
+    new = dict(recorded)
+    for k in keys:
+        if k in after:
+            new[k] = fingerprint(after[k])
+        else:
+            new.pop(k, None)
+    return new
+
+
+def annotate_written(annotations: Mapping[str, str],
+                     recorded: Mapping[str, str]) -> dict[str, str]:
+    return {**annotations,
+            WRITTEN_ANNOTATION: json.dumps(dict(recorded), sort_keys=True, separators=(",", ":"))}

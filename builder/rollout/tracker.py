@@ -28,6 +28,18 @@ POLL_SECONDS = 0.25
 """How often a rollout in progress asks its wave's sidecars (pod events also wake it)."""
 
 
+def report_reverted(event: Callable[[Obj, str, str, str], None], obj: Obj | None,
+                    spec: PluginSpec, keys: Sequence[str]) -> None:
+    """Say (a log line and a Warning Event, once: the next write finds its own value) that a
+    write put back keys someone had edited directly in the ConfigMap."""
+    if not keys:
+        return
+    note = rollout.reverted_note(spec, keys)
+    log.warning("%s: %s", spec.key, note)
+    if obj is not None:
+        event(obj, "Warning", "ConfigMapEditReverted", note)
+
+
 def ask(sidecars: SidecarClient, spec: PluginSpec, pods: Sequence[PodInfo],
         plugin: str) -> dict[str, PodReport]:
     """The Ready pods' sidecars' reports, and stand-ins saying why the others were not asked."""
@@ -55,7 +67,11 @@ class RolloutTracker:
         pods = self.pods.pods_for(spec)
         if not pods:
             return None
-        rollout.start_canary(self.kube, spec, (), release)  # claims the key, drops leftovers
+        # Claims the key, drops leftovers.
+        reverted = rollout.start_canary(self.kube, spec, (), release)
+        if reverted:
+            report_reverted(self._event, self.kube.get_plugin(spec.namespace, spec.name), spec,
+                            reverted)
         stamp = rfc3339(self.now())
         return {"phase": "Canary" if spec.canary.enabled else "Rolling",
                 "image": release.image, "digest": digest, "commit": release.source.commit,
@@ -103,7 +119,8 @@ class RolloutTracker:
                     self._event(obj, "Warning", "RolloutHeld", plan.reason[:1000])
                     log.warning("%s: %s", spec.key, plan.reason)
             elif plan.action is Action.NEXT_WAVE:
-                rollout.start_canary(self.kube, spec, plan.updated, self._release(spec, current))
+                report_reverted(self._event, obj, spec, rollout.start_canary(
+                    self.kube, spec, plan.updated, self._release(spec, current)))
                 wave = int(current.get("wave") or 0) + 1
                 patch["rollout"] = {
                     **current, "wave": wave, "wavePods": list(plan.wave_pods),
@@ -117,7 +134,7 @@ class RolloutTracker:
                 again = 0.0
             elif plan.action is Action.PROMOTE:
                 release = self._release(spec, current)
-                rollout.promote(self.kube, spec, release)
+                report_reverted(self._event, obj, spec, rollout.promote(self.kube, spec, release))
                 patch.update(currentImage=release.image, currentCommit=release.source.commit,
                              currentBuild=release.source.build, currentPluginName=name,
                              currentTarget=spec.configmap,
@@ -129,7 +146,8 @@ class RolloutTracker:
                 self._event(obj, "Normal", "RolloutComplete", f"{release.image}: {plan.reason}")
                 log.info("%s: %s; promoted", spec.key, plan.reason)
             elif plan.action is Action.ROLLBACK:
-                rollout.abort_canary(self.kube, spec, name)
+                report_reverted(self._event, obj, spec,
+                                rollout.abort_canary(self.kube, spec, name))
                 stable = status.get("currentImage") or "no release"
                 message = (f"{current.get('image')} (build {current.get('build')}, commit "
                            f"{str(current.get('commit'))[:12]}) rolled back: {plan.reason}; "
