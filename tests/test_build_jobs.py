@@ -36,6 +36,7 @@ from node_support import RealNode
 
 from builder.app import kubernetes_executor
 from builder.build import repo_recipe
+from builder.build import toolchains as toolchains_mod
 from builder.build.executors import BuildJob, BuildStep
 from builder.build.executors.kubernetes import (
     LABEL_MANAGED,
@@ -47,7 +48,12 @@ from builder.build.executors.kubernetes import (
 )
 from builder.build.executors.process import ProcessExecutor
 from builder.build.executors.select import ExecutorRefused
-from builder.build.executors.transfer import TransferServer, extract_result
+from builder.build.executors.transfer import (
+    CacheMerge,
+    TransferServer,
+    extract_result,
+    merge_cache,
+)
 from builder.build.recipe import BuildResult, load_recipe, run_recipe, template_dir
 from builder.build.recipe_errors import (
     ArtifactError,
@@ -77,6 +83,7 @@ class Builds:
     settings: JobSettings
     toolchain: str  # the mosquitto-c toolchain, image@digest in the node's registry
     executor: KubernetesExecutor
+    cache_root: Path  # the builder's $PLUGFORGE_CACHE: the tenants' build caches
 
     def jobs(self) -> list[dict[str, Any]]:
         out: dict[str, Any] = self.real.api.ok(
@@ -91,7 +98,7 @@ class Builds:
 
 
 @pytest.fixture(scope="module")
-def builds(real_node: RealNode) -> Iterator[Builds]:
+def builds(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Builds]:
     cp = real_node.cp
     admin = Kube.from_kubeconfig(cp.kubeconfig("admin"))
     try:
@@ -109,15 +116,17 @@ def builds(real_node: RealNode) -> Iterator[Builds]:
     settings = JobSettings(transfer_image=real_node.busybox, identity="test-builder-1",
                            namespace=NS, cpu="1", memory="512Mi", ephemeral_storage="1Gi",
                            workspace_size="256Mi", cpu_request="50m", memory_request="64Mi")
-    executor = KubernetesExecutor(kube, transfers, settings)
-    yield Builds(real_node, kube, transfers, settings, toolchain, executor)
+    cache_root = tmp_path_factory.mktemp("builder-cache")
+    executor = KubernetesExecutor(kube, transfers, settings, cache_root)
+    yield Builds(real_node, kube, transfers, settings, toolchain, executor, cache_root)
     transfers.close()
     kube.close()
 
 
-def job_of(steps: list[list[str]], name: str, image: str, timeout: float = 60) -> BuildJob:
-    return BuildJob(name=name, tenant="tenant-a", toolchain_image=image,
-                    steps=tuple(BuildStep(tuple(s)) for s in steps), caches=(),
+def job_of(steps: list[list[str]], name: str, image: str, timeout: float = 60,
+           tenant: str = "tenant-a", caches: tuple[str, ...] = ()) -> BuildJob:
+    return BuildJob(name=name, tenant=tenant, toolchain_image=image,
+                    steps=tuple(BuildStep(tuple(s)) for s in steps), caches=caches,
                     timeout=timeout)
 
 
@@ -247,6 +256,59 @@ def test_rights_builder_manages_jobs_in_the_build_namespace_only_and_builds_have
                                   ("list", "brokerplugins", "plugforge.dev")):
         for namespace in (NS, "default", "plugforge-system"):
             assert not allowed(build, namespace, verb, resource, group), (verb, resource)
+
+
+# --- per-tenant caches through the transfers --------------------------------------------------
+
+def test_a_tenants_cache_persists_across_its_jobs_and_only_grows(
+        builds: Builds, tmp_path: Path) -> None:
+    """rebar3's cache as a recipe names it: filled by one build, found by the next (no
+    network needed), invisible to another tenant, and never changed by a later build."""
+    cache = "$REBAR_CACHE_DIR"
+    pkg = f"{cache}/hex/packages/dep-1.0.tar"
+
+    def build(n: int, script: str, tenant: str = "tenant-a") -> str:
+        work = tmp_path / str(n)
+        work.mkdir()
+        builds.executor.run(job_of([["sh", "-c", script]], f"cache-{n}", builds.toolchain,
+                                   tenant=tenant, caches=("rebar3",)),
+                            workspace(work), work / "build.log")
+        return (work / "build.log").read_text()
+
+    def on_builder(tenant: str) -> Path:
+        return toolchains_mod.cache_dir(builds.cache_root, tenant, builds.toolchain, "rebar3")
+
+    mine = on_builder("tenant-a")
+    # 1. An empty cache; the build downloads (here: writes) a package into it.
+    log = build(1, f'test -z "$(ls -A {cache})" && mkdir -p {cache}/hex/packages && '
+                   f"echo v1 > {pkg} && echo FILLED")
+    assert "FILLED" in log and "==> caches: 1 files added, 0 already cached" in log, log
+    assert (mine / "hex/packages/dep-1.0.tar").read_text() == "v1\n"
+    # 2. The next build of the tenant finds it: nothing to fetch, nothing new to return.
+    log = build(2, f"cat {pkg}")
+    assert "\nv1\n" in log and "==> caches: 0 files added" in log, log
+    # 3. Another tenant's build starts empty, and what it adds stays its own.
+    log = build(3, f'echo "entries: $(ls -A {cache} | wc -l)"; mkdir -p {cache}/x && '
+                   f"echo b > {cache}/x/b", tenant="tenant-b")
+    assert "entries: 0" in log, log
+    assert (on_builder("tenant-b") / "x/b").read_text() == "b\n"
+    assert not (mine / "x").exists()
+    # 4. A build that overwrites a cached file (a trojaned package) cannot change it; what it
+    #    adds beside it is added.
+    log = build(4, f"echo trojan > {pkg}; echo v2 > {cache}/hex/packages/dep-2.0.tar")
+    assert "==> caches: 1 files added, 1 already cached (kept as they were)" in log, log
+    assert (mine / "hex/packages/dep-1.0.tar").read_text() == "v1\n"
+    assert (mine / "hex/packages/dep-2.0.tar").read_text() == "v2\n"
+    # 5. A symlink (to anything) is refused, with everything else of that build's additions.
+    log = build(5, f"ln -s /etc/passwd {cache}/hex/passwd; echo x > {cache}/hex/extra")
+    assert "!! cache additions refused, caches unchanged:" in log, log
+    assert not (mine / "hex/passwd").exists() and not (mine / "hex/extra").exists()
+    # 6. A failed build adds nothing.
+    with pytest.raises(BuildFailed):
+        build(6, f"echo x > {cache}/from-a-failed-build; exit 1")
+    assert not (mine / "from-a-failed-build").exists()
+    assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == [
+        "hex", "hex/packages", "hex/packages/dep-1.0.tar", "hex/packages/dep-2.0.tar"]
 
 
 # --- failures: a step's exit code, the deadline, a missing tool, an image that is not there ---
@@ -441,6 +503,40 @@ def test_the_result_is_extracted_without_escapes(tmp_path: Path) -> None:
         with pytest.raises(ArtifactError):
             extract_result(_tar(tmp_path / f"{dest.name}.tar", members), dest, 1000)
     assert not Path("/tmp/evil").exists()
+
+
+def test_cache_additions_are_merged_without_overwrites_links_or_escapes(tmp_path: Path) -> None:
+    caches = {"maven": tmp_path / "t" / "sha256-x" / "maven"}
+    (caches["maven"] / "org").mkdir(parents=True)
+    (caches["maven"] / "org" / "plugin.jar").write_bytes(b"good")
+    added = _tar(tmp_path / "added.tar", [
+        (_member("./"), b""), (_member("./maven", tarfile.DIRTYPE), b""),
+        (_member("./maven/org", tarfile.DIRTYPE), b""),
+        (_member("./maven/org/plugin.jar"), b"trojan"),
+        (_member("./maven/org/new", tarfile.DIRTYPE), b""),
+        (_member("./maven/org/new/dep.jar"), b"dep")])
+    assert merge_cache(added, caches, 1 << 20) == CacheMerge(added=1, kept=1)
+    assert (caches["maven"] / "org" / "plugin.jar").read_bytes() == b"good"
+    assert (caches["maven"] / "org" / "new" / "dep.jar").read_bytes() == b"dep"
+
+    bad = {
+        "symlink": [(_member("maven", tarfile.DIRTYPE), b""),
+                    (_member("maven/evil", tarfile.SYMTYPE, "/etc/passwd"), b""),
+                    (_member("maven/fine"), b"x")],
+        "escape": [(_member("maven/../../evil"), b"x")],
+        "device": [(_member("maven", tarfile.DIRTYPE), b""),
+                   (_member("maven/null", tarfile.CHRTYPE), b"")],
+        "other cache": [(_member("rebar3", tarfile.DIRTYPE), b""),
+                        (_member("rebar3/x"), b"x")],
+        "too big": [(_member("maven", tarfile.DIRTYPE), b""), (_member("maven/a"), b"x" * 2000)],
+    }
+    for case, members in bad.items():
+        with pytest.raises(ArtifactError):
+            merge_cache(_tar(tmp_path / f"{case}.tar", members), caches, 1000)
+    assert sorted(str(p.relative_to(caches["maven"])) for p in caches["maven"].rglob("*")) == [
+        "org", "org/new", "org/new/dep.jar", "org/plugin.jar"]
+    assert not (tmp_path / "evil").exists()
+    assert [p.name for p in caches["maven"].parent.iterdir()] == ["maven"]  # no staging left
 
 
 def test_the_apiserver_answers_a_build_pod_as_anonymous(builds: Builds, tmp_path: Path) -> None:

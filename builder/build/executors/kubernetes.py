@@ -8,6 +8,17 @@ no rights; non-root, read-only root filesystem, all capabilities dropped, seccom
 RuntimeDefault, CPU/memory/ephemeral-storage limits, an emptyDir workspace with a size limit,
 ``activeDeadlineSeconds`` = the build's timeout, no retries, deleted a while after it ends.
 
+Dependency caches (the recipe's ``caches``) persist per tenant and toolchain digest on the
+builder, at ``toolchains.cache_dir`` under the builder's cache root (``$PLUGFORGE_CACHE``),
+exactly where the ``container`` executor keeps them; no volume is shared with the pod. The
+tenant's caches go in with the source, in the same tarball (under ``cache/<name>/``, at most
+``max_cache_bytes``); the fetch container then stamps the time; the return container sends
+back, on a third one-time URL and before the result, only the cache files newer than that
+stamp, and the builder adds those to that tenant's caches once the build has succeeded
+(``transfer.merge_cache``: additions only, never overwriting a file, no links or devices).
+So a build can add files to its own tenant's cache and nothing else: it cannot change a
+cached file, reach another tenant's cache, or keep anything from a failed build.
+
 Each container's log is followed into the build log as it runs. How the pod ended becomes the
 executor's errors: a step's exit code ``BuildFailed``, the deadline ``BuildTimeout``, a program
 the image lacks ``ToolMissing``; pull errors, no node, eviction, a broken transfer
@@ -37,14 +48,18 @@ from typing import Any, TextIO
 
 from builder.build import sandbox, toolchains
 from builder.build.executors import BuildJob
+from builder.build.executors.select import default_cache_root
 from builder.build.executors.transfer import (
     Receipt,
     TransferServer,
     clear,
     extract_result,
+    merge_cache,
     pack_workspace,
+    tree_size,
 )
 from builder.build.recipe_errors import (
+    ArtifactError,
     BuildFailed,
     BuildTimeout,
     ExecutorFailed,
@@ -83,10 +98,28 @@ _BB = "/bin/busybox"
 _FILES = f"{WORKSPACE}/.transfer"
 _TRY = ('for try in 1 2 3 4 5; do {bb} timeout 60 {bb} wget -q {args} "${url}" && break; '
         '[ "$try" = 5 ] && exit 1; {bb} sleep 1; done')
+CACHES = f"{WORKSPACE}/cache"
+_STAMP = f"{_FILES}/cache-since"
+# The stamp is a second old: busybox find compares whole seconds, and a file the build adds in
+# the stamp's own second must still count as new (one that was there is merely sent again).
 FETCH_SCRIPT = (f"set -e; {_BB} mkdir -p {_FILES}; "
                 + _TRY.format(bb=_BB, args=f"-O {_FILES}/source.tar", url="PLUGFORGE_SOURCE_URL")
                 + f"; {_BB} tar -x -f {_FILES}/source.tar -C {WORKSPACE}"
-                + f"; {_BB} rm {_FILES}/source.tar")
+                + f"; {_BB} rm {_FILES}/source.tar"
+                + f"; {_BB} touch -d \"@$(( $({_BB} date +%s) - 1 ))\" {_STAMP}")
+# Cache files newer than the stamp, copied with their directories (busybox tar takes no file
+# list; cpio does), as a tarball. Best effort: what the build made unreadable, or a missing
+# stamp (the build removed it), leaves additions out; it never fails the return.
+_NEW = f"{_FILES}/new-cache"
+CACHE_RETURN_SCRIPT = (
+    f"{_BB} rm -rf {_NEW}; {_BB} mkdir -p {_NEW}; "
+    f"if [ -e {_STAMP} ]; then (cd {CACHES} && {_BB} find . -newer {_STAMP} ! -type d -print0 "
+    f"| {_BB} cpio -0 -o -H newc | (cd {_NEW} && {_BB} cpio -i -d)) 2>/dev/null "
+    "|| echo 'some cache files could not be returned'; fi; "
+    f"{_BB} tar -c -f - -C {_NEW} . | {_BB} base64 > {_FILES}/cache.b64; {_BB} rm -rf {_NEW}; "
+    + _TRY.format(bb=_BB, args=f"-O /dev/null --post-file {_FILES}/cache.b64",
+                  url="PLUGFORGE_CACHE_URL")
+    + f"; {_BB} rm {_FILES}/cache.b64; ")
 RETURN_SCRIPT = (f"set -e -o pipefail; {_BB} tar -c -f - -C {WORKSPACE}/src . "
                  f"| {_BB} base64 > {_FILES}/result.b64; "
                  + _TRY.format(bb=_BB, args=f"-O /dev/null --post-file {_FILES}/result.b64",
@@ -118,6 +151,9 @@ class JobSettings:
     ttl_after_finished: int = 600
     """Seconds a finished Job (and its logs) stays for inspection."""
     max_result_bytes: int = 512 * 1024 * 1024
+    max_cache_bytes: int = 1024 * 1024 * 1024
+    """A tenant's caches larger than this are not sent to its builds (which then start with
+    empty caches; the builder logs it): they must fit ``workspace_size`` beside the build."""
 
 
 # --- the Job (pure) ----------------------------------------------------------------------------
@@ -138,7 +174,9 @@ def label_value(text: str) -> str:
 
 
 def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: str,
-                 result_url: str) -> Obj:
+                 result_url: str, cache_url: str = "") -> Obj:
+    """The build's Job. ``cache_url``: where the return container sends the cache files the
+    build added (the recipe has caches), before the result."""
     labels = {LABEL_MANAGED: MANAGED_BY, LABEL_BUILD: label_value(job.name),
               LABEL_TENANT: label_value(job.tenant), LABEL_BUILDER: label_value(settings.identity),
               LABEL_JOB: name}
@@ -196,20 +234,30 @@ def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: st
                     *steps],
                 "containers": [
                     container("return", settings.transfer_image,
-                              ["/bin/busybox", "sh", "-c", RETURN_SCRIPT],
-                              {"PLUGFORGE_RESULT_URL": result_url})],
+                              ["/bin/busybox", "sh", "-c", return_script(bool(cache_url))],
+                              {"PLUGFORGE_RESULT_URL": result_url,
+                               **({"PLUGFORGE_CACHE_URL": cache_url} if cache_url else {})})],
             }},
         },
     }
 
 
+def return_script(caches: bool) -> str:
+    """The return container's script: the cache additions first (if any), then the result,
+    whose arrival ends the build."""
+    if not caches:
+        return RETURN_SCRIPT
+    return RETURN_SCRIPT.replace("set -e -o pipefail; ", "set -e -o pipefail; "
+                                 + CACHE_RETURN_SCRIPT, 1)
+
+
 def cache_env(caches: tuple[str, ...]) -> dict[str, str]:
-    """Dependency caches in the pod's workspace: per build (not kept between builds yet)."""
+    """Dependency caches in the pod's workspace, filled from the tenant's on the builder."""
     env: dict[str, str] = {}
     if "maven" in caches:
-        env["MAVEN_OPTS"] = f"-Dmaven.repo.local={WORKSPACE}/cache/maven"
+        env["MAVEN_OPTS"] = f"-Dmaven.repo.local={CACHES}/maven"
     if "rebar3" in caches:
-        env["REBAR_CACHE_DIR"] = f"{WORKSPACE}/cache/rebar3"
+        env["REBAR_CACHE_DIR"] = f"{CACHES}/rebar3"
     return env
 
 
@@ -411,10 +459,13 @@ class _Follower:
 class KubernetesExecutor:
     name = "kubernetes"
 
-    def __init__(self, kube: Kube, transfers: TransferServer, settings: JobSettings) -> None:
+    def __init__(self, kube: Kube, transfers: TransferServer, settings: JobSettings,
+                 cache_root: Path | None = None) -> None:
+        """``cache_root``: where the tenants' caches live (default: ``$PLUGFORGE_CACHE``)."""
         self.kube = kube
         self.transfers = transfers
         self.settings = settings
+        self.cache_root = cache_root or default_cache_root()
         self._running: set[str] = set()
         self._lock = threading.Lock()
         self.timings: list[tuple[str, float, float]] = []
@@ -451,18 +502,22 @@ class KubernetesExecutor:
         staging = workspace.parent / "transfer"
         staging.mkdir(exist_ok=True)
         source_tar, result_tar = staging / "source.tar", staging / "result.tar"
-        pack_workspace(workspace, source_tar)
+        out = _Log(log_path, echo)
+        caches = {c: toolchains.cache_dir(self.cache_root, job.tenant, job.toolchain_image, c)
+                  for c in job.caches}
+        pack_workspace(workspace, source_tar, self._caches_to_send(caches, out))
         ttl = job.timeout + 300  # the deadline plus time to pull images and schedule
         source_url = self.transfers.offer(source_tar, ttl)
         result_url, receipt = self.transfers.expect(result_tar, ttl)
-        out = _Log(log_path, echo)
+        cache_url, cache_receipt = (self.transfers.expect(staging / "cache.tar", ttl)
+                                    if caches else ("", None))
         finished = False
         try:
             try:
                 with self._lock:
                     self._running.add(name)
                 self.kube.create_job(ns, job_manifest(job, self.settings, name, source_url,
-                                                      result_url))
+                                                      result_url, cache_url))
             except BuilderError as e:
                 raise ExecutorFailed(f"cannot create the build Job in {ns}: {e}") from e
             out.write(f"==> build Job {ns}/{name} ({job.toolchain_image})\n".encode())
@@ -471,9 +526,13 @@ class KubernetesExecutor:
             finished = verdict.kind in ("succeeded", "step-failed", "tool-missing")
             self._conclude(job, verdict, out, log_path, receipt, workspace, result_tar,
                            name, started_at)
+            if cache_receipt is not None:
+                self._merge_caches(cache_receipt, caches, out)
         finally:
             self.transfers.revoke(source_url)
             self.transfers.revoke(result_url)
+            if cache_url:
+                self.transfers.revoke(cache_url)
             out.close()
             if not finished:
                 # Timed out, stuck or interrupted: nothing of it keeps running.
@@ -481,6 +540,38 @@ class KubernetesExecutor:
             with self._lock:
                 self._running.discard(name)
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _caches_to_send(self, caches: Mapping[str, Path], out: _Log) -> dict[str, Path | None]:
+        """Each cache's directory, or None (sent empty) when it is missing or over the cap."""
+        sent: dict[str, Path | None] = {}
+        for cache, directory in caches.items():
+            size = tree_size(directory)
+            if size > self.settings.max_cache_bytes:
+                note = (f"the {cache} cache ({directory}) holds {size} bytes, over the "
+                        f"{self.settings.max_cache_bytes} a build is sent: this build starts "
+                        "with it empty (prune it, or raise max_cache_bytes and workspace_size)")
+                log.warning("%s", note)
+                out.write(f"!! {note}\n".encode())
+            sent[cache] = directory if directory.is_dir() and \
+                size <= self.settings.max_cache_bytes else None
+        return sent
+
+    def _merge_caches(self, receipt: Receipt, caches: Mapping[str, Path], out: _Log) -> None:
+        """Add what the succeeded build put in its caches; a refusal is logged, not fatal
+        (the build's result stands, the caches stay as they were)."""
+        if not receipt.done.is_set() or receipt.error:
+            out.write(f"!! the build's cache additions did not arrive "
+                      f"({receipt.error or 'no upload'}): caches unchanged\n".encode())
+            return
+        try:
+            merged = merge_cache(receipt.dest, caches, self.settings.max_result_bytes)
+        except (ArtifactError, OSError) as e:
+            log.warning("cache additions of a build of tenant %s refused: %s",
+                        next(iter(caches.values())).parent.parent.name, e)
+            out.write(f"!! cache additions refused, caches unchanged: {e}\n".encode())
+            return
+        out.write(f"==> caches: {merged.added} files added, {merged.kept} already cached "
+                  "(kept as they were)\n".encode())
 
     def _delete(self, name: str) -> None:
         try:

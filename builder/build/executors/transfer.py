@@ -9,6 +9,10 @@ Tokens are never logged: the server logs method and outcome only. Uploads past `
 are refused before they are read. The result is extracted by ``extract_result``, which refuses
 path escapes, links through links, devices and oversized trees (symlinks themselves are kept:
 ``artifacts.collect`` judges where they point).
+
+Dependency caches ride along: ``pack_workspace`` puts the tenant's caches under ``cache/<name>/``
+of the source tarball, and ``merge_cache`` adds what a build returned to them (see there for what
+a build can and cannot do to its tenant's cache).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import shutil
 import tarfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path, PurePosixPath
@@ -211,21 +216,118 @@ def _key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def pack_workspace(workspace: Path, dest: Path) -> None:
+def pack_workspace(workspace: Path, dest: Path,
+                   caches: Mapping[str, Path | None] | None = None) -> None:
     """``workspace`` as ``src/`` of an uncompressed tarball (links stay links), plus the empty
-    ``home/`` and ``tmp/`` the steps use; owners are not recorded."""
+    ``home/`` and ``tmp/`` the steps use and ``cache/<name>/`` per cache: the directory's
+    contents, or empty for None; owners are not recorded, modification times are (the pod
+    tells what a build added by them)."""
 
     def anonymous(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         return info
 
+    def empty_dir(name: str) -> None:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+        tar.addfile(info)
+
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
         tar.add(workspace, arcname="src", filter=anonymous)
         for name in ("home", "tmp"):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
+            empty_dir(name)
+        if caches:
+            empty_dir("cache")
+        for name, directory in sorted((caches or {}).items()):
+            if directory is None:
+                empty_dir(f"cache/{name}")
+            else:
+                tar.add(directory, arcname=f"cache/{name}", filter=anonymous)
+
+
+def tree_size(directory: Path) -> int:
+    """Bytes of the regular files under ``directory`` (0 if it does not exist)."""
+    total = 0
+    for parent, _dirs, files in os.walk(directory):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(parent, name)).st_size
+    return total
+
+
+@dataclass(frozen=True)
+class CacheMerge:
+    added: int
+    """Files added to the tenant's caches."""
+    kept: int
+    """Files the build returned that the caches already had: left as they were."""
+
+
+def merge_cache(tar_path: Path, caches: Mapping[str, Path], max_bytes: int) -> CacheMerge:
+    """Add the files of a build's cache tarball (``<name>/<path>`` per cache) to ``caches``.
+
+    What a build can do to its tenant's cache, through this function only and only after it
+    succeeded: add files that are not there yet. What it cannot: change or remove a file that
+    is there (an existing name is never overwritten: the link that adds a file fails if the
+    name exists, so concurrent builds cannot race one in either); write outside the cache
+    (the tarball is unpacked by ``extract_result``, with its checks, into a staging directory
+    first); add a symlink, device, fifo or hard link to anything outside (refused, and then
+    nothing of the tarball is added); add to a cache the recipe does not name; reach another
+    tenant's or another toolchain's cache (``caches`` holds this build's only). It can fill
+    its own cache with junk up to ``max_bytes`` per build, and a later build of the same
+    tenant uses it: caches are per tenant because a tenant can only poison its own.
+    """
+    if not caches:
+        return CacheMerge(0, 0)
+    roots = dict(caches)
+    # Beside the caches (one tenant, one toolchain): same filesystem, so adding is a link.
+    staging = next(iter(roots.values())).parent / f".incoming-{secrets.token_hex(8)}"
+    staging.mkdir(parents=True)
+    try:
+        extract_result(tar_path, staging, max_bytes)
+        for parent, dirs, files in os.walk(staging):
+            for name in [*dirs, *files]:
+                path = Path(parent, name)
+                if path.is_symlink() or not (path.is_dir() or path.is_file()):
+                    raise ArtifactError(f"the build's cache holds "
+                                        f"{path.relative_to(staging)!s}, not a plain file or "
+                                        "directory: caches take files only")
+        for entry in staging.iterdir():
+            if entry.name not in roots or not entry.is_dir():
+                raise ArtifactError(f"the build returned {entry.name!r} as a cache; its recipe "
+                                    f"names {', '.join(sorted(roots))}")
+        added = kept = 0
+        for name, directory in sorted(roots.items()):
+            incoming = staging / name
+            if not incoming.is_dir():
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+            for parent, _dirs, files in os.walk(incoming):
+                rel = Path(parent).relative_to(incoming)
+                target_dir = _cache_subdir(directory, rel)
+                for file in files:
+                    try:
+                        os.link(Path(parent, file), target_dir / file)
+                        added += 1
+                    except FileExistsError:
+                        kept += 1
+        return CacheMerge(added, kept)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _cache_subdir(root: Path, rel: Path) -> Path:
+    """``root/rel``, made if missing; refused if any part of it is not a real directory."""
+    current = root
+    for part in rel.parts:
+        current = current / part
+        with contextlib.suppress(FileExistsError):
+            current.mkdir()
+        if current.is_symlink() or not current.is_dir():
+            raise ArtifactError(f"the cache has {current} as something other than a "
+                                "directory; not adding below it")
+    return current
 
 
 def extract_result(tar_path: Path, dest: Path, max_bytes: int) -> list[str]:
