@@ -297,15 +297,21 @@ CONTAINERFILES = {"sidecar": ROOT / "containers" / "sidecar.Containerfile",
                   "builder": ROOT / "containers" / "builder.Containerfile",
                   "mosquitto": ROOT / "testbed" / "containers" / "mosquitto.Containerfile",
                   "rabbitmq": ROOT / "testbed" / "containers" / "rabbitmq.Containerfile",
-                  "hivemq": ROOT / "testbed" / "containers" / "hivemq.Containerfile"}
+                  "hivemq": ROOT / "testbed" / "containers" / "hivemq.Containerfile",
+                  "vernemq": ROOT / "testbed" / "containers" / "vernemq.Containerfile",
+                  "emqx": ROOT / "testbed" / "containers" / "emqx.Containerfile"}
 
 
 def broker_context(name: str) -> Path | None:
     """The build context of a broker image made from a cached distribution (None: the
-    repository): HiveMQ CE's jars and launcher (testbed/hivemq.py)."""
+    repository): HiveMQ CE's jars and launcher (testbed/hivemq.py), VerneMQ's and EMQX's
+    releases (testbed/node_brokers.py)."""
     if name == "hivemq":
         from testbed.hivemq import ensure_runtime  # Maven, only when this image is built
         return ensure_runtime().lib_dir.parent
+    if name in ("vernemq", "emqx"):  # the shared build's release + the image's entrypoint
+        from testbed.node_brokers import release_context
+        return release_context(name)
     return None
 
 

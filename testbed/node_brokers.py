@@ -14,6 +14,7 @@ route). It assumes plugforge itself is deployed (the builder pod, ``plugforge ap
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -128,6 +129,30 @@ def metric(ip: str, name: str) -> float:
 def runs(ip: str, digest: str) -> bool:
     """The sidecar's metrics name ``digest`` as running."""
     return f'running_digest="{digest}"' in metrics(ip)
+
+
+def release_context(name: str) -> Path:
+    """The build context of the VerneMQ or EMQX image: ``release/`` (the release the shared
+    build makes, testbed/vernemq.py or testbed/emqx.py) and ``entrypoint.sh`` (beside the
+    Containerfile), in the cache; refreshed when either changed."""
+    if name == "vernemq":
+        from testbed.vernemq import ensure_release
+        release = ensure_release()
+    else:
+        from testbed.emqx import ensure_release as ensure_emqx
+        release = ensure_emqx()
+    context = images.cache_dir() / "images" / "contexts" / name
+    marker = context / "release.from"
+    if not marker.is_file() or marker.read_text() != str(release):
+        shutil.rmtree(context, ignore_errors=True)
+        context.mkdir(parents=True)
+        shutil.copytree(release, context / "release", symlinks=True)
+        marker.write_text(str(release))
+    script = ROOT / "testbed" / "containers" / f"{name}-entrypoint.sh"
+    if not (context / "entrypoint.sh").is_file() \
+            or (context / "entrypoint.sh").read_bytes() != script.read_bytes():
+        shutil.copy2(script, context / "entrypoint.sh")
+    return context
 
 
 def broker_image(cluster: Cluster, broker: NodeBroker) -> str:
