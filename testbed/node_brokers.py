@@ -53,8 +53,13 @@ class NodeBroker:
     kind: str = "Deployment"
     workload: str = ""  # default: the broker's name
     mqtt_version: str = "5"
-    # The plugin decides who is in (no broker password database behind it): alice gets in.
+    # The plugin decides who is in (no broker password database behind it, or one that knows
+    # alice and trent): alice gets in.
     plugin_admits: bool = True
+    # The testbed's environment for the broker container (merged by name into the example's).
+    broker_env: tuple[tuple[str, str], ...] = ()
+    # The example's other workloads, which the testbed scales to 0 (no sidecar in them).
+    idle: tuple[str, ...] = ()
 
     @property
     def containerfile(self) -> Path:
@@ -65,9 +70,22 @@ class NodeBroker:
         return f"{self.name}-plugins"
 
 
+# Erlang brokers on the node's 2 shared cores: no busy-waiting schedulers.
+_NO_BUSY_WAIT = "+sbwt none +sbwtdcpu none +sbwtdio none"
+# Who VerneMQ's own password database (vmq_passwd) admits, so the plugin is the one refusing.
+_VMQ_USERS = tuple((f"DOCKER_VERNEMQ_USER_{u}", "any-password")
+                   for u in ("alice", "trent", "mallory"))
+
 BROKERS = {
     "rabbitmq": NodeBroker("rabbitmq", "rabbitmq-erlang", "rabbitmq", mqtt_version="3.1.1"),
     "hivemq": NodeBroker("hivemq", "hivemq-java", "hivemq/hivemq-ce"),
+    "vernemq": NodeBroker("vernemq", "vernemq-erlang", "vernemq/vernemq", kind="StatefulSet",
+                          broker_env=(*_VMQ_USERS, ("ERL_FLAGS", _NO_BUSY_WAIT))),
+    # EMQX without an authenticator admits everyone the plugin does not refuse. Its sidecar
+    # sits next to one node (emqx-plugforge); the other nodes (emqx) would only join by DNS.
+    "emqx": NodeBroker("emqx", "emqx-erlang", "emqx/emqx", kind="StatefulSet",
+                       workload="emqx-plugforge", broker_env=(("ERL_ZFLAGS", _NO_BUSY_WAIT),),
+                       idle=("emqx",)),
 }
 
 
@@ -169,25 +187,46 @@ def testbed_env(cp: ControlPlane) -> list[dict[str, str]]:
             {"name": "KUBERNETES_SERVICE_PORT", "value": str(cp.port)}]
 
 
-def _sidecar_patch(broker: NodeBroker, cp: ControlPlane) -> dict[str, Any]:
-    """A strategic-merge patch of the broker's workload: the sidecar container trusts the
-    registry's CA and reaches the apiserver at its address (containers merge by name)."""
+def _workload(broker: NodeBroker) -> dict[str, Any]:
     docs = render(ROOT / "manifests" / "brokers" / broker.name, use_binary=False)
-    workload = next(d for d in docs if d["kind"] == broker.kind
-                    and d["metadata"]["name"] == (broker.workload or broker.name))
+    return next(d for d in docs if d["kind"] == broker.kind
+                and d["metadata"]["name"] == (broker.workload or broker.name))
+
+
+def _sidecar_patch(broker: NodeBroker, cp: ControlPlane, replicas: int) -> dict[str, Any]:
+    """A strategic-merge patch of the broker's workload: the sidecar container trusts the
+    registry's CA and reaches the apiserver at its address (containers merge by name), the
+    broker container gets ``broker.env``; ``replicas`` pods; each volumeClaimTemplate's volume
+    is an emptyDir instead (no storage provisioner on the node; see ``_no_claims``)."""
+    workload = _workload(broker)
     sidecar = next(c for c in workload["spec"]["template"]["spec"]["containers"]
                    if c["name"] == SIDECAR)
+    claims = [c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])]
+    containers: list[dict[str, Any]] = [{
+        "name": SIDECAR,
+        "args": [*sidecar["args"], f"--registry-ca={CA_MOUNT}/ca.crt"],
+        "env": testbed_env(cp),
+        "volumeMounts": [{"name": "testbed-ca", "mountPath": CA_MOUNT, "readOnly": True}]}]
+    if broker.broker_env:
+        containers.append({"name": broker.name,
+                           "env": [{"name": k, "value": v} for k, v in broker.broker_env]})
     return {
         "apiVersion": workload["apiVersion"], "kind": broker.kind,
         "metadata": {"name": workload["metadata"]["name"], "namespace": NS},
-        "spec": {"template": {"spec": {
-            "containers": [{
-                "name": SIDECAR,
-                "args": [*sidecar["args"], f"--registry-ca={CA_MOUNT}/ca.crt"],
-                "env": testbed_env(cp),
-                "volumeMounts": [{"name": "testbed-ca", "mountPath": CA_MOUNT,
-                                  "readOnly": True}]}],
-            "volumes": [{"name": "testbed-ca", "configMap": {"name": CA_CONFIGMAP}}]}}}}
+        "spec": {"replicas": replicas, "template": {"spec": {
+            "containers": containers,
+            "volumes": [{"name": "testbed-ca", "configMap": {"name": CA_CONFIGMAP}},
+                        *({"name": c, "emptyDir": {}} for c in claims)]}}}}
+
+
+def _no_claims(broker: NodeBroker) -> list[dict[str, Any]]:
+    """Kustomize JSON patches dropping the workload's volumeClaimTemplates (their volumes are
+    emptyDirs, ``_sidecar_patch``): the node has no storage provisioner."""
+    workload = _workload(broker)
+    if not workload["spec"].get("volumeClaimTemplates"):
+        return []
+    return [{"target": {"kind": broker.kind, "name": workload["metadata"]["name"]},
+             "patch": yaml.safe_dump([{"op": "remove", "path": "/spec/volumeClaimTemplates"}])}]
 
 
 def brokerplugin(broker: NodeBroker, name: str, git_url: str, registry_host: str,
@@ -207,23 +246,30 @@ def brokerplugin(broker: NodeBroker, name: str, git_url: str, registry_host: str
 
 
 def write_overlay(directory: Path, cluster: Cluster, broker: NodeBroker, refs: dict[str, str],
-                  plugin: dict[str, Any]) -> Path:
-    """The user's broker example plus the testbed's differences (module docstring)."""
+                  plugin: dict[str, Any], replicas: int = 1) -> Path:
+    """The user's broker example plus the testbed's differences (module docstring), with
+    ``replicas`` broker pods and the example's ``broker.idle`` workloads at 0."""
 
     def image(name: str, ref: str) -> dict[str, str]:
         repo, digest = ref.split("@")
         return {"name": name, "newName": repo, "digest": digest}
 
     directory.mkdir(parents=True, exist_ok=True)
+    patches: list[dict[str, Any]] = [{"path": "testbed.yaml"}, *_no_claims(broker)]
+    for name in broker.idle:
+        patches.append({"target": {"kind": broker.kind, "name": name},
+                        "patch": yaml.safe_dump([{"op": "replace", "path": "/spec/replicas",
+                                                  "value": 0}])})
     (directory / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(ROOT / "manifests" / "brokers" / broker.name, directory),
                       "brokerplugin.yaml"],
         "images": [image("plugforge/sidecar", refs["sidecar"]),
                    image(broker.image, refs[broker.name])],
-        "patches": [{"path": "testbed.yaml"}]}))
+        "patches": patches}))
     (directory / "brokerplugin.yaml").write_text(yaml.safe_dump(plugin))
-    (directory / "testbed.yaml").write_text(yaml.safe_dump(_sidecar_patch(broker, cluster.cp)))
+    (directory / "testbed.yaml").write_text(yaml.safe_dump(
+        _sidecar_patch(broker, cluster.cp, replicas)))
     return directory
 
 
@@ -245,8 +291,11 @@ def _applied(applier: Applier, doc: dict[str, Any]) -> bool:
         return False  # a CRD still being established, or a namespace not created yet
 
 
-def deploy(cluster: Cluster, broker: NodeBroker, sidecar_ref: str, workdir: Path) -> BrokerPod:
-    """Image, repository, overlay applied; returns once the broker pod has an address."""
+def deploy(cluster: Cluster, broker: NodeBroker, sidecar_ref: str, workdir: Path, *,
+           replicas: int = 1, spec: dict[str, Any] | None = None) -> BrokerPod:
+    """Image, repository, overlay applied; returns once the ``replicas`` broker pods have an
+    address (the first by name). ``spec`` updates the BrokerPlugin's spec (``target`` merged
+    key by key)."""
     api, timings = cluster.api, {}
     t = time.monotonic()
     refs = {"sidecar": sidecar_ref, broker.name: broker_image(cluster, broker)}
@@ -256,21 +305,31 @@ def deploy(cluster: Cluster, broker: NodeBroker, sidecar_ref: str, workdir: Path
     source = workdir / name
     scaffold(template_dir(broker.template), broker.template, broker.name, name, source)
     run_git(source, "push", "-q", url, "HEAD:main")
-    overlay = write_overlay(workdir / f"{name}-overlay", cluster, broker, refs,
-                            brokerplugin(broker, name, url, cluster.registry_host))
+    plugin = brokerplugin(broker, name, url, cluster.registry_host)
+    for key, value in (spec or {}).items():
+        plugin["spec"][key] = {**plugin["spec"][key], **value} if key == "target" else value
+    overlay = write_overlay(workdir / f"{name}-overlay", cluster, broker, refs, plugin, replicas)
     docs = render(overlay)
     t = time.monotonic()
     apply(cluster.cp, docs)
     timings["applied at"] = t
-    selector = f"app.kubernetes.io/name%3D{broker.name}"
 
-    def address() -> tuple[str, str] | None:
-        pods = api.ok("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector={selector}")["items"]
-        ip = pods[0].get("status", {}).get("podIP") if pods else None
-        return (pods[0]["metadata"]["name"], ip) if ip else None
+    def addresses() -> list[tuple[str, str]] | None:
+        found = pods(api, broker)
+        return found if len(found) == replicas else None
 
-    pod, ip = wait_for(address, f"the {broker.name} pod's address", timeout=180, interval=0.5)
+    pod, ip = wait_for(addresses, f"{replicas} {broker.name} pod address(es)", timeout=180,
+                       interval=0.5)[0]
     return BrokerPod(broker, pod, ip, name, docs=docs, timings=timings)
+
+
+def pods(api: Api, broker: NodeBroker) -> list[tuple[str, str]]:
+    """The broker's pods that have an address: (name, IP), by name."""
+    items = api.ok("GET", f"/api/v1/namespaces/{NS}/pods?labelSelector="
+                   f"app.kubernetes.io/name%3D{broker.name}")["items"]
+    return sorted((p["metadata"]["name"], p["status"]["podIP"]) for p in items
+                  if p.get("status", {}).get("podIP") and not p["metadata"].get(
+                      "deletionTimestamp"))
 
 
 def wait_built(api: Api, pod: BrokerPod, timeout: float = 600) -> str:
@@ -322,3 +381,8 @@ def remove(cp: ControlPlane, pod: BrokerPod) -> None:
     applier = Applier(cp.url, cp.identities["admin"].token, cp.ca.cert, field_manager="kubectl")
     for doc in reversed(pod.docs):
         applier.delete(doc)
+    # A StatefulSet's pods go after it (garbage collection): the next deploy reuses their names.
+    api, path = Api(cp), (f"/api/v1/namespaces/{NS}/pods?labelSelector="
+                          f"app.kubernetes.io/name%3D{pod.broker.name}")
+    wait_for(lambda: not api.ok("GET", path)["items"], f"the {pod.broker.name} pods to go",
+             timeout=120, interval=0.5)

@@ -21,7 +21,10 @@ fail() { echo "start_vernemq: error: $*" >&2; exit 1; }
 ip=$(hostname -i | awk '{print $1}')
 host=$ip
 fqdn=$(hostname -f 2>/dev/null || true)
-case $fqdn in *.*) host=$fqdn ;; esac
+case $fqdn in
+    *.) ;;  # a kubelet without a cluster domain writes "<pod>.<service>.<namespace>.svc."
+    *.*) host=$fqdn ;;
+esac
 
 if [ "${DOCKER_VERNEMQ_DISCOVERY_KUBERNETES:-0}" = 1 ]; then
     # The official image lists the pods matching DOCKER_VERNEMQ_KUBERNETES_LABEL_SELECTOR and
@@ -36,7 +39,7 @@ overrides=$(mktemp)
 users=$(mktemp)
 trap 'rm -f "$overrides" "$users"' EXIT
 {
-    echo "nodename = VerneMQ@$host"
+    echo "nodename = ${DOCKER_VERNEMQ_NODENAME:-VerneMQ@$host}"
     echo "listener.tcp.default = 0.0.0.0:1883"
     echo "log.console = console"
 } > "$overrides"
@@ -76,7 +79,7 @@ if [ -s "$ROOT/etc/vmq.passwd" ]; then
     vmq-passwd -U "$ROOT/etc/vmq.passwd"
     log "vmq_passwd: $(wc -l < "$ROOT/etc/vmq.passwd") user(s) from DOCKER_VERNEMQ_USER_*"
 fi
-log "node VerneMQ@$host"
+log "node ${DOCKER_VERNEMQ_NODENAME:-VerneMQ@$host}"
 # -noinput: no shell on stdin; the VM handles SIGTERM as a clean stop.
 export ERL_FLAGS="-noinput ${ERL_FLAGS:-}"
 exec "$ROOT/bin/vernemq" console
