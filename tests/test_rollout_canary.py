@@ -359,3 +359,66 @@ def test_pods_ready_follows_the_sidecars(cluster: Cluster, pods: list[Pod], api:
         other.sidecar, other.address, token=SIDECAR_TOKEN, tls=other.tls)
     wait_for(lambda: ready(cluster).get("status") == "True" and
              status(cluster).get("podsReady") == 2, "Ready again", 60)
+
+
+def edit_configmap(cluster: Cluster, key: str, value: str) -> None:
+    """An operator's direct edit of one key (read, change, replace at that resourceVersion)."""
+    path = f"/api/v1/namespaces/{cluster.ns}/configmaps/{CONFIGMAP}"
+    for _ in range(10):
+        _, cm = cluster.cp.request("GET", path)
+        data: Any = cm["data"]
+        data[key] = value
+        code, out = cluster.cp.request("PUT", path, body=cm)
+        if code == 200:
+            return
+        assert code == 409, out
+    raise AssertionError("the ConfigMap kept changing")
+
+
+def test_a_broken_broker_yaml_holds_the_canary_instead_of_failing_it(
+        cluster: Cluster, pods: list[Pod], api: Api) -> None:
+    """An operator breaks broker.yaml while a settings release canaries: the sidecars reject
+    the whole state for broker.yaml (GetState.failed_keys), which is not the plugin's doing.
+    The canary holds, past its timeout, saying why; once broker.yaml is fixed it goes on."""
+    canary, other = pods
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready before", 60)
+    good = cluster.configmap(CONFIGMAP)["broker.yaml"]
+    stable = cluster.configmap(CONFIGMAP)[f"plugin.{PLUGIN}.yaml"]
+    edit_configmap(cluster, "broker.yaml", "broker: mosquitto\nconfig: [not, a, mapping\n")
+    wait_for(lambda: all(p.sidecar.state.failed_keys == ("broker.yaml",) for p in pods),
+             "both sidecars reject broker.yaml", timeout=30)
+    timeout = 8
+    cluster.patch_plugin(PLUGIN, {"settings": {"deny_users": "mallory,trent"},
+                                  "target": {"strategy": {"canary": {
+                                      "probeTimeoutSeconds": timeout}}}})
+    held = wait_for(lambda: ready(cluster) if ready(cluster).get("reason") == "RolloutHeld"
+                    else None, "the canary held", timeout=120)
+    assert "broker.yaml" in held["message"] and "mq-0" in held["message"]
+    assert status(cluster)["rollout"]["heldSince"]
+    time.sleep(timeout + 4)  # past the canary's timeout: still held, nothing rolled back
+    st = status(cluster)
+    assert st["rollout"]["phase"] == "Canary" and ready(cluster)["reason"] == "RolloutHeld"
+    assert cluster.configmap(CONFIGMAP)[f"plugin.{PLUGIN}.yaml"] == stable
+    assert f"canary.mq-0.plugin.{PLUGIN}.yaml" in cluster.configmap(CONFIGMAP)
+    _, out = cluster.cp.request("GET", f"/apis/events.k8s.io/v1/namespaces/{cluster.ns}"
+                                       "/events")
+    items: Any = out["items"]
+    assert any(e["reason"] == "RolloutHeld" and e["regarding"]["name"] == PLUGIN
+               for e in items)
+    assert not any(e["reason"] == "CanaryFailed" and "trent" in e["note"] for e in items)
+
+    edit_configmap(cluster, "broker.yaml", good)  # fixed: the canary goes on, then fans out
+    wait_for(lambda: status(cluster)["rollout"]["phase"] == "Complete", "promoted", timeout=120)
+    assert "trent" in cluster.configmap(CONFIGMAP)[f"plugin.{PLUGIN}.yaml"]
+    assert "heldSince" not in status(cluster)["rollout"]
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready with 2/2", 120)
+    wait_for(lambda: not canary.accepts("trent") and not other.accepts("trent"),
+             "trent refused on both", 60)
+    cluster.patch_plugin(PLUGIN, {"settings": None, "target": {"strategy": {"canary": {
+        "probeTimeoutSeconds": 120}}}})
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2 and
+             "trent" not in cluster.configmap(CONFIGMAP)[f"plugin.{PLUGIN}.yaml"],
+             "Ready again", timeout=120)
