@@ -165,6 +165,9 @@ def test_invalid_configmaps_rejected_broker_untouched(broker: Mosquitto, tmp_pat
                      and expected in sidecar.state.last_error,  # noqa: B023
                      f"rejection of {name}")
             assert sidecar.state.last_applied.content_hash == good_hash, name
+            # Attributed to the document at fault (none alone is, for a duplicate name).
+            assert sidecar.state.failed_keys == \
+                (() if name == "duplicate name" else tuple(data)), name
             assert adapter.mutating_calls() == calls, name  # nothing applied
             assert (broker.include_dir / "50-plugforge-config.conf").read_text() == include
             # Fixed again: back to Applied with the good state.
@@ -288,6 +291,7 @@ def test_change_refused_by_the_broker_rolls_back_config(broker: Mosquitto,
             "dynsec.client.bob.roles": "reader,nosuchrole"})})
         wait_for(lambda: sidecar.state.phase is Phase.ROLLED_BACK, "rolled back")
         assert "nosuchrole" in sidecar.state.last_error
+        assert sidecar.state.failed_keys == ("broker.yaml",)
         text = include.read_text()
         assert "max_inflight_messages 20" in text  # previous value restored
         assert "max_queued_messages" not in text   # added key removed again

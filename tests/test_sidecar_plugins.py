@@ -153,6 +153,7 @@ def test_upgrade_runs_fresh_code_and_failed_probe_rolls_back(
             images.v1, settings={"deny_users": "alice"}, probes=PROBES_V1)})
         wait_for(lambda: sidecar.state.phase is Phase.ROLLED_BACK, "rollback", timeout=60)
         assert "alice-accepted" in sidecar.state.last_error
+        assert sidecar.state.failed_keys == (f"plugin.{PLUGIN}.yaml",)
         # The last good state runs again: v2's code and settings.
         assert running_digest(broker, tmp_path / "sc") == images.v2.split("@")[1]
         assert connect_ok(broker, "alice") and not connect_ok(broker, "eve")
@@ -234,6 +235,7 @@ def test_bad_images_refused_nothing_installed(case: str, broker: Mosquitto, imag
         wait_for(lambda: sidecar.state.phase is Phase.REJECTED, f"{case} refused")
         assert expected in sidecar.state.last_error, sidecar.state.last_error
         assert sidecar.state.refused_image == image
+        assert sidecar.state.failed_keys == (f"plugin.{PLUGIN}.yaml",)
         assert adapter.calls["install_plugin"] == 0 and adapter.calls["enable"] == 0
         assert not (tmp_path / "sc" / "plugins" / PLUGIN).exists()  # nothing installed
         assert not (broker.include_dir / PLUGINS_FILE).exists()
