@@ -4,22 +4,26 @@ applied, the builder and its webhook endpoint, and a kubelet-style ConfigMap pro
 from __future__ import annotations
 
 import json
+import os
 import ssl
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from builder.app import Builder
+from builder.build.toolchains import dump_pins
 from builder.kube import Kube, apply_documents
 from builder.settings import Settings as BuilderSettings
 from builder.webhooks import service as webhooks
 from builder.webhooks.signatures import github_header
 from plugforge.signing import encrypt_private_key, generate, render_policy
+from testbed import images, toolchains
 from testbed.configmap_dir import ConfigMapDir
 from testbed.gitserver import GitServer
 from testbed.kube import ControlPlane
@@ -135,6 +139,22 @@ def install_manifests(cp: ControlPlane) -> None:
         admin.close()
 
 
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the block only (what an executor copies
+    when it is made), then the previous values again."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @dataclass
 class Stage:
     """The cluster side: apiserver (manifests applied), builder, webhooks, registry, git."""
@@ -178,14 +198,23 @@ class Stage:
         trust.update({"policy.yaml": render_policy([("demo", key.public.pem())],
                                                    sources=[f"{self.git.url}/*"])})
         self.trust_policy = trust.path / "policy.yaml"
+        # Builds run isolated, each in its template's toolchain image with podman (the
+        # ``container`` executor), pinned by digest in this machine's image store.
+        podman = images.Podman.in_cache()
+        pins = self.workdir / "toolchains.yaml"
+        pins.write_text(dump_pins(toolchains.local_pins(podman)))
+        podman_conf = toolchains.executor_env(podman, self.workdir / "podman")
         # A long resync: new commits are built because a webhook asked, not because of polling.
-        self.builder = Builder(BuilderSettings(
-            kubeconfig=self.cp.kubeconfig("builder"), lease_name=f"flows-{uuid.uuid4().hex[:6]}",
-            identity="builder-flows-0", state_dir=self.workdir / "builder", workers=2,
-            resync_seconds=600.0, lease_duration_seconds=4, lease_renew_seconds=1,
-            backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
-            registry_ca=self.registry.ca.cert, signing_key=key_dir,
-            executor="process", allow_process_executor=True))
+        with environment({k: podman_conf[k] for k in ("CONTAINERS_CONF",
+                                                        "CONTAINERS_STORAGE_CONF")}):
+            self.builder = Builder(BuilderSettings(
+                kubeconfig=self.cp.kubeconfig("builder"),
+                lease_name=f"flows-{uuid.uuid4().hex[:6]}", identity="builder-flows-0",
+                state_dir=self.workdir / "builder", workers=2,
+                resync_seconds=600.0, lease_duration_seconds=4, lease_renew_seconds=1,
+                backoff_base_seconds=0.5, backoff_max_seconds=2, max_attempts=2,
+                registry_ca=self.registry.ca.cert, signing_key=key_dir,
+                executor="container", toolchains=pins))
         self.builder.start()
         wait_for(lambda: self.builder.leading, "the builder to take its Lease", say=self.say)
         self._kube = Kube.from_kubeconfig(self.cp.kubeconfig("builder"))

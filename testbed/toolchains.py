@@ -15,6 +15,13 @@ API (for tests and fixtures)::
         # push_toolchain for each, with the tools each image declares: what
         # builder.build.toolchains.resolve() reads (dump_pins() writes it as the pin file)
 
+    local_pins(podman, templates=TEMPLATES, log=None) -> dict[str, Pin]
+        # each toolchain image in the local store, pinned by its digest: what the
+        # ``container`` executor runs on this machine (no registry involved)
+    executor_env(podman, directory) -> dict[str, str]
+        # podman's own config files for this machine (runtime, cgroups, ulimits) and the
+        # environment naming them: how the container executor's ``podman`` finds this store
+
     run(podman, ref, argv, workspace=None, env=None, volumes=None, log=None) -> str
         # one step in a container the way a build's step runs: the image's non-root user,
         # read-only root, fresh HOME and /tmp, no network, no capabilities, the workspace
@@ -31,6 +38,7 @@ API (for tests and fixtures)::
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -63,6 +71,38 @@ def pins(podman: images.Podman, registry_host: str, ca: CertificateAuthority,
     return {t: toolchains.Pin(push_toolchain(podman, t, registry_host, ca, log),
                               declared_tools(t))
             for t in templates}
+
+
+def local_pins(podman: images.Podman, templates: tuple[str, ...] = TEMPLATES,
+               log: Path | None = None) -> dict[str, toolchains.Pin]:
+    out = {}
+    for template in templates:
+        built = build_toolchain(podman, template, log)
+        digest = podman("image", "inspect", "--format", "{{.Digest}}", built.ref).strip()
+        out[template] = toolchains.Pin(f"{built.ref.rsplit(':', 1)[0]}@{digest}",
+                                       declared_tools(template))
+    return out
+
+
+def executor_env(podman: images.Podman, directory: Path) -> dict[str, str]:
+    """A plain ``podman`` on this store, with the machine's settings (../shared/notes/
+    real-kubernetes-node.md) in podman's own config files, not in the executor. One of them:
+    this machine reaches package registries through a TLS-intercepting proxy, so containers
+    get the host's CA bundles (read-only, over the image's) to download dependencies."""
+    directory.mkdir(parents=True, exist_ok=True)
+    env = podman.env
+    trust = [f"{path}:{path}:ro" for path in (images.HOST_CA, images.HOST_JAVA_CA)
+             if path.exists()]
+    (directory / "containers.conf").write_text(
+        '[containers]\ndefault_ulimits = []\ncgroupns = "host"\n'
+        f'volumes = {json.dumps(trust)}\n'
+        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n'
+        f'[engine.runtimes]\nrunc = ["{images.RUNC}"]\n')
+    (directory / "storage.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{podman.home / "storage"}"\n'
+        f'runroot = "{env["XDG_RUNTIME_DIR"]}"\n')
+    return {**env, "CONTAINERS_CONF": str(directory / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(directory / "storage.conf")}
 
 
 def declared_tools(template: str) -> tuple[str, ...]:
@@ -114,3 +154,11 @@ def cli_env(podman: images.Podman) -> dict[str, str]:
     env["CONTAINERS_CONF"] = str(conf_dir / "containers.conf")
     env["CONTAINERS_STORAGE_CONF"] = str(conf_dir / "storage.conf")
     return env
+
+
+if __name__ == "__main__":  # the demo's install step: the Debian base and every toolchain
+    import time
+    started = time.monotonic()
+    for name, pin in local_pins(images.Podman.in_cache()).items():
+        print(f"    toolchain {name}: {pin.image}")
+    print(f"    toolchain images ready in {time.monotonic() - started:.0f} s")

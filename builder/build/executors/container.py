@@ -99,7 +99,9 @@ def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limit
         "--cpus", f"{limits.cpus:g}", "--pids-limit", str(limits.pids),
         "--tmpfs", f"{WORKSPACE}:rw,exec,nosuid,nodev,size={limits.workspace},mode=1777",
         "--tmpfs", f"{TMP}:rw,exec,nosuid,nodev,size={limits.tmp},mode=1777",
-        "--tmpfs", f"{toolchains.BUILD_HOME}:rw,exec,nosuid,nodev,size={limits.home},mode=1777",
+        # U: owned by the build user (podman keeps the image directory's 0700 root-owned mode
+        # otherwise, whatever mode= says, and rebar3 cannot read its own config there).
+        "--tmpfs", f"{toolchains.BUILD_HOME}:rw,exec,nosuid,nodev,size={limits.home},U",
         "--workdir", WORKSPACE,
     ]
     if not job.caches:
