@@ -563,10 +563,11 @@ class Controller:
         """Keep the rolled-out release in step with spec fields that need no build.
 
         ``enabled: false`` requests no build, yet the sidecars must see it: disabling always
-        takes effect. With a canary strategy nothing else is synced here: a spec change
-        requests a build (a content-key hit for settings alone), whose release is canaried.
-        Otherwise the release is only rewritten while the latest build succeeded,
-        so a spec whose build failed changes nothing that is rolled out.
+        takes effect. With a canary strategy only a direct edit of the key is undone here (the
+        release the builder last wrote, exactly): a spec change requests a build (a content-key
+        hit for settings alone), whose release is canaried. Otherwise the release is only
+        rewritten while the latest build succeeded, so a spec whose build failed changes nothing
+        that is rolled out.
         """
         status = obj.get("status") or {}
         image, name = status.get("currentImage"), status.get("currentPluginName")
@@ -574,12 +575,12 @@ class Controller:
             return
         if spec.enabled and (status.get("latestBuild") or {}).get("phase") != "Succeeded":
             return
-        if spec.enabled and spec.uses_canary and self.tracker is not None:
-            return  # settings and probes reach the pods through a build and its canary
+        canary = spec.enabled and spec.uses_canary and self.tracker is not None
         release = rollout.current_release(spec, name, image, status.get("currentCommit", ""),
                                           status.get("currentBuild", ""))
         try:
-            report_reverted(self._event, obj, spec, rollout.write(self.kube, spec, release))
+            report_reverted(self._event, obj, spec, (rollout.restore if canary else rollout.write)(
+                self.kube, spec, release))
         except BuilderError as e:
             log.warning("syncing %s into %s: %s", spec.key, spec.configmap, e)
 

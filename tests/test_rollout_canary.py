@@ -422,3 +422,32 @@ def test_a_broken_broker_yaml_holds_the_canary_instead_of_failing_it(
              status(cluster).get("podsReady") == 2 and
              "trent" not in cluster.configmap(CONFIGMAP)[f"plugin.{PLUGIN}.yaml"],
              "Ready again", timeout=120)
+
+
+def test_a_direct_edit_of_the_stable_key_is_written_back_once(
+        cluster: Cluster, pods: list[Pod], api: Api) -> None:
+    """Under a canary strategy too: the builder puts back exactly the release it promoted,
+    with one Warning Event naming the key and the ConfigMap (no values)."""
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready before", 60)
+    key = f"plugin.{PLUGIN}.yaml"
+    stable = cluster.configmap(CONFIGMAP)[key]
+
+    def reverted() -> list[dict[str, Any]]:
+        _, out = cluster.cp.request("GET", f"/apis/events.k8s.io/v1/namespaces/{cluster.ns}"
+                                           "/events")
+        items: Any = out["items"]
+        return [e for e in items if e["reason"] == "ConfigMapEditReverted"
+                and e["regarding"]["name"] == PLUGIN]
+
+    before = len(reverted())
+    assert before == 0  # the builder's own writes (promotions, rollbacks) were never reported
+    edit_configmap(cluster, key, stable + "# hunter2: edited by hand\n")
+    wait_for(lambda: cluster.configmap(CONFIGMAP)[key] == stable, "the key written back", 30)
+    events = wait_for(lambda: reverted()[before:] or None, "the Warning Event", 30)
+    assert key in events[0]["note"] and f"ConfigMap {cluster.ns}/{CONFIGMAP}" in events[0]["note"]
+    assert "hunter2" not in events[0]["note"]
+    time.sleep(5)  # resyncs every 2 s: nothing more to say
+    assert len(reverted()) == before + 1
+    wait_for(lambda: ready(cluster).get("status") == "True" and
+             status(cluster).get("podsReady") == 2, "Ready after", 60)

@@ -69,6 +69,21 @@ def write(kube: Kube, spec: PluginSpec, release: PluginRelease) -> list[str]:
     return update_data(kube, spec, release.name, change)
 
 
+def restore(kube: Kube, spec: PluginSpec, release: PluginRelease) -> list[str]:
+    """Write ``release`` back over a direct edit of its key only when it is exactly what the
+    builder last wrote there (its fingerprint): under a canary strategy a different release,
+    e.g. new settings in the spec, reaches the pods through its canary, never this way."""
+    cm = kube.get_configmap(spec.namespace, spec.configmap) if spec.configmap else None
+    if cm is None:
+        return []
+    key, text = plugin_key(release.name), render_plugin_release(release)
+    recorded = ownership.written((cm.get("metadata") or {}).get("annotations") or {})
+    if recorded.get(key) != ownership.fingerprint(text) or \
+            (cm.get("data") or {}).get(key) == text:
+        return []
+    return write(kube, spec, release)
+
+
 def reverted_note(spec: PluginSpec, keys: Sequence[str]) -> str:
     """What a Warning Event says of reverted keys (names only: values may hold secrets)."""
     return (f"{', '.join(keys)} in ConfigMap {spec.namespace}/{spec.configmap} had been edited "
