@@ -130,6 +130,26 @@ def test_a_failing_wave_rolls_back_and_says_which() -> None:
     assert step.action is Action.ROLLBACK and "earlier pod failed: p0" in step.reason
 
 
+def test_a_wave_held_by_a_broken_broker_yaml_neither_fails_nor_times_out() -> None:
+    def blocked(name: str) -> PodReport:
+        return PodReport(name, "a", True, phase="Rejected", last_error="broker.yaml: bad",
+                         desired_digest=NEW, desired_hash="h", failed_hash="h",
+                         failed_keys=("broker.yaml",), plugin="gate")
+
+    pods = [pod(f"p{i}") for i in range(4)]
+    step = plan(Progress(2, ("p1", "p2"), ("p0", "p1", "p2"), 31), pods,
+                {"p0": blocked("p0"), "p1": current("p1"), "p2": blocked("p2")})
+    assert step.action is Action.HOLD
+    assert "wave 2: held" in step.reason and "p2: Rejected for broker.yaml" in step.reason
+    # Its own key named: the wave fails as before.
+    own = PodReport("p2", "a", True, phase="Rejected", last_error="bad release",
+                    desired_digest=NEW, desired_hash="h", failed_hash="h",
+                    failed_keys=("plugin.gate.yaml",), plugin="gate")
+    assert plan(Progress(2, ("p1", "p2"), ("p0", "p1", "p2"), 1), pods,
+                {"p0": current("p0"), "p1": current("p1"), "p2": own}).action \
+        is Action.ROLLBACK
+
+
 def test_pods_not_ready_are_skipped_added_join_removed_leave() -> None:
     pods = [pod("p0"), pod("p1", ready=False), pod("p2")]
     step = plan(Progress(1, ("p0",), ("p0",), 1), pods, {"p0": current("p0")})
