@@ -68,34 +68,15 @@ LIMITS = Limits(memory="768m", cpus=1.0, pids=128, workspace="64m", tmp="64m", h
 TENANT, OTHER_TENANT = "tenant-a", "tenant-b"
 
 
-def podman_env(podman: images.Podman, directory: Path) -> dict[str, str]:
-    """A plain ``podman`` on the testbed's image store, with this machine's settings in
-    podman's own config files (../shared/notes/real-kubernetes-node.md)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    env = podman.env
-    (directory / "containers.conf").write_text(
-        '[containers]\ndefault_ulimits = []\ncgroupns = "host"\n'
-        '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\nruntime = "runc"\n'
-        f'[engine.runtimes]\nrunc = ["{images.RUNC}"]\n')
-    (directory / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{podman.home / "storage"}"\n'
-        f'runroot = "{env["XDG_RUNTIME_DIR"]}"\n')
-    return {**env, "CONTAINERS_CONF": str(directory / "containers.conf"),
-            "CONTAINERS_STORAGE_CONF": str(directory / "storage.conf")}
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    return podman_env(images.Podman.in_cache(), tmp_path_factory.mktemp("podman-conf"))
+    return toolchains.executor_env(images.Podman.in_cache(), tmp_path_factory.mktemp("podman-conf"))
 
 
 @pytest.fixture(scope="module")
 def toolchain(env: dict[str, str]) -> str:
     """The mosquitto-c toolchain image, pinned by its digest in the local store."""
-    podman = images.Podman.in_cache()
-    built = toolchains.build_toolchain(podman, "mosquitto-c")
-    digest = podman("image", "inspect", "--format", "{{.Digest}}", built.ref).strip()
-    return f"{built.ref.rsplit(':', 1)[0]}@{digest}"
+    return toolchains.local_pins(images.Podman.in_cache(), ("mosquitto-c",))["mosquitto-c"].image
 
 
 @pytest.fixture(scope="module")
