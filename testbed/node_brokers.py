@@ -202,14 +202,14 @@ def _sidecar_patch(broker: NodeBroker, cp: ControlPlane, replicas: int) -> dict[
     sidecar = next(c for c in workload["spec"]["template"]["spec"]["containers"]
                    if c["name"] == SIDECAR)
     claims = [c["metadata"]["name"] for c in workload["spec"].get("volumeClaimTemplates", [])]
-    containers: list[dict[str, Any]] = [{
-        "name": SIDECAR,
-        "args": [*sidecar["args"], f"--registry-ca={CA_MOUNT}/ca.crt"],
-        "env": testbed_env(cp),
-        "volumeMounts": [{"name": "testbed-ca", "mountPath": CA_MOUNT, "readOnly": True}]}]
-    if broker.broker_env:
-        containers.append({"name": broker.name,
-                           "env": [{"name": k, "value": v} for k, v in broker.broker_env]})
+    # The broker container first, as in the example: a merged list takes the patch's order, and
+    # the kubelet starts containers in order (VerneMQ's postStart prepares the sidecar's tools).
+    containers: list[dict[str, Any]] = [
+        {"name": broker.name, "env": [{"name": k, "value": v} for k, v in broker.broker_env]},
+        {"name": SIDECAR,
+         "args": [*sidecar["args"], f"--registry-ca={CA_MOUNT}/ca.crt"],
+         "env": testbed_env(cp),
+         "volumeMounts": [{"name": "testbed-ca", "mountPath": CA_MOUNT, "readOnly": True}]}]
     return {
         "apiVersion": workload["apiVersion"], "kind": broker.kind,
         "metadata": {"name": workload["metadata"]["name"], "namespace": NS},
