@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -66,7 +67,7 @@ from builder.build.recipe_errors import (
 from builder.build.scaffold import scaffold
 from builder.kube import Kube, apply_documents, load_documents
 from builder.settings import Settings
-from testbed import node, toolchains
+from testbed import images, node, toolchains
 from testbed.e2e_cluster import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +178,80 @@ def test_mosquitto_starter_builds_in_a_job_byte_identical_to_the_process_executo
           f"executor {job_seconds:.2f} s (first), {warm_seconds:.2f} s (again): Job overhead "
           f"{warm_seconds - process_seconds:.2f} s; containers (seen started, log ended) "
           f"{builds.executor.timings}; setup {builds.real.timings}")
+
+
+# --- every template, unchanged, as a Job --------------------------------------------------------
+
+# Whose artifact is the same bytes from a Job as from the process executor. The others hold
+# their build's time: EMQX's package is a tar.gz with mtimes, HiveMQ's jar its entries' times.
+REPRODUCIBLE = {"mosquitto-c", "rabbitmq-erlang", "vernemq-erlang"}
+
+
+@pytest.fixture(scope="module")
+def pins(builds: Builds) -> dict[str, toolchains_mod.Pin]:
+    """Every template's toolchain image, pushed to the node's registry and pinned."""
+    t = time.monotonic()
+    pinned = toolchains.pins(builds.real.podman, builds.real.registry.host, builds.real.cp.ca,
+                             log=node.NODE_DIR / "images.log")
+    builds.real.timings["all toolchains"] = time.monotonic() - t
+    return pinned
+
+
+def seed_maven_cache(builds: Builds, tenant: str, image: str) -> Path:
+    """The tenant's Maven cache for ``image``, seeded from this machine's (which the
+    process-level tests and scripts/ensure.d/hivemq.sh fill): the node's pods have no route off
+    the machine, so this stands for what a cluster's builder starts from, a warm cache or a
+    repository mirror. Hard links: the builder only ever adds files to a cache."""
+    seeded = toolchains_mod.cache_dir(builds.cache_root, tenant, image, "maven")
+    if not seeded.exists():
+        shutil.copytree(images.cache_dir() / "build-caches" / "maven", seeded,
+                        symlinks=True, copy_function=os.link)
+    return seeded
+
+
+@pytest.mark.parametrize("template", toolchains.TEMPLATES)
+def test_every_template_builds_unchanged_as_a_job(builds: Builds, pins: dict[str, Any],
+                                                  template: str, tmp_path: Path) -> None:
+    tdir = template_dir(template)
+    recipe = load_recipe(tdir)
+    source = scaffold(tdir, template, recipe.broker, "tpl-job", tmp_path / "repo")
+    image = pins[template].image
+    tenant = "tenant-templates"
+    if "maven" in recipe.caches:
+        seed_maven_cache(builds, tenant, image)
+    # Java and Erlang want more than the mosquitto-sized defaults of this module; the Maven
+    # cache (~220 MB) rides in the workspace.
+    executor = KubernetesExecutor(builds.kube, builds.transfers, replace(
+        builds.settings, memory="1536Mi", workspace_size="1536Mi", ephemeral_storage="3Gi"),
+        builds.cache_root)
+
+    t = time.monotonic()
+    local = run_recipe(recipe, source, tmp_path / "process",
+                       executor=ProcessExecutor(images.cache_dir()))
+    process_seconds = time.monotonic() - t
+    t = time.monotonic()
+    in_job = run_recipe(recipe, source, tmp_path / "job", executor=executor,
+                        build_name=f"tpl-{template}", tenant=tenant, toolchain_image=image)
+    job_seconds = time.monotonic() - t
+    log = in_job.log_path.read_text()
+    print(f"\n{template}: process executor {process_seconds:.2f} s, Job {job_seconds:.2f} s "
+          f"(containers: {[(c, round(a, 1), round(b, 1)) for c, a, b in executor.timings]}); "
+          + "; ".join(line for line in log.splitlines() if line.startswith(("==>", "!!"))))
+
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file()}
+
+    got, want = files(in_job.artifact_dir), files(local.artifact_dir)
+    assert (in_job.name, in_job.version) == (local.name, local.version)
+    assert sorted(got) == sorted(want), log
+    assert all(got.values()), got.keys()
+    print(f"{template}: byte-identical to the process executor: {got == want}")
+    if template in REPRODUCIBLE:
+        assert got == want
+    assert "!!" not in log, log
+    if recipe.caches:
+        assert "==> caches:" in log, log
 
 
 def test_the_build_pod_is_locked_down(builds: Builds, tmp_path: Path) -> None:

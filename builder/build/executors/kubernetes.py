@@ -382,12 +382,19 @@ class _Log:
                  limit: int = sandbox.LOG_LIMIT_BYTES) -> None:
         self._file = path.open("ab")
         self._echo, self._left, self._dropped = echo, limit, 0
+        self._at_line_start = True
+
+    def line(self, text: str) -> None:
+        """One line of the executor's own, on a line of its own (a build's last output may
+        lack its newline)."""
+        self.write(("" if self._at_line_start else "\n").encode() + text.encode() + b"\n")
 
     def write(self, data: bytes) -> None:
         kept = data[:max(self._left, 0)]
         self._dropped += len(data) - len(kept)
         self._left -= len(kept)
         if kept:
+            self._at_line_start = kept.endswith(b"\n")
             self._file.write(kept)
             self._file.flush()
             if self._echo is not None:
@@ -451,7 +458,7 @@ class _Follower:
             rest = self._kube.read_pod_log(self._ns, self._pod, self.container,
                                            sandbox.LOG_LIMIT_BYTES)[written:]
         except BuilderError as e:
-            self._out.write(f"!! the log of {self.container} is incomplete: {e}\n".encode())
+            self._out.line(f"!! the log of {self.container} is incomplete: {e}")
             return
         self._out.write(rest)
 
@@ -520,7 +527,7 @@ class KubernetesExecutor:
                                                       result_url, cache_url))
             except BuilderError as e:
                 raise ExecutorFailed(f"cannot create the build Job in {ns}: {e}") from e
-            out.write(f"==> build Job {ns}/{name} ({job.toolchain_image})\n".encode())
+            out.line(f"==> build Job {ns}/{name} ({job.toolchain_image})")
             verdict = self._follow(job, name, out, started_at, receipt)
             # Ended pods stay until the TTL for inspection; anything else is deleted now.
             finished = verdict.kind in ("succeeded", "step-failed", "tool-missing")
@@ -551,7 +558,7 @@ class KubernetesExecutor:
                         f"{self.settings.max_cache_bytes} a build is sent: this build starts "
                         "with it empty (prune it, or raise max_cache_bytes and workspace_size)")
                 log.warning("%s", note)
-                out.write(f"!! {note}\n".encode())
+                out.line(f"!! {note}")
             sent[cache] = directory if directory.is_dir() and \
                 size <= self.settings.max_cache_bytes else None
         return sent
@@ -560,18 +567,18 @@ class KubernetesExecutor:
         """Add what the succeeded build put in its caches; a refusal is logged, not fatal
         (the build's result stands, the caches stay as they were)."""
         if not receipt.done.is_set() or receipt.error:
-            out.write(f"!! the build's cache additions did not arrive "
-                      f"({receipt.error or 'no upload'}): caches unchanged\n".encode())
+            out.line(f"!! the build's cache additions did not arrive "
+                     f"({receipt.error or 'no upload'}): caches unchanged")
             return
         try:
             merged = merge_cache(receipt.dest, caches, self.settings.max_result_bytes)
         except (ArtifactError, OSError) as e:
             log.warning("cache additions of a build of tenant %s refused: %s",
                         next(iter(caches.values())).parent.parent.name, e)
-            out.write(f"!! cache additions refused, caches unchanged: {e}\n".encode())
+            out.line(f"!! cache additions refused, caches unchanged: {e}")
             return
-        out.write(f"==> caches: {merged.added} files added, {merged.kept} already cached "
-                  "(kept as they were)\n".encode())
+        out.line(f"==> caches: {merged.added} files added, {merged.kept} already cached "
+                 "(kept as they were)")
 
     def _delete(self, name: str) -> None:
         try:
@@ -616,7 +623,7 @@ class KubernetesExecutor:
                         and started(pod, logged[followed]):
                     container = logged[followed]
                     if followed:
-                        out.write(f"$ {' '.join(job.steps[followed - 1].argv)}\n".encode())
+                        out.line(f"$ {' '.join(job.steps[followed - 1].argv)}")
                     follower = _Follower(self.kube, ns, pod["metadata"]["name"], container,
                                          out, time.monotonic() - started_at,
                                          max(5.0, guard - time.monotonic()))
@@ -643,12 +650,12 @@ class KubernetesExecutor:
                                      f"arrive: {receipt.error or 'no upload'}")
             clear(workspace)
             for note in extract_result(result_tar, workspace, self.settings.max_result_bytes):
-                out.write(f"!! {note}\n".encode())
-            out.write(f"==> build Job {ns}/{name} done in {time.monotonic() - started_at:.1f}s"
-                      f" (result {receipt.size} bytes)\n".encode())
+                out.line(f"!! {note}")
+            out.line(f"==> build Job {ns}/{name} done in {time.monotonic() - started_at:.1f}s"
+                     f" (result {receipt.size} bytes)")
             return
         if verdict.kind == "timeout":
-            out.write(f"!! killed: build exceeded its {job.timeout:g}s limit\n".encode())
+            out.line(f"!! killed: build exceeded its {job.timeout:g}s limit")
             tail = sandbox.log_tail(log_path)
             raise BuildTimeout(
                 f"build exceeded its time limit of {job.timeout:g}s"
