@@ -420,6 +420,10 @@ def _start(node: Node, binary: Path, pause_image: str, timeout: float) -> None:
         "syncFrequency": "1s",
         "podLogsDir": str(NODE_DIR / "pod-logs"),
         "serializeImagePulls": False,
+        # At most 1024 processes per pod (the pod's pids cgroup): a fork bomb in a build Job
+        # (tests/evil_repos.py) fails its forks there instead of taking this machine's 32768
+        # pids from everything else on it. Builds run far fewer; brokers a few hundred threads.
+        "podPidsLimit": 1024,
         "resolvConf": "/etc/resolv.conf",
     }))
     kubelet = record(ServerProcess("kubelet", [
