@@ -292,15 +292,17 @@ def _applied(applier: Applier, doc: dict[str, Any]) -> bool:
 
 
 def deploy(cluster: Cluster, broker: NodeBroker, sidecar_ref: str, workdir: Path, *,
-           replicas: int = 1, spec: dict[str, Any] | None = None) -> BrokerPod:
+           replicas: int = 1, spec: dict[str, Any] | None = None, plugin_name: str = "",
+           ) -> BrokerPod:
     """Image, repository, overlay applied; returns once the ``replicas`` broker pods have an
     address (the first by name). ``spec`` updates the BrokerPlugin's spec (``target`` merged
-    key by key)."""
+    key by key); ``plugin_name``: the BrokerPlugin's and its repository's name (one per
+    session: the git server keeps repositories), default ``<broker>-deny``."""
     api, timings = cluster.api, {}
     t = time.monotonic()
     refs = {"sidecar": sidecar_ref, broker.name: broker_image(cluster, broker)}
     timings["image build + push"] = time.monotonic() - t
-    name = f"{broker.name}-deny"
+    name = plugin_name or f"{broker.name}-deny"
     url = cluster.git.create_repo(f"acme/{name}.git")
     source = workdir / name
     scaffold(template_dir(broker.template), broker.template, broker.name, name, source)
