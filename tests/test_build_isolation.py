@@ -86,7 +86,7 @@ def cache_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def container(env: dict[str, str], cache_root: Path) -> ContainerExecutor:
-    return ContainerExecutor(cache_root, podman_env=env, limits=LIMITS, network="none")
+    return ContainerExecutor(cache_root, podman_env=env, limits=LIMITS)
 
 
 class _LeakyApi:
@@ -293,8 +293,8 @@ def test_a_retried_build_removes_its_predecessors_container(
     job = BuildJob(name=f"retry-{uuid.uuid4().hex[:6]}", tenant=TENANT,
                    toolchain_image=toolchain, caches=(), timeout=60,
                    steps=(BuildStep(("true",)),))
-    subprocess.run(["podman", *run_argv(job, container_name(job), {}, LIMITS, "65532:65532",
-                                        None)], env=env, check=True, capture_output=True)
+    subprocess.run(["podman", *run_argv(job, container_name(job), {}, LIMITS, "65532:65532")],
+                   env=env, check=True, capture_output=True)
     container.run(job, tmp_path, tmp_path.parent / "retry.log")
     assert not _containers(env, f"{LABEL_BUILD}={job.name}")
     missing = BuildJob(name="missing", tenant=TENANT, caches=(), timeout=60,

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TextIO
 
 from builder.build import sandbox, toolchains
-from builder.build.executors import BuildJob
+from builder.build.executors import BuildJob, egress
 from builder.build.recipe_errors import BuildError, BuildFailed, ExecutorFailed, ToolMissing
 
 WORKSPACE = "/workspace"
@@ -74,18 +74,20 @@ def container_name(job: BuildJob) -> str:
 
 
 def cache_env(caches: Sequence[str]) -> dict[str, str]:
-    """Point each tool at its mounted cache (Maven by system property, rebar3 by variable)."""
-    env: dict[str, str] = {}
+    """Point each tool at its mounted cache (Maven by system property, rebar3 by variable) and,
+    when there are caches, at the egress proxy (``egress.proxy_env``; Maven's by ``-D``)."""
+    env = egress.proxy_env(caches)
     for name in caches:
         if name == "maven":
-            env["MAVEN_OPTS"] = f"-Dmaven.repo.local={toolchains.cache_mount(name)}"
+            env["MAVEN_OPTS"] = (f"-Dmaven.repo.local={toolchains.cache_mount(name)} "
+                                 f"{egress.java_proxy_options()}")
         elif name == "rebar3":
             env["REBAR_CACHE_DIR"] = toolchains.cache_mount(name)
     return env
 
 
 def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limits,
-             user: str, network: str | None, owner: str = "") -> list[str]:
+             user: str, owner: str = "") -> list[str]:
     """``podman run`` arguments that start the build's (idle) container. Pure."""
     argv = [
         # --replace: an earlier attempt's leftover (its builder died) goes first.
@@ -103,11 +105,10 @@ def run_argv(job: BuildJob, name: str, caches: Mapping[str, Path], limits: Limit
         # otherwise, whatever mode= says, and rebar3 cannot read its own config there).
         "--tmpfs", f"{toolchains.BUILD_HOME}:rw,exec,nosuid,nodev,size={limits.home},U",
         "--workdir", WORKSPACE,
+        # Loopback only, always: a build with caches reaches its registries through the
+        # egress proxy the builder opens on this loopback (egress.py), and nothing else.
+        "--network=none",
     ]
-    if not job.caches:
-        argv.append("--network=none")
-    elif network is not None:
-        argv.append(f"--network={network}")
     env = {"HOME": toolchains.BUILD_HOME, "TMPDIR": TMP, "LANG": "C.UTF-8", **cache_env(job.caches)}
     for key, value in env.items():
         argv += ["--env", f"{key}={value}"]
@@ -128,16 +129,16 @@ class ContainerExecutor:
 
     def __init__(self, cache_root: Path, *, podman: Sequence[str] = ("podman",),
                  podman_env: Mapping[str, str] | None = None, limits: Limits = Limits(),
-                 network: str | None = None, owner: str = "") -> None:
+                 egress_limits: egress.Limits = egress.DEFAULT_LIMITS, owner: str = "") -> None:
         """``podman``/``podman_env``: how to call podman (default: ``podman`` with the caller's
-        environment; podman passes none of it into containers). ``network``: for recipes with
-        caches, the podman network (None: podman's default). ``owner``: labels this builder's
-        containers, so ``sweep`` finds its predecessors' (e.g. the Lease's name)."""
+        environment; podman passes none of it into containers). ``egress_limits``: the
+        dependency proxy's, per build. ``owner``: labels this builder's containers, so
+        ``sweep`` finds its predecessors' (e.g. the Lease's name)."""
         self._cache_root = cache_root
         self._podman = list(podman)
         self._env = dict(podman_env) if podman_env is not None else dict(os.environ)
         self._limits = limits
-        self._network = network
+        self._egress_limits = egress_limits
         self._owner = owner
         self._running: set[str] = set()
         self._lock = threading.Lock()
@@ -166,9 +167,11 @@ class ContainerExecutor:
         uid = toolchains.BUILD_UID
         with self._lock:
             self._running.add(name)
+        proxy: egress.BuildProxy | None = None
         try:
-            self._call(*run_argv(job, name, caches, self._limits, f"{uid}:{uid}", self._network,
-                                 self._owner))
+            self._call(*run_argv(job, name, caches, self._limits, f"{uid}:{uid}", self._owner))
+            if job.caches:
+                proxy = self._proxy(job, name, log_path)
             self._call("cp", f"{workspace}/.", f"{name}:{WORKSPACE}/")
             steps = [([*self._podman, *exec_argv(name, step.env, step.argv)], self._env)
                      for step in job.steps]
@@ -181,7 +184,7 @@ class ContainerExecutor:
                     raise ExecutorFailed(f"the build's container {name} vanished during step "
                                          f"{e.step} (removed, or its PID 1 was killed): {e}"
                                          ) from None
-                raise self._explained(e, job) from None
+                raise self._explained(e, job, proxy) from None
             # The tree goes back as the steps left it: cleared first, so nothing of the
             # original can redirect the copy (a symlink where the build made a directory).
             for entry in workspace.iterdir():
@@ -191,6 +194,8 @@ class ContainerExecutor:
                     entry.unlink()
             self._call("cp", f"{name}:{WORKSPACE}/.", f"{workspace}/")
         finally:
+            if proxy is not None:
+                proxy.close()
             try:
                 self._call("rm", "--force", "--ignore", "--time", "0", name)
             finally:
@@ -215,6 +220,18 @@ class ContainerExecutor:
             os.chown(directory, toolchains.BUILD_UID, toolchains.BUILD_UID)
         return directory
 
+    def _proxy(self, job: BuildJob, name: str, log_path: Path) -> egress.BuildProxy:
+        """The build's egress proxy, listening on its container's loopback."""
+        pid = self._call("container", "inspect", "--format", "{{.State.Pid}}", name).strip()
+        if not pid.isdigit() or pid == "0":
+            raise ExecutorFailed(f"the build's container {name} has no process (pid {pid!r})")
+        allowed = egress.allowed_hosts(job.caches)
+        listener = egress.listen_in(Path(f"/proc/{pid}/ns/net"))
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"[egress] network: only HTTPS to {', '.join(sorted(allowed))} through "
+                    f"the builder's proxy ({egress.PROXY_URL}); no DNS, no other route\n")
+        return egress.BuildProxy(job.name, listener, allowed, log_path, self._egress_limits)
+
     def _alive(self, name: str) -> bool:
         try:
             state = self._call("container", "inspect", "--format", "{{.State.Running}}", name)
@@ -234,7 +251,8 @@ class ContainerExecutor:
                                  f"{(result.stderr or result.stdout).strip()[-2000:]}")
         return result.stdout
 
-    def _explained(self, error: BuildFailed, job: BuildJob) -> BuildError:
+    def _explained(self, error: BuildFailed, job: BuildJob,
+                   proxy: egress.BuildProxy | None) -> BuildError:
         """A failed step, with what the container's limits make of its exit."""
         step = job.steps[error.step - 1]
         if error.exit_code == 127 and "executable file not found" in error.log_tail:
@@ -250,6 +268,9 @@ class ContainerExecutor:
                          f"{self._limits.tmp}")
         if "Resource temporarily unavailable" in error.log_tail:
             notes.append(f"a build runs at most {self._limits.pids} processes")
+        if proxy is not None and proxy.refused:
+            notes.append(f"the egress proxy refused {len(proxy.refused)} connection(s), first "
+                         f"{proxy.refused[0]}")
         if not notes:
             return error
         first, newline, rest = str(error).partition("\n")
