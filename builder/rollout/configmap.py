@@ -109,7 +109,9 @@ def update_data(kube: Kube, spec: PluginSpec, name: str,
             legacy=lambda: _owner_by_status(kube, spec, name),
             where=f"ConfigMap {spec.namespace}/{spec.configmap}")
         new = change(dict(data))
-        keys = [k for k in {*data, *new} if _of_plugin(k, name)]
+        # The plugin key only: per-pod canary keys are short-lived, and fingerprints of each
+        # would crowd the annotations' 256 KiB in a rollout of a thousand pods.
+        keys = [plugin_key(name)]
         recorded = ownership.written(annotations)
         wrote = ownership.record(recorded, new, keys)
         try:
@@ -158,12 +160,6 @@ def _owner_by_status(kube: Kube, spec: PluginSpec, name: str) -> str | None:
 
 
 # --- canary (spec.target.strategy.canary with spec.target.sidecars) ---------------------------
-
-
-def _of_plugin(key: str, name: str) -> bool:
-    """``key`` holds plugin ``name``'s release: its plugin key or one of its canary keys."""
-    return key == plugin_key(name) or (key.startswith(CANARY_KEY_PREFIX)
-                                       and key.endswith("." + plugin_key(name)))
 
 
 def _without_canaries(data: dict[str, str], name: str) -> dict[str, str]:
