@@ -33,9 +33,11 @@ image does not declare is ``ToolMissing`` (naming the tool). Executors get the p
   ``<root>/build-caches/<tenant namespace>/sha256-<toolchain digest hex>/<cache name>``: per
   tenant (never shared across tenants, so one tenant's build cannot plant a trojaned Maven
   plugin in another's) and per toolchain digest (a new toolchain starts clean; an old one's
-  cache is never reused with different compilers). Mount it read-write for that tenant's
-  builds only, at ``cache_mount(name)`` (``CACHE_MOUNT/<cache name>``) inside the container,
-  and point the tool at it as ``builder.build.sandbox.cache_env`` does.
+  cache is never reused with different compilers). ``container``: mount it read-write for
+  that tenant's builds only, at ``cache_mount(name)`` (``CACHE_MOUNT/<cache name>``) inside the
+  container, and point the tool at it as ``builder.build.sandbox.cache_env`` does.
+  ``kubernetes``: a copy goes into the build pod with the source, and only the files the build
+  added come back, merged without overwriting (``executors/kubernetes.py``).
 """
 
 from __future__ import annotations
