@@ -44,6 +44,8 @@ from builder.build.executors.kubernetes import (
     MANAGED_BY,
     JobSettings,
     KubernetesExecutor,
+    _Log,
+    job_manifest,
     judge,
     label_value,
 )
@@ -612,6 +614,38 @@ def test_cache_additions_are_merged_without_overwrites_links_or_escapes(tmp_path
         "org", "org/new", "org/new/dep.jar", "org/plugin.jar"]
     assert not (tmp_path / "evil").exists()
     assert [p.name for p in caches["maven"].parent.iterdir()] == ["maven"]  # no staging left
+
+
+def test_a_cache_over_the_cap_is_sent_empty_and_said(tmp_path: Path) -> None:
+    image = "r.example/plugforge/toolchain-x@sha256:" + "a" * 64
+    transfers = TransferServer(("127.0.0.1", 0), "127.0.0.1", max_bytes=1000)
+    kube = Kube(ApiClient())
+    try:
+        executor = KubernetesExecutor(kube, transfers, JobSettings(
+            transfer_image="bb", identity="t", max_cache_bytes=100), tmp_path / "root")
+        small = toolchains_mod.cache_dir(tmp_path / "root", "tenant-a", image, "rebar3")
+        big = toolchains_mod.cache_dir(tmp_path / "root", "tenant-a", image, "maven")
+        for directory, size in ((small, 10), (big, 200)):
+            directory.mkdir(parents=True)
+            (directory / "f").write_bytes(b"x" * size)
+        out = _Log(tmp_path / "build.log", None)
+        sent = executor._caches_to_send({"rebar3": small, "maven": big,
+                                         "none": tmp_path / "missing"}, out)
+        out.close()
+    finally:
+        transfers.close()
+        kube.close()
+    assert sent == {"rebar3": small, "maven": None, "none": None}
+    assert "!! the maven cache" in (tmp_path / "build.log").read_text()
+    # The Job asks the return container for the additions only when there are caches.
+    job = job_of([["true"]], "b", image, caches=("rebar3",))
+    spec = job_manifest(job, executor.settings, "j", "http://s", "http://r", "http://c")
+    ret = spec["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "PLUGFORGE_CACHE_URL", "value": "http://c"} in ret["env"]
+    assert "cpio" in ret["command"][-1] and "PLUGFORGE_CACHE_URL" in ret["command"][-1]
+    plain = job_manifest(replace(job, caches=()), executor.settings, "j", "http://s",
+                         "http://r")["spec"]["template"]["spec"]["containers"][0]
+    assert "cpio" not in plain["command"][-1] and len(plain["env"]) == 1
 
 
 def test_the_apiserver_answers_a_build_pod_as_anonymous(builds: Builds, tmp_path: Path) -> None:

@@ -151,9 +151,10 @@ class JobSettings:
     ttl_after_finished: int = 600
     """Seconds a finished Job (and its logs) stays for inspection."""
     max_result_bytes: int = 512 * 1024 * 1024
-    max_cache_bytes: int = 1024 * 1024 * 1024
+    max_cache_bytes: int = 512 * 1024 * 1024
     """A tenant's caches larger than this are not sent to its builds (which then start with
-    empty caches; the builder logs it): they must fit ``workspace_size`` beside the build."""
+    empty caches; the builder logs it). They must fit ``workspace_size`` beside the build,
+    twice while the fetch container unpacks them."""
 
 
 # --- the Job (pure) ----------------------------------------------------------------------------
@@ -506,12 +507,13 @@ class KubernetesExecutor:
             echo: TextIO | None = None) -> None:
         started_at = time.monotonic()
         ns, name = self.settings.namespace, job_name(job.name)
+        # (Refuses an unpinned toolchain or a bad tenant name before anything is made.)
+        caches = {c: toolchains.cache_dir(self.cache_root, job.tenant, job.toolchain_image, c)
+                  for c in job.caches}
         staging = workspace.parent / "transfer"
         staging.mkdir(exist_ok=True)
         source_tar, result_tar = staging / "source.tar", staging / "result.tar"
         out = _Log(log_path, echo)
-        caches = {c: toolchains.cache_dir(self.cache_root, job.tenant, job.toolchain_image, c)
-                  for c in job.caches}
         pack_workspace(workspace, source_tar, self._caches_to_send(caches, out))
         ttl = job.timeout + 300  # the deadline plus time to pull images and schedule
         source_url = self.transfers.offer(source_tar, ttl)
