@@ -10,11 +10,18 @@ One container per build, started with nothing in reach but what the build needs:
 - only the recipe's named caches, from ``toolchains.cache_dir`` (per tenant and toolchain
   digest: the image must be pinned when the recipe has caches), bind-mounted read-write:
   never another tenant's;
-- memory, CPU and pids limits; ``--network=none`` unless the recipe has caches (its dependency
-  registries: then the machine's default podman network, which reaches whatever the host
-  reaches: this executor has no egress filter, the ``kubernetes`` one has a NetworkPolicy);
+- memory, CPU and pids limits;
+- ``--network=none`` always: loopback only, no DNS, no route. A recipe with caches gets its
+  dependency registries through the builder's allowlisting proxy (``egress.py``), opened on
+  that loopback (127.0.0.1:3128) once the container runs and closed when the build ends: TLS
+  tunnels to port 443 of the caches' registries only (maven: repo.maven.apache.org,
+  repo1.maven.org; rebar3: repo.hex.pm, hex.pm, builds.hex.pm), names resolved by the
+  builder; anything else is a 403 naming the host and the reason, and a ``[egress] refused``
+  line in the build log. Tools are told by ``HTTPS_PROXY``/``https_proxy`` (rebar3) and
+  ``-Dhttps.proxyHost``/``-Dhttp.proxyHost`` in ``MAVEN_OPTS`` (Maven); a recipe that changes
+  them reaches nothing more. Opening the proxy needs root (rootful podman);
 - no environment from the caller: the image's ``PATH``, ``HOME``/``TMPDIR`` here, the step's
-  own variables; no proxy variables (``--http-proxy=false``).
+  own variables; no podman proxy variables (``--http-proxy=false``).
 
 Steps run with ``podman exec`` (argv lists, no shell); output streams through
 ``sandbox.run_steps`` (log file capped, echo, deadline). At the deadline, on failure and on

@@ -18,6 +18,12 @@ PROCESS_WARNING = (
     "concurrent git fetches and every tenant's git mirrors, work dirs, logs and caches. "
     "Use it for development only; deploy with --executor kubernetes or container")
 
+CONTAINER_EGRESS_WARNING = (
+    "decision=container-egress: not running as root: builds whose recipes declare dependency "
+    "caches (maven, rebar3) will fail with ExecutorFailed, because their egress proxy is "
+    "opened inside the build container's network namespace, which needs root and rootful "
+    "podman; builds without caches are not affected")
+
 
 class ExecutorRefused(ValueError):
     """The setting names an executor this builder will not (or cannot) run."""
@@ -45,6 +51,8 @@ def select_executor(kind: str, *, allow_process: bool, log: logging.Logger,
         log.warning(PROCESS_WARNING)
         return ProcessExecutor(cache_root)
     if kind == "container":
+        if os.geteuid() != 0:
+            log.warning(CONTAINER_EGRESS_WARNING)
         return ContainerExecutor(cache_root, owner=owner)
     if kind == "kubernetes":
         if kubernetes is None:
