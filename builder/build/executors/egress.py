@@ -192,6 +192,7 @@ class BuildProxy:
 
     def close(self) -> None:
         self._closed.set()
+        _shut(self._listener)  # wakes the accept at once (Linux)
         self._thread.join()
         self._listener.close()
         with self._lock:
