@@ -101,7 +101,9 @@ def test_proxy_refusals_limits_and_idle_timeout(tmp_path: Path) -> None:
         assert answer.startswith(b"HTTP/1.1 403 Forbidden (plugforge egress: refused "
                                  b"evil.example:443: evil.example is not a dependency registry")
         answer = _ask(port, b"CONNECT repo.maven.apache.org:443 HTTP/1.1\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 502 Bad Gateway"), answer  # loopback: refused
+        assert answer.startswith(b"HTTP/1.1 502 Bad Gateway (plugforge egress: failed "
+                                 b"repo.maven.apache.org:443: repo.maven.apache.org resolves "
+                                 b"to no usable address (127.0.0.1)"), answer
         assert proxy.tunnels == []
         idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
         time.sleep(0.2)
@@ -131,7 +133,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pins(env: dict[str, str]) -> dict[str, str]:
-    found = toolchains.local_pins(images.Podman.in_cache(), ("mosquitto-c", "hivemq-java"))
+    found = toolchains.local_pins(images.Podman.in_cache(),
+                                  ("mosquitto-c", "hivemq-java", "vernemq-erlang"))
     return {name: pin.image for name, pin in found.items()}
 
 
@@ -234,8 +237,8 @@ def test_a_refused_connection_is_named_in_the_failed_build(
         outcomes[caches] = (failed.value, (tmp_path / f"{job.name}.log").read_text())
     error, log = outcomes[("maven",)]
     assert error.exit_code == 3, log
-    assert ("the egress proxy refused 1 connection(s), first github.com:443 (github.com is not "
-            "a dependency registry of this recipe's caches") in str(error), error
+    assert ("the egress proxy turned down 1 request(s), first: refused github.com:443: github.com "
+            "is not a dependency registry of this recipe's caches") in str(error), error
     assert "[egress] refused github.com:443: github.com is not a dependency registry" in log
     assert "HTTP/1.1 403 Forbidden (plugforge egress: refused github.com:443" in log
     error, log = outcomes[()]
@@ -267,3 +270,28 @@ def test_maven_downloads_through_the_proxy_into_the_tenants_cache(
     assert len(jars) > 20
     assert not cache_dir(tmp_path / "caches", OTHER_TENANT, pins["hivemq-java"], "maven").exists()
     assert list(result.artifact_dir.rglob("egress-maven-0.1.0.jar"))
+
+
+def test_rebar3_asks_the_proxy_for_hex(env: dict[str, str], pins: dict[str, str],
+                                       tmp_path: Path) -> None:
+    """The vernemq-erlang starter given a Hex dependency: rebar3 finds the proxy by
+    ``https_proxy`` and asks it for repo.hex.pm:443 (allowed). This machine's egress does not
+    resolve hex.pm, so here the tunnel fails and the build says so; where hex.pm resolves the
+    tunnel opens."""
+    repo = scaffold(template_dir("vernemq-erlang"), "vernemq-erlang", "vernemq", "egress_hex",
+                    tmp_path / "repo")
+    config = repo / "rebar.config"
+    config.write_text(config.read_text().replace("{deps, []}.", '{deps, [{jsx, "3.1.0"}]}.'))
+    executor = ContainerExecutor(tmp_path / "caches", podman_env=env)
+    try:
+        run_recipe(repo_recipe.resolve(repo).recipe, repo, tmp_path / "work", log=io.StringIO(),
+                   timeout=300, executor=executor, toolchain_image=pins["vernemq-erlang"],
+                   build_name=f"hex-{uuid.uuid4().hex[:6]}", tenant=TENANT)
+    except BuildFailed as e:
+        assert "repo.hex.pm:443" in str(e), e
+    log = (tmp_path / "work" / "build.log").read_text()
+    asked = [line for line in log.splitlines()
+             if line.startswith(("[egress] tunnel to repo.hex.pm:443",
+                                 "[egress] failed repo.hex.pm:443: the builder cannot resolve"))]
+    assert asked, log
+    assert "[egress] refused" not in log, log

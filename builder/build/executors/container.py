@@ -276,7 +276,7 @@ class ContainerExecutor:
         if "Resource temporarily unavailable" in error.log_tail:
             notes.append(f"a build runs at most {self._limits.pids} processes")
         if proxy is not None and proxy.refused:
-            notes.append(f"the egress proxy refused {len(proxy.refused)} connection(s), first "
+            notes.append(f"the egress proxy turned down {len(proxy.refused)} request(s), first: "
                          f"{proxy.refused[0]}")
         if not notes:
             return error

@@ -46,7 +46,7 @@ _HEAD_LIMIT = 8192
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOST = re.compile(rf"^({_LABEL}\.)*{_LABEL}$")
 _CLONE_NEWNET = 0x40000000
-_LOGGED_REFUSALS = 50  # per build: a build that loops on refusals cannot flood its log
+_LOGGED_LINES = 100  # per build: a build that loops on connections cannot flood its log
 log = logging.getLogger(__name__)
 
 
@@ -166,7 +166,7 @@ def listen_in(netns: Path, port: int = PROXY_PORT) -> socket.socket:
 
 
 class BuildProxy:
-    """One build's proxy: serves ``listener`` until ``close()``; refusals go to ``log_path``."""
+    """One build's proxy: serves ``listener`` until ``close()``; logs to ``log_path``."""
 
     def __init__(self, build: str, listener: socket.socket, allowed: frozenset[str],
                  log_path: Path, limits: Limits = DEFAULT_LIMITS,
@@ -181,11 +181,11 @@ class BuildProxy:
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._refusals = 0
+        self._lines = 0
         self.tunnels: list[str] = []
         """Every tunnel opened, as ``host:443``."""
         self.refused: list[str] = []
-        """The first refusals, as ``<target> (<reason>)``: the executor's error names one."""
+        """The first requests not served, as ``refused|failed <target>: <reason>``."""
         listener.settimeout(0.5)  # accept wakes to notice close()
         self._thread = threading.Thread(target=self._accept, name=f"egress-{build}", daemon=True)
         self._thread.start()
@@ -229,14 +229,16 @@ class BuildProxy:
             if not decision.allowed:
                 self._refuse(conn, 403, "Forbidden", decision.target, decision.reason)
                 return
-            upstream = self._connect(decision.host)
-            if upstream is None:
-                self._refuse(conn, 502, "Bad Gateway", decision.target,
-                             f"cannot connect to {decision.host}:{PORT}")
+            connected = self._connect(decision.host)
+            if isinstance(connected, str):
+                self._refuse(conn, 502, "Bad Gateway", decision.target, connected)
                 return
+            upstream = connected
             self._track(upstream)
+            address = upstream.getpeername()[0]
             with self._lock:
                 self.tunnels.append(f"{decision.host}:{PORT}")
+            self._note(f"[egress] tunnel to {decision.host}:{PORT} ({address})")
             log.debug("decision=egress-tunnel build=%s host=%s", self.build, decision.host)
             conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
             if rest:
@@ -250,41 +252,53 @@ class BuildProxy:
                 if sock is not None:
                     self._untrack(sock)
 
-    def _connect(self, host: str) -> socket.socket | None:
+    def _connect(self, host: str) -> socket.socket | str:
+        """A connection to ``host``:443, or why there is none."""
         try:
-            addresses = [a for a in self._resolve(host, PORT) if usable_address(a)]
-        except OSError:
-            return None
+            resolved = self._resolve(host, PORT)
+        except OSError as e:
+            return f"the builder cannot resolve {host}: {e}"
+        addresses = [a for a in resolved if usable_address(a)]
+        if not addresses:
+            return f"{host} resolves to no usable address ({', '.join(resolved)})"
+        errors = []
         for address in addresses:
             try:
                 sock = socket.create_connection((address, PORT), self._limits.connect_seconds)
-            except OSError:
+            except OSError as e:
+                errors.append(f"{address}: {e}")
                 continue
             sock.settimeout(self._limits.idle_seconds)
             return sock
-        return None
+        return f"cannot connect to {host}:{PORT} ({'; '.join(errors)})"
 
     def _refuse(self, conn: socket.socket, code: int, phrase: str, target: str,
                 reason: str) -> None:
-        text = f"plugforge egress: refused {target}: {reason}"
-        log.warning("decision=egress-refused build=%s target=%s reason=%s", self.build, target,
+        verb = "failed" if code == 502 else "refused"
+        text = f"plugforge egress: {verb} {target}: {reason}"
+        log.warning("decision=egress-%s build=%s target=%s reason=%s", verb, self.build, target,
                     reason)
         with self._lock:
-            self._refusals += 1
-            if len(self.refused) < _LOGGED_REFUSALS:
-                self.refused.append(f"{target} ({reason})")
-            note = (f"[egress] refused {target}: {reason}\n" if self._refusals <= _LOGGED_REFUSALS
-                    else "" if self._refusals > _LOGGED_REFUSALS + 1
-                    else "[egress] further refusals are not logged\n")
-            if note:
-                with open(self._log_path, "a", encoding="utf-8") as f:
-                    f.write(note)
+            if len(self.refused) < _LOGGED_LINES:
+                self.refused.append(f"{verb} {target}: {reason}")
+        self._note(f"[egress] {verb} {target}: {reason}")
         # The status line carries the reason too: Maven and rebar3 print only that line.
         body = (text + "\n").encode()
         status = f"HTTP/1.1 {code} {phrase} ({text})"[:400].encode("ascii", errors="replace")
         with contextlib.suppress(OSError):
             conn.sendall(status + b"\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+    def _note(self, line: str) -> None:
+        """A line in the build log (the first ``_LOGGED_LINES``, then one saying so)."""
+        with self._lock:
+            self._lines += 1
+            if self._lines > _LOGGED_LINES + 1:
+                return
+            if self._lines == _LOGGED_LINES + 1:
+                line = "[egress] further connections are not logged"
+            with open(self._log_path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
 
     def _track(self, sock: socket.socket) -> None:
         with self._lock:
