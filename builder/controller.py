@@ -38,7 +38,8 @@ from builder.errors import (
     NotFound,
     TargetMissing,
 )
-from builder.kube import API_VERSION, BUILDS, PLUGIN_LABEL, PLUGINS, Kube
+from builder.informers import BuildStore
+from builder.kube import API_VERSION, PLUGIN_LABEL, PLUGINS, Kube
 from builder.metrics import BuildMetrics
 from builder.planning import ACTIVE, needs_request, plan_prune, plan_queue
 from builder.queue import Backoff, WorkQueue
@@ -84,6 +85,7 @@ class Controller:
         self.identity = settings.identity
         self.now = now
         self.queue = WorkQueue()
+        self.builds: BuildStore | None = None  # the running term's store (``start``)
         self.metrics = BuildMetrics()
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
         self.resolved = ResolveCache(settings.resync_seconds * 0.9)
@@ -109,15 +111,17 @@ class Controller:
         # term that is still finishing a build cannot pick up work of the new one.
         stop = self._stop = threading.Event()
         queue = self.queue = WorkQueue()
+        builds = self.builds = BuildStore(self.kube, queue.add,
+                                          self.settings.watch_timeout_seconds)
         # Watch threads are not joined at stop: they block in a read until the next event,
         # check the stop event before acting on it, and are daemons.
         watches: list[tuple[str, Callable[[], None]]] = [
             ("watch-plugins", lambda: self._watch_loop(PLUGINS, stop, queue)),
-            ("watch-builds", lambda: self._watch_loop(BUILDS, stop, queue)),
+            ("watch-builds", lambda: builds.run(stop)),
         ]
         joined: list[tuple[str, Callable[[], None]]] = [
             ("resync", lambda: self._resync_loop(stop, queue))]
-        joined += [(f"worker-{i}", lambda: self._worker(stop, queue))
+        joined += [(f"worker-{i}", lambda: self._worker(stop, queue, builds))
                    for i in range(self.settings.workers)]
 
         def spawn(name: str, target: Callable[[], None]) -> threading.Thread:
@@ -197,7 +201,10 @@ class Controller:
         for mirror in removed:
             log.info("removed git mirror %s: no plugin uses its repository", mirror.name)
 
-    def _worker(self, stop: threading.Event, queue: WorkQueue) -> None:
+    def _worker(self, stop: threading.Event, queue: WorkQueue, builds: BuildStore) -> None:
+        # Reconciles read builds from the store: none before it has listed them all.
+        while not stop.is_set() and not builds.synced.wait(0.5):
+            pass
         while not stop.is_set():
             key = queue.get(timeout=0.5)
             if key is None:
@@ -222,13 +229,28 @@ class Controller:
     # --- reconcile ----------------------------------------------------------------------------
 
     def reconcile(self, key: str) -> float | None:
-        """Converge one plugin; returns seconds until it wants to run again (None: on events)."""
+        """Converge one plugin; returns seconds until it wants to run again (None: on events).
+
+        The plugin is read from the apiserver; its builds come from the store
+        (``builder.informers``), which may lag behind by events not yet delivered. Each
+        decision stays correct on such a stale list:
+        - a build missing from it: requests are named by (generation, commit), so requesting
+          again conflicts and is dropped, and ``status.lastRequest`` (read fresh) already
+          says it was requested; its creation event queues this key again;
+        - a build changed since: every write carries the read ``resourceVersion`` (claiming,
+          adopting an orphan, superseding, recording an outcome), gets 409 and is decided
+          again on the next reconcile; ``_finish`` gives up when the re-read build has left
+          the phase the decision was made on;
+        - a build deleted since: deleting it again is a no-op;
+        - the builder's own writes are stored as soon as they return, so its next reconcile
+          does not see its build still Running and take it for an orphan.
+        """
         namespace, _, name = key.partition("/")
         obj = self.kube.get_plugin(namespace, name)
         if obj is None:
             self.resolved.forget(key)
             self.pods.forget(key)
-            for build in self.kube.list_builds(namespace, name):
+            for build in self._builds_of(namespace, name):
                 self.kube.delete_build(namespace, build["metadata"]["name"])
             return None
         try:
@@ -238,7 +260,7 @@ class Controller:
             self._record_invalid(obj, str(e))
             return None
 
-        builds = sorted(self.kube.list_builds(namespace, name), key=_created)
+        builds = self._builds_of(namespace, name)
         for build in builds:
             self._adopt_orphan(build)
         views = [parse_build(b) for b in builds]
@@ -248,7 +270,7 @@ class Controller:
             commit = self._resolve(spec, settled=last.get("generation") == spec.generation)
             if needs_request(spec.generation, commit, views, last):
                 self._request(spec, commit)
-                builds = sorted(self.kube.list_builds(namespace, name), key=_created)
+                builds = self._builds_of(namespace, name)
                 views = [parse_build(b) for b in builds]
 
         plan = plan_queue(views, self.now(), spec.enabled)
@@ -267,11 +289,24 @@ class Controller:
                     return min(again, plan.wait_seconds or again)
             return plan.wait_seconds
         self._run(obj, spec, by_name[plan.run])
-        self._prune(spec, [parse_build(b) for b in
-                           sorted(self.kube.list_builds(namespace, name), key=_created)])
+        self._prune(spec, [parse_build(b) for b in self._builds_of(namespace, name)])
         return 0.0  # look again: more requests may have arrived while building
 
     # --- steps --------------------------------------------------------------------------------
+
+    def _builds_of(self, namespace: str, plugin: str) -> list[Obj]:
+        """The plugin's builds in creation order: from the store of a running term, else
+        (``reconcile`` called outside ``start``) from the apiserver."""
+        store = self.builds
+        builds = store.builds(namespace, plugin) if store is not None and store.synced.is_set() \
+            else self.kube.list_builds(namespace, plugin)
+        return sorted(builds, key=_created)
+
+    def _stored(self, build: Obj) -> Obj:
+        """``build`` as the apiserver returned it from a write, stored for the next reads."""
+        if self.builds is not None:
+            self.builds.put(build)
+        return build
 
     def _adopt_orphan(self, build: Obj) -> bool:
         """A Running build that no thread of this leader is running lost its builder (another
@@ -298,7 +333,7 @@ class Controller:
                       message=f"resumed: builder {view.holder} stopped while building")
         build["status"] = status
         with contextlib.suppress(Conflict):
-            build.update(self.kube.replace_build_status(build))
+            build.update(self._stored(self.kube.replace_build_status(build)))
         log.info("resuming orphaned build %s/%s (was held by %s)", view.namespace, view.name,
                  view.holder)
         return True
@@ -320,7 +355,7 @@ class Controller:
                      **({"commit": commit} if commit else {})},
         }
         with contextlib.suppress(Conflict):
-            self.kube.create_build(spec.namespace, body)
+            self._stored(self.kube.create_build(spec.namespace, body))
         self._patch_status(spec, {"lastRequest": {"generation": spec.generation,
                                                   "commit": commit or ""}})
 
@@ -357,7 +392,7 @@ class Controller:
                       startedAt=rfc3339(started), nextAttemptAt=None, reason="", message="")
         build["status"] = {k: v for k, v in status.items() if v is not None}
         try:
-            build = self.kube.replace_build_status(build)
+            build = self._stored(self.kube.replace_build_status(build))
         except (Conflict, NotFound):
             return  # someone else changed it; the next reconcile sees the new state
         self._event(obj, "Normal", "BuildStarted", f"build {view.name} started "
@@ -525,6 +560,9 @@ class Controller:
 
     def _finish(self, build: Obj, phase: str, *, reason: str, message: str,
                 extra: Mapping[str, Any] | None = None) -> None:
+        """Write the build's outcome; on 409 re-read it and write again, unless it has left
+        the phase this was decided on (a stale read: the next reconcile decides anew)."""
+        decided_on = parse_build(build).phase
         for _ in range(5):
             status = dict(build.get("status") or {})
             status.update(phase=phase, reason=reason, message=message[:32000],
@@ -534,12 +572,12 @@ class Controller:
                 status.pop("nextAttemptAt", None)
             build["status"] = status
             try:
-                self.kube.replace_build_status(build)
+                self._stored(self.kube.replace_build_status(build))
                 return
             except Conflict:
                 fresh = self.kube.get_build(build["metadata"]["namespace"],
                                             build["metadata"]["name"])
-                if fresh is None:
+                if fresh is None or parse_build(fresh).phase != decided_on:
                     return
                 build = fresh
             except NotFound:
