@@ -276,12 +276,12 @@ class BuildProxy:
                 reason: str) -> None:
         verb = "failed" if code == 502 else "refused"
         text = f"plugforge egress: {verb} {target}: {reason}"
-        log.warning("decision=egress-%s build=%s target=%s reason=%s", verb, self.build, target,
-                    reason)
         with self._lock:
             if len(self.refused) < _LOGGED_LINES:
                 self.refused.append(f"{verb} {target}: {reason}")
-        self._note(f"[egress] {verb} {target}: {reason}")
+        if self._note(f"[egress] {verb} {target}: {reason}"):  # the same cap on both logs
+            log.warning("decision=egress-%s build=%s target=%s reason=%s", verb, self.build,
+                        target, reason)
         # The status line carries the reason too: Maven and rebar3 print only that line.
         body = (text + "\n").encode()
         status = f"HTTP/1.1 {code} {phrase} ({text})"[:400].encode("ascii", errors="replace")
@@ -289,16 +289,18 @@ class BuildProxy:
             conn.sendall(status + b"\r\nContent-Type: text/plain\r\nConnection: close\r\n"
                          + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
-    def _note(self, line: str) -> None:
-        """A line in the build log (the first ``_LOGGED_LINES``, then one saying so)."""
+    def _note(self, line: str) -> bool:
+        """A line in the build log: the first ``_LOGGED_LINES``, then one saying that was all.
+        False when this one is not written."""
         with self._lock:
             self._lines += 1
             if self._lines > _LOGGED_LINES + 1:
-                return
+                return False
             if self._lines == _LOGGED_LINES + 1:
                 line = "[egress] further connections are not logged"
             with open(self._log_path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
+            return self._lines <= _LOGGED_LINES
 
     def _track(self, sock: socket.socket) -> None:
         with self._lock:
