@@ -219,6 +219,22 @@ def test_an_evil_build_with_caches_reaches_nothing_but_its_registries(
         assert not f.is_file() or targets.secret.encode() not in f.read_bytes(), f
 
 
+def test_control_a_container_with_a_route_reaches_the_builders_port(
+        env: dict[str, str], pins: dict[str, str]) -> None:
+    """What the test above would see if builds with caches ran on podman's default network
+    (as they did before the proxy): the stand-in on the host's address answers."""
+    api = _LeakyApi("pf-secret-" + secrets.token_hex(16))
+    try:
+        address = _host_addresses()[0]
+        probe = f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{api.port}; head -1 <&3'"
+        out = subprocess.run(["podman", "run", "--rm", "--entrypoint", "bash", pins["mosquitto-c"],
+                              "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        api.sock.close()
+    assert out.stdout.strip() == api._secret.decode(), out
+    assert api.connections == 1
+
+
 def test_a_refused_connection_is_named_in_the_failed_build(
         env: dict[str, str], pins: dict[str, str], tmp_path: Path) -> None:
     """A step that fails after the proxy refused it: the error says what was refused and why;
