@@ -56,12 +56,11 @@ def allowed_hosts(caches: Iterable[str]) -> frozenset[str]:
 
 
 def proxy_env(caches: Sequence[str]) -> dict[str, str]:
-    """How each tool finds the proxy: the usual variables (rebar3/Erlang's httpc, curl, git)
-    and, for Maven, Java's proxy properties in ``MAVEN_OPTS`` (merged by the caller)."""
+    """The usual proxy variables (rebar3, curl, git read them) for a build with caches; Maven
+    reads ``java_proxy_options()`` instead."""
     if not caches:
         return {}
-    env = {name: PROXY_URL for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")}
-    return env
+    return {name: PROXY_URL for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")}
 
 
 def java_proxy_options() -> str:
