@@ -64,8 +64,12 @@ class Stats:
 class _Index:
     plugins: Sequence[PluginSource]
     """The provider's list it was built from (compared by identity)."""
-    by_secret: dict[SecretRef, list[int]]
+    by_secret: dict[SecretRef, frozenset[int]]
     """Positions in ``plugins``, per webhook Secret."""
+    by_key: dict[str, int]
+    """Position of each plugin (``namespace/name``)."""
+    pushes: matching.PushIndex
+    """Positions by repository, ref and path (``matching.index_plugins``)."""
 
     @classmethod
     def of(cls, plugins: Sequence[PluginSource]) -> _Index:
@@ -73,7 +77,8 @@ class _Index:
         for i, plugin in enumerate(plugins):
             if plugin.secret is not None:
                 by_secret.setdefault(plugin.secret, []).append(i)
-        return cls(plugins, by_secret)
+        return cls(plugins, {ref: frozenset(members) for ref, members in by_secret.items()},
+                   {p.key: i for i, p in enumerate(plugins)}, matching.index_plugins(plugins))
 
 
 class WebhookHandler:
@@ -92,13 +97,13 @@ class WebhookHandler:
         against that BrokerPlugin's secret only."""
         self.stats.bump("deliveries")
         try:
-            plugins = self._verified_plugins(forge, headers, body, plugin)
+            index, allowed = self._verified(forge, headers, body, plugin)
         except BuilderError as e:
             log.error("%s delivery: cannot check it, the plugin list is unavailable: %s",
                       forge.value, e)
             return Response(503, {"error": "plugin list unavailable, redeliver later"},
                             (("Retry-After", "30"),))
-        if not plugins:
+        if not allowed:
             self.stats.bump("unauthorized")
             log.warning("%s delivery refused: %s", forge.value,
                         "signature does not verify with any webhook secret"
@@ -127,26 +132,29 @@ class WebhookHandler:
                      parsed.event, parsed.reason)
             return Response(202, {"status": "ignored", "reason": parsed.reason, "queued": []})
         self.stats.bump("pushes")
-        return self._push(parsed, plugins)
+        return self._push(parsed, index, allowed)
 
-    def _verified_plugins(self, forge: Forge, headers: Mapping[str, str], body: bytes,
-                          only: str | None = None) -> list[PluginSource]:
+    def _verified(self, forge: Forge, headers: Mapping[str, str], body: bytes,
+                  only: str | None = None) -> tuple[_Index, frozenset[int]]:
+        """The index and the positions of the plugins whose secret signed the delivery."""
         index = self._index()
         results: dict[bytes, bool] = {}  # one HMAC per distinct secret, not per plugin
-        positions: list[int] = []
-        for ref, members in index.by_secret.items():
-            if only is not None:
-                members = [i for i in members if index.plugins[i].key == only]
-                if not members:
-                    continue
+        allowed: frozenset[int] = frozenset()
+        by_secret = index.by_secret
+        if only is not None:
+            at = index.by_key.get(only)
+            secret_ref = index.plugins[at].secret if at is not None else None
+            by_secret = {secret_ref: frozenset({at})} \
+                if at is not None and secret_ref is not None else {}
+        for ref, members in by_secret.items():
             secret = self._provider.secret(ref)
             if secret is None:
                 continue
             if secret not in results:
                 results[secret] = verify(forge, headers, body, secret)
             if results[secret]:
-                positions.extend(members)
-        return [index.plugins[i] for i in sorted(positions)]
+                allowed = allowed | members if allowed else members
+        return index, allowed
 
     def _index(self) -> _Index:
         """The provider's plugins grouped by webhook Secret, rebuilt only when the provider
@@ -158,8 +166,9 @@ class WebhookHandler:
                 self._indexed = _Index.of(plugins)
             return self._indexed
 
-    def _push(self, event: PushEvent, plugins: list[PluginSource]) -> Response:
-        decisions = matching.plan(event, plugins)
+    def _push(self, event: PushEvent, index: _Index, allowed: frozenset[int]) -> Response:
+        planned = matching.plan_indexed(event, index.plugins, index.pushes, allowed)
+        decisions = planned.decisions
         queued: list[dict[str, str]] = []
         skipped: list[dict[str, str]] = []
         trigger = Trigger(event.event, event.delivery, event.pusher, event.after,
@@ -180,9 +189,15 @@ class WebhookHandler:
                  event.delivery or "-", event.ref, event.after[:12], event.pusher or "?",
                  [q["plugin"] for q in queued] or "none",
                  [f"{s['plugin']} ({s['reason']})" for s in skipped] or "none")
+        if planned.untouched:
+            log.info("%s push %s: %d more plugins of the repository not rebuilt, no changed "
+                     "file under their path", event.forge.value, event.delivery or "-",
+                     planned.untouched)
         body: dict[str, Any] = {"status": "accepted", "event": "push", "ref": event.ref,
                                 "commit": event.after, "queued": queued, "skipped": skipped}
-        if not decisions:
+        if planned.untouched:
+            body["untouched"] = planned.untouched
+        if not decisions and not planned.untouched:
             body["status"] = "ignored"
             repos = ", ".join(sorted(map(str, matching.repo_ids(event.repository_urls))))
             body["reason"] = (f"no BrokerPlugin using this webhook secret follows {repos} "

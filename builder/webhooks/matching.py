@@ -155,3 +155,96 @@ def plan(event: PushEvent, plugins: Sequence[PluginSource]) -> list[Decision]:
     """A decision for every plugin that follows the pushed repository and ref."""
     pushed = repo_ids(event.repository_urls)
     return [d for d in (_decide(event, pushed, p) for p in plugins) if d is not None]
+
+
+# --- an index, so a push reads only the plugins it can concern -----------------------------------
+
+LISTED_UNTOUCHED = 10
+"""Plugins skipped because the push changed nothing under their path are listed one by one up
+to this many (a monorepo push would otherwise list every other plugin of the repository); more
+are only counted."""
+
+
+@dataclass(frozen=True)
+class PathIndex:
+    """Positions (in the indexed plugin sequence) of the plugins that follow one repository
+    at one ref, by the root of their ``spec.source.git.path``."""
+
+    everywhere: tuple[int, ...]
+    """Always concerned: the whole repository (``.``), or decided without the changed files
+    (disabled, pinned to a revision)."""
+    by_root: dict[str, tuple[int, ...]]
+    every: frozenset[int]
+
+    def touched(self, changed: frozenset[str] | None) -> set[int]:
+        """The positions a push changing ``changed`` may rebuild (the rule of
+        ``path_touched``: a file under the root, or the root itself), plus ``everywhere``;
+        the cost grows with the changed paths' lengths, not with the plugins."""
+        if changed is None:
+            return set(self.every)
+        out = set(self.everywhere)
+        for name in changed:
+            name = name.lstrip("/")
+            end = name.find("/")
+            while end != -1:
+                out.update(self.by_root.get(name[:end], ()))
+                end = name.find("/", end + 1)
+            out.update(self.by_root.get(name, ()))
+        return out
+
+
+PushIndex = dict[RepoId, dict[str, PathIndex]]
+"""Repository → followed ref (as written in the spec) → paths."""
+
+
+def index_plugins(plugins: Sequence[PluginSource]) -> PushIndex:
+    groups: dict[RepoId, dict[str, tuple[list[int], dict[str, list[int]], list[int]]]] = {}
+    for i, p in enumerate(plugins):
+        repo = normalize_url(p.url)
+        if repo is None:
+            continue  # never matches a push
+        everywhere, by_root, every = groups.setdefault(repo, {}).setdefault(
+            p.ref, ([], {}, []))
+        every.append(i)
+        root = p.path.strip("/")
+        if root in ("", ".") or not p.enabled or p.revision:
+            everywhere.append(i)
+        else:
+            by_root.setdefault(root, []).append(i)
+    return {repo: {ref: PathIndex(tuple(e), {k: tuple(v) for k, v in r.items()},
+                                  frozenset(a))
+                   for ref, (e, r, a) in refs_.items()}
+            for repo, refs_ in groups.items()}
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    decisions: list[Decision]
+    """As ``plan``, except plugins the push left untouched beyond ``LISTED_UNTOUCHED``."""
+    untouched: int
+    """Plugins of the repository and ref not rebuilt because no changed file is under their
+    path (listed in ``decisions`` only while at most ``LISTED_UNTOUCHED``)."""
+
+
+def plan_indexed(event: PushEvent, plugins: Sequence[PluginSource], index: PushIndex,
+                 allowed: frozenset[int] | set[int]) -> PushPlan:
+    """``plan`` over the plugins at ``allowed`` positions, reading through ``index`` only the
+    ones the push can concern: its cost does not grow with the plugins of the repository."""
+    pushed = repo_ids(event.repository_urls)
+    chosen: set[int] = set()
+    untouched: set[int] = set()
+    count = 0
+    for repo in sorted(pushed):
+        for ref, paths in index.get(repo, {}).items():
+            if not ref_matches(ref, event.ref):
+                continue
+            hit = paths.touched(event.changed_files) & allowed
+            chosen |= hit
+            missed = len(paths.every & allowed) - len(hit)
+            count += missed
+            if missed and count <= LISTED_UNTOUCHED:
+                untouched |= (paths.every & allowed) - hit
+    listed = untouched if count <= LISTED_UNTOUCHED else set()
+    decisions = [d for d in (_decide(event, pushed, plugins[i]) for i in sorted(chosen | listed))
+                 if d is not None]
+    return PushPlan(decisions, count if count > LISTED_UNTOUCHED else 0)
