@@ -8,9 +8,12 @@ node cannot start, every test here fails with the reason; none is skipped.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import signal
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -459,3 +462,154 @@ def test_configmap_propagation_file_mode_vs_api_mode_through_the_real_kubelet(
           f"{count} each:\n" + "\n".join(rows))
     assert max(modes["api (--source=auto)"]) < 5
     assert max(modes["files (--source=files)"]) < 30
+
+
+# --- a canary on the StatefulSet example: manifests/brokers/vernemq with 2 pods ----------------
+
+def _running_digests(ip: str) -> set[str]:
+    """Every digest the pod's sidecar names as running (its metrics)."""
+    return set(re.findall(r'running_digest="([^"]+)"', node_brokers.metrics(ip)))
+
+
+def _created_to_ready(pod: dict[str, Any]) -> str:
+    """Pod creation -> its Ready condition, as the apiserver recorded them (1 s resolution)."""
+    def at(stamp: str) -> float:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    return f"{at(ready['lastTransitionTime']) - at(pod['metadata']['creationTimestamp']):.0f} s"
+
+
+def test_statefulset_canary_goes_to_one_pod_first_and_a_failing_one_is_rolled_back_there(
+        real_node: RealNode, plugforge_images: dict[str, Image], deployed: Deployed,
+        tmp_path: Path) -> None:
+    """``spec.target.strategy.canary`` on the VerneMQ StatefulSet with 2 pods: the first
+    release runs on one pod (the canary, its per-pod ConfigMap key), is probed there, then
+    reaches the other; a new digest whose probe fails on the canary is rolled back on that pod,
+    and the other pod never receives it (no per-pod key, never its desired digest in the
+    builder's status, never run by its sidecar), its containers untouched."""
+    api, broker = real_node.api, node_brokers.BROKERS["vernemq"]
+    cluster = node_brokers.Cluster(real_node.cp, real_node.registry.host, real_node.cp.ca,
+                                   real_node.podman, deployed.git, node.NODE_DIR / "images.log")
+    # The probe's password, in the Secret the example mounts for the sidecar's probes.
+    secrets = f"/api/v1/namespaces/{NS}/secrets"
+    api.ok("POST", secrets, {"apiVersion": "v1", "kind": "Secret",
+                             "metadata": {"name": "vernemq-probe-credentials", "namespace": NS},
+                             "stringData": {"trent": "any-password"}})
+    probes = [{"name": "mallory-refused", "action": "connect", "username": "mallory",
+               "expect": "refused"},
+              {"name": "trent-accepted", "action": "connect", "username": "trent",
+               "passwordFrom": {"secret": "vernemq-probe-credentials", "key": "trent"},
+               "expect": "accepted"}]
+    pod = node_brokers.deploy(
+        cluster, broker, plugforge_images["sidecar"].ref, tmp_path, replicas=2,
+        plugin_name="vernemq-canary", spec={
+            "probes": probes, "webhook": {"secretRef": {"name": "github-webhook"}},
+            "target": {"strategy": {"canary": {"enabled": True, "count": 1,
+                                               "probeTimeoutSeconds": 120}}}})
+    path = f"/apis/plugforge.dev/v1alpha1/namespaces/{NS}/brokerplugins/{pod.plugin}"
+    ips = dict(node_brokers.pods(api, broker))
+    try:
+        ready_after = {n: _created_to_ready(wait_running(api, n, timeout=180)) for n in ips}
+        def status() -> dict[str, Any]:
+            return api.ok("GET", path).get("status") or {}
+
+        # 1. The first release: one pod first, then the other.
+        started, first_seen = pod.timings["applied at"], {}
+
+        def promoted() -> dict[str, Any] | None:
+            rollout = status().get("rollout") or {}
+            for name, ip in ips.items():
+                if name not in first_seen and rollout.get("digest") in _running_digests(ip):
+                    first_seen[name] = time.monotonic()
+            return rollout if rollout.get("phase") == "Complete" and len(first_seen) == 2 \
+                else None
+
+        try:
+            rollout = wait_for(promoted, "the first release through its canary to both pods",
+                               timeout=900, interval=0.2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {status()}\n"
+                                 + "\n".join(describe(api, n) for n in ips)) from None
+        v1 = rollout["digest"]
+        canary, other = rollout["canaryPods"][0], next(n for n in ips if n not in
+                                                       rollout["canaryPods"])
+        assert rollout["canaryPods"] == [canary], rollout
+        assert first_seen[canary] < first_seen[other], first_seen
+        for ip in ips.values():
+            assert node_brokers.outcome(ip, "connect", "mallory") == "refused"
+            assert node_brokers.outcome(ip, "connect", "trent") == "accepted"
+        first = (f"pods created -> Ready {ready_after}; canary {canary} running "
+                 f"{first_seen[canary] - started:.1f} s after apply, {other} "
+                 f"{first_seen[other] - first_seen[canary]:.1f} s later")
+
+        # 2. A new digest that refuses trent, whom the probe expects accepted.
+        source = tmp_path / pod.plugin
+        code = source / "src" / f"{pod.plugin.replace('-', '_')}.erl"
+        if not code.is_file():
+            code = next((source / "src").glob("*.erl"))
+        code.write_text(code.read_text().replace(
+            "    lists:member(UserName, deny_users()).",
+            '    UserName =:= <<"trent">> orelse lists:member(UserName, deny_users()).'))
+        url = next(d for d in pod.docs if d["kind"] == "BrokerPlugin")["spec"]["source"][
+            "git"]["url"]
+        before = run_git(source, "rev-parse", "HEAD")
+        run_git(source, "commit", "-qam", "refuse trent")
+        run_git(source, "push", "-q", url, "HEAD:main")
+        bad_commit = run_git(source, "rev-parse", "HEAD")
+        other_restarts = restarts(api, other)
+        seen: dict[str, set[str]] = {"keys": set(), "desired": set(), "running": set()}
+        stop = threading.Event()
+
+        def watch_other() -> None:  # all the other pod could have been handed, every 0.1 s
+            while not stop.wait(0.1):
+                cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/{broker.configmap}")
+                seen["keys"] |= {k for k in cm.get("data", {}) if k.startswith("canary.")}
+                state = node_brokers.pod_state(api, pod.plugin, other) or {}
+                seen["desired"].add(str(state.get("desiredDigest", "")))
+                seen["running"] |= _running_digests(ips[other])
+
+        watcher = threading.Thread(target=watch_other, daemon=True)
+        watcher.start()
+        builders = api.ok("GET", "/api/v1/namespaces/plugforge-system/pods?labelSelector="
+                          "app.kubernetes.io/name%3Dplugforge-builder")["items"]
+        pushed = time.monotonic()
+        assert node_cluster.github_push(
+            dataclasses.replace(deployed, url=url), builders[0]["status"]["podIP"], before,
+            bad_commit, [str(code.relative_to(source))]) in (200, 202)
+        try:
+            wait_for(lambda: (status().get("rollout") or {}).get("commit") == bad_commit,
+                     "the bad commit's canary", timeout=600, interval=0.5)
+            canaried = time.monotonic() - pushed
+            bad = status()["rollout"]["digest"]
+            assert bad != v1
+            wait_for(lambda: status()["rollout"]["phase"] == "RolledBack",
+                     "the failing canary rolled back", timeout=300, interval=0.5)
+            rolled_back = time.monotonic() - pushed - canaried
+            wait_for(lambda: _running_digests(ips[canary]) == {v1},
+                     f"{canary} back on the first release", timeout=120, interval=0.2)
+            wait_for(lambda: node_brokers.outcome(ips[canary], "connect", "trent")
+                     == "accepted", f"{canary} admits trent again", timeout=60, interval=0.5)
+            back = time.monotonic() - pushed - canaried - rolled_back
+        finally:
+            stop.set()
+            watcher.join()
+        ready = {c["type"]: c for c in status()["conditions"]}["Ready"]
+        assert ready["status"] == "False" and ready["reason"] == "CanaryFailed", ready
+        assert "trent-accepted" in ready["message"] and canary in ready["message"], ready
+        assert status()["currentImage"].endswith("@" + v1)  # the stable release stayed
+        # The other pod never received the bad digest, and nothing of it restarted.
+        assert not any(other in k for k in seen["keys"]), seen["keys"]
+        assert any(canary in k for k in seen["keys"]), seen["keys"]
+        assert bad not in seen["desired"] and bad not in seen["running"], seen
+        assert _running_digests(ips[other]) == {v1}
+        assert restarts(api, other) == other_restarts
+        assert node_brokers.outcome(ips[other], "connect", "trent") == "accepted"
+        data = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/{broker.configmap}")["data"]
+        assert not any(k.startswith("canary.") for k in data)
+        print(f"\nvernemq StatefulSet canary on real pods: first release {first}; bad commit: "
+              f"webhook -> its canary {canaried:.1f} s, canary -> RolledBack "
+              f"{rolled_back:.1f} s, -> {canary} on the first release again {back:.1f} s; "
+              f"{other} never saw it")
+    finally:
+        node_brokers.remove(real_node.cp, pod)
+        api.ok("DELETE", f"{secrets}/vernemq-probe-credentials")
