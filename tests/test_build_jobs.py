@@ -3,9 +3,11 @@
 own identity with exactly that Role, the source in and the result out over one-time URLs.
 
 The builder here is this test process (the transfer server listens on the node's bridge
-address, where pods reach the host); the toolchain image is the mosquitto-c template's, built
-from its toolchain.Containerfile and pushed to the node's registry. One module shares the
-session's node; when it cannot start, every test fails with the reason.
+address, where pods reach the host; its cache root, holding the tenants' build caches, is a
+temporary directory); the toolchain image is the mosquitto-c template's, built from its
+toolchain.Containerfile and pushed to the node's registry, and every template's for the test
+that builds each starter as a Job. One module shares the session's node; when it cannot start,
+every test fails with the reason.
 """
 
 from __future__ import annotations
