@@ -345,10 +345,13 @@ def populate(api: Api, layout: Layout) -> None:
     def make_configmap(item: tuple[tuple[str, str], list[int]]) -> None:
         (ns, name), members = item
         owners = {plugin_key(layout.name(i)): layout.name(i) for i in members}
+        data = {plugin_key(layout.name(i)): layout.release_text(i) for i in members}
+        # As the builder leaves it: owners and the fingerprints of its own writes recorded.
+        annotations = ownership.annotate_written(ownership.annotate({}, owners), {
+            key: ownership.fingerprint(text) for key, text in data.items()})
         api.call("POST", f"/api/v1/namespaces/{ns}/configmaps", {
             "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "annotations": ownership.annotate({}, owners)},
-            "data": {plugin_key(layout.name(i)): layout.release_text(i) for i in members}})
+            "metadata": {"name": name, "annotations": annotations}, "data": data})
 
     _parallel(make_configmap, configmaps.items())
 

@@ -59,7 +59,9 @@ from builder.rollout.tracker import RolloutTracker, report_reverted
 from builder.secret_cache import SecretCache
 from builder.secrets import Use, check_use, webhook_secret_problem
 from builder.settings import Settings
+from builder.target_cache import TargetCache
 from builder.webhooks.plugins import plugin_source
+from plugforge.contract import PluginRelease, plugin_key, render_plugin_release
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class Controller:
         self.backoff = Backoff(settings.backoff_base_seconds, settings.backoff_max_seconds)
         self.resolved = ResolveCache(settings.resync_seconds * 0.9)
         self.secrets = SecretCache(kube.read_secret)  # webhook Secrets, shared by plugins
+        self.targets = TargetCache(kube.get_configmap)  # shared by a ConfigMap's plugins
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: set[str] = set()
@@ -616,11 +619,29 @@ class Controller:
         canary = spec.enabled and spec.uses_canary and self.tracker is not None
         release = rollout.current_release(spec, name, image, status.get("currentCommit", ""),
                                           status.get("currentBuild", ""))
+        if self._in_place(spec, release):
+            return
+        self.targets.forget(spec.namespace, spec.configmap)  # about to be read and written
         try:
             report_reverted(self._event, obj, spec, (rollout.restore if canary else rollout.write)(
                 self.kube, spec, release))
         except BuilderError as e:
             log.warning("syncing %s into %s: %s", spec.key, spec.configmap, e)
+
+    def _in_place(self, spec: PluginSpec, release: PluginRelease) -> bool:
+        """Is ``release`` already in the target, as the builder wrote it? Read through
+        ``self.targets`` (a few seconds old at most): on a stale "yes" a direct edit made in
+        those seconds is written back at the plugin's next reconcile instead of this one, as
+        an edit made just after it would be (the builder does not watch ConfigMaps); a "no" or
+        an error goes the normal way, which reads afresh and writes optimistically."""
+        if not spec.configmap:
+            return False
+        try:
+            target = self.targets.get(spec.namespace, spec.configmap)
+        except BuilderError:
+            return False
+        return target is not None and target.holds(
+            plugin_key(release.name), render_plugin_release(release), spec.name)
 
     def _check_webhook(self, obj: Obj, spec: PluginSpec) -> None:
         """The ``Webhook`` condition of a plugin with ``spec.webhook.secretRef``: False (and no

@@ -11,6 +11,8 @@ from builder_support import Cluster, install, tenant_namespace, wait_for
 
 from builder.informers import BuildStore, slim
 from builder.kube import Kube
+from builder.rollout import ownership
+from builder.target_cache import TargetCache
 from builder.webhooks import matching
 from builder.webhooks.events import PushEvent
 from builder.webhooks.matching import PluginSource
@@ -168,3 +170,39 @@ def test_a_push_reads_only_the_plugins_under_its_paths() -> None:
     assert [d.plugin.name for d in planned.decisions if d.build] == ["p4321"]
     assert decided == ["p4321"]
     assert planned.untouched == 9_999
+
+
+# --- target ConfigMaps: one read per ConfigMap per few seconds, for "nothing to write" -------
+
+
+def test_a_target_configmap_is_read_once_per_ttl_by_its_plugins() -> None:
+    now = [100.0]
+    reads: list[str] = []
+    text = "plugin: release\n"
+    annotations = ownership.annotate_written(
+        ownership.annotate({}, {"plugin.a.yaml": "a"}),
+        {"plugin.a.yaml": ownership.fingerprint(text)})
+
+    def read(namespace: str, name: str) -> Obj | None:
+        reads.append(name)
+        if name == "absent":
+            return None
+        return {"metadata": {"annotations": annotations},
+                "data": {"plugin.a.yaml": text, "plugin.b.yaml": "x"}}
+
+    cache = TargetCache(read, ttl=5.0, clock=lambda: now[0])
+    for _ in range(50):  # a sweep over the plugins of one ConfigMap
+        target = cache.get("t", "brokers")
+        assert target is not None
+        assert target.holds("plugin.a.yaml", text, "a")
+        assert cache.get("t", "absent") is None
+    assert reads == ["brokers", "absent"]
+    assert target is not None
+    assert not target.holds("plugin.a.yaml", text + "edited", "a"), "another release"
+    assert not target.holds("plugin.a.yaml", text, "b"), "owned by another BrokerPlugin"
+    assert not target.holds("plugin.b.yaml", "x", "b"), "not recorded as the builder's write"
+    now[0] += 5.0
+    cache.get("t", "brokers")
+    cache.forget("t", "brokers")
+    cache.get("t", "brokers")
+    assert reads == ["brokers", "absent", "brokers", "brokers"]
