@@ -11,7 +11,8 @@ monorepo: plugin i builds ``plugins/p<i>``).
 The builder runs as its own process (``python -m bench.builder_scale --serve``: the real
 ``builder.app.Builder`` with its webhook endpoint, as the builder identity with the shipped
 RBAC); its ``Controller.reconcile`` is wrapped to record when each key finished. Figures:
-- start → every plugin reconciled (process start, Lease, list, N reconciles);
+- start → every plugin reconciled (process start, Lease, list, N reconciles), and the builder
+  process's CPU seconds until then;
 - RSS after that (VmRSS) and the peak (VmHWM);
 - a full resync (list + N reconciles, each re-resolving its ref as at a period's expiry): wall
   seconds and builder CPU seconds;
@@ -496,6 +497,7 @@ def measure_n(workdir: Path, n: int, pushes: int) -> dict[str, float]:
         start_s = float(reply["last"]) - builder.started
         if int(reply["count"]) < n:
             start_s = math.nan
+        start_cpu = builder.cpu_seconds()
         time.sleep(1.0)
         rss = builder.status_kib("VmRSS") / 1024
         peak = builder.status_kib("VmHWM") / 1024
@@ -531,8 +533,8 @@ def measure_n(workdir: Path, n: int, pushes: int) -> dict[str, float]:
             seconds, ok = push_ack(builder.webhook, layout, rng.randrange(n), k)
             acks.append(seconds)
             matched += ok
-        return {"start": start_s, "rss": rss, "peak": peak, "resync": resync_s,
-                "resync_cpu": resync_cpu,
+        return {"start": start_s, "start_cpu": start_cpu, "rss": rss, "peak": peak,
+                "resync": resync_s, "resync_cpu": resync_cpu,
                 "event_p50": summarize(event).p50, "event_p99": summarize(event).p99,
                 "watch_p50": summarize(delivered).p50, "took_p50": summarize(took).p50,
                 "ack_p50": summarize(acks).p50, "ack_p99": summarize(acks).p99,
@@ -555,6 +557,7 @@ def growth(points: Sequence[tuple[int, float]]) -> float:
 ROWS: tuple[tuple[str, str, str, float, float | None], ...] = (
     # key, metric, unit, scale, goal at 10,000 (in the unit)
     ("start", "start → every plugin reconciled", "s", 1.0, GOAL_RECONCILE_S),
+    ("start_cpu", "  builder CPU until then", "s", 1.0, None),
     ("rss", "RSS after start", "MB", 1.0, GOAL_RSS_MB),
     ("peak", "peak RSS (VmHWM)", "MB", 1.0, None),
     ("resync", "full resync (list + N reconciles)", "s", 1.0, None),
