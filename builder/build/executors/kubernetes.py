@@ -92,38 +92,48 @@ CREATE_ERRORS = frozenset({"CreateContainerConfigError", "CreateContainerError",
 
 # The transfer containers' scripts are the builder's constants; the URLs come in through env.
 # A try that could not connect is repeated (the URL is used up only by a request that arrived);
-# Each try gets 60 s (busybox 1.35's wget -T crashes). Their files live beside src/, home/ and
+# each try gets 60 s (busybox 1.35's wget -T crashes). Their files live beside src/, home/ and
 # tmp/, never inside them.
 _BB = "/bin/busybox"
 _FILES = f"{WORKSPACE}/.transfer"
-_TRY = ('for try in 1 2 3 4 5; do {bb} timeout 60 {bb} wget -q {args} "${url}" && break; '
-        '[ "$try" = 5 ] && exit 1; {bb} sleep 1; done')
 CACHES = f"{WORKSPACE}/cache"
 _STAMP = f"{_FILES}/cache-since"
-# The stamp is a second old: busybox find compares whole seconds, and a file the build adds in
-# the stamp's own second must still count as new (one that was there is merely sent again).
-FETCH_SCRIPT = (f"set -e; {_BB} mkdir -p {_FILES}; "
-                + _TRY.format(bb=_BB, args=f"-O {_FILES}/source.tar", url="PLUGFORGE_SOURCE_URL")
-                + f"; {_BB} tar -x -f {_FILES}/source.tar -C {WORKSPACE}"
-                + f"; {_BB} rm {_FILES}/source.tar"
+_NEW = f"{_FILES}/new-cache"
+
+
+def _try(command: str) -> str:
+    """``command`` (a wget of a one-time URL), tried up to 5 times a second apart."""
+    return (f'for try in 1 2 3 4 5; do {command} && break; [ "$try" = 5 ] && exit 1; '
+            f"{_BB} sleep 1; done")
+
+
+def _wget(args: str, url_variable: str) -> str:
+    return f'{_BB} timeout 60 {_BB} wget -q {args} "${url_variable}"'
+
+
+# The source (and caches) stream from wget into tar, never on disk twice; a try that broke
+# part-way finds its URL used up, so the fetch fails. Then the stamp, a second old: busybox
+# find compares whole seconds, and a file a build adds in the stamp's own second must still
+# count as new (one that was there is merely sent again, and kept as it was).
+FETCH_SCRIPT = (f"set -e -o pipefail; {_BB} mkdir -p {_FILES}; "
+                + _try(_wget("-O -", "PLUGFORGE_SOURCE_URL")
+                       + f" | {_BB} tar -x -f - -C {WORKSPACE}")
                 + f"; {_BB} touch -d \"@$(( $({_BB} date +%s) - 1 ))\" {_STAMP}")
 # Cache files newer than the stamp, copied with their directories (busybox tar takes no file
 # list; cpio does), as a tarball. Best effort: what the build made unreadable, or a missing
 # stamp (the build removed it), leaves additions out; it never fails the return.
-_NEW = f"{_FILES}/new-cache"
 CACHE_RETURN_SCRIPT = (
     f"{_BB} rm -rf {_NEW}; {_BB} mkdir -p {_NEW}; "
     f"if [ -e {_STAMP} ]; then (cd {CACHES} && {_BB} find . -newer {_STAMP} ! -type d -print0 "
     f"| {_BB} cpio -0 -o -H newc | (cd {_NEW} && {_BB} cpio -i -d)) 2>/dev/null "
     "|| echo 'some cache files could not be returned'; fi; "
     f"{_BB} tar -c -f - -C {_NEW} . | {_BB} base64 > {_FILES}/cache.b64; {_BB} rm -rf {_NEW}; "
-    + _TRY.format(bb=_BB, args=f"-O /dev/null --post-file {_FILES}/cache.b64",
-                  url="PLUGFORGE_CACHE_URL")
+    + _try(_wget(f"-O /dev/null --post-file {_FILES}/cache.b64", "PLUGFORGE_CACHE_URL"))
     + f"; {_BB} rm {_FILES}/cache.b64; ")
 RETURN_SCRIPT = (f"set -e -o pipefail; {_BB} tar -c -f - -C {WORKSPACE}/src . "
                  f"| {_BB} base64 > {_FILES}/result.b64; "
-                 + _TRY.format(bb=_BB, args=f"-O /dev/null --post-file {_FILES}/result.b64",
-                               url="PLUGFORGE_RESULT_URL"))
+                 + _try(_wget(f"-O /dev/null --post-file {_FILES}/result.b64",
+                              "PLUGFORGE_RESULT_URL")))
 
 
 @dataclass(frozen=True)
@@ -154,7 +164,7 @@ class JobSettings:
     max_cache_bytes: int = 512 * 1024 * 1024
     """A tenant's caches larger than this are not sent to its builds (which then start with
     empty caches; the builder logs it). They must fit ``workspace_size`` beside the build,
-    twice while the fetch container unpacks them."""
+    and twice over if the build adds as much (its additions are copied to be returned)."""
 
 
 # --- the Job (pure) ----------------------------------------------------------------------------
