@@ -428,8 +428,8 @@ class EventWatch:
                     with self.cond:
                         self.arrivals.setdefault(touch, now)
                         self.cond.notify_all()
-        except (OSError, ValueError, http.client.HTTPException):
-            return
+        except (OSError, ValueError, http.client.HTTPException, AttributeError):
+            return  # AttributeError: http.client, when ``close`` ends the read under it
 
     def wait(self, touch: str, timeout: float = 60.0) -> float:
         with self.cond:
