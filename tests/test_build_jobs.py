@@ -386,6 +386,10 @@ def test_a_tenants_cache_persists_across_its_jobs_and_only_grows(
     with pytest.raises(BuildFailed):
         build(6, f"echo x > {cache}/from-a-failed-build; exit 1")
     assert not (mine / "from-a-failed-build").exists()
+    # 7. Additions over the upload cap (64 MiB here) are not sent; the build still succeeds.
+    log = build(7, f"head -c 68000000 /dev/zero > {cache}/huge")
+    assert "!! the build's cache additions did not arrive (no upload)" in log, log
+    assert not (mine / "huge").exists()
     assert sorted(str(p.relative_to(mine)) for p in mine.rglob("*")) == [
         "hex", "hex/packages", "hex/packages/dep-1.0.tar", "hex/packages/dep-2.0.tar"]
 

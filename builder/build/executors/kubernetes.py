@@ -120,16 +120,21 @@ FETCH_SCRIPT = (f"set -e -o pipefail; {_BB} mkdir -p {_FILES}; "
                        + f" | {_BB} tar -x -f - -C {WORKSPACE}")
                 + f"; {_BB} touch -d \"@$(( $({_BB} date +%s) - 1 ))\" {_STAMP}")
 # Cache files newer than the stamp, copied with their directories (busybox tar takes no file
-# list; cpio does), as a tarball. Best effort: what the build made unreadable, or a missing
-# stamp (the build removed it), leaves additions out; it never fails the return.
+# list; cpio does), as a tarball. Best effort, never failing the return: what the build made
+# unreadable or a missing stamp (the build removed it) leaves additions out; additions over
+# the upload cap are not sent (busybox wget would read them all into memory first), and a
+# refused upload is the builder's to report.
 CACHE_RETURN_SCRIPT = (
     f"{_BB} rm -rf {_NEW}; {_BB} mkdir -p {_NEW}; "
     f"if [ -e {_STAMP} ]; then (cd {CACHES} && {_BB} find . -newer {_STAMP} ! -type d -print0 "
     f"| {_BB} cpio -0 -o -H newc | (cd {_NEW} && {_BB} cpio -i -d)) 2>/dev/null "
     "|| echo 'some cache files could not be returned'; fi; "
     f"{_BB} tar -c -f - -C {_NEW} . | {_BB} base64 > {_FILES}/cache.b64; {_BB} rm -rf {_NEW}; "
+    f'if [ "$({_BB} wc -c < {_FILES}/cache.b64)" -le "$PLUGFORGE_CACHE_MAX" ]; then ('
     + _try(_wget(f"-O /dev/null --post-file {_FILES}/cache.b64", "PLUGFORGE_CACHE_URL"))
-    + f"; {_BB} rm {_FILES}/cache.b64; ")
+    + ") || echo 'the cache additions were refused'; "
+    "else echo 'the cache additions are over the cap: not returned'; fi; "
+    f"{_BB} rm {_FILES}/cache.b64; ")
 RETURN_SCRIPT = (f"set -e -o pipefail; {_BB} tar -c -f - -C {WORKSPACE}/src . "
                  f"| {_BB} base64 > {_FILES}/result.b64; "
                  + _try(_wget(f"-O /dev/null --post-file {_FILES}/result.b64",
@@ -185,9 +190,10 @@ def label_value(text: str) -> str:
 
 
 def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: str,
-                 result_url: str, cache_url: str = "") -> Obj:
+                 result_url: str, cache_url: str = "", cache_max_bytes: int = 0) -> Obj:
     """The build's Job. ``cache_url``: where the return container sends the cache files the
-    build added (the recipe has caches), before the result."""
+    build added (the recipe has caches), before the result, if their tarball is at most
+    ``cache_max_bytes``."""
     labels = {LABEL_MANAGED: MANAGED_BY, LABEL_BUILD: label_value(job.name),
               LABEL_TENANT: label_value(job.tenant), LABEL_BUILDER: label_value(settings.identity),
               LABEL_JOB: name}
@@ -247,10 +253,18 @@ def job_manifest(job: BuildJob, settings: JobSettings, name: str, source_url: st
                     container("return", settings.transfer_image,
                               ["/bin/busybox", "sh", "-c", return_script(bool(cache_url))],
                               {"PLUGFORGE_RESULT_URL": result_url,
-                               **({"PLUGFORGE_CACHE_URL": cache_url} if cache_url else {})})],
+                               **({"PLUGFORGE_CACHE_URL": cache_url,
+                                   "PLUGFORGE_CACHE_MAX": str(_base64_size(cache_max_bytes))}
+                                  if cache_url else {})})],
             }},
         },
     }
+
+
+def _base64_size(size: int) -> int:
+    """Bytes of busybox base64's output for ``size`` bytes (76-character lines)."""
+    encoded = (size + 2) // 3 * 4
+    return encoded + encoded // 76 + 1
 
 
 def return_script(caches: bool) -> str:
@@ -536,7 +550,8 @@ class KubernetesExecutor:
                 with self._lock:
                     self._running.add(name)
                 self.kube.create_job(ns, job_manifest(job, self.settings, name, source_url,
-                                                      result_url, cache_url))
+                                                      result_url, cache_url,
+                                                      self.transfers.max_bytes))
             except BuilderError as e:
                 raise ExecutorFailed(f"cannot create the build Job in {ns}: {e}") from e
             out.line(f"==> build Job {ns}/{name} ({job.toolchain_image})")
