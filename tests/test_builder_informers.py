@@ -61,7 +61,8 @@ def test_the_store_follows_the_apiserver_and_queues_after_storing(
     install(control_plane)
     ns = tenant_namespace(control_plane, prefix="informer")
     cluster = Cluster(control_plane, ns)
-    kube = Kube.from_kubeconfig(control_plane.kubeconfig("builder"))
+    # This namespace only: the apiserver is shared with other tests' builds.
+    kube = Kube.from_kubeconfig(control_plane.kubeconfig("builder"), watch_namespace=ns)
     seen: list[tuple[str, list[str]]] = []
     store: BuildStore
 
