@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy the servers' logs here before cleaning up")
     parser.add_argument("--cluster", action="store_true",
                         help="run the flows as pods on a real node (kubelet, containerd; "
-                             "testbed/node_demo.py) instead of processes: mosquitto, rabbitmq "
-                             "and hivemq; slower (images, pod starts, the kubelet's sync)")
+                             "testbed/node_demo.py) instead of processes, builds as Jobs; "
+                             "slower (images, pod starts, the kubelet's sync)")
     args = parser.parse_args(argv)
     if args.cluster:
         return _cluster(args.broker)

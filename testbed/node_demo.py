@@ -1,5 +1,6 @@
 """The demo's flows on the real node (``scripts/demo --cluster``): plugforge deployed from
-``manifests/`` as pods (testbed/node_cluster.py), the builder pod building, the sidecar
+``manifests/`` as pods (testbed/node_cluster.py), the builder pod building (each build a Job
+in plugforge-builds, the manifests' kubernetes executor), the sidecar
 containers loading, the real kubelet projecting and restarting. Slower than the process-level
 default (images, pod starts, the kubelet's sync), so it is a flag.
 
@@ -180,7 +181,8 @@ def run(brokers: list[str], say: Say) -> list[Results]:
              "brokers/mosquitto"))}
         with tempfile.TemporaryDirectory(prefix="plugforge-demo-cluster-") as tmp:
             say("kubectl apply --server-side -k manifests/overlays/mosquitto (+ the testbed's "
-                "registry and apiserver address); plugforge api-secrets; plugforge signing-keys")
+                "registry, apiserver address and toolchain pins); plugforge api-secrets; "
+                "plugforge signing-keys; builds run as Jobs in plugforge-builds")
             deployed = node_cluster.deploy_plugforge(session, refs, Path(tmp))
             results = []
             for name in brokers:
