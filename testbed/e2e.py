@@ -269,6 +269,19 @@ def unhappy_broken_push(stage: Stage, rig: BrokerRig, plugin: Plugin, results: R
     run_git(plugin.repo_path, "push", "-q", plugin.url, "HEAD:main")
 
 
+def unsigned_copy(image: str, ca_bundle: Path) -> str:
+    """``image`` pushed again with one annotation added: same layers, a digest nobody signed."""
+    current = parse_reference(image)
+    with RegistryClient(current.registry, ca_bundle=ca_bundle) as client:
+        raw, _ = client.pull_manifest(current)
+        doc = json.loads(raw)
+        doc.setdefault("annotations", {})["org.example.note"] = "not built by plugforge"
+        data = canonical_json(doc)
+        digest = client.push_manifest(current.repository, sha256_digest(data), data,
+                                      OCI_MANIFEST)
+    return f"{current.name}@{digest}"
+
+
 def unhappy_unsigned_image(stage: Stage, rig: BrokerRig, plugin: Plugin, results: Results,
                            say: Say = quiet) -> None:
     """Someone who can push to the registry and write the ConfigMap, but has not the builder's
@@ -277,15 +290,7 @@ def unhappy_unsigned_image(stage: Stage, rig: BrokerRig, plugin: Plugin, results
     key = f"plugin.{plugin.key_name}.yaml"
     good = api.configmap(rig.configmap)["data"][key]
     release = yaml.safe_load(good)
-    current = parse_reference(release["image"])
-    with RegistryClient(current.registry, ca_bundle=stage.registry.ca.cert) as client:
-        raw, _ = client.pull_manifest(current)
-        doc = json.loads(raw)
-        doc.setdefault("annotations", {})["org.example.note"] = "not built by plugforge"
-        data = canonical_json(doc)
-        digest = client.push_manifest(current.repository, sha256_digest(data), data,
-                                      OCI_MANIFEST)
-    unsigned = f"{current.name}@{digest}"
+    unsigned = unsigned_copy(release["image"], stage.registry.ca.cert)
     before = rig.running_digest(plugin.key_name)
     say(f"  pushed {unsigned[-71:-52]}... (same layers, nobody signed it) and put it in the "
         "ConfigMap")

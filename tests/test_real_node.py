@@ -26,7 +26,7 @@ from node_support import Image, RealNode, http_get, pod_status, wait_running
 
 from plugforge.contract import Probe
 from sidecar.probes import run_probe
-from testbed import node, node_brokers, node_cluster
+from testbed import e2e, node, node_brokers, node_cluster
 from testbed.e2e_cluster import Api, wait_for
 from testbed.gitserver import run_git
 from testbed.node_cluster import Deployed
@@ -353,6 +353,92 @@ def test_flow2_push_webhook_to_the_builder_pod_rebuilds_and_rolls_out(
     deployed.digest = digest
     print(f"\nflow 2 on real pods: webhook -> built {built:.1f} s, built -> running "
           f"{rolled:.1f} s")
+
+
+def _builder_ip(api: Api) -> str:
+    builders = api.ok("GET", "/api/v1/namespaces/plugforge-system/pods?labelSelector="
+                      "app.kubernetes.io/name%3Dplugforge-builder")["items"]
+    return str(builders[0]["status"]["podIP"])
+
+
+def _released_image(api: Api) -> tuple[str, str]:
+    """The plugin's key in the mosquitto ConfigMap and its release text."""
+    cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins")
+    return next((k, v) for k, v in cm["data"].items() if k.startswith("plugin."))
+
+
+def test_broken_push_fails_on_the_brokerplugin_and_the_running_plugin_stays(
+        real_node: RealNode, deployed: Deployed) -> None:
+    """A push that does not compile: the build Job's step fails, the BrokerPlugin says why, and
+    the broker pod keeps running the last good plugin, untouched."""
+    api, pod = real_node.api, deployed.mosquitto_pod
+    assert deployed.digest, "flow 1 did not run first"
+    path = f"/apis/plugforge.dev/v1alpha1/namespaces/{NS}/brokerplugins/deny-test"
+    source = next((deployed.source / "src").glob("*.c"))
+    source.write_text(source.read_text() + "\nthis is not C;\n")
+    before = run_git(deployed.source, "rev-parse", "HEAD")
+    run_git(deployed.source, "commit", "-qam", "oops: does not compile")
+    run_git(deployed.source, "push", "-q", deployed.url, "HEAD:main")
+    after = run_git(deployed.source, "rev-parse", "HEAD")
+    restarts_before = restarts(api, pod)
+    started = time.monotonic()
+    status = node_cluster.github_push(deployed, _builder_ip(api), before, after,
+                                      [str(source.relative_to(deployed.source))])
+    assert status in (200, 202), status
+
+    def built_false() -> dict[str, Any] | None:
+        conditions = (api.ok("GET", path).get("status") or {}).get("conditions", [])
+        built: dict[str, Any] = next((c for c in conditions if c["type"] == "Built"), {})
+        return built if built.get("status") == "False" else None
+
+    built = wait_for(built_false, "Built=False on the BrokerPlugin", timeout=300, interval=0.5)
+    failed = time.monotonic() - started
+    assert built["reason"] == "BuildFailed", built
+    assert "build step 1" in built["message"] and "error" in built["message"], built
+    assert deployed.digest in _released_image(api)[1]  # the release is unchanged
+    assert runs(deployed, deployed.digest)
+    assert restarts(api, pod) == restarts_before
+    assert outcome_at(deployed.pod_ip, "connect", "mallory") == "refused"
+    run_git(deployed.source, "revert", "--no-edit", "HEAD")
+    run_git(deployed.source, "push", "-q", deployed.url, "HEAD:main")
+    print(f"\nbroken push on real pods: webhook -> Built=False {failed:.1f} s "
+          f"({built['message'].splitlines()[0]}); the pod kept {deployed.digest[:19]}...")
+
+
+def test_unsigned_image_in_the_configmap_is_refused_before_pull(
+        real_node: RealNode, deployed: Deployed) -> None:
+    """Someone who can push to the registry and write the ConfigMap, without the builder's
+    key, points the pod at an image of theirs: the sidecar container refuses it before pulling,
+    posts a Warning Event on its pod and keeps the last good plugin."""
+    api, pod = real_node.api, deployed.mosquitto_pod
+    assert deployed.digest, "flow 1 did not run first"
+    key, good = _released_image(api)
+    release = yaml.safe_load(good)
+    unsigned = e2e.unsigned_copy(release["image"], real_node.cp.ca.cert)
+    rejections = metric(deployed, "plugforge_sidecar_rejections_total")
+    cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins")
+    cm["data"][key] = yaml.safe_dump({**release, "image": unsigned}, sort_keys=False)
+    api.ok("PUT", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins", cm)
+    written = time.monotonic()
+
+    def warned() -> list[dict[str, Any]]:
+        events = api.ok("GET", f"/api/v1/namespaces/{NS}/events?fieldSelector="
+                        f"involvedObject.name%3D{pod}")["items"]
+        return [e for e in events if "SignatureMissing" in e.get("message", "")]
+
+    events = wait_for(warned, "a Warning Event naming SignatureMissing on the pod", timeout=60,
+                      interval=0.2)
+    refused = time.monotonic() - written
+    assert events[-1]["type"] == "Warning", events[-1]
+    assert metric(deployed, "plugforge_sidecar_rejections_total") > rejections
+    assert runs(deployed, deployed.digest) and not runs(deployed, unsigned.split("@")[1])
+    assert outcome_at(deployed.pod_ip, "connect", "mallory") == "refused"
+    cm = api.ok("GET", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins")
+    cm["data"][key] = good
+    api.ok("PUT", f"/api/v1/namespaces/{NS}/configmaps/mosquitto-plugins", cm)
+    wait_running(api, pod)
+    print(f"\nunsigned image on real pods: ConfigMap write -> refused with an Event "
+          f"{refused:.2f} s; the pod kept {deployed.digest[:19]}...")
 
 
 # --- every broker example on real pods --------------------------------------------------------
