@@ -1,5 +1,6 @@
-"""Interop with the real cosign (v2.6.5, built from the Go module proxy by
-scripts/ensure.d/cosign.sh), both directions, against the real registry.
+"""Interop with the real cosign (Debian trixie's 2.5.0 package, or v2.6.5 built from the Go
+module proxy where the archive no longer has it: scripts/ensure.d/cosign.sh), both directions,
+against the real registry.
 
 No transparency log is reachable here, so cosign runs with ``--tlog-upload=false`` and
 ``--insecure-ignore-tlog=true``: trust comes from the key alone, exactly as in plugforge.
@@ -35,10 +36,12 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def cosign() -> str:
-    binary = os.environ.get("PLUGFORGE_COSIGN") or shutil.which("cosign") or str(
-        Path(os.environ.get("PLUGFORGE_CACHE", Path.home() / ".cache" / "plugforge"))
-        / "go-bin" / "cosign-v2.6.5" / "cosign")
-    if not Path(binary).is_file():
+    cache = Path(os.environ.get("PLUGFORGE_CACHE", Path.home() / ".cache" / "plugforge"))
+    installed = sorted(cache.glob("cosign/deb-*/cosign")) + sorted(
+        cache.glob("go-bin/cosign-*/cosign"))
+    binary = (os.environ.get("PLUGFORGE_COSIGN") or shutil.which("cosign")
+              or str(installed[0] if installed else ""))
+    if not binary or not Path(binary).is_file():
         pytest.skip("cosign is not built (scripts/ensure.d/cosign.sh builds it into the cache)")
     return binary
 
