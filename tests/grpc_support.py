@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder_support import fast_settings, wait_for
+import pytest
+from builder_support import fast_settings, templates_in_use, wait_for
 
 from builder.app import Builder
 from plugforge.grpc_auth import secure_channel
@@ -55,3 +58,18 @@ def start_builder_api(cp: ControlPlane, ca: CertificateAuthority, state: Path, n
     b.start()
     wait_for(lambda: b.serving.is_set() and b.leading, "the builder to serve and lead")
     return Api(b, f"127.0.0.1:{b.grpc_port}", ca.cert, token_files)
+
+
+@contextmanager
+def rollout_builder_api(cp: ControlPlane, ca: CertificateAuthority, registry_ca: Path,
+                        tmp_path_factory: pytest.TempPathFactory, name: str,
+                        namespace: str) -> Iterator[Api]:
+    """``start_builder_api`` for the rollout tests: templates whose slow step takes 1 s, the
+    builder stopped on leaving."""
+    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=1):
+        api = start_builder_api(cp, ca, tmp_path_factory.mktemp("builder"), name, registry_ca,
+                                watch_namespace=namespace)
+        try:
+            yield api
+        finally:
+            api.builder.stop()

@@ -27,11 +27,10 @@ from builder_support import (
     broker_plugin,
     install,
     scaffold_repo,
-    templates_in_use,
     tenant_namespace,
     wait_for,
 )
-from grpc_support import SIDECAR_TOKEN, Api, start_builder_api
+from grpc_support import SIDECAR_TOKEN, Api, rollout_builder_api
 from mqtt_support import Client
 from sidecar_support import broker_yaml, make_sidecar, start_dynsec_broker
 
@@ -138,11 +137,9 @@ def pods(cluster: Cluster, control_plane: ControlPlane, testbed_ca: CertificateA
 @pytest.fixture(scope="module")
 def api(control_plane: ControlPlane, testbed_ca: CertificateAuthority, registry: Registry,
         cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with templates_in_use(tmp_path_factory.mktemp("templates"), slow_seconds=1):
-        a = start_builder_api(control_plane, testbed_ca, tmp_path_factory.mktemp("builder"),
-                              "builder-canary", registry.ca.cert, watch_namespace=cluster.ns)
+    with rollout_builder_api(control_plane, testbed_ca, registry.ca.cert, tmp_path_factory,
+                             "builder-canary", cluster.ns) as a:
         yield a
-        a.builder.stop()
 
 
 @pytest.fixture(scope="module")
