@@ -22,8 +22,13 @@ OWNERS_ANNOTATION = "plugforge.dev/owners"
 
 def owners(annotations: Mapping[str, str]) -> dict[str, str]:
     """The recorded owners (key -> BrokerPlugin name); anything unreadable counts as none."""
+    return _string_map(annotations, OWNERS_ANNOTATION)
+
+
+def _string_map(annotations: Mapping[str, str], name: str) -> dict[str, str]:
+    """Annotation ``name`` as a JSON object of strings; anything unreadable counts as empty."""
     try:
-        value = json.loads(annotations.get(OWNERS_ANNOTATION) or "{}")
+        value = json.loads(annotations.get(name) or "{}")
     except ValueError:
         return {}
     if not isinstance(value, dict):
@@ -46,8 +51,12 @@ def claim(recorded: Mapping[str, str], key: str, plugin: str, present: bool, *,
 
 
 def annotate(annotations: Mapping[str, str], recorded: Mapping[str, str]) -> dict[str, str]:
-    return {**annotations,
-            OWNERS_ANNOTATION: json.dumps(dict(recorded), sort_keys=True, separators=(",", ":"))}
+    return _with_map(annotations, OWNERS_ANNOTATION, recorded)
+
+
+def _with_map(annotations: Mapping[str, str], name: str,
+              value: Mapping[str, str]) -> dict[str, str]:
+    return {**annotations, name: json.dumps(dict(value), sort_keys=True, separators=(",", ":"))}
 
 
 # --- what the builder wrote: a direct edit of an owned key is reverted, and said so ---------
@@ -63,13 +72,7 @@ def fingerprint(value: str) -> str:
 
 def written(annotations: Mapping[str, str]) -> dict[str, str]:
     """The recorded fingerprints; anything unreadable counts as none (nothing is reported)."""
-    try:
-        value = json.loads(annotations.get(WRITTEN_ANNOTATION) or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items() if isinstance(v, str)}
+    return _string_map(annotations, WRITTEN_ANNOTATION)
 
 
 def reverted(before: Mapping[str, str], after: Mapping[str, str],
@@ -95,5 +98,4 @@ def record(recorded: Mapping[str, str], after: Mapping[str, str],
 
 def annotate_written(annotations: Mapping[str, str],
                      recorded: Mapping[str, str]) -> dict[str, str]:
-    return {**annotations,
-            WRITTEN_ANNOTATION: json.dumps(dict(recorded), sort_keys=True, separators=(",", ":"))}
+    return _with_map(annotations, WRITTEN_ANNOTATION, recorded)
