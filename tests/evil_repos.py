@@ -26,6 +26,8 @@ untouched.
 from __future__ import annotations
 
 import shlex
+import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,3 +254,25 @@ def write_egress_repo(dest: Path, t: Targets) -> Path:
         target.write_text(content)
         target.chmod(mode)
     return dest
+
+
+class LeakyApi:
+    """Stands in for the builder's API port: answers every connection with the secret and
+    counts who got through. ``host``: where it listens (every address with ``0.0.0.0``)."""
+
+    def __init__(self, secret: str, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        self._secret = secret.encode()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.sendall(self._secret + b"\n")

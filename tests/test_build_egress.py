@@ -16,7 +16,6 @@ import json
 import secrets
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -146,37 +145,16 @@ def _host_addresses() -> list[str]:
             if not a["local"].startswith("127.")]
 
 
-class _LeakyApi:
-    """The builder's API port stand-in on every host address: answers with the secret and
-    counts who got through."""
-
-    def __init__(self, secret: str) -> None:
-        self.sock = socket.create_server(("0.0.0.0", 0))  # noqa: S104 - the point of the test
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._secret = secret.encode()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.sendall(self._secret + b"\n")
-
-
 @pytest.fixture(scope="module")
-def leaky() -> Iterator[_LeakyApi]:
-    api = _LeakyApi("pf-secret-" + secrets.token_hex(16))
+def leaky() -> Iterator[evil_repos.LeakyApi]:
+    api = evil_repos.LeakyApi("pf-secret-" + secrets.token_hex(16), "0.0.0.0")  # noqa: S104
     yield api
     api.sock.close()
 
 
 def test_an_evil_build_with_caches_reaches_nothing_but_its_registries(
-        env: dict[str, str], pins: dict[str, str], leaky: _LeakyApi, tmp_path: Path) -> None:
+        env: dict[str, str], pins: dict[str, str], leaky: evil_repos.LeakyApi,
+        tmp_path: Path) -> None:
     registry_address = egress.resolve(evil_repos.EGRESS_REGISTRY, 443)[0]
     ports = (*((address, leaky.port) for address in _host_addresses()),
              (registry_address, 443))
@@ -223,7 +201,7 @@ def test_control_a_container_with_a_route_reaches_the_builders_port(
         env: dict[str, str], pins: dict[str, str]) -> None:
     """What the test above would see if builds with caches ran on podman's default network
     (as they did before the proxy): the stand-in on the host's address answers."""
-    api = _LeakyApi("pf-secret-" + secrets.token_hex(16))
+    api = evil_repos.LeakyApi("pf-secret-" + secrets.token_hex(16), "0.0.0.0")  # noqa: S104
     try:
         address = _host_addresses()[0]
         probe = f"timeout 5 bash -c 'exec 3<>/dev/tcp/{address}/{api.port}; head -1 <&3'"

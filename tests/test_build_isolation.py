@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -89,25 +88,6 @@ def container(env: dict[str, str], cache_root: Path) -> ContainerExecutor:
     return ContainerExecutor(cache_root, podman_env=env, limits=LIMITS)
 
 
-class _LeakyApi:
-    """Stands in for the builder's API port: answers every connection with the secret."""
-
-    def __init__(self, secret: str) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self._secret = secret.encode()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.sendall(self._secret + b"\n")
-
-
 @pytest.fixture(scope="module")
 def targets(tmp_path_factory: pytest.TempPathFactory, cache_root: Path, toolchain: str,
             control_plane: ControlPlane) -> Iterator[evil_repos.Targets]:
@@ -129,7 +109,7 @@ def targets(tmp_path_factory: pytest.TempPathFactory, cache_root: Path, toolchai
     builder = subprocess.Popen(["sleep", "3600"],
                                env={"PATH": os.environ["PATH"],
                                     evil_repos.SECRET_VARIABLE: secret})
-    api = _LeakyApi(secret)
+    api = evil_repos.LeakyApi(secret)
     apiserver = control_plane.url.split("//", 1)[1].rstrip("/")
     host, port = apiserver.rsplit(":", 1)
     try:
